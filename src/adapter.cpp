@@ -1,0 +1,133 @@
+#include "adapter.hpp"
+
+#include <xtensor/xview.hpp>
+
+#include "attention.hpp"
+#include "features.hpp"
+#include "layernorm.hpp"
+#include "resize.hpp"
+#include "sincos.hpp"
+
+namespace qwenvl {
+
+AdapterConfig derive_config(const AdapterWeights& w, std::size_t num_heads) {
+    const char* fn = "derive_config";
+    AdapterConfig c;
+    c.n_queries = w.query.shape(0);
+    c.embed_dim = w.query.shape(1);
+    const std::size_t E = c.embed_dim;
+    require(c.n_queries > 0 && E > 0, fn, "query has shape " + shape_string(shape_of(w.query)) + ", expected (Q, E)");
+    c.grid_q = grid_side(c.n_queries, "derive_config: the query count Q");
+    require(E % 4 == 0, fn, "the width E = " + std::to_string(E) + " is not divisible by 4 (the 2D sin-cos table needs it)");
+    c.num_heads = num_heads ? num_heads : E / 128;
+    require(c.num_heads > 0 && E % c.num_heads == 0, fn,
+            "num_heads " + std::to_string(c.num_heads) + " does not divide the width E = " + std::to_string(E));
+    c.kv_dim = w.kv_proj.size() == 0 ? E : w.kv_proj.shape(1);
+    if (w.kv_proj.size() != 0) check_shape(fn, "kv_proj", w.kv_proj, {E, c.kv_dim});
+    if (w.pos_embed.size() != 0) check_shape(fn, "pos_embed", w.pos_embed, {c.n_queries, E});
+    for (const Matrix* m : {&w.in_proj.w_q, &w.in_proj.w_k, &w.in_proj.w_v, &w.out_proj_weight})
+        check_shape(fn, "a projection weight", *m, {E, E});
+    for (const Vector* v : {&w.in_proj.b_q, &w.in_proj.b_k, &w.in_proj.b_v, &w.out_proj_bias, &w.ln_q_weight,
+                            &w.ln_q_bias, &w.ln_kv_weight, &w.ln_kv_bias})
+        check_shape(fn, "a bias or LayerNorm parameter", *v, {E});
+    return c;
+}
+
+Matrix query_position_table(const AdapterWeights& w, const AdapterConfig& c) {
+    return w.pos_embed.size() ? w.pos_embed : sincos_2d(c.embed_dim, c.grid_q);
+}
+
+Matrix query_projection(const AdapterWeights& w, const AdapterConfig& c, const Matrix& pos_q, Trace* trace) {
+    check_shape("query_projection", "query", w.query, {c.n_queries, c.embed_dim});
+    check_shape("query_projection", "pos_q", pos_q, {c.n_queries, c.embed_dim});
+    const Matrix ln_q = layer_norm(w.query, w.ln_q_weight, w.ln_q_bias, c.eps);              // (Q, E)
+    const Matrix query_in = ln_q + pos_q;  // the un-resized table on the query side          // (Q, E)
+    Matrix q = linear(query_in, w.in_proj.w_q, w.in_proj.b_q);                                // (Q, E)
+    if (trace) {
+        trace->record("ln_q", ln_q);
+        trace->record("query_in", query_in);
+        trace->record("q", q);
+    }
+    return q;
+}
+
+Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Tensor3& x, const Matrix* mask,
+                        Trace* trace) {
+    const char* fn = "adapter_forward";
+    const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
+    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+    grid_side(L, "adapter_forward: the patch count L");
+    if (mask) check_shape(fn, "mask", *mask, {Q, L});
+
+    // Position tables: P_q for the query grid, P_k resized to the key grid.
+    const Matrix pos_q = query_position_table(w, c);                            // (Q, E)
+    const Matrix pos_k = key_position_table(pos_q, L);                          // (L, E)
+    if (trace) {
+        trace->record("pos_q", pos_q);
+        trace->record("pos_k", pos_k);
+    }
+
+    // Query side: once for the whole batch.
+    const Matrix q = query_projection(w, c, pos_q, trace);                      // (Q, E)
+
+    // Key and value side, all N*L rows at once.
+    const Tensor3 projected = kv_projection(x, w.kv_proj);                      // (N, L, E)
+    const Tensor3 X = layer_norm(projected, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (N, L, E)
+    const Tensor3 key_in = X + xt::view(pos_k, xt::newaxis(), xt::all(), xt::all());  // the resized table on keys
+    const Tensor3 k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);            // (N, L, E)
+    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);                 // (N, L, E): no position term
+
+    // Attention, one image at a time.
+    Tensor3 attended({N, Q, E});
+    Tensor4 scores, weights;
+    if (trace) {
+        scores = Tensor4({N, H, Q, L});
+        weights = Tensor4({N, H, Q, L});
+    }
+    for (std::size_t n = 0; n < N; ++n) {
+        const Matrix k_n = xt::view(k, n);  // (L, E)
+        const Matrix v_n = xt::view(v, n);  // (L, E)
+        AttentionOutput a = multi_head_attention(q, k_n, v_n, H, mask, trace != nullptr);
+        xt::view(attended, n) = a.attended;
+        if (trace) {
+            xt::view(scores, n) = a.scores;
+            xt::view(weights, n) = a.weights;
+        }
+    }
+    Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);        // (N, Q, E)
+
+    if (trace) {
+        trace->record("kv_proj", projected);
+        trace->record("ln_kv", X);
+        trace->record("key_in", key_in);
+        trace->record("k", k);
+        trace->record("v", v);
+        trace->record("scores", scores);
+        trace->record("attn_weights", weights);
+        trace->record("attended", attended);
+        trace->record("out", out);
+    }
+    return out;
+}
+
+Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace) {
+    const std::size_t E = out.shape(2);
+    check_shape("tower_tail_forward", "proj", tail.proj, {E, E});
+    const Tensor3 normed = layer_norm(out, tail.ln_post_weight, tail.ln_post_bias, eps);  // (N, Q, E)
+    Tensor3 y = matmul(normed, tail.proj);  // x @ W: proj is NOT an nn.Linear weight      // (N, Q, E)
+    if (trace) {
+        trace->record("ln_post", normed);
+        trace->record("proj", y);
+    }
+    return y;
+}
+
+ParameterCount count_parameters(const AdapterWeights& w, const AdapterConfig& c) {
+    const std::size_t E = c.embed_dim;
+    ParameterCount count;
+    count.trainable = w.query.size() + w.kv_proj.size() + 3 * E * E + 3 * E + E * E + E + 4 * E;
+    count.frozen = c.n_queries * E;
+    return count;
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,78 @@
+// adapter.hpp: stages 6 and 7, the position-aware vision-language adapter (Qwen-VL's Resampler,
+// `transformer.visual.attn_pool`) and the visual tower's tail (ln_post, proj).
+//
+// Paper (Qwen-VL, section 2.1): the adapter "compresses the visual feature sequence to a fixed length
+// of 256"; the queries are trainable; 2D absolute positional encodings are added to the query-key
+// pairs. Table 1 counts it at 0.08B parameters. For one image x (L, Kv):
+//   X     = LN_kv(x W_kv^T)                         (L, E)   (no W_kv when Kv == E)
+//   query = LN_q(query_param) + P_q                 (Q, E)   P_q: the table for the query grid
+//   key   = X + P_k                                 (L, E)   P_k: P_q resized to the key grid
+//   value = X                                       (L, E)   no position term on the values
+//   out   = MultiheadAttention(query, key, value)   (Q, E)
+// Then the tower's tail: y = LN_post(out) @ proj      (Q, E)   (proj used as x @ W)
+#pragma once
+
+#include "linear.hpp"
+#include "shapes.hpp"
+#include "trace.hpp"
+
+namespace qwenvl {
+
+// The adapter's parameters under their checkpoint names (prefix transformer.visual.attn_pool.).
+struct AdapterWeights {
+    Matrix query;           // (Q, E)   query
+    Matrix pos_embed;       // (Q, E)   pos_embed; empty = compute the sin-cos table (sincos_2d)
+    Matrix kv_proj;         // (E, Kv)  kv_proj.weight; empty = identity (Kv == E)
+    InProjection in_proj;   // attn.in_proj_weight (3E, E) and attn.in_proj_bias (3E,), split in three
+    Matrix out_proj_weight; // (E, E)   attn.out_proj.weight
+    Vector out_proj_bias;   // (E,)     attn.out_proj.bias
+    Vector ln_q_weight, ln_q_bias;    // (E,) ln_q
+    Vector ln_kv_weight, ln_kv_bias;  // (E,) ln_kv
+};
+
+// The visual tower's tail (prefix transformer.visual.).
+struct TowerTail {
+    Vector ln_post_weight, ln_post_bias;  // (E,) ln_post
+    Matrix proj;                          // (E, E) proj, used as x @ proj
+};
+
+struct AdapterConfig {
+    std::size_t embed_dim = 0;  // E   (output_dim, 4096)
+    std::size_t kv_dim = 0;     // Kv  (width, 1664)
+    std::size_t n_queries = 0;  // Q   (n_queries, 256)
+    std::size_t grid_q = 0;     // G_q (sqrt of Q, 16)
+    std::size_t num_heads = 0;  // H   (E / 128, 32)
+    float eps = 1e-6f;          // the LayerNorms' eps
+};
+
+// The configuration implied by the weights' shapes: E and Q from `query`, Kv from kv_proj (E when it
+// is absent). num_heads = 0 picks Qwen-VL's rule H = E / 128. Checks every weight's shape, that H
+// divides E and that E is divisible by 4; throws ShapeError / std::invalid_argument otherwise.
+AdapterConfig derive_config(const AdapterWeights& weights, std::size_t num_heads = 0);
+
+// The query-side table P_q (Q, E): the stored pos_embed when the weights have one (as load_state_dict
+// would use it), else the sin-cos table computed for the G_q x G_q grid.
+Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& config);
+
+// The query side, (Q, E): q = (LN_q(query) + P_q) W_q^T + b_q. It does not depend on the image, so a
+// batch computes it once. Records ln_q, query_in and q in `trace` when given.
+Matrix query_projection(const AdapterWeights& weights, const AdapterConfig& config, const Matrix& pos_q,
+                        Trace* trace = nullptr);
+
+// The adapter on a batch: x (N, L, Kv) -> (N, Q, E). L must be a perfect square. mask: (Q, L) additive
+// attention mask or nullptr. Records every intermediate in `trace` when given.
+Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
+                        const Matrix* mask = nullptr, Trace* trace = nullptr);
+
+// The visual tower's tail: (N, Q, E) -> (N, Q, E), y = LN_post(out) @ proj. Records ln_post and proj.
+Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace = nullptr);
+
+// Number of parameters of the adapter: trainable ones (query, kv_proj, attention, LayerNorms) and the
+// frozen pos_embed (counted when present in `weights`, else Q*E for the computed table).
+struct ParameterCount {
+    std::size_t trainable = 0;
+    std::size_t frozen = 0;
+};
+ParameterCount count_parameters(const AdapterWeights& weights, const AdapterConfig& config);
+
+}  // namespace qwenvl

@@ -1,0 +1,56 @@
+#include "layernorm.hpp"
+
+#include <cmath>
+
+namespace qwenvl {
+
+namespace {
+// One row of E values: out = (in - mean) / sqrt(var + eps) [* gamma + beta]. Sums in double.
+void normalize_row(const float* in, float* out, std::size_t E, float eps, const float* gamma, const float* beta) {
+    double sum = 0.0;
+    for (std::size_t c = 0; c < E; ++c) sum += in[c];
+    const double mean = sum / static_cast<double>(E);
+    double squares = 0.0;
+    for (std::size_t c = 0; c < E; ++c) squares += (in[c] - mean) * (in[c] - mean);
+    const double var = squares / static_cast<double>(E);  // biased variance, as PyTorch
+    const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+    for (std::size_t c = 0; c < E; ++c) {
+        const double standard = (in[c] - mean) * rstd;
+        out[c] = gamma ? static_cast<float>(standard * gamma[c] + beta[c]) : static_cast<float>(standard);
+    }
+}
+
+void normalize_rows(const float* in, float* out, std::size_t rows, std::size_t E, float eps,
+                    const float* gamma, const float* beta) {
+    for (std::size_t r = 0; r < rows; ++r) normalize_row(in + r * E, out + r * E, E, eps, gamma, beta);
+}
+}  // namespace
+
+Matrix standardize_rows(const Matrix& x, float eps) {
+    require(x.shape(1) > 0, "standardize_rows", "x has no channels");
+    Matrix y(x.shape());
+    normalize_rows(x.data(), y.data(), x.shape(0), x.shape(1), eps, nullptr, nullptr);
+    return y;
+}
+
+Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+    const std::size_t E = x.shape(1);
+    check_shape("layer_norm", "gamma", gamma, {E});
+    check_shape("layer_norm", "beta", beta, {E});
+    require(E > 0, "layer_norm", "x has no channels");
+    Matrix y(x.shape());
+    normalize_rows(x.data(), y.data(), x.shape(0), E, eps, gamma.data(), beta.data());
+    return y;
+}
+
+Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
+    const std::size_t E = x.shape(2);
+    check_shape("layer_norm", "gamma", gamma, {E});
+    check_shape("layer_norm", "beta", beta, {E});
+    require(E > 0, "layer_norm", "x has no channels");
+    Tensor3 y(x.shape());
+    normalize_rows(x.data(), y.data(), x.shape(0) * x.shape(1), E, eps, gamma.data(), beta.data());
+    return y;
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,88 @@
+#include "linear.hpp"
+
+#include <xtensor-blas/xblas.hpp>
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xview.hpp>
+
+namespace qwenvl {
+
+namespace {
+// C (R, M) = A (R, K) times B, where B is (M, K) and transposed when `transpose_b`, else (K, M).
+// The three are plain row-major buffers, so cblas_sgemm reads them in place, without copies.
+void gemm(const float* a, const float* b, float* c, std::size_t R, std::size_t K, std::size_t M, bool transpose_b) {
+    if (R == 0 || M == 0) return;
+    using shape2 = std::array<std::size_t, 2>;
+    auto A = xt::adapt(a, R * K, xt::no_ownership(), shape2{R, K});
+    auto B = xt::adapt(b, K * M, xt::no_ownership(), transpose_b ? shape2{M, K} : shape2{K, M});
+    auto C = xt::adapt(c, R * M, xt::no_ownership(), shape2{R, M});
+    xt::blas::gemm(A, B, C, false, transpose_b);
+}
+
+void add_bias(float* y, std::size_t rows, const Vector& bias) {
+    const std::size_t M = bias.size();
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < M; ++c) y[r * M + c] += bias(c);
+}
+}  // namespace
+
+Matrix linear(const Matrix& x, const Matrix& weight) {
+    check_shape("linear", "weight", weight, {ANY, x.shape(1)});
+    Matrix y({x.shape(0), weight.shape(0)});
+    gemm(x.data(), weight.data(), y.data(), x.shape(0), x.shape(1), weight.shape(0), true);
+    return y;
+}
+
+Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
+    check_shape("linear", "bias", bias, {weight.shape(0)});
+    Matrix y = linear(x, weight);
+    add_bias(y.data(), y.shape(0), bias);
+    return y;
+}
+
+Tensor3 linear(const Tensor3& x, const Matrix& weight) {
+    check_shape("linear", "weight", weight, {ANY, x.shape(2)});
+    Tensor3 y({x.shape(0), x.shape(1), weight.shape(0)});
+    gemm(x.data(), weight.data(), y.data(), x.shape(0) * x.shape(1), x.shape(2), weight.shape(0), true);
+    return y;
+}
+
+Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias) {
+    check_shape("linear", "bias", bias, {weight.shape(0)});
+    Tensor3 y = linear(x, weight);
+    add_bias(y.data(), y.shape(0) * y.shape(1), bias);
+    return y;
+}
+
+Matrix matmul(const Matrix& x, const Matrix& weight) {
+    check_shape("matmul", "weight", weight, {x.shape(1), ANY});
+    Matrix y({x.shape(0), weight.shape(1)});
+    gemm(x.data(), weight.data(), y.data(), x.shape(0), x.shape(1), weight.shape(1), false);
+    return y;
+}
+
+Tensor3 matmul(const Tensor3& x, const Matrix& weight) {
+    check_shape("matmul", "weight", weight, {x.shape(2), ANY});
+    Tensor3 y({x.shape(0), x.shape(1), weight.shape(1)});
+    gemm(x.data(), weight.data(), y.data(), x.shape(0) * x.shape(1), x.shape(2), weight.shape(1), false);
+    return y;
+}
+
+Tensor3 kv_projection(const Tensor3& x, const Matrix& w_kv) {
+    if (w_kv.size() == 0) return x;  // nn.Identity: Kv == E, no tensor in the checkpoint
+    check_shape("kv_projection", "w_kv", w_kv, {ANY, x.shape(2)});
+    return linear(x, w_kv);
+}
+
+InProjection split_in_proj(const Matrix& in_proj_weight, const Vector& in_proj_bias) {
+    const char* fn = "split_in_proj";
+    require(in_proj_weight.shape(0) % 3 == 0, fn,
+            "in_proj_weight has shape " + shape_string(shape_of(in_proj_weight)) + ", expected (3E, E)");
+    const std::size_t E = in_proj_weight.shape(0) / 3;
+    check_shape(fn, "in_proj_weight", in_proj_weight, {3 * E, E});
+    check_shape(fn, "in_proj_bias", in_proj_bias, {3 * E});
+    auto rows = [&](std::size_t block) { return Matrix(xt::view(in_proj_weight, xt::range(block * E, (block + 1) * E), xt::all())); };
+    auto part = [&](std::size_t block) { return Vector(xt::view(in_proj_bias, xt::range(block * E, (block + 1) * E))); };
+    return InProjection{rows(0), rows(1), rows(2), part(0), part(1), part(2)};
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,33 @@
+// trace.hpp: the named intermediates of a forward pass.
+//
+// A forward pass given a Trace records every step under a stable name, in the order they happen, so
+// the golden tests, the command line (--trace), the notebooks and a debugger session all see the same
+// steps. The names, with their shapes:
+//   pos_q (Q, E)  pos_k (L, E)  kv_proj (N, L, E)  ln_kv (N, L, E)  ln_q (Q, E)  query_in (Q, E)
+//   key_in (N, L, E)  q (Q, E)  k (N, L, E)  v (N, L, E)  scores (N, H, Q, L)  attn_weights (N, H, Q, L)
+//   attended (N, Q, E)  out (N, Q, E)  ln_post (N, Q, E)  proj (N, Q, E)
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+namespace qwenvl {
+
+class Trace {
+public:
+    // Stores a copy of `value` under `name` (replacing an earlier value of that name).
+    void record(const std::string& name, xt::xarray<float> value);
+    bool has(const std::string& name) const;
+    // Throws std::out_of_range naming the stage when it was not recorded.
+    const xt::xarray<float>& get(const std::string& name) const;
+    // The recorded names, in the order they were first recorded.
+    std::vector<std::string> names() const;
+
+private:
+    std::vector<std::pair<std::string, xt::xarray<float>>> steps_;
+};
+
+}  // namespace qwenvl

@@ -1,0 +1,186 @@
+// Invariants and error paths of each stage. These hold whatever the fixtures say; the golden values
+// are in test_golden.cpp.
+#include <cmath>
+#include <limits>
+
+#include <catch2/catch.hpp>
+#include <xtensor/xrandom.hpp>
+#include <xtensor/xview.hpp>
+
+#include "adapter.hpp"
+#include "attention.hpp"
+#include "compare.hpp"
+#include "features.hpp"
+#include "layernorm.hpp"
+#include "linear.hpp"
+#include "resize.hpp"
+#include "sincos.hpp"
+
+using namespace qwenvl;
+using Catch::Matchers::Contains;
+
+TEST_CASE("check_shape names the function, the argument and both shapes", "[shapes]") {
+    Matrix m({2, 3});
+    CHECK_NOTHROW(check_shape("f", "m", m, {2, ANY}));
+    CHECK_THROWS_WITH(check_shape("layer_norm", "gamma", m, {2, 4}),
+                      "layer_norm: gamma has shape (2, 3), expected (2, 4)");
+    CHECK_THROWS_AS(check_shape("f", "m", m, {2, 3, 1}), ShapeError);
+}
+
+TEST_CASE("feature input: the patch count must be a perfect square, the values finite", "[features]") {
+    CHECK(grid_side(1024, "L") == 32);
+    CHECK(grid_side(9, "L") == 3);
+    CHECK_THROWS_WITH(grid_side(1000, "L"), Contains("1000 is not a perfect square"));
+    CHECK_THROWS(grid_side(0, "L"));
+    xt::xarray<float> two_d = xt::ones<float>({4, 5});
+    CHECK(shape_of(as_feature_batch(two_d)) == std::vector<std::size_t>{1, 4, 5});
+    xt::xarray<float> batch = xt::ones<float>({3, 9, 2});
+    CHECK(shape_of(as_feature_batch(batch)) == std::vector<std::size_t>{3, 9, 2});
+    CHECK_THROWS_WITH(as_feature_batch(xt::xarray<float>(xt::ones<float>({1, 8, 2}))), Contains("perfect square"));
+    batch(1, 2, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(as_feature_batch(batch), Contains("NaN or infinite"));
+    CHECK_THROWS(as_feature_batch(xt::xarray<float>(xt::ones<float>({4}))));
+}
+
+TEST_CASE("sin-cos table: position 0 is all sines 0 then all cosines 1, in both halves", "[sincos]") {
+    const std::size_t E = 16;
+    const Matrix t = sincos_2d(E, 4);
+    REQUIRE(shape_of(t) == std::vector<std::size_t>{16, E});
+    for (std::size_t c = 0; c < E; ++c) CHECK(t(0, c) == ((c % (E / 2)) < E / 4 ? 0.0f : 1.0f));
+}
+
+TEST_CASE("sin-cos table: the first half encodes the column w, the second the row h", "[sincos]") {
+    const std::size_t E = 8, G = 3;
+    const Matrix t = sincos_2d(E, G);
+    for (std::size_t h = 0; h < G; ++h)
+        for (std::size_t w = 0; w < G; ++w) {
+            const Matrix col = sincos_1d(E / 2, {static_cast<float>(w)});
+            const Matrix row = sincos_1d(E / 2, {static_cast<float>(h)});
+            for (std::size_t c = 0; c < E / 2; ++c) {
+                CHECK(t(h * G + w, c) == col(0, c));
+                CHECK(t(h * G + w, E / 2 + c) == row(0, c));
+            }
+        }
+    CHECK_THROWS_WITH(sincos_2d(6, 2), Contains("divisible by 4"));
+}
+
+TEST_CASE("bicubic: weights sum to 1, a constant grid stays constant, equal grids are left alone", "[resize]") {
+    for (float t : {0.0f, 0.25f, 0.5f, 0.9f}) {
+        const auto w = cubic_weights(t);
+        CHECK(w[0] + w[1] + w[2] + w[3] == Approx(1.0f).margin(1e-6));
+    }
+    CHECK(cubic_weights(0.0f)[1] == 1.0f);
+    CHECK(source_coordinate(16, 32, 0) == -0.25f);
+    const Matrix constant = xt::ones<float>({9, 4}) * 0.5f;
+    const Matrix up = resize_bicubic(constant, 3, 5);
+    for (float v : up) CHECK(v == Approx(0.5f).margin(1e-6));
+    const Matrix table = sincos_2d(8, 3);
+    CHECK((key_position_table(table, 9) == table));
+    CHECK_THROWS(key_position_table(table, 10));
+}
+
+TEST_CASE("LayerNorm before its affine step: every row has mean 0 and variance 1", "[layernorm]") {
+    xt::random::seed(7);
+    const Matrix x = xt::random::randn<float>({5, 64}, 3.0f, 2.0f);
+    const Matrix y = standardize_rows(x, 1e-6f);
+    for (std::size_t r = 0; r < 5; ++r) {
+        const auto row = xt::view(y, r);
+        double mean = 0, var = 0;
+        for (float v : row) mean += v;
+        mean /= 64;
+        for (float v : row) var += (v - mean) * (v - mean);
+        var /= 64;  // biased, as PyTorch
+        CHECK(mean == Approx(0.0).margin(1e-6));
+        CHECK(var == Approx(1.0).margin(1e-5));
+    }
+    CHECK_THROWS_AS(layer_norm(x, Vector(xt::ones<float>({63})), Vector(xt::zeros<float>({64})), 1e-6f), ShapeError);
+}
+
+TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is NaN as in PyTorch", "[attention]") {
+    xt::random::seed(3);
+    const Matrix s = xt::random::randn<float>({4, 7});
+    const Matrix p = softmax_rows(s, nullptr);
+    for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(p, r))() == Approx(1.0f).margin(1e-6));
+
+    xt::xtensor<bool, 2> masked = xt::zeros<bool>({4, 7});
+    masked(0, 3) = true;
+    for (std::size_t c = 0; c < 7; ++c) masked(2, c) = true;
+    const Matrix m = additive_mask(masked);
+    CHECK(m(0, 3) == -std::numeric_limits<float>::infinity());
+    const Matrix pm = softmax_rows(s, &m);
+    CHECK(pm(0, 3) == 0.0f);
+    CHECK(xt::sum(xt::view(pm, 0))() == Approx(1.0f).margin(1e-6));
+    CHECK(std::isnan(pm(2, 0)));
+    // Large scores do not overflow: the row maximum is subtracted first.
+    Matrix big = s * 1000.0f;
+    for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
+}
+
+TEST_CASE("attention: heads split and merge back to the same tensor; weights rows sum to 1", "[attention]") {
+    xt::random::seed(11);
+    const Matrix x = xt::random::randn<float>({3, 8});
+    Matrix merged({3, 8});
+    for (std::size_t h = 0; h < 4; ++h) merge_head(merged, head_slice(x, h, 4), h, 4);
+    CHECK((merged == x));
+    CHECK_THROWS_WITH(head_slice(x, 0, 3), Contains("does not divide"));
+
+    const Matrix q = xt::random::randn<float>({4, 8}), k = xt::random::randn<float>({9, 8}), v = xt::random::randn<float>({9, 8});
+    const AttentionOutput a = multi_head_attention(q, k, v, 2, nullptr);
+    CHECK(shape_of(a.weights) == std::vector<std::size_t>{2, 4, 9});
+    CHECK(shape_of(a.attended) == std::vector<std::size_t>{4, 8});
+    for (std::size_t h = 0; h < 2; ++h)
+        for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(a.weights, h, r))() == Approx(1.0f).margin(1e-6));
+    const Matrix wrong_mask = xt::zeros<float>({4, 8});
+    CHECK_THROWS_AS(multi_head_attention(q, k, v, 2, &wrong_mask), ShapeError);
+}
+
+TEST_CASE("linear: x W^T + b against a hand-computed 2x2 case; matmul is x @ W", "[linear]") {
+    const Matrix x = {{1.0f, 2.0f}};
+    const Matrix W = {{1.0f, 0.0f}, {3.0f, 4.0f}, {0.5f, 0.5f}};  // (out=3, in=2)
+    const Vector b = {0.0f, 1.0f, -1.0f};
+    const Matrix y = linear(x, W, b);
+    CHECK((y == Matrix{{1.0f, 12.0f, 0.5f}}));
+    const Matrix P = {{1.0f, 2.0f}, {3.0f, 4.0f}};
+    CHECK((matmul(x, P) == Matrix{{7.0f, 10.0f}}));  // x @ P, not x P^T (which is {5, 11})
+    CHECK_THROWS_AS(linear(x, Matrix(xt::ones<float>({3, 3}))), ShapeError);
+    Matrix packed = xt::zeros<float>({6, 2});
+    packed(2, 0) = 5.0f;
+    const InProjection p = split_in_proj(packed, Vector(xt::zeros<float>({6})));
+    CHECK(p.w_k(0, 0) == 5.0f);
+    CHECK_THROWS(split_in_proj(Matrix(xt::zeros<float>({5, 2})), Vector(xt::zeros<float>({5}))));
+}
+
+TEST_CASE("derive_config: Qwen-VL's head rule and the checks on E and H", "[adapter]") {
+    AdapterWeights w;
+    const std::size_t E = 256;
+    w.query = xt::zeros<float>({std::size_t(16), E});
+    w.kv_proj = xt::zeros<float>({E, std::size_t(40)});
+    w.in_proj = split_in_proj(Matrix(xt::zeros<float>({3 * E, E})), Vector(xt::zeros<float>({3 * E})));
+    w.out_proj_weight = xt::zeros<float>({E, E});
+    for (Vector* v : {&w.out_proj_bias, &w.ln_q_weight, &w.ln_q_bias, &w.ln_kv_weight, &w.ln_kv_bias})
+        *v = xt::zeros<float>({E});
+    const AdapterConfig c = derive_config(w);
+    CHECK(c.num_heads == 2);  // E / 128
+    CHECK(c.kv_dim == 40);
+    CHECK(c.grid_q == 4);
+    CHECK_THROWS_WITH(derive_config(w, 3), Contains("does not divide"));
+    CHECK(count_parameters(w, c).trainable == 16 * E + E * 40 + 4 * E * E + 4 * E + 4 * E);
+    w.query = xt::zeros<float>({std::size_t(15), E});
+    CHECK_THROWS_WITH(derive_config(w), Contains("perfect square"));
+}
+
+TEST_CASE("compare: the golden check fails on a difference above the tolerance and on NaN", "[compare]") {
+    const xt::xarray<float> expected = {{0.5f, -1.0f}, {2.0f, 3.0f}};
+    xt::xarray<float> got = expected;
+    CHECK(compare(got, expected, 1e-5, 1e-5).ok());
+    got(1, 0) += 1e-3f;
+    const Comparison c = compare(got, expected, 1e-5, 1e-5);
+    CHECK_FALSE(c.ok());
+    CHECK(c.first_failure == 2);
+    CHECK_THAT(describe(c, expected), Contains("(1, 0)") && Contains("expected 2"));
+    got = expected;
+    got(0, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_FALSE(compare(got, expected, 1e-5, 1e-5).ok());
+    CHECK(std::isnan(compare(got, expected, 1e-5, 1e-5).max_abs_error));
+    CHECK_FALSE(compare(xt::xarray<float>(xt::zeros<float>({4})), expected, 1, 1).ok());
+}
