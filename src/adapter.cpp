@@ -122,10 +122,10 @@ Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps,
     return y;
 }
 
-ParameterCount count_parameters(const AdapterWeights& w, const AdapterConfig& c) {
-    const std::size_t E = c.embed_dim;
+ParameterCount count_parameters(const AdapterConfig& c) {
+    const std::size_t E = c.embed_dim, Q = c.n_queries, Kv = c.kv_dim;
     ParameterCount count;
-    count.trainable = w.query.size() + w.kv_proj.size() + 3 * E * E + 3 * E + E * E + E + 4 * E;
+    count.trainable = Q * E + (Kv != E ? E * Kv : 0) + 3 * E * E + 3 * E + E * E + E + 4 * E;
     count.frozen = c.n_queries * E;
     return count;
 }

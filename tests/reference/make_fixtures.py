@@ -88,29 +88,28 @@ def randn(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
 
 
-def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
+def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
+    """Random parameters (by their checkpoint names, without the `transformer.visual.` prefix),
+    features x (N, L, Kv) and the optional mask (Q, L), all drawn from one seeded generator."""
     gen = torch.Generator().manual_seed(seed)
-    Q, L, Dh = Gq * Gq, Gk * Gk, E // H
-
+    Q, L = Gq * Gq, Gk * Gk
     x = randn(gen, N, L, Kv)
-    query = randn(gen, Q, E)
-    kv_proj = torch.nn.Linear(Kv, E, bias=False) if Kv != E else None
-    attn = torch.nn.MultiheadAttention(E, H)
-    ln_q = torch.nn.LayerNorm(E, eps=EPS)
-    ln_kv = torch.nn.LayerNorm(E, eps=EPS)
-    ln_post = torch.nn.LayerNorm(E, eps=EPS)
+    params = {"attn_pool.query": randn(gen, Q, E)}
     proj = randn(gen, E, E, scale=E ** -0.5)
-    with torch.no_grad():
-        if kv_proj is not None:
-            kv_proj.weight.copy_(randn(gen, E, Kv, scale=Kv ** -0.5))
-        attn.in_proj_weight.copy_(randn(gen, 3 * E, E, scale=E ** -0.5))
-        attn.in_proj_bias.copy_(randn(gen, 3 * E, scale=0.1))
-        attn.out_proj.weight.copy_(randn(gen, E, E, scale=E ** -0.5))
-        attn.out_proj.bias.copy_(randn(gen, E, scale=0.1))
-        for ln in (ln_q, ln_kv, ln_post):
-            if affine:
-                ln.weight.copy_(1.0 + randn(gen, E, scale=0.2))
-                ln.bias.copy_(randn(gen, E, scale=0.2))
+    if Kv != E:
+        params["attn_pool.kv_proj.weight"] = randn(gen, E, Kv, scale=Kv ** -0.5)
+    params["attn_pool.attn.in_proj_weight"] = randn(gen, 3 * E, E, scale=E ** -0.5)
+    params["attn_pool.attn.in_proj_bias"] = randn(gen, 3 * E, scale=0.1)
+    params["attn_pool.attn.out_proj.weight"] = randn(gen, E, E, scale=E ** -0.5)
+    params["attn_pool.attn.out_proj.bias"] = randn(gen, E, scale=0.1)
+    for ln in ("attn_pool.ln_q", "attn_pool.ln_kv", "ln_post"):
+        if affine:
+            params[ln + ".weight"] = 1.0 + randn(gen, E, scale=0.2)
+            params[ln + ".bias"] = randn(gen, E, scale=0.2)
+        else:
+            params[ln + ".weight"] = torch.ones(E)
+            params[ln + ".bias"] = torch.zeros(E)
+    params["proj"] = proj
 
     mask = None
     if mask_kind == "float":
@@ -118,9 +117,37 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     elif mask_kind == "bool":
         mask = torch.rand(Q, L, generator=gen) < 0.4
         mask[:, 0] = False            # no fully masked row: PyTorch would give NaN there
+    return params, x, mask
 
+
+def reference_forward(params, x, mask, H, name=""):
+    """The adapter and the tower's tail on x (N, L, Kv), built from torch.nn modules loaded with `params`.
+    Uses params["attn_pool.pos_embed"] as the query-side table when present (as load_state_dict would),
+    else the numpy sin-cos table. Returns every intermediate by its trace name."""
+    query = params["attn_pool.query"]
+    Q, E = query.shape
+    N, L, Kv = x.shape
+    Gq, Gk, Dh = math.isqrt(Q), math.isqrt(L), E // H
+    kv_proj = torch.nn.Linear(Kv, E, bias=False) if Kv != E else None
+    attn = torch.nn.MultiheadAttention(E, H)
+    ln_q = torch.nn.LayerNorm(E, eps=EPS)
+    ln_kv = torch.nn.LayerNorm(E, eps=EPS)
+    ln_post = torch.nn.LayerNorm(E, eps=EPS)
     with torch.no_grad():
-        pos_q = torch.from_numpy(sincos_2d(E, Gq)).float()            # (Q, E)
+        if kv_proj is not None:
+            kv_proj.weight.copy_(params["attn_pool.kv_proj.weight"])
+        attn.in_proj_weight.copy_(params["attn_pool.attn.in_proj_weight"])
+        attn.in_proj_bias.copy_(params["attn_pool.attn.in_proj_bias"])
+        attn.out_proj.weight.copy_(params["attn_pool.attn.out_proj.weight"])
+        attn.out_proj.bias.copy_(params["attn_pool.attn.out_proj.bias"])
+        for module, prefix in ((ln_q, "attn_pool.ln_q"), (ln_kv, "attn_pool.ln_kv"), (ln_post, "ln_post")):
+            module.weight.copy_(params[prefix + ".weight"])
+            module.bias.copy_(params[prefix + ".bias"])
+
+        if "attn_pool.pos_embed" in params:
+            pos_q = params["attn_pool.pos_embed"]                     # (Q, E) as stored
+        else:
+            pos_q = torch.from_numpy(sincos_2d(E, Gq)).float()        # (Q, E)
         pos_k = resize_table(pos_q, Gq, Gk)                           # (L, E)
         projected = kv_proj(x) if kv_proj is not None else x          # (N, L, E)
         X = ln_kv(projected)                                          # (N, L, E)
@@ -149,31 +176,23 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
         assert torch.allclose(check, out, atol=1e-6, rtol=1e-5), name
 
         after_ln_post = ln_post(out)
-        y = after_ln_post @ proj                                      # x @ W, not a Linear
+        y = after_ln_post @ params["proj"]                            # x @ W, not a Linear
 
-    params = {
-        "attn_pool.query": query,
-        "attn_pool.attn.in_proj_weight": attn.in_proj_weight,
-        "attn_pool.attn.in_proj_bias": attn.in_proj_bias,
-        "attn_pool.attn.out_proj.weight": attn.out_proj.weight,
-        "attn_pool.attn.out_proj.bias": attn.out_proj.bias,
-        "attn_pool.ln_q.weight": ln_q.weight, "attn_pool.ln_q.bias": ln_q.bias,
-        "attn_pool.ln_kv.weight": ln_kv.weight, "attn_pool.ln_kv.bias": ln_kv.bias,
-        "ln_post.weight": ln_post.weight, "ln_post.bias": ln_post.bias,
-        "proj": proj,
-    }
-    if kv_proj is not None:
-        params["attn_pool.kv_proj.weight"] = kv_proj.weight
-    inputs = {"x": x}
-    if mask is not None:
-        inputs["attn_mask"] = mask
-    intermediates = {
+    return {
         "pos_q": pos_q, "pos_k": pos_k, "kv_proj": projected, "ln_kv": X, "ln_q": lq,
         "query_in": query_in, "key_in": key_in, "q": q, "k": k, "v": v,
         "scores": scores, "attn_weights": weights, "attended": attended, "out": out,
         "ln_post": after_ln_post, "proj": y,
     }
-    return {
+
+
+def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
+    params, x, mask = make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed)
+    intermediates = reference_forward(params, x, mask, H, name)
+    inputs = {"x": x}
+    if mask is not None:
+        inputs["attn_mask"] = mask
+    fixture = {
         "name": name,
         "description": description,
         "generator": "tests/reference/make_fixtures.py",
@@ -181,12 +200,20 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
         "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk,
-                   "n_queries": Q, "n_keys": L, "batch": N, "eps": EPS, "mask": mask_kind or "none"},
+                   "n_queries": Gq * Gq, "n_keys": Gk * Gk, "batch": N, "eps": EPS, "mask": mask_kind or "none"},
         "tolerance": {"atol": ATOL, "rtol": RTOL},
         "inputs": {k: tensor_json(v) for k, v in inputs.items()},
-        "params": {k: tensor_json(v) for k, v in params.items()},
+        "params": {k: tensor_json(v) for k, v in sorted(params.items(), key=lambda kv: PARAM_ORDER.index(kv[0]))},
         "intermediates": {k: tensor_json(v) for k, v in intermediates.items()},
     }
+    return fixture, params, x, mask
+
+
+# The order the fixtures list the parameters in.
+PARAM_ORDER = ["attn_pool.query", "attn_pool.attn.in_proj_weight", "attn_pool.attn.in_proj_bias",
+               "attn_pool.attn.out_proj.weight", "attn_pool.attn.out_proj.bias",
+               "attn_pool.ln_q.weight", "attn_pool.ln_q.bias", "attn_pool.ln_kv.weight", "attn_pool.ln_kv.bias",
+               "ln_post.weight", "ln_post.bias", "proj", "attn_pool.kv_proj.weight"]
 
 # ---------------------------------------------------------------------------
 # JSON writing: one line per tensor, float32 values in their shortest exact form.
@@ -218,16 +245,177 @@ def dumps(case):
     return text + "\n"
 
 
+# ---------------------------------------------------------------------------
+# Files for the command line: safetensors weights under the checkpoint's names, .npy features and masks,
+# and PyTorch's output on the weights as stored (rounded to the file's dtype, then computed in float32).
+
+PREFIX = "transformer.visual."
+CLI_DIR = os.path.join(REPO, "data", "cli")
+DEMO_DIR = os.path.join(REPO, "data", "demo")
+FUSION_DIR = os.path.join(REPO, "data", "fusion")
+TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+# case name -> how its weights are stored and how the command line is called
+CLI_CASES = {
+    "resize_up": {"dtype": "F32", "pos_embed": True},
+    "identity_equal_grids": {"dtype": "F32", "pos_embed": False, "unbatched": True},
+    "batch3": {"dtype": "BF16", "pos_embed": True, "shards": 2},
+    "float_mask": {"dtype": "F16", "pos_embed": True},
+    "bool_mask": {"dtype": "F32", "pos_embed": False},
+    "odd_grids": {"dtype": "F32", "pos_embed": True, "adapter_only": True},
+    "resize_down": {"dtype": "BF16", "pos_embed": True, "float64_input": True},
+}
+
+
+def as_stored(t, dtype):
+    """The values a file of `dtype` holds, back in float32 (what a loader computes with)."""
+    return t.detach().to(TORCH_DTYPES[dtype]).float()
+
+
+def write_safetensors(path, tensors, dtype):
+    """safetensors: u64 little-endian header length, JSON header, raw little-endian data."""
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(TORCH_DTYPES[dtype]).contiguous()
+        raw = t.view(torch.int16).numpy().tobytes() if dtype == "BF16" else t.numpy().tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    header["__metadata__"] = {"format": "pt", "generator": "tests/reference/make_fixtures.py"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+    return offset
+
+
+def write_weights(folder, params, dtype, shards=1):
+    """One file, or `shards` files with a model.safetensors.index.json. Returns the files to pass."""
+    names = sorted(params)
+    if shards == 1:
+        write_safetensors(os.path.join(folder, "weights.safetensors"), params, dtype)
+        return {"weights": ["weights.safetensors"]}
+    weight_map, total = {}, 0
+    for i in range(shards):
+        file = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
+        part = {n: params[n] for n in names[i::shards]}
+        total += write_safetensors(os.path.join(folder, file), part, dtype)
+        weight_map.update({n: file for n in part})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        f.write(json.dumps(index, indent=2) + "\n")
+    return {"weights": ["model.safetensors.index.json"]}
+
+
+def write_cli_case(name, H, params, x, mask, how):
+    folder = os.path.join(CLI_DIR, name)
+    os.makedirs(folder, exist_ok=True)
+    dtype = how["dtype"]
+    stored = {k: as_stored(v, dtype) for k, v in params.items()}
+    if how.get("pos_embed"):
+        E = params["attn_pool.query"].shape[1]
+        Gq = math.isqrt(params["attn_pool.query"].shape[0])
+        stored["attn_pool.pos_embed"] = as_stored(torch.from_numpy(sincos_2d(E, Gq)), dtype)
+    result = reference_forward(stored, x, mask, H, name)
+    adapter_only = how.get("adapter_only", False)
+    expected = result["out"] if adapter_only else result["proj"]
+    if adapter_only:
+        for k in ("ln_post.weight", "ln_post.bias", "proj"):
+            del stored[k]
+    if how.get("unbatched"):
+        x, expected = x[0], expected[0]
+    case = {"description": "command-line case written by tests/reference/make_fixtures.py from fixture " + name,
+            "dtype": dtype, "heads": H, "adapter_only": adapter_only,
+            "pos_embed_stored": bool(how.get("pos_embed")), "tolerance": {"atol": ATOL, "rtol": RTOL}}
+    case.update(write_weights(folder, {PREFIX + k: v for k, v in stored.items()}, dtype, how.get("shards", 1)))
+    x_np = x.numpy().astype(np.float64 if how.get("float64_input") else np.float32)
+    np.save(os.path.join(folder, "x.npy"), x_np)
+    case["input"] = "x.npy"
+    if mask is not None:
+        np.save(os.path.join(folder, "mask.npy"), mask.numpy())
+        case["mask"] = "mask.npy"
+    np.save(os.path.join(folder, "expected.npy"), expected.numpy().astype(np.float32))
+    case["expected"] = "expected.npy"
+    with open(os.path.join(folder, "case.json"), "w") as f:
+        f.write(json.dumps(case, indent=2) + "\n")
+    return folder
+
+
+def write_demo(seed=2000):
+    """A small adapter with Qwen-VL's structure (E = 256, so H = E / 128 = 2; Kv = 104 = 1664 / 16;
+    4x4 queries on an 8x8 key grid, as 16x16 on 32x32), bf16 weights with the stored pos_embed, like the
+    real checkpoint; two images. Then the input of the fusion step: a token sequence with two
+    <img> ... </img> spans, an embedding matrix, and numpy's splice of the demo's output into it."""
+    E, Kv, Gq, Gk, N = 256, 104, 4, 8, 2
+    H = E // 128
+    params, x, _ = make_case(E, H, Kv, Gq, Gk, N, None, True, seed)
+    params["attn_pool.query"] = params["attn_pool.query"] * 0.02     # Qwen-VL initialises queries with std 0.02
+    stored = {k: as_stored(v, "BF16") for k, v in params.items()}
+    stored["attn_pool.pos_embed"] = as_stored(torch.from_numpy(sincos_2d(E, Gq)), "BF16")
+    y = reference_forward(stored, x, None, H, "demo")["proj"]
+    os.makedirs(DEMO_DIR, exist_ok=True)
+    write_safetensors(os.path.join(DEMO_DIR, "adapter.safetensors"), {PREFIX + k: v for k, v in stored.items()}, "BF16")
+    np.save(os.path.join(DEMO_DIR, "features.npy"), x.numpy())
+    np.save(os.path.join(DEMO_DIR, "expected.npy"), y.numpy())
+
+    # Fusion: Qwen's ids <img> = 151857, </img> = 151858, the pad inside a span = 151859.
+    gen = torch.Generator().manual_seed(seed + 1)
+    Q = Gq * Gq
+    text = lambda n: [int(t) for t in torch.randint(0, 151643, (n,), generator=gen)]
+    ids = text(3) + [151857] + [151859] * Q + [151858] + text(5) + [151857] + [151859] * Q + [151858] + text(2)
+    embeddings = randn(gen, len(ids), E).numpy()
+    fused = embeddings.copy()
+    starts = [i for i, t in enumerate(ids) if t == 151857]
+    ends = [i for i, t in enumerate(ids) if t == 151858]
+    for image, (a, b) in enumerate(zip(starts, ends)):
+        fused[a + 1:b] = y[image].numpy()
+    os.makedirs(FUSION_DIR, exist_ok=True)
+    with open(os.path.join(FUSION_DIR, "ids.json"), "w") as f:
+        f.write(json.dumps(ids) + "\n")
+    np.save(os.path.join(FUSION_DIR, "embeddings.npy"), embeddings)
+    np.save(os.path.join(FUSION_DIR, "expected.npy"), fused)
+
+
+def count_parameters(E, H, Kv, Q):
+    """Parameter counts of the adapter's torch.nn modules (on the meta device: nothing is allocated)."""
+    meta = {"device": "meta"}
+    modules = [torch.nn.MultiheadAttention(E, H, **meta), torch.nn.LayerNorm(E, **meta), torch.nn.LayerNorm(E, **meta)]
+    if Kv != E:
+        modules.append(torch.nn.Linear(Kv, E, bias=False, **meta))
+    query = torch.nn.Parameter(torch.empty(Q, E, **meta))
+    trainable = query.numel() + sum(p.numel() for m in modules for p in m.parameters())
+    tail = sum(p.numel() for p in torch.nn.LayerNorm(E, **meta).parameters()) + E * E
+    return {"config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "n_queries": Q},
+            "adapter_trainable": trainable, "pos_embed_frozen": Q * E, "adapter_trainable_with_tail": trainable + tail}
+
+
+def write_parameter_counts():
+    counts = {"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
+              "qwen_vl": count_parameters(4096, 32, 1664, 256),
+              "demo": count_parameters(256, 2, 104, 16),
+              "identity_kv": count_parameters(8, 2, 8, 9)}
+    with open(os.path.join(REPO, "data", "parameter_counts.json"), "w") as f:
+        f.write(json.dumps(counts, indent=2) + "\n")
+
+
 def main():
     torch.set_num_threads(1)
+    write_parameter_counts()
     os.makedirs(OUT_DIR, exist_ok=True)
     for index, case in enumerate(CASES):
         seed = 1000 + index
-        fixture = build_case(*case, seed=seed)
+        fixture, params, x, mask = build_case(*case, seed=seed)
         path = os.path.join(OUT_DIR, case[0] + ".json")
         with open(path, "w") as f:
             f.write(dumps(fixture))
         print("wrote %s (%d bytes)" % (os.path.relpath(path, REPO), os.path.getsize(path)))
+        folder = write_cli_case(case[0], case[3], params, x, mask, CLI_CASES[case[0]])
+        print("wrote %s/" % os.path.relpath(folder, REPO))
+    write_demo()
+    print("wrote data/demo/ and data/fusion/")
     return 0
 
 

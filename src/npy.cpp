@@ -1,0 +1,145 @@
+#include "npy.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <regex>
+#include <unistd.h>
+
+#include <xtensor/xnpy.hpp>
+
+#include "safetensors.hpp"  // InputError
+
+namespace qwenvl {
+
+namespace {
+// The value of 'key' in the header's dict literal, as text: "'<f4'", "False", "(2, 3)".
+std::string dict_value(const std::string& header, const std::string& key) {
+    const std::regex pattern("['\"]" + key + "['\"]\\s*:\\s*('[^']*'|\"[^\"]*\"|True|False|\\([^)]*\\))");
+    std::smatch m;
+    if (!std::regex_search(header, m, pattern)) throw std::runtime_error("npy header has no '" + key + "'");
+    return m[1].str();
+}
+}  // namespace
+
+NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
+    static const std::uint8_t magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+    if (size < 10 || std::memcmp(bytes, magic, 6) != 0) throw std::runtime_error("not a .npy file (no \\x93NUMPY magic)");
+    const std::uint8_t major = bytes[6];
+    std::size_t header_len, offset;
+    if (major == 1) {
+        header_len = bytes[8] | (bytes[9] << 8);
+        offset = 10;
+    } else if (major == 2 || major == 3) {
+        if (size < 12) throw std::runtime_error("npy header truncated");
+        header_len = static_cast<std::size_t>(bytes[8]) | (static_cast<std::size_t>(bytes[9]) << 8) |
+                     (static_cast<std::size_t>(bytes[10]) << 16) | (static_cast<std::size_t>(bytes[11]) << 24);
+        offset = 12;
+    } else {
+        throw std::runtime_error("unsupported .npy format version " + std::to_string(major));
+    }
+    if (header_len > size - offset) throw std::runtime_error("npy header runs past the end of the file");
+    const std::string header(reinterpret_cast<const char*>(bytes + offset), header_len);
+
+    NpyArray a;
+    const std::string descr = dict_value(header, "descr");
+    a.descr = descr.substr(1, descr.size() - 2);
+    std::size_t element;
+    if (a.descr == "<f4") element = 4;
+    else if (a.descr == "<f8") element = 8;
+    else if (a.descr == "|b1") element = 1;
+    else throw std::runtime_error("dtype '" + a.descr + "' is not supported (float32, float64 or bool)");
+    if (dict_value(header, "fortran_order") != "False")
+        throw std::runtime_error("Fortran-order arrays are not supported (save a C-contiguous array)");
+
+    const std::string shape = dict_value(header, "shape");
+    a.count = 1;
+    std::size_t i = 1;
+    while (i + 1 < shape.size()) {
+        while (i + 1 < shape.size() && (shape[i] == ' ' || shape[i] == ',')) ++i;
+        if (i + 1 >= shape.size()) break;
+        if (shape[i] < '0' || shape[i] > '9') throw std::runtime_error("npy shape " + shape + " is not a tuple of sizes");
+        std::size_t d = 0;
+        while (i + 1 < shape.size() && shape[i] >= '0' && shape[i] <= '9') {
+            if (d > (std::numeric_limits<std::size_t>::max() - 9) / 10) throw std::runtime_error("npy shape too large");
+            d = d * 10 + static_cast<std::size_t>(shape[i++] - '0');
+        }
+        if (d != 0 && a.count > std::numeric_limits<std::size_t>::max() / d / element)
+            throw std::runtime_error("npy shape " + shape + " is too large");
+        a.shape.push_back(d);
+        a.count *= d;
+    }
+    const std::size_t data_size = size - offset - header_len;
+    if (data_size != a.count * element)
+        throw std::runtime_error("shape " + shape + " of " + a.descr + " needs " + std::to_string(a.count * element) +
+                                 " bytes of data but the file holds " + std::to_string(data_size));
+    a.data = bytes + offset + header_len;
+    return a;
+}
+
+xt::xarray<float> npy_values(const NpyArray& a) {
+    xt::xarray<float> out = xt::xarray<float>::from_shape(a.shape);
+    float* dst = out.data();
+    for (std::size_t i = 0; i < a.count; ++i) {
+        if (a.descr == "<f4") {
+            std::memcpy(dst + i, a.data + 4 * i, 4);
+        } else if (a.descr == "<f8") {
+            double d;
+            std::memcpy(&d, a.data + 8 * i, 8);
+            dst[i] = static_cast<float>(d);
+        } else {
+            dst[i] = a.data[i] ? 1.0f : 0.0f;
+        }
+    }
+    return out;
+}
+
+std::vector<std::uint8_t> read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw InputError(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw InputError(path, "cannot read");
+    return bytes;
+}
+
+xt::xarray<float> read_npy(const std::string& path, bool* is_bool) {
+    const std::vector<std::uint8_t> bytes = read_file(path);
+    try {
+        const NpyArray a = parse_npy(bytes.data(), bytes.size());
+        if (is_bool) *is_bool = a.descr == "|b1";
+        return npy_values(a);
+    } catch (const std::runtime_error& e) {
+        throw InputError(path, e.what());
+    }
+}
+
+xt::xarray<float> read_npy_float(const std::string& path) {
+    bool is_bool = false;
+    xt::xarray<float> values = read_npy(path, &is_bool);
+    if (is_bool) throw InputError(path, "holds booleans, expected float32 or float64");
+    return values;
+}
+
+void write_npy(const std::string& path, const xt::xarray<float>& values) {
+    const std::string text = xt::dump_npy(values);
+    const std::string temporary = path + ".partial-" + std::to_string(::getpid());
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
+        out.write(text.data(), static_cast<std::streamsize>(text.size()));
+        out.close();
+        if (!out) {
+            std::remove(temporary.c_str());
+            throw InputError(path, "cannot write (the disk may be full)");
+        }
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+        const std::string reason = std::strerror(errno);
+        std::remove(temporary.c_str());
+        throw InputError(path, "cannot write (" + reason + ")");
+    }
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,441 @@
+// The command line end to end: the fixture cases through `run` (safetensors and .npy written by the PyTorch
+// generator), `info`, `fuse`, and every bad input: one line on stderr naming the file, exit code 1 (2 for
+// usage), and no output file.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <xtensor/xnpy.hpp>
+
+#include "adapter.hpp"
+#include "compare.hpp"
+#include "fixture.hpp"
+#include "npy.hpp"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using nlohmann::json;
+
+namespace {
+
+const std::string kData = QWENVL_DATA_DIR;
+
+// A fresh folder under the system's temporary directory, removed afterwards.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string pattern = (fs::temp_directory_path() / "qwenvl-test-XXXXXX").string();
+        REQUIRE(mkdtemp(pattern.data()) != nullptr);
+        path = pattern;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+struct Result {
+    int code = -1;
+    std::string out, err;
+};
+
+// Runs the program with `args` (already shell-quoted where needed).
+Result cli(const std::string& args) {
+    TempDir io;
+    const std::string command = std::string("'") + QWENVL_CLI + "' " + args + " >'" + (io / "out") + "' 2>'" +
+                                (io / "err") + "' </dev/null";
+    const int status = std::system(command.c_str());
+    Result r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(io / "out");
+    r.err = slurp(io / "err");
+    return r;
+}
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// Expects the bad-input contract: exit `code`, exactly one line on stderr containing every one of `words`,
+// and no file at `output`.
+void expect_rejected(const Result& r, const std::vector<std::string>& words, const std::string& output, int code = 1) {
+    INFO("stderr: " << r.err);
+    CHECK(r.code == code);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    for (const auto& w : words) CHECK_THAT(r.err, Contains(w));
+    CHECK_FALSE(fs::exists(output));
+}
+
+// --- safetensors writing for the bad-input cases (the valid ones come from the PyTorch generator) ---
+
+void write_raw_safetensors(const std::string& path, const std::string& header, const std::string& data) {
+    std::ofstream out(path, std::ios::binary);
+    std::uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
+    out << header << data;
+}
+
+// Splits a valid safetensors file into its header JSON and its data bytes.
+std::pair<json, std::string> split_safetensors(const std::string& path) {
+    const std::string bytes = slurp(path);
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+    return {json::parse(bytes.substr(8, n)), bytes.substr(8 + n)};
+}
+
+// F32 safetensors holding zero-filled tensors of the given shapes (for shape and config errors).
+void write_f32_tensors(const std::string& path, const std::vector<std::pair<std::string, std::vector<std::size_t>>>& tensors) {
+    json header;
+    std::string data;
+    for (const auto& [name, shape] : tensors) {
+        std::size_t count = 1;
+        for (auto d : shape) count *= d;
+        header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + 4 * count}}};
+        // Non-zero, varied values so LayerNorm has something to normalise.
+        for (std::size_t i = 0; i < count; ++i) {
+            const float v = 0.01f * static_cast<float>((i * 7919) % 200) - 1.0f;
+            data.append(reinterpret_cast<const char*>(&v), 4);
+        }
+    }
+    write_raw_safetensors(path, header.dump(), data);
+}
+
+std::vector<std::pair<std::string, std::vector<std::size_t>>> adapter_tensors(std::size_t E, std::size_t Kv, std::size_t Q) {
+    const std::string a = "transformer.visual.attn_pool.";
+    std::vector<std::pair<std::string, std::vector<std::size_t>>> t = {
+        {a + "query", {Q, E}},           {a + "attn.in_proj_weight", {3 * E, E}}, {a + "attn.in_proj_bias", {3 * E}},
+        {a + "attn.out_proj.weight", {E, E}}, {a + "attn.out_proj.bias", {E}},     {a + "ln_q.weight", {E}},
+        {a + "ln_q.bias", {E}},          {a + "ln_kv.weight", {E}},               {a + "ln_kv.bias", {E}}};
+    if (Kv != E) t.push_back({a + "kv_proj.weight", {E, Kv}});
+    return t;
+}
+
+const std::string kCase = kData + "/cli/resize_up";  // F32, Kv = 6, E = 8, 2x2 queries, 4x4 keys, H = 2
+
+std::string run_args(const std::string& weights, const std::string& input, const std::string& output,
+                     const std::string& extra = "--heads 2") {
+    return "run --weights " + q(weights) + " --input " + q(input) + " --output " + q(output) + " " + extra;
+}
+
+}  // namespace
+
+TEST_CASE("cli: every fixture case through `run` equals PyTorch's output", "[cli][golden]") {
+    std::size_t cases = 0;
+    for (const auto& entry : fs::directory_iterator(kData + "/cli")) {
+        const std::string dir = entry.path().string();
+        const json c = json::parse(slurp(dir + "/case.json"));
+        DYNAMIC_SECTION(entry.path().filename().string() << " (" << c["dtype"].get<std::string>() << ")") {
+            TempDir tmp;
+            std::string args = "run --input " + q(dir + "/" + c["input"].get<std::string>()) + " --output " +
+                               q(tmp / "y.npy") + " --heads " + std::to_string(c["heads"].get<int>());
+            for (const auto& w : c["weights"]) args += " --weights " + q(dir + "/" + w.get<std::string>());
+            if (c.contains("mask")) args += " --mask " + q(dir + "/" + c["mask"].get<std::string>());
+            if (c["adapter_only"].get<bool>()) args += " --adapter-only";
+            const Result r = cli(args);
+            INFO("stderr: " << r.err);
+            REQUIRE(r.code == 0);
+            const xt::xarray<float> expected = qwenvl::read_npy_float(dir + "/" + c["expected"].get<std::string>());
+            const xt::xarray<float> got = qwenvl::read_npy_float(tmp / "y.npy");
+            const qwenvl::Comparison cmp = qwenvl::compare(got, expected, c["tolerance"]["atol"], c["tolerance"]["rtol"]);
+            INFO(qwenvl::describe(cmp, expected));
+            CHECK(cmp.ok());
+        }
+        ++cases;
+    }
+    CHECK(cases >= 7);
+}
+
+TEST_CASE("cli: --trace writes every intermediate, equal to the fixture's PyTorch values", "[cli][golden]") {
+    // resize_up is stored in F32 with pos_embed equal to numpy's table, so its trace is the fixture's.
+    const qwenvl::Fixture f = qwenvl::load_fixture(kData + "/fixtures/resize_up.json");
+    TempDir tmp;
+    const Result r = cli(run_args(kCase + "/weights.safetensors", kCase + "/x.npy", tmp / "y.npy", "--heads 2 --trace " + q(tmp / "trace")));
+    REQUIRE(r.code == 0);
+    for (const auto& [stage, want] : f.expected) {
+        const std::string file = tmp / ("trace/" + stage + ".npy");
+        REQUIRE(fs::exists(file));
+        const qwenvl::Comparison cmp = qwenvl::compare(qwenvl::read_npy_float(file), want, f.atol, f.rtol);
+        INFO("stage " << stage << ": " << qwenvl::describe(cmp, want));
+        CHECK(cmp.ok());
+    }
+}
+
+TEST_CASE("cli: a 2D input gives a 2D output; --adapter-only stops before ln_post", "[cli]") {
+    TempDir tmp;
+    const std::string dir = kData + "/cli/identity_equal_grids";
+    REQUIRE(cli(run_args(dir + "/weights.safetensors", dir + "/x.npy", tmp / "y.npy")).code == 0);
+    CHECK(qwenvl::read_npy_float(tmp / "y.npy").dimension() == 2);
+    // resize_up with --adapter-only equals the fixture's `out`, not its `proj`.
+    const qwenvl::Fixture f = qwenvl::load_fixture(kData + "/fixtures/resize_up.json");
+    REQUIRE(cli(run_args(kCase + "/weights.safetensors", kCase + "/x.npy", tmp / "a.npy", "--heads 2 --adapter-only")).code == 0);
+    CHECK(qwenvl::compare(qwenvl::read_npy_float(tmp / "a.npy"), f.expect("out"), f.atol, f.rtol).ok());
+}
+
+TEST_CASE("cli: info reports the parameter count PyTorch counts, and the stored pos_embed", "[cli]") {
+    const json counts = json::parse(slurp(kData + "/parameter_counts.json"));
+    const Result r = cli("info --weights " + q(kData + "/demo/adapter.safetensors"));
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Contains("adapter, trainable: " + std::to_string(counts["demo"]["adapter_trainable"].get<long>())));
+    CHECK_THAT(r.out, Contains("transformer.visual.attn_pool.attn.in_proj_weight"));
+    CHECK_THAT(r.out, Contains("H = 2 heads of Dh = 128 (E / 128)"));
+    CHECK_THAT(r.out, Contains("pos_embed: stored"));
+    // Qwen-VL's real configuration, counted without allocating it.
+    for (const char* key : {"qwen_vl", "demo", "identity_kv"}) {
+        const json& k = counts[key];
+        qwenvl::AdapterConfig c;
+        c.embed_dim = k["config"]["embed_dim"];
+        c.kv_dim = k["config"]["kv_dim"];
+        c.n_queries = k["config"]["n_queries"];
+        c.num_heads = k["config"]["num_heads"];
+        INFO(key);
+        CHECK(qwenvl::count_parameters(c).trainable == k["adapter_trainable"].get<std::size_t>());
+        CHECK(qwenvl::count_parameters(c).frozen == k["pos_embed_frozen"].get<std::size_t>());
+    }
+    CHECK(counts["qwen_vl"]["adapter_trainable"] == 75005952);
+}
+
+TEST_CASE("cli: fuse splices the demo's features as numpy does", "[cli][golden][fusion]") {
+    TempDir tmp;
+    const Result r = cli("fuse --ids " + q(kData + "/fusion/ids.json") + " --embeddings " + q(kData + "/fusion/embeddings.npy") +
+                         " --image-features " + q(kData + "/demo/expected.npy") + " --output " + q(tmp / "fused.npy"));
+    INFO(r.err);
+    REQUIRE(r.code == 0);
+    const xt::xarray<float> expected = qwenvl::read_npy_float(kData + "/fusion/expected.npy");
+    CHECK(qwenvl::compare(qwenvl::read_npy_float(tmp / "fused.npy"), expected, 0.0, 0.0).ok());
+}
+
+TEST_CASE("cli: the demo and --help run", "[cli]") {
+    const Result demo = cli("");
+    CHECK(demo.code == 0);
+    CHECK_THAT(demo.out, Contains("OK: the output equals PyTorch's"));
+    for (const char* command : {"--help", "run --help", "info --help", "fuse --help", "demo --help", "golden --help"}) {
+        const Result r = cli(command);
+        INFO(command);
+        CHECK(r.code == 0);
+        CHECK_THAT(r.out, Contains("usage:"));
+    }
+    CHECK(cli("golden").code == 0);
+}
+
+TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
+    TempDir tmp;
+    const std::string bad = tmp / "bad.safetensors", x = kCase + "/x.npy", y = tmp / "y.npy";
+    const auto [header, data] = split_safetensors(kCase + "/weights.safetensors");
+
+    SECTION("empty file") {
+        write_raw_safetensors(bad, "", "");
+        std::ofstream(bad, std::ios::trunc).close();
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "too short"}, y);
+    }
+    SECTION("truncated data") {
+        const std::string whole = slurp(kCase + "/weights.safetensors");
+        std::ofstream(bad, std::ios::binary) << whole.substr(0, whole.size() - 100);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "outside"}, y);
+    }
+    SECTION("header length past the end") {
+        std::ofstream out(bad, std::ios::binary);
+        const std::uint64_t n = 1u << 20;
+        for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
+        out << "{}";
+        out.close();
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "runs past the end"}, y);
+    }
+    SECTION("header that is not JSON") {
+        write_raw_safetensors(bad, "{\"a\": [1, 2", data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "not valid JSON"}, y);
+    }
+    SECTION("data offsets outside the file") {
+        json h = header;
+        h["transformer.visual.proj"]["data_offsets"] = {data.size() - 4, data.size() + 252};
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "outside"}, y);
+    }
+    SECTION("overlapping data offsets") {
+        json h = header;
+        h["transformer.visual.ln_post.bias"]["data_offsets"] = h["transformer.visual.ln_post.weight"]["data_offsets"];
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "overlap"}, y);
+    }
+    SECTION("a shape that disagrees with the byte count") {
+        json h = header;
+        h["transformer.visual.proj"]["shape"] = {8, 9};
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "transformer.visual.proj", "bytes"}, y);
+    }
+    SECTION("an unknown dtype") {
+        json h = header;
+        h["transformer.visual.proj"]["dtype"] = "F31";
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "unknown dtype 'F31'"}, y);
+    }
+    SECTION("a dtype that is not read") {
+        json h = header;
+        h["transformer.visual.ln_post.bias"]["dtype"] = "I32";
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "I32"}, y);
+    }
+    SECTION("a missing tensor") {
+        json h = header;
+        h.erase("transformer.visual.attn_pool.ln_q.weight");
+        write_raw_safetensors(bad, h.dump(), data);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "missing tensor 'transformer.visual.attn_pool.ln_q.weight'"}, y);
+    }
+    SECTION("a wrong prefix finds nothing") {
+        expect_rejected(cli(run_args(kCase + "/weights.safetensors", x, y, "--heads 2 --prefix model.")),
+                        {"missing tensor 'model.attn_pool.query'"}, y);
+    }
+    SECTION("a shard listed in an index but absent") {
+        const std::string index = tmp / "model.safetensors.index.json";
+        std::ofstream(index) << R"({"weight_map": {"transformer.visual.proj": "nowhere.safetensors"}})";
+        expect_rejected(cli(run_args(index, x, y)), {"nowhere.safetensors", "cannot open"}, y);
+    }
+    SECTION("a tensor in two shards") {
+        expect_rejected(cli("run --weights " + q(kCase + "/weights.safetensors") + " " +
+                            run_args(kCase + "/weights.safetensors", x, y).substr(4)),
+                        {"is also in"}, y);
+    }
+}
+
+TEST_CASE("cli: bad features, masks, heads and widths", "[cli][bad-input]") {
+    TempDir tmp;
+    const std::string w = kCase + "/weights.safetensors", y = tmp / "y.npy", x = tmp / "x.npy";
+
+    SECTION("a patch count that is not a perfect square") {
+        xt::dump_npy(x, xt::xarray<float>(xt::ones<float>({std::size_t(10), std::size_t(6)})));
+        expect_rejected(cli(run_args(w, x, y)), {x, "not a perfect square"}, y);
+    }
+    SECTION("a feature width that is not Kv") {
+        xt::dump_npy(x, xt::xarray<float>(xt::ones<float>({std::size_t(16), std::size_t(5)})));
+        expect_rejected(cli(run_args(w, x, y)), {x, "feature width 5", "Kv = 6"}, y);
+    }
+    SECTION("NaN features") {
+        xt::xarray<float> v = xt::ones<float>({std::size_t(16), std::size_t(6)});
+        v(3, 2) = std::numeric_limits<float>::quiet_NaN();
+        xt::dump_npy(x, v);
+        expect_rejected(cli(run_args(w, x, y)), {x, "NaN or infinite"}, y);
+    }
+    SECTION("infinite features") {
+        xt::xarray<double> v = xt::ones<double>({std::size_t(1), std::size_t(16), std::size_t(6)});
+        v(0, 0, 0) = -std::numeric_limits<double>::infinity();
+        xt::dump_npy(x, v);
+        expect_rejected(cli(run_args(w, x, y)), {x, "NaN or infinite"}, y);
+    }
+    SECTION("features of the wrong rank") {
+        xt::dump_npy(x, xt::xarray<float>(xt::ones<float>({std::size_t(16)})));
+        expect_rejected(cli(run_args(w, x, y)), {x, "expected (L, Kv) or (N, L, Kv)"}, y);
+    }
+    SECTION("a truncated .npy") {
+        const std::string whole = slurp(kCase + "/x.npy");
+        std::ofstream(x, std::ios::binary) << whole.substr(0, whole.size() - 7);
+        expect_rejected(cli(run_args(w, x, y)), {x, "bytes of data"}, y);
+    }
+    SECTION("a file that is not .npy") {
+        std::ofstream(x) << "hello";
+        expect_rejected(cli(run_args(w, x, y)), {x, "not a .npy file"}, y);
+    }
+    SECTION("an integer .npy") {
+        xt::dump_npy(x, xt::xarray<int>(xt::ones<int>({std::size_t(16), std::size_t(6)})));
+        expect_rejected(cli(run_args(w, x, y)), {x, "not supported"}, y);
+    }
+    SECTION("H not dividing E") {
+        expect_rejected(cli(run_args(w, kCase + "/x.npy", y, "--heads 3")), {w, "num_heads 3 does not divide"}, y);
+    }
+    SECTION("E too small for the default head rule") {
+        expect_rejected(cli(run_args(w, kCase + "/x.npy", y, "")), {w, "give --heads"}, y);
+    }
+    SECTION("E not divisible by 4") {
+        const std::string w6 = tmp / "e6.safetensors";
+        write_f32_tensors(w6, adapter_tensors(6, 5, 4));
+        xt::dump_npy(x, xt::xarray<float>(xt::ones<float>({std::size_t(9), std::size_t(5)})));
+        expect_rejected(cli(run_args(w6, x, y, "--heads 2")), {w6, "not divisible by 4"}, y);
+    }
+    SECTION("a query count that is not a perfect square") {
+        const std::string w3 = tmp / "q3.safetensors";
+        write_f32_tensors(w3, adapter_tensors(8, 6, 3));
+        expect_rejected(cli(run_args(w3, kCase + "/x.npy", y)), {w3, "not a perfect square"}, y);
+    }
+    SECTION("a mask of the wrong shape") {
+        const std::string m = tmp / "m.npy";
+        xt::dump_npy(m, xt::xarray<float>(xt::zeros<float>({std::size_t(4), std::size_t(15)})));
+        expect_rejected(cli(run_args(w, kCase + "/x.npy", y, "--heads 2 --mask " + q(m))), {m, "expected (Q, L) = (4, 16)"}, y);
+    }
+    SECTION("an unreadable input path") {
+        expect_rejected(cli(run_args(w, tmp / "absent.npy", y)), {tmp / "absent.npy", "cannot open"}, y);
+    }
+    SECTION("an unwritable output path") {
+        const std::string out = tmp / "no/such/folder/y.npy";
+        expect_rejected(cli(run_args(w, kCase + "/x.npy", out)), {out, "cannot write"}, out);
+    }
+    SECTION("an output in a read-only folder leaves nothing behind") {
+        if (::geteuid() != 0) {  // root ignores permissions
+            fs::create_directory(tmp / "ro");
+            fs::permissions(tmp / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+            expect_rejected(cli(run_args(w, kCase + "/x.npy", tmp / "ro/y.npy")), {"cannot write"}, tmp / "ro/y.npy");
+        }
+        CHECK(fs::is_empty(tmp.path));
+    }
+}
+
+TEST_CASE("cli: bad fuse inputs", "[cli][bad-input][fusion]") {
+    TempDir tmp;
+    const std::string ids = tmp / "ids.json", out = tmp / "fused.npy";
+    const std::string emb = kData + "/fusion/embeddings.npy", feat = kData + "/demo/expected.npy";
+    const json good = json::parse(slurp(kData + "/fusion/ids.json"));
+    auto fuse = [&](const std::string& ids_path) {
+        return cli("fuse --ids " + q(ids_path) + " --embeddings " + q(emb) + " --image-features " + q(feat) + " --output " + q(out));
+    };
+    SECTION("a span of the wrong length") {
+        json ids_wrong = good;
+        auto end = std::find(ids_wrong.begin(), ids_wrong.end(), 151858);
+        *end = 151859;
+        *(end - 1) = 151858;  // </img> one position early: the span holds Q - 1
+        std::ofstream(ids) << ids_wrong.dump();
+        expect_rejected(fuse(ids), {ids, "holds 15 positions, expected 16"}, out);
+    }
+    SECTION("a span never closed") {
+        json open = good;
+        std::find(open.rbegin(), open.rend(), 151858)->operator=(151859);  // drop the last </img>
+        std::ofstream(ids) << open.dump();
+        expect_rejected(fuse(ids), {ids, "never closed"}, out);
+    }
+    SECTION("</img> without <img>") {
+        json stray = good;
+        stray[0] = 151858;
+        std::ofstream(ids) << stray.dump();
+        expect_rejected(fuse(ids), {ids, "without an <img>"}, out);
+    }
+    SECTION("ids that are not a list of integers") {
+        std::ofstream(ids) << R"({"input_ids": [1, "two"]})";
+        expect_rejected(fuse(ids), {ids, "not an integer"}, out);
+    }
+    SECTION("embeddings for another number of tokens") {
+        json fewer = good;
+        fewer.erase(fewer.begin());
+        std::ofstream(ids) << fewer.dump();
+        expect_rejected(fuse(ids), {emb, "expected (T, E)"}, out);
+    }
+}
+
+TEST_CASE("cli: usage errors exit with 2", "[cli][bad-input]") {
+    TempDir tmp;
+    expect_rejected(cli("run --weights " + q(kCase + "/weights.safetensors") + " --output " + q(tmp / "y.npy")),
+                    {"--input is required"}, tmp / "y.npy", 2);
+    expect_rejected(cli("run --frobnicate"), {"unknown argument '--frobnicate'"}, tmp / "y.npy", 2);
+    expect_rejected(cli("run --heads 0 --weights a --input b --output " + q(tmp / "y.npy")), {"positive whole number"},
+                    tmp / "y.npy", 2);
+    expect_rejected(cli("transmogrify"), {"unknown command"}, tmp / "y.npy", 2);
+    expect_rejected(cli("run --input"), {"--input needs a value"}, tmp / "y.npy", 2);
+}
