@@ -51,31 +51,53 @@ Matrix query_projection(const AdapterWeights& w, const AdapterConfig& c, const M
     return q;
 }
 
+QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, Trace* trace) {
+    QuerySide side;
+    side.pos_q = query_position_table(w, c);  // (Q, E)
+    if (trace) trace->record("pos_q", side.pos_q);
+    side.q = query_projection(w, c, side.pos_q, trace);  // (Q, E)
+    return side;
+}
+
 Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Tensor3& x, const Matrix* mask,
-                        Trace* trace) {
+                        Trace* trace, const QuerySide* prepared) {
     const char* fn = "adapter_forward";
     const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     grid_side(L, "adapter_forward: the patch count L");
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
 
-    // Position tables: P_q for the query grid, P_k resized to the key grid.
-    const Matrix pos_q = query_position_table(w, c);                            // (Q, E)
-    const Matrix pos_k = key_position_table(pos_q, L);                          // (L, E)
-    if (trace) {
-        trace->record("pos_q", pos_q);
-        trace->record("pos_k", pos_k);
+    // Query side, (Q, E): the same for every image, so once for the whole batch (or once per set of
+    // weights, when the caller prepared it). A traced run always recomputes it, to record its steps.
+    QuerySide computed;
+    const QuerySide* side = prepared;
+    if (!side || trace) {
+        computed = prepare_query_side(w, c, trace);
+        side = &computed;
     }
+    check_shape(fn, "prepared q", side->q, {Q, E});
 
-    // Query side: once for the whole batch.
-    const Matrix q = query_projection(w, c, pos_q, trace);                      // (Q, E)
+    // Key-side table: P_q resized to the key grid.
+    const Matrix pos_k = key_position_table(side->pos_q, L);  // (L, E)
+    if (trace) trace->record("pos_k", pos_k);
 
-    // Key and value side, all N*L rows at once.
-    const Tensor3 projected = kv_projection(x, w.kv_proj);                      // (N, L, E)
-    const Tensor3 X = layer_norm(projected, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (N, L, E)
-    const Tensor3 key_in = X + xt::view(pos_k, xt::newaxis(), xt::all(), xt::all());  // the resized table on keys
-    const Tensor3 k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);            // (N, L, E)
-    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);                 // (N, L, E): no position term
+    // Key and value side, all N*L rows at once. Each intermediate is released as soon as the next one
+    // exists, which keeps the peak memory at about three (N, L, E) tensors.
+    Tensor3 X = kv_projection(x, w.kv_proj);  // (N, L, E)
+    if (trace) trace->record("kv_proj", X);
+    X = layer_norm(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (N, L, E)
+    if (trace) trace->record("ln_kv", X);
+    Tensor3 k;  // (N, L, E)
+    {
+        const Tensor3 key_in = X + xt::view(pos_k, xt::newaxis(), xt::all(), xt::all());  // the resized table on keys
+        if (trace) trace->record("key_in", key_in);
+        k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);
+    }
+    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (N, L, E): no position term on values
+    if (trace) {
+        trace->record("k", k);
+        trace->record("v", v);
+    }
 
     // Attention, one image at a time.
     Tensor3 attended({N, Q, E});
@@ -85,23 +107,15 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
         weights = Tensor4({N, H, Q, L});
     }
     for (std::size_t n = 0; n < N; ++n) {
-        const Matrix k_n = xt::view(k, n);  // (L, E)
-        const Matrix v_n = xt::view(v, n);  // (L, E)
-        AttentionOutput a = multi_head_attention(q, k_n, v_n, H, mask, trace != nullptr);
+        const AttentionOutput a = multi_head_attention(side->q, xt::view(k, n), xt::view(v, n), H, mask, trace != nullptr);
         xt::view(attended, n) = a.attended;
         if (trace) {
             xt::view(scores, n) = a.scores;
             xt::view(weights, n) = a.weights;
         }
     }
-    Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);        // (N, Q, E)
-
+    Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E)
     if (trace) {
-        trace->record("kv_proj", projected);
-        trace->record("ln_kv", X);
-        trace->record("key_in", key_in);
-        trace->record("k", k);
-        trace->record("v", v);
         trace->record("scores", scores);
         trace->record("attn_weights", weights);
         trace->record("attended", attended);

@@ -59,10 +59,19 @@ Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& 
 Matrix query_projection(const AdapterWeights& weights, const AdapterConfig& config, const Matrix& pos_q,
                         Trace* trace = nullptr);
 
+// What does not depend on the image: the query-side table P_q and the projected queries q, both (Q, E).
+// Records pos_q, ln_q, query_in and q in `trace` when given.
+struct QuerySide {
+    Matrix pos_q;
+    Matrix q;
+};
+QuerySide prepare_query_side(const AdapterWeights& weights, const AdapterConfig& config, Trace* trace = nullptr);
+
 // The adapter on a batch: x (N, L, Kv) -> (N, Q, E). L must be a perfect square. mask: (Q, L) additive
-// attention mask or nullptr. Records every intermediate in `trace` when given.
+// attention mask or nullptr. Records every intermediate in `trace` when given. `prepared` (optional) is the
+// query side computed once for these weights; without it the query side is computed here, once per call.
 Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
-                        const Matrix* mask = nullptr, Trace* trace = nullptr);
+                        const Matrix* mask = nullptr, Trace* trace = nullptr, const QuerySide* prepared = nullptr);
 
 // The visual tower's tail: (N, Q, E) -> (N, Q, E), y = LN_post(out) @ proj. Records ln_post and proj.
 Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace = nullptr);

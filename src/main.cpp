@@ -92,8 +92,10 @@ std::size_t parse_count(const std::string& command, const std::string& name, con
 // ---------------------------------------------------------------------------------------------------------
 // Checks on the inputs of `run`, each naming the file.
 
-Tensor3 read_features(const std::string& path, std::size_t kv_dim) {
+// Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was.
+Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr) {
     const xt::xarray<float> raw = read_npy_float(path);
+    if (unbatched) *unbatched = raw.dimension() == 2;
     if (raw.dimension() != 2 && raw.dimension() != 3)
         throw InputError(path, "features have shape " + shape_string(shape_of(raw)) + ", expected (L, Kv) or (N, L, Kv)");
     const std::size_t L = raw.shape(raw.dimension() - 2), width = raw.shape(raw.dimension() - 1);
@@ -154,8 +156,8 @@ int run_command(const std::vector<std::string>& argv) {
     const LoadedAdapter model = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, !args.flags.at("--adapter-only"));
     const AdapterConfig& c = model.config;
 
-    const Tensor3 x = read_features(input, c.kv_dim);
-    const bool unbatched = read_npy_float(input).dimension() == 2;
+    bool unbatched = false;
+    const Tensor3 x = read_features(input, c.kv_dim, &unbatched);
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
 

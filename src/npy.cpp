@@ -5,7 +5,6 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <regex>
 #include <unistd.h>
 
 #include <xtensor/xnpy.hpp>
@@ -16,11 +15,24 @@ namespace qwenvl {
 
 namespace {
 // The value of 'key' in the header's dict literal, as text: "'<f4'", "False", "(2, 3)".
+// The header is a Python dict literal written by numpy; only these three forms of value occur in it.
 std::string dict_value(const std::string& header, const std::string& key) {
-    const std::regex pattern("['\"]" + key + "['\"]\\s*:\\s*('[^']*'|\"[^\"]*\"|True|False|\\([^)]*\\))");
-    std::smatch m;
-    if (!std::regex_search(header, m, pattern)) throw std::runtime_error("npy header has no '" + key + "'");
-    return m[1].str();
+    std::size_t at = header.find("'" + key + "'");
+    if (at == std::string::npos) throw std::runtime_error("npy header has no '" + key + "'");
+    at = header.find(':', at + key.size() + 2);
+    if (at == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
+    at = header.find_first_not_of(' ', at + 1);
+    if (at == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
+    const char open = header[at];
+    const char close = open == '\'' ? '\'' : open == '(' ? ')' : ',';
+    std::size_t end = header.find(close, at + 1);
+    if (close == ',') {  // True / False: up to the next comma or brace
+        end = header.find_first_of(",}", at);
+        if (end == std::string::npos) throw std::runtime_error("npy header is not closed");
+        return header.substr(at, end - at);
+    }
+    if (end == std::string::npos) throw std::runtime_error("npy header value of '" + key + "' is not closed");
+    return header.substr(at, end - at + 1);
 }
 }  // namespace
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "features.hpp"
 
@@ -48,21 +49,24 @@ Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, std::size_t grid
     check_shape(fn, "table", table, {grid_in * grid_in, ANY});
     const std::size_t channels = table.shape(1);
     Matrix out({grid_out * grid_out, channels});
+    std::vector<float> along_w(channels);
     for (std::size_t oy = 0; oy < grid_out; ++oy) {
         const Taps ty = taps_for(grid_in, grid_out, oy);
         for (std::size_t ox = 0; ox < grid_out; ++ox) {
             const Taps tx = taps_for(grid_in, grid_out, ox);
-            for (std::size_t c = 0; c < channels; ++c) {
-                // Along the row (w) first for each of the four source rows, then along the column (h),
-                // in the order PyTorch's CPU kernel sums them.
-                float value = 0.0f;
-                for (int a = 0; a < 4; ++a) {
-                    const std::size_t row = ty.index[a] * grid_in;
-                    float along_w = 0.0f;
-                    for (int b = 0; b < 4; ++b) along_w += tx.weight[b] * table(row + tx.index[b], c);
-                    value += ty.weight[a] * along_w;
+            float* value = &out(oy * grid_out + ox, 0);
+            std::fill(value, value + channels, 0.0f);
+            // Along the row (w) first for each of the four source rows, then along the column (h), in the
+            // order PyTorch's CPU kernel sums them. The channel loop is innermost so that it runs over
+            // contiguous memory (one table row at a time) and the compiler vectorises it.
+            for (int a = 0; a < 4; ++a) {
+                const std::size_t row = ty.index[a] * grid_in;
+                std::fill(along_w.begin(), along_w.end(), 0.0f);
+                for (int b = 0; b < 4; ++b) {
+                    const float* source = &table(row + tx.index[b], 0);
+                    for (std::size_t c = 0; c < channels; ++c) along_w[c] += tx.weight[b] * source[c];
                 }
-                out(oy * grid_out + ox, c) = value;
+                for (std::size_t c = 0; c < channels; ++c) value[c] += ty.weight[a] * along_w[c];
             }
         }
     }

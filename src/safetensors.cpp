@@ -227,39 +227,68 @@ const TensorEntry& WeightFiles::entry(const std::string& name) const {
 }
 
 xt::xarray<float> WeightFiles::read(const std::string& name) const {
+    xt::xarray<float> out = xt::xarray<float>::from_shape(entry(name).shape);
+    read_into(name, 0, out.size(), out.data());
+    return out;
+}
+
+void WeightFiles::read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const {
     const TensorEntry& e = entry(name);
-    xt::xarray<float> out = xt::xarray<float>::from_shape(e.shape);
+    const std::size_t element = dtype_size(e.dtype);
+    if (first + count < first || (first + count) * element > e.end - e.begin)
+        throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                                     ") lie outside tensor '" + name + "'");
     std::ifstream in(e.file, std::ios::binary);
     if (!in) throw InputError(e.file, std::string("cannot open (") + std::strerror(errno) + ")");
-    in.seekg(static_cast<std::streamoff>(e.begin));
+    in.seekg(static_cast<std::streamoff>(e.begin + first * element));
     try {
         if (e.dtype == "F32") {
-            // Read straight into the tensor: no second copy of the weights in memory.
-            in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(e.end - e.begin));
+            // Straight into the destination: no second copy of the weights in memory.
+            in.read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(count * element));
             if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
-        } else {
-            // Convert in chunks, so a bf16 file never needs a second full-size buffer.
-            const std::size_t element = dtype_size(e.dtype), chunk = 1 << 16;
-            if (e.dtype != "F16" && e.dtype != "BF16")
-                throw std::runtime_error("tensor '" + name + "' has dtype " + e.dtype + " (only F32, F16 and BF16 are read)");
-            std::vector<std::uint8_t> raw(chunk * element);
-            for (std::size_t done = 0; done < out.size(); done += chunk) {
-                const std::size_t count = std::min(chunk, out.size() - done);
-                in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(count * element));
-                if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
-                convert_to_float(e.dtype, raw.data(), count, out.data() + done);
-            }
+            return;
+        }
+        if (e.dtype != "F16" && e.dtype != "BF16")
+            throw std::runtime_error("tensor '" + name + "' has dtype " + e.dtype + " (only F32, F16 and BF16 are read)");
+        // Convert in chunks, so a 16-bit file never needs a second full-size buffer.
+        const std::size_t chunk = 1 << 16;
+        std::vector<std::uint8_t> raw(chunk * element);
+        for (std::size_t done = 0; done < count; done += chunk) {
+            const std::size_t n = std::min(chunk, count - done);
+            in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(n * element));
+            if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
+            convert_to_float(e.dtype, raw.data(), n, out + done);
         }
     } catch (const std::runtime_error& err) {
         throw InputError(e.file, err.what());
     }
-    return out;
 }
 
 std::vector<TensorEntry> WeightFiles::entries() const {
     std::vector<TensorEntry> out;
     for (const auto& [name, e] : tensors_) out.push_back(e);
     return out;
+}
+
+void write_safetensors_f32(const std::string& path, const std::map<std::string, xt::xarray<float>>& tensors) {
+    nlohmann::json header = nlohmann::json::object();
+    std::uint64_t offset = 0;
+    for (const auto& [name, t] : tensors) {
+        header[name] = {{"dtype", "F32"},
+                        {"shape", std::vector<std::size_t>(t.shape().begin(), t.shape().end())},
+                        {"data_offsets", {offset, offset + 4 * t.size()}}};
+        offset += 4 * t.size();
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
+    const std::uint64_t n = text.size();
+    for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
+    out << text;
+    for (const auto& [name, t] : tensors)
+        out.write(reinterpret_cast<const char*>(t.data()), static_cast<std::streamsize>(4 * t.size()));
+    if (!out) throw InputError(path, "cannot write");
 }
 
 }  // namespace qwenvl

@@ -60,6 +60,9 @@ public:
     const TensorEntry& entry(const std::string& name) const;  // throws InputError when missing
     // Reads a tensor as float32 (converting F16 and BF16); throws InputError naming the file.
     xt::xarray<float> read(const std::string& name) const;
+    // Reads elements [first, first + count) of a tensor (row-major) into `out` as float32, straight from the
+    // file: how a packed tensor such as in_proj_weight is split without a second copy in memory.
+    void read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const;
     std::vector<TensorEntry> entries() const;   // sorted by name
     std::vector<std::string> files() const { return files_; }
 
@@ -69,5 +72,8 @@ private:
     std::map<std::string, TensorEntry> tensors_;
     std::vector<std::string> files_;
 };
+
+// Writes float32 tensors as a safetensors file (names sorted, F32), for tests and benchmarks.
+void write_safetensors_f32(const std::string& path, const std::map<std::string, xt::xarray<float>>& tensors);
 
 }  // namespace qwenvl

@@ -17,6 +17,7 @@
 #include "compare.hpp"
 #include "fixture.hpp"
 #include "npy.hpp"
+#include "safetensors.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -95,21 +96,15 @@ std::pair<json, std::string> split_safetensors(const std::string& path) {
     return {json::parse(bytes.substr(8, n)), bytes.substr(8 + n)};
 }
 
-// F32 safetensors holding zero-filled tensors of the given shapes (for shape and config errors).
+// F32 safetensors holding tensors of the given shapes, filled with varied values (for shape and config errors).
 void write_f32_tensors(const std::string& path, const std::vector<std::pair<std::string, std::vector<std::size_t>>>& tensors) {
-    json header;
-    std::string data;
+    std::map<std::string, xt::xarray<float>> values;
     for (const auto& [name, shape] : tensors) {
-        std::size_t count = 1;
-        for (auto d : shape) count *= d;
-        header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + 4 * count}}};
-        // Non-zero, varied values so LayerNorm has something to normalise.
-        for (std::size_t i = 0; i < count; ++i) {
-            const float v = 0.01f * static_cast<float>((i * 7919) % 200) - 1.0f;
-            data.append(reinterpret_cast<const char*>(&v), 4);
-        }
+        xt::xarray<float> t = xt::xarray<float>::from_shape(shape);
+        for (std::size_t i = 0; i < t.size(); ++i) t.data()[i] = 0.01f * static_cast<float>((i * 7919) % 200) - 1.0f;
+        values[name] = t;
     }
-    write_raw_safetensors(path, header.dump(), data);
+    qwenvl::write_safetensors_f32(path, values);
 }
 
 std::vector<std::pair<std::string, std::vector<std::size_t>>> adapter_tensors(std::size_t E, std::size_t Kv, std::size_t Q) {

@@ -1,0 +1,182 @@
+// qwenvl-bench: the adapter's speed and memory at Qwen-VL's real dimensions, with random weights.
+//
+//   qwenvl-bench [--images N] [--grid G] [--repeats R] [--json]
+//       one size: N images of G x G patches (L = G*G) of Kv = 1664, E = 4096, H = 32, Q = 256 (16 x 16).
+//       Reports the median time of adapter_forward + tower_tail_forward per batch and per image, the effective
+//       GFLOP/s, OpenBLAS's sgemm throughput measured in the same process on a (1024 x 4096) x (4096 x 4096)
+//       product, and the process's peak resident memory. The query side (sin-cos table, ln_q, q projection)
+//       does not depend on the image: it is prepared once per set of weights and timed separately.
+//   qwenvl-bench --write-checkpoint DIR
+//       writes DIR/adapter-f32.safetensors (full size, F32, random) and DIR/features.npy (1, 1024, 1664), to
+//       measure `qwenvl-adapter run` itself (docs/performance.md).
+//
+// Threads: OpenBLAS's, set with OPENBLAS_NUM_THREADS. Run a Release build (cmake --preset release).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "adapter.hpp"
+#include "linear.hpp"
+#include "npy.hpp"
+#include "safetensors.hpp"
+
+using namespace qwenvl;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kE = 4096, kKv = 1664, kH = 32, kGridQ = 16;
+
+double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double peak_rss_mib() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_maxrss / 1024.0;  // Linux reports kilobytes
+}
+
+template <class T>
+void fill_normal(T& t, float scale, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, scale);
+    for (auto& v : t) v = normal(rng);
+}
+
+AdapterWeights random_weights(std::mt19937& rng) {
+    AdapterWeights w;
+    const float e = 1.0f / std::sqrt(float(kE)), kv = 1.0f / std::sqrt(float(kKv));
+    w.query = Matrix::from_shape({kGridQ * kGridQ, kE});
+    fill_normal(w.query, 0.02f, rng);
+    w.kv_proj = Matrix::from_shape({kE, kKv});
+    fill_normal(w.kv_proj, kv, rng);
+    for (Matrix* m : {&w.in_proj.w_q, &w.in_proj.w_k, &w.in_proj.w_v, &w.out_proj_weight}) {
+        *m = Matrix::from_shape({kE, kE});
+        fill_normal(*m, e, rng);
+    }
+    for (Vector* v : {&w.in_proj.b_q, &w.in_proj.b_k, &w.in_proj.b_v, &w.out_proj_bias, &w.ln_q_bias, &w.ln_kv_bias}) {
+        *v = Vector::from_shape({kE});
+        fill_normal(*v, 0.02f, rng);
+    }
+    for (Vector* v : {&w.ln_q_weight, &w.ln_kv_weight}) *v = xt::ones<float>({kE});
+    return w;
+}
+
+TowerTail random_tail(std::mt19937& rng) {
+    TowerTail t;
+    t.ln_post_weight = xt::ones<float>({kE});
+    t.ln_post_bias = xt::zeros<float>({kE});
+    t.proj = Matrix::from_shape({kE, kE});
+    fill_normal(t.proj, 1.0f / std::sqrt(float(kE)), rng);
+    return t;
+}
+
+// Floating-point operations of one forward pass (multiply-adds count 2), without the query side.
+double forward_flop(std::size_t N, std::size_t L) {
+    const double Q = kGridQ * kGridQ, E = kE, Kv = kKv, n = N, l = L;
+    return 2.0 * (n * l * Kv * E          // kv_proj
+                  + 2.0 * n * l * E * E   // k and v projections
+                  + 2.0 * n * Q * l * E   // scores and the weighted sum, all heads
+                  + 2.0 * n * Q * E * E); // out_proj and proj
+}
+
+// OpenBLAS's sgemm throughput on the adapter's dominant shape, (1024 x 4096) x (4096 x 4096)^T.
+double gemm_gflops(std::mt19937& rng) {
+    Matrix a = Matrix::from_shape({1024, kE}), b = Matrix::from_shape({kE, kE});
+    fill_normal(a, 1.0f, rng);
+    fill_normal(b, 1.0f, rng);
+    linear(a, b);  // warm-up
+    std::vector<double> times;
+    for (int i = 0; i < 5; ++i) {
+        const auto start = Clock::now();
+        const Matrix c = linear(a, b);
+        times.push_back(seconds_since(start));
+    }
+    return 2.0 * 1024 * kE * kE / median(times) / 1e9;
+}
+
+int write_checkpoint(const std::string& dir) {
+    std::mt19937 rng(42);
+    const AdapterWeights w = random_weights(rng);
+    const TowerTail t = random_tail(rng);
+    const std::string p = "transformer.visual.";
+    Matrix in_proj = xt::concatenate(xt::xtuple(w.in_proj.w_q, w.in_proj.w_k, w.in_proj.w_v), 0);
+    Vector in_bias = xt::concatenate(xt::xtuple(w.in_proj.b_q, w.in_proj.b_k, w.in_proj.b_v), 0);
+    write_safetensors_f32(dir + "/adapter-f32.safetensors",
+                          {{p + "attn_pool.query", w.query}, {p + "attn_pool.kv_proj.weight", w.kv_proj},
+                           {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
+                           {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight},
+                           {p + "attn_pool.attn.out_proj.bias", w.out_proj_bias},
+                           {p + "attn_pool.ln_q.weight", w.ln_q_weight}, {p + "attn_pool.ln_q.bias", w.ln_q_bias},
+                           {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
+                           {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
+                           {p + "proj", t.proj}});
+    Tensor3 x = Tensor3::from_shape({1, 1024, kKv});
+    fill_normal(x, 1.0f, rng);
+    write_npy(dir + "/features.npy", x);
+    std::printf("wrote %s/adapter-f32.safetensors and %s/features.npy\n", dir.c_str(), dir.c_str());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::size_t N = 1, G = 32;
+    int repeats = 5;
+    bool json = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--images" && i + 1 < argc) N = std::stoul(argv[++i]);
+        else if (a == "--grid" && i + 1 < argc) G = std::stoul(argv[++i]);
+        else if (a == "--repeats" && i + 1 < argc) repeats = std::stoi(argv[++i]);
+        else if (a == "--json") json = true;
+        else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
+        else {
+            std::fprintf(stderr, "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --write-checkpoint DIR\n");
+            return 2;
+        }
+    }
+    std::mt19937 rng(7);
+    const AdapterWeights w = random_weights(rng);
+    const TowerTail tail = random_tail(rng);
+    const AdapterConfig c = derive_config(w, kH);
+    Tensor3 x = Tensor3::from_shape({N, G * G, kKv});
+    fill_normal(x, 1.0f, rng);
+
+    const double gemm = gemm_gflops(rng);
+
+    auto start = Clock::now();
+    const QuerySide side = prepare_query_side(w, c);
+    const double query_side_s = seconds_since(start);
+
+    std::vector<double> times;
+    for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up and is not counted
+        start = Clock::now();
+        const Tensor3 out = adapter_forward(w, c, x, nullptr, nullptr, &side);
+        const Tensor3 y = tower_tail_forward(tail, out, c.eps);
+        if (r > 0) times.push_back(seconds_since(start));
+    }
+    const double t = median(times);
+    const double gflops = forward_flop(N, G * G) / t / 1e9;
+    if (json) {
+        std::printf("{\"images\": %zu, \"grid\": %zu, \"median_s\": %.6f, \"per_image_s\": %.6f, \"gflops\": %.2f, "
+                    "\"gemm_gflops\": %.2f, \"query_side_s\": %.6f, \"peak_rss_mib\": %.1f, \"repeats\": %d}\n",
+                    N, G, t, t / N, gflops, gemm, query_side_s, peak_rss_mib(), repeats);
+    } else {
+        std::printf("N=%zu images, %zux%zu keys: median %.3f s per batch, %.3f s per image, %.1f GFLOP/s "
+                    "(sgemm in this process: %.1f GFLOP/s, %.0f%%); query side once per weights: %.3f s; "
+                    "peak RSS %.0f MiB\n",
+                    N, G, G, t, t / N, gflops, gemm, 100.0 * gflops / gemm, query_side_s, peak_rss_mib());
+    }
+    return 0;
+}

@@ -1,0 +1,58 @@
+// The debugger walkthrough of docs/debugging.md, run for real: gdb in batch mode stops the golden command in
+// the attention stage, prints q and k with the helpers in docs/gdb/qwenvl_gdb.py, and the printed values must be
+// the fixture's (PyTorch's) q and k. Built only in Debug builds (cmake --preset debug), where locals are visible.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <catch2/catch.hpp>
+#include <xtensor/xview.hpp>
+
+#include "compare.hpp"
+#include "fixture.hpp"
+
+namespace {
+std::string run_gdb(const std::string& commands) {
+    const std::string log = "gdb-walkthrough.log";
+    const std::string cmd = "gdb -batch -nx -x '" QWENVL_SOURCE_DIR "/docs/gdb/qwenvl_gdb.py' " + commands +
+                            " --args '" QWENVL_CLI "' golden --fixture '" QWENVL_DATA_DIR "/fixtures/resize_up.json' >" +
+                            log + " 2>&1 </dev/null";
+    const int status = std::system(cmd.c_str());
+    REQUIRE(WIFEXITED(status));
+    std::ifstream in(log);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// The values printed by `xt-values NAME` after its header line.
+xt::xarray<float> printed_values(const std::string& output, const std::string& name, const std::vector<std::size_t>& shape) {
+    std::istringstream in(output);
+    std::string line;
+    while (std::getline(in, line) && line.rfind("xt-values " + name + " shape", 0) != 0) {
+    }
+    xt::xarray<float> values = xt::xarray<float>::from_shape(shape);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        REQUIRE(std::getline(in, line));
+        values.data()[i] = std::stof(line);
+    }
+    return values;
+}
+}  // namespace
+
+TEST_CASE("gdb: stopped in multi_head_attention, the printed q and k are PyTorch's", "[gdb]") {
+    const qwenvl::Fixture f = qwenvl::load_fixture(QWENVL_DATA_DIR "/fixtures/resize_up.json");
+    const std::string out = run_gdb("-ex 'break qwenvl::multi_head_attention' -ex run -ex 'print q' -ex 'xt-shape k' "
+                                    "-ex 'xt-values q' -ex 'xt-values k' -ex kill");
+    INFO(out);
+    CHECK_THAT(out, Catch::Matchers::Contains("hit Breakpoint 1, qwenvl::multi_head_attention"));
+    CHECK_THAT(out, Catch::Matchers::Contains("tensor shape (4, 8) =\n[["));  // the pretty printer
+    CHECK_THAT(out, Catch::Matchers::Contains("(16, 8)"));                   // xt-shape k: L x E of one image
+    const auto& q = f.expect("q");
+    const xt::xarray<float> k0 = xt::view(f.expect("k"), 0);
+    CHECK(qwenvl::compare(printed_values(out, "q", {4, 8}), q, f.atol, f.rtol).ok());
+    CHECK(qwenvl::compare(printed_values(out, "k", {16, 8}), k0, f.atol, f.rtol).ok());
+}
