@@ -51,11 +51,15 @@ Matrix query_projection(const AdapterWeights& w, const AdapterConfig& c, const M
     return q;
 }
 
-QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, Trace* trace) {
+QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, Trace* trace, std::size_t n_keys) {
     QuerySide side;
     side.pos_q = query_position_table(w, c);  // (Q, E)
     if (trace) trace->record("pos_q", side.pos_q);
     side.q = query_projection(w, c, side.pos_q, trace);  // (Q, E)
+    if (n_keys) {
+        side.n_keys = n_keys;
+        side.pos_k = key_position_table(side.pos_q, n_keys);  // (L, E)
+    }
     return side;
 }
 
@@ -77,8 +81,10 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
     }
     check_shape(fn, "prepared q", side->q, {Q, E});
 
-    // Key-side table: P_q resized to the key grid.
-    const Matrix pos_k = key_position_table(side->pos_q, L);  // (L, E)
+    // Key-side table: P_q resized to the key grid (prepared with the query side when it was for this L).
+    Matrix resized;
+    if (side->n_keys != L) resized = key_position_table(side->pos_q, L);
+    const Matrix& pos_k = side->n_keys == L ? side->pos_k : resized;  // (L, E)
     if (trace) trace->record("pos_k", pos_k);
 
     // Key and value side, all N*L rows at once. Each intermediate is released as soon as the next one
@@ -107,7 +113,8 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
         weights = Tensor4({N, H, Q, L});
     }
     for (std::size_t n = 0; n < N; ++n) {
-        const AttentionOutput a = multi_head_attention(side->q, xt::view(k, n), xt::view(v, n), H, mask, trace != nullptr);
+        const Block k_n{k.data() + n * L * E, L, E, E}, v_n{v.data() + n * L * E, L, E, E};  // image n, in place
+        const AttentionOutput a = multi_head_attention(side->q, k_n, v_n, H, mask, trace != nullptr);
         xt::view(attended, n) = a.attended;
         if (trace) {
             xt::view(scores, n) = a.scores;

@@ -59,13 +59,17 @@ Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& 
 Matrix query_projection(const AdapterWeights& weights, const AdapterConfig& config, const Matrix& pos_q,
                         Trace* trace = nullptr);
 
-// What does not depend on the image: the query-side table P_q and the projected queries q, both (Q, E).
+// What does not depend on the image's content: the query-side table P_q and the projected queries q, both
+// (Q, E), and, when n_keys > 0, the key-side table P_k (n_keys, E) for images of that many patches.
 // Records pos_q, ln_q, query_in and q in `trace` when given.
 struct QuerySide {
     Matrix pos_q;
     Matrix q;
+    std::size_t n_keys = 0;  // the L that pos_k was resized for (0: none)
+    Matrix pos_k;
 };
-QuerySide prepare_query_side(const AdapterWeights& weights, const AdapterConfig& config, Trace* trace = nullptr);
+QuerySide prepare_query_side(const AdapterWeights& weights, const AdapterConfig& config, Trace* trace = nullptr,
+                             std::size_t n_keys = 0);
 
 // The adapter on a batch: x (N, L, Kv) -> (N, Q, E). L must be a perfect square. mask: (Q, L) additive
 // attention mask or nullptr. Records every intermediate in `trace` when given. `prepared` (optional) is the

@@ -1,5 +1,6 @@
 #include "attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -17,23 +18,27 @@ std::size_t head_dim(const char* fn, std::size_t E, std::size_t H) {
 }
 }  // namespace
 
-Matrix head_slice(const Matrix& x, std::size_t head, std::size_t num_heads) {
-    const std::size_t Dh = head_dim("head_slice", x.shape(1), num_heads);
-    require(head < num_heads, "head_slice", "head index out of range");
-    return xt::view(x, xt::all(), xt::range(head * Dh, (head + 1) * Dh));
+Block head_block(const Block& x, std::size_t head, std::size_t num_heads) {
+    const std::size_t Dh = head_dim("head_block", x.cols, num_heads);
+    require(head < num_heads, "head_block", "head " + std::to_string(head) + " of " + std::to_string(num_heads));
+    return Block{x.data + head * Dh, x.rows, Dh, x.stride};
 }
 
-void merge_head(Matrix& merged, const Matrix& head_values, std::size_t head, std::size_t num_heads) {
-    const std::size_t Dh = head_dim("merge_head", merged.shape(1), num_heads);
-    check_shape("merge_head", "head_values", head_values, {merged.shape(0), Dh});
-    xt::view(merged, xt::all(), xt::range(head * Dh, (head + 1) * Dh)) = head_values;
+Block head_block(const Matrix& x, std::size_t head, std::size_t num_heads) { return head_block(whole(x), head, num_heads); }
+
+Matrix attention_scores(const Block& q_scaled_head, const Block& k_head) {
+    require(k_head.cols == q_scaled_head.cols, "attention_scores",
+            "q has " + std::to_string(q_scaled_head.cols) + " channels per head, k " + std::to_string(k_head.cols));
+    Matrix scores({q_scaled_head.rows, k_head.rows});
+    gemm_block(q_scaled_head, k_head, true, scores.data(), k_head.rows);  // q k^T
+    return scores;
 }
 
-Matrix attention_scores(const Matrix& q_head, const Matrix& k_head) {
-    check_shape("attention_scores", "k_head", k_head, {ANY, q_head.shape(1)});
-    const float scale = std::sqrt(static_cast<float>(q_head.shape(1)));
-    const Matrix q_scaled = q_head / scale;  // PyTorch divides q by sqrt(Dh) before the product
-    return linear(q_scaled, k_head);        // q k^T is F.linear(q, k)
+void attend_values(const Matrix& weights, const Block& v_head, Matrix& attended, std::size_t head, std::size_t num_heads) {
+    const std::size_t E = attended.shape(1), Dh = head_dim("attend_values", E, num_heads);
+    check_shape("attend_values", "weights", weights, {attended.shape(0), v_head.rows});
+    require(v_head.cols == Dh && head < num_heads, "attend_values", "the value block is not one head of the output");
+    gemm_block(whole(weights), v_head, false, attended.data() + head * Dh, E);  // A v, into the head's channels
 }
 
 Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
@@ -41,17 +46,21 @@ Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
     const std::size_t rows = scores.shape(0), cols = scores.shape(1);
     Matrix p(scores.shape());
     for (std::size_t r = 0; r < rows; ++r) {
+        const float* s = scores.data() + r * cols;
+        const float* m = mask ? mask->data() + r * cols : nullptr;
+        float* out = p.data() + r * cols;
         float top = -std::numeric_limits<float>::infinity();
         for (std::size_t c = 0; c < cols; ++c) {
-            p(r, c) = scores(r, c) + (mask ? (*mask)(r, c) : 0.0f);
-            top = std::max(top, p(r, c));
+            out[c] = m ? s[c] + m[c] : s[c];
+            top = std::max(top, out[c]);
         }
         double total = 0.0;
         for (std::size_t c = 0; c < cols; ++c) {
-            p(r, c) = std::exp(p(r, c) - top);  // -inf - -inf = NaN for a fully masked row, as PyTorch
-            total += p(r, c);
+            out[c] = std::exp(out[c] - top);  // -inf - -inf = NaN for a fully masked row, as PyTorch
+            total += out[c];
         }
-        for (std::size_t c = 0; c < cols; ++c) p(r, c) = static_cast<float>(p(r, c) / total);
+        const float sum = static_cast<float>(total);
+        for (std::size_t c = 0; c < cols; ++c) out[c] /= sum;
     }
     return p;
 }
@@ -65,12 +74,16 @@ Matrix additive_mask(const xt::xtensor<bool, 2>& masked) {
 
 AttentionOutput multi_head_attention(const Matrix& q, const Matrix& k, const Matrix& v, std::size_t num_heads,
                                      const Matrix* mask, bool keep_per_head) {
+    return multi_head_attention(q, whole(k), whole(v), num_heads, mask, keep_per_head);
+}
+
+AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
+                                     const Matrix* mask, bool keep_per_head) {
     const char* fn = "multi_head_attention";
-    const std::size_t Q = q.shape(0), E = q.shape(1), L = k.shape(0);
-    const std::size_t H = num_heads;
-    head_dim(fn, E, H);
-    check_shape(fn, "k", k, {L, E});
-    check_shape(fn, "v", v, {L, E});
+    const std::size_t Q = q.shape(0), E = q.shape(1), L = k.rows;
+    const std::size_t H = num_heads, Dh = head_dim(fn, E, H);
+    check_shape(fn, "k", std::vector<std::size_t>{k.rows, k.cols}, {L, E});
+    check_shape(fn, "v", std::vector<std::size_t>{v.rows, v.cols}, {L, E});
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
 
     AttentionOutput result;
@@ -79,12 +92,12 @@ AttentionOutput multi_head_attention(const Matrix& q, const Matrix& k, const Mat
         result.scores = Tensor3({H, Q, L});
         result.weights = Tensor3({H, Q, L});
     }
+    const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q before the product
     for (std::size_t h = 0; h < H; ++h) {
-        const Matrix scores = attention_scores(head_slice(q, h, H), head_slice(k, h, H));  // (Q, L)
-        const Matrix weights = softmax_rows(scores, mask);                                  // (Q, L)
-        const Matrix v_h = head_slice(v, h, H);                                             // (L, Dh)
-        const Matrix o_h = matmul(weights, v_h);                                            // (Q, Dh)
-        merge_head(result.attended, o_h, h, H);
+        // The heads are read in place (head_block), not copied out: the products take a row stride.
+        const Matrix scores = attention_scores(head_block(q_scaled, h, H), head_block(k, h, H));  // (Q, L)
+        const Matrix weights = softmax_rows(scores, mask);                                         // (Q, L)
+        attend_values(weights, head_block(v, h, H), result.attended, h, H);                       // (Q, Dh)
         if (keep_per_head) {
             xt::view(result.scores, h) = scores;
             xt::view(result.weights, h) = weights;

@@ -13,18 +13,22 @@
 
 #include <xtensor/xtensor.hpp>
 
+#include "linear.hpp"
 #include "shapes.hpp"
 
 namespace qwenvl {
 
-// Head h of a (R, E) tensor as a contiguous (R, Dh) copy (BLAS needs contiguous operands).
-Matrix head_slice(const Matrix& x, std::size_t head, std::size_t num_heads);
+// Head h of a (R, E) tensor: its channels [h*Dh, (h+1)*Dh) as an (R, Dh) block read in place (row stride E).
+Block head_block(const Block& x, std::size_t head, std::size_t num_heads);
+Block head_block(const Matrix& x, std::size_t head, std::size_t num_heads);
 
-// Writes a (R, Dh) head back into channels [h*Dh, (h+1)*Dh) of a (R, E) tensor.
-void merge_head(Matrix& merged, const Matrix& head_values, std::size_t head, std::size_t num_heads);
+// (Q, Dh), (L, Dh) -> (Q, L):  S = q_scaled k^T, where q_scaled = q / sqrt(Dh) was divided before the
+// product, as PyTorch does (multi_head_attention divides all of q once, then takes each head's block).
+Matrix attention_scores(const Block& q_scaled_head, const Block& k_head);
 
-// (Q, Dh), (L, Dh) -> (Q, L):  S = (q / sqrt(Dh)) k^T.
-Matrix attention_scores(const Matrix& q_head, const Matrix& k_head);
+// O_h = A_h v_h: weights (Q, L) times the head's values (L, Dh), written into channels [h*Dh, (h+1)*Dh) of
+// `attended` (Q, E), which concatenates the heads.
+void attend_values(const Matrix& weights, const Block& v_head, Matrix& attended, std::size_t head, std::size_t num_heads);
 
 // (Q, L) -> (Q, L): softmax over each row of scores + mask (mask may be nullptr).
 // Numerically stable: the row's maximum is subtracted before exp. A row whose every entry is -inf
@@ -43,6 +47,9 @@ struct AttentionOutput {
 // One image: q (Q, E), k (L, E), v (L, E) already projected; mask (Q, L) or nullptr.
 // With keep_per_head false, scores and weights are left empty (saves memory at full size).
 AttentionOutput multi_head_attention(const Matrix& q, const Matrix& k, const Matrix& v, std::size_t num_heads,
+                                     const Matrix* mask, bool keep_per_head = true);
+// The same with k and v given as (L, E) blocks, e.g. image n of a batch (N, L, E), read in place.
+AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
                                      const Matrix* mask, bool keep_per_head = true);
 
 }  // namespace qwenvl

@@ -1,21 +1,35 @@
 #include "linear.hpp"
 
+#include <algorithm>
+
 #include <xtensor-blas/xblas.hpp>
-#include <xtensor/xadapt.hpp>
 #include <xtensor/xview.hpp>
 
 namespace qwenvl {
 
+Block whole(const Matrix& m) { return Block{m.data(), m.shape(0), m.shape(1), m.shape(1)}; }
+
+void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride) {
+    const std::size_t M = transpose_b ? b.rows : b.cols, K = transpose_b ? b.cols : b.rows;
+    require(a.cols == K, "gemm_block", "inner sizes differ: " + std::to_string(a.cols) + " and " + std::to_string(K));
+    if (a.rows == 0 || M == 0) return;
+    if (K == 0) {  // an empty sum: BLAS may leave `out` untouched
+        for (std::size_t r = 0; r < a.rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
+        return;
+    }
+    using index = xt::blas_index_t;
+    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
+                         transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                         static_cast<index>(a.rows), static_cast<index>(M), static_cast<index>(K), 1.0f, a.data,
+                         static_cast<index>(a.stride), b.data, static_cast<index>(b.stride), 0.0f, out,
+                         static_cast<index>(out_stride));
+}
+
 namespace {
-// C (R, M) = A (R, K) times B, where B is (M, K) and transposed when `transpose_b`, else (K, M).
-// The three are plain row-major buffers, so cblas_sgemm reads them in place, without copies.
+// C (R, M) = A (R, K) times B, where B is (M, K) and transposed when `transpose_b`, else (K, M): three
+// contiguous row-major buffers.
 void gemm(const float* a, const float* b, float* c, std::size_t R, std::size_t K, std::size_t M, bool transpose_b) {
-    if (R == 0 || M == 0) return;
-    using shape2 = std::array<std::size_t, 2>;
-    auto A = xt::adapt(a, R * K, xt::no_ownership(), shape2{R, K});
-    auto B = xt::adapt(b, K * M, xt::no_ownership(), transpose_b ? shape2{M, K} : shape2{K, M});
-    auto C = xt::adapt(c, R * M, xt::no_ownership(), shape2{R, M});
-    xt::blas::gemm(A, B, C, false, transpose_b);
+    gemm_block(Block{a, R, K, K}, transpose_b ? Block{b, M, K, K} : Block{b, K, M, M}, transpose_b, c, M);
 }
 
 void add_bias(float* y, std::size_t rows, const Vector& bias) {

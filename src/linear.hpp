@@ -21,6 +21,19 @@ Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias);
 Matrix matmul(const Matrix& x, const Matrix& weight);
 Tensor3 matmul(const Tensor3& x, const Matrix& weight);
 
+// A row-major block of a matrix: `rows` x `cols` values from `data`, consecutive rows `stride` floats apart
+// (BLAS's leading dimension). A whole contiguous (R, C) matrix is {data, R, C, C}; one attention head of a
+// (R, E) matrix is {data + h*Dh, R, Dh, E}, read in place without copying it out.
+struct Block {
+    const float* data;
+    std::size_t rows, cols, stride;
+};
+Block whole(const Matrix& m);
+
+// out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride.
+// The single path to OpenBLAS's sgemm (through xtensor-blas's cxxblas binding) for every product here.
+void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride);
+
 // kv_proj: (N, L, Kv) -> (N, L, E) with W_kv (E, Kv), no bias. An empty W_kv (size 0) is the
 // reference's nn.Identity, used when Kv == E; the features are then returned unchanged.
 Tensor3 kv_projection(const Tensor3& x, const Matrix& w_kv);

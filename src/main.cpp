@@ -5,6 +5,7 @@
 //   qwenvl-adapter info     what a checkpoint holds: tensors, config, parameter count, pos_embed
 //   qwenvl-adapter fuse     splice image features into token embeddings between <img> and </img>
 //   qwenvl-adapter golden   every stage of a JSON fixture against the values PyTorch wrote
+//   qwenvl-adapter table    the sin-cos position table, or its bicubic resize to a key grid
 //
 // Exit codes: 0 success, 1 bad input or a failed comparison (one line on stderr naming the file), 2 usage.
 #include <cmath>
@@ -26,6 +27,7 @@
 #include "fixture.hpp"
 #include "fusion.hpp"
 #include "npy.hpp"
+#include "resize.hpp"
 #include "sincos.hpp"
 
 namespace {
@@ -291,6 +293,33 @@ int fuse_command(const std::vector<std::string>& argv) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// table
+
+const char* kTableHelp =
+    "usage: qwenvl-adapter table --dim E --grid G [--key-grid GK] --output P.npy\n"
+    "\n"
+    "Writes the 2D sin-cos position table (G*G, E) that Qwen-VL adds to its queries (sincos_2d), or, with\n"
+    "--key-grid, that table resized bicubically to GK x GK, (GK*GK, E), as added to the keys (key_position_table).\n"
+    "E must be divisible by 4.\n";
+
+int table_command(const std::vector<std::string>& argv) {
+    const Args args = parse_args("table", argv, {"--dim", "--grid", "--key-grid", "--output"}, {});
+    if (args.help) return std::printf("%s", kTableHelp), 0;
+    const std::size_t E = parse_count("table", "--dim", args.required("table", "--dim"));
+    const std::size_t G = parse_count("table", "--grid", args.required("table", "--grid"));
+    const std::string output = args.required("table", "--output");
+    if (E % 4 != 0) throw UsageError("table: --dim " + std::to_string(E) + " is not divisible by 4");
+    Matrix table = sincos_2d(E, G);
+    if (args.has("--key-grid")) {
+        const std::size_t GK = parse_count("table", "--key-grid", args.get("--key-grid"));
+        table = key_position_table(table, GK * GK);
+    }
+    write_npy(output, table);
+    std::printf("%s: %s float32\n", output.c_str(), shape_string(shape_of(table)).c_str());
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // demo
 
 const char* kDemoHelp =
@@ -380,6 +409,7 @@ const char* kHelp =
     "  info     the tensors, config and parameter count of a checkpoint\n"
     "  fuse     splice image features into token embeddings between <img> and </img>\n"
     "  golden   every stage of a JSON fixture against PyTorch\n"
+    "  table    write the sin-cos position table, or its bicubic resize to a key grid\n"
     "\n"
     "`qwenvl-adapter COMMAND --help` describes a command. Exit codes: 0 ok, 1 bad input, 2 usage.\n";
 
@@ -397,6 +427,7 @@ int main(int argc, char** argv) {
         if (command == "info") return info_command(rest);
         if (command == "fuse") return fuse_command(rest);
         if (command == "golden") return golden_command(rest);
+        if (command == "table") return table_command(rest);
         throw UsageError("unknown command '" + command + "' (see --help)");
     } catch (const UsageError& e) {
         std::fprintf(stderr, "qwenvl-adapter: %s\n", e.what());

@@ -212,11 +212,26 @@ TEST_CASE("cli: fuse splices the demo's features as numpy does", "[cli][golden][
     CHECK(qwenvl::compare(qwenvl::read_npy_float(tmp / "fused.npy"), expected, 0.0, 0.0).ok());
 }
 
+TEST_CASE("cli: table writes the fixtures' pos_q and pos_k", "[cli][golden]") {
+    TempDir tmp;
+    for (const char* name : {"odd_grids", "resize_down"}) {
+        const qwenvl::Fixture f = qwenvl::load_fixture(kData + "/fixtures/" + name + ".json");
+        const std::string E = std::to_string(f.config.embed_dim), G = std::to_string(f.config.grid_q);
+        const std::string GK = std::to_string(f.meta["config"]["grid_k"].get<int>());
+        REQUIRE(cli("table --dim " + E + " --grid " + G + " --output " + q(tmp / "p.npy")).code == 0);
+        REQUIRE(cli("table --dim " + E + " --grid " + G + " --key-grid " + GK + " --output " + q(tmp / "k.npy")).code == 0);
+        INFO(name);
+        CHECK(qwenvl::compare(qwenvl::read_npy_float(tmp / "p.npy"), f.expect("pos_q"), f.atol, f.rtol).ok());
+        CHECK(qwenvl::compare(qwenvl::read_npy_float(tmp / "k.npy"), f.expect("pos_k"), f.atol, f.rtol).ok());
+    }
+    expect_rejected(cli("table --dim 6 --grid 2 --output " + q(tmp / "x.npy")), {"not divisible by 4"}, tmp / "x.npy", 2);
+}
+
 TEST_CASE("cli: the demo and --help run", "[cli]") {
     const Result demo = cli("");
     CHECK(demo.code == 0);
     CHECK_THAT(demo.out, Contains("OK: the output equals PyTorch's"));
-    for (const char* command : {"--help", "run --help", "info --help", "fuse --help", "demo --help", "golden --help"}) {
+    for (const char* command : {"--help", "run --help", "info --help", "fuse --help", "demo --help", "golden --help", "table --help"}) {
         const Result r = cli(command);
         INFO(command);
         CHECK(r.code == 0);

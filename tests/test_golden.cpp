@@ -128,6 +128,17 @@ TEST_CASE("golden: the whole forward pass, every recorded intermediate", "[golde
     }
 }
 
+TEST_CASE("golden: a query side prepared once per set of weights gives PyTorch's output", "[golden][adapter]") {
+    for (const auto& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            const QuerySide side = prepare_query_side(f.weights, f.config, nullptr, f.x.shape(1));
+            const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+            check_stage(f, "out", adapter_forward(f.weights, f.config, f.x, mask, nullptr, &side));
+            check_stage(f, "out", adapter_forward(f.weights, f.config, f.x, mask, nullptr, &side));  // reusable
+        }
+    }
+}
+
 TEST_CASE("golden: the fixtures cover the cases the oracle promises", "[golden]") {
     bool identity = false, resize_up = false, resize_down = false, batch = false, float_mask = false,
          bool_mask = false, odd = false;

@@ -116,13 +116,23 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
     for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
 }
 
-TEST_CASE("attention: heads split and merge back to the same tensor; weights rows sum to 1", "[attention]") {
+TEST_CASE("attention: a head block is the head's channels in place; weights rows sum to 1", "[attention]") {
     xt::random::seed(11);
     const Matrix x = xt::random::randn<float>({3, 8});
-    Matrix merged({3, 8});
-    for (std::size_t h = 0; h < 4; ++h) merge_head(merged, head_slice(x, h, 4), h, 4);
-    CHECK((merged == x));
-    CHECK_THROWS_WITH(head_slice(x, 0, 3), Contains("does not divide"));
+    for (std::size_t h = 0; h < 4; ++h) {
+        const Block b = head_block(x, h, 4);
+        CHECK((b.rows == 3 && b.cols == 2 && b.stride == 8));
+        for (std::size_t r = 0; r < 3; ++r)
+            for (std::size_t c = 0; c < 2; ++c) CHECK(b.data[r * b.stride + c] == x(r, 2 * h + c));
+    }
+    CHECK_THROWS_WITH(head_block(x, 0, 3), Contains("does not divide"));
+    // The value product writes one head's channels and leaves the others alone.
+    Matrix attended = xt::zeros<float>({std::size_t(3), std::size_t(8)});
+    const Matrix w = {{1.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 1.0f}, {0.5f, 0.5f, 0.0f}};
+    attend_values(w, head_block(x, 1, 4), attended, 1, 4);
+    CHECK(attended(1, 2) == x(2, 2));
+    CHECK(attended(2, 3) == Approx(0.5f * (x(0, 3) + x(1, 3))));
+    CHECK(attended(0, 0) == 0.0f);
 
     const Matrix q = xt::random::randn<float>({4, 8}), k = xt::random::randn<float>({9, 8}), v = xt::random::randn<float>({9, 8});
     const AttentionOutput a = multi_head_attention(q, k, v, 2, nullptr);

@@ -4,8 +4,9 @@
 //       one size: N images of G x G patches (L = G*G) of Kv = 1664, E = 4096, H = 32, Q = 256 (16 x 16).
 //       Reports the median time of adapter_forward + tower_tail_forward per batch and per image, the effective
 //       GFLOP/s, OpenBLAS's sgemm throughput measured in the same process on a (1024 x 4096) x (4096 x 4096)
-//       product, and the process's peak resident memory. The query side (sin-cos table, ln_q, q projection)
-//       does not depend on the image: it is prepared once per set of weights and timed separately.
+//       product, and the process's peak resident memory. The query side (sin-cos table, ln_q, q projection,
+//       and the key table resized to G x G) does not depend on the image's content: it is prepared once per
+//       set of weights and timed separately.
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random) and DIR/features.npy (1, 1024, 1664), to
 //       measure `qwenvl-adapter run` itself (docs/performance.md).
@@ -156,7 +157,7 @@ int main(int argc, char** argv) {
     const double gemm = gemm_gflops(rng);
 
     auto start = Clock::now();
-    const QuerySide side = prepare_query_side(w, c);
+    const QuerySide side = prepare_query_side(w, c, nullptr, G * G);
     const double query_side_s = seconds_since(start);
 
     std::vector<double> times;

@@ -173,7 +173,7 @@ def reference_forward(params, x, mask, H, name=""):
         scores = torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1))  # (N, H, Q, L), before the mask
         attended = torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E)
         check = F.linear(attended, attn.out_proj.weight, attn.out_proj.bias)
-        assert torch.allclose(check, out, atol=1e-6, rtol=1e-5), name
+        assert torch.allclose(check, out, atol=1e-5, rtol=1e-4), name  # two PyTorch routes to one value
 
         after_ln_post = ln_post(out)
         y = after_ln_post @ params["proj"]                            # x @ W, not a Linear

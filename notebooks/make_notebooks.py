@@ -1,0 +1,394 @@
+#!/usr/bin/python3
+"""Writes the teaching notebooks from the cells below (edit here, not in the .ipynb files), then run them:
+
+    /usr/bin/python3 notebooks/make_notebooks.py
+    for nb in notebooks/*.ipynb; do jupyter nbconvert --to notebook --execute --inplace "$nb"; done
+
+The executed notebooks, with their plots, are committed; .ci/run executes every one of them again.
+"""
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = """\
+import numpy as np
+import matplotlib.pyplot as plt
+import qwenvl_nb as nb          # runs this project's C++ programs (notebooks/qwenvl_nb.py)
+plt.rcParams["figure.dpi"] = 80"""
+
+NOTEBOOKS = {}
+
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["01_sincos_table.ipynb"] = [
+    ("md", """\
+# 1. The 2D sin-cos position table
+
+Qwen-VL's adapter compresses 1024 patch features into 256 tokens. Compression could wash out *where* things
+are, so the paper (arXiv 2308.12966, section 2.1) adds **2D absolute positional encodings** to the query-key
+pairs of the cross-attention. The encoding is not learned: it is the fixed sin-cos table of MAE, built once for
+the 16 x 16 grid of queries.
+
+In this project it is `sincos_2d` in [`src/sincos.hpp`](../src/sincos.hpp); the stage page is
+[docs/stages/02-sincos.md](../docs/stages/02-sincos.md). Every table plotted here is computed by the C++
+(`qwenvl-adapter table`) and compared once with the numpy construction the reference uses."""),
+    ("code", SETUP),
+    ("code", """\
+E, G = 64, 16                       # a narrow table so the channels are visible; Qwen-VL uses E = 4096
+P = nb.table(E, G)                  # (G*G, E) from the C++
+print("shape", P.shape)
+print("largest difference from numpy's table:", np.abs(P - nb.oracle.sincos_2d(E, G)).max())
+print("position 0:", P[0, :E // 4].round(3), "...", P[0, E // 4:E // 2].round(3))"""),
+    ("md", """\
+Row `r = h*G + w` is the grid cell in row `h`, column `w`. Each half of the channels is a 1D table:
+first `E/4` sines, then `E/4` cosines, with frequencies $\\omega_i = 10000^{-i/(E/4)}$. At position 0 every sine
+is 0 and every cosine is 1: that is the invariant the tests check."""),
+    ("code", """\
+fig, ax = plt.subplots(figsize=(10, 3.5))
+im = ax.imshow(P.T, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
+for c, label in [(0, "sin(w)"), (E // 4, "cos(w)"), (E // 2, "sin(h)"), (3 * E // 4, "cos(h)")]:
+    ax.axhline(c - 0.5, color="k", lw=0.8)
+    ax.text(G * G + 2, c + E // 8, label, va="center")
+ax.set_xlabel("position r = h*16 + w"); ax.set_ylabel("channel"); ax.set_title("sincos_2d(64, 16)")
+fig.colorbar(im, ax=ax, pad=0.08); plt.show()"""),
+    ("md", """\
+## Which half encodes the column, which the row
+
+The reference builds its grid with `numpy.meshgrid(w, h)`, whose default `'xy'` indexing puts the **column**
+index first. So the first half of the channels follows `w` and the second half follows `h`, although the
+reference names its first half after `h`. Seen as 16 x 16 images, a first-half channel changes along each row, a
+second-half channel down each column:"""),
+    ("code", """\
+channels = [1, 3, E // 4 + 1, E // 2 + 1, E // 2 + 3, 3 * E // 4 + 1]
+fig, axes = plt.subplots(1, len(channels), figsize=(13, 2.6))
+for ax, c in zip(axes, channels):
+    ax.imshow(P[:, c].reshape(G, G), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_title("channel %d\\n(%s half)" % (c, "w" if c < E // 2 else "h")); ax.set_xlabel("w"); ax.set_ylabel("h")
+    ax.set_xticks([]); ax.set_yticks([])
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Why it carries position: dot products depend on the offset
+
+For one frequency, $\\sin a \\sin b + \\cos a \\cos b = \\cos(a - b)$. Summed over the frequencies, the dot
+product of two rows of the table depends only on the offset between the two positions, and it is largest at
+offset 0. Attention scores are dot products, so a query carrying $P[r]$ prefers keys carrying rows near $r$."""),
+    ("code", """\
+centre = 8 * G + 8
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+im = axes[0].imshow((P @ P[centre]).reshape(G, G), cmap="viridis")
+axes[0].plot(8, 8, "r+", ms=12); axes[0].set_title("P[r] . P[(8, 8)] over the grid"); fig.colorbar(im, ax=axes[0])
+for w in (0, 4, 8):
+    offsets = np.arange(-w, G - w)
+    axes[1].plot(offsets, [P[5 * G + w] @ P[5 * G + w + d] for d in offsets], "o-", ms=3, label="from w = %d" % w)
+axes[1].set_xlabel("offset d along the row"); axes[1].set_ylabel("dot product"); axes[1].legend()
+axes[1].set_title("the same curve from every start: only the offset matters")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Exercises
+
+1. Prove that `P[r] . P[s]` depends only on `(h_r - h_s, w_r - w_s)`, and that it equals `E/2` at offset 0.
+2. Build the table with base 100 instead of 10000 (in numpy, from `nb.oracle.sincos_1d`). How does the
+   similarity map change, and why would that hurt a 16 x 16 grid less than a 64 x 64 one?
+3. Why must `E` be divisible by 4? What does `qwenvl-adapter table --dim 6 --grid 4 --output t.npy` say?"""),
+]
+
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["02_resizing_the_table.ipynb"] = [
+    ("md", """\
+# 2. Resizing the table from 16 x 16 to 32 x 32
+
+Qwen-VL keeps one table for its 16 x 16 queries, but a 448-pixel image gives 32 x 32 patches, so the keys need
+a 32 x 32 table. The reference resizes the stored table at run time, as an image of E channels, with
+`F.interpolate(mode='bicubic', align_corners=False)` (the maintainers: the table "is always stored in 256
+length", QwenLM/Qwen-VL issue 215). In this project: `resize_bicubic` and `key_position_table` in
+[`src/resize.hpp`](../src/resize.hpp), stage page [docs/stages/03-resize.md](../docs/stages/03-resize.md)."""),
+    ("code", SETUP + """
+import torch
+import torch.nn.functional as F"""),
+    ("code", """\
+E = 64
+P16 = nb.table(E, 16)                 # C++: the stored table
+P32 = nb.table(E, 16, key_grid=32)    # C++: resized bicubically to the key grid
+ref = nb.oracle.resize_table(torch.from_numpy(P16), 16, 32).numpy()
+print(P16.shape, "->", P32.shape, "; largest difference from F.interpolate:", np.abs(P32 - ref).max())
+
+def torch_resize(table, mode):
+    image = torch.from_numpy(table).reshape(1, 16, 16, E).permute(0, 3, 1, 2)
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(image, size=(32, 32), mode=mode, **kw).permute(0, 2, 3, 1).reshape(32 * 32, E).numpy()
+
+bilinear, nearest = torch_resize(P16, "bilinear"), torch_resize(P16, "nearest")"""),
+    ("md", """\
+## One channel along one row
+
+With `align_corners=False` the 16 input samples sit at the centres of 16 cells of the unit interval, and the 32
+outputs at the centres of 32 cells: output `j` reads the input at $s = \\frac{16}{32}(j + 0.5) - 0.5$. Near the
+border $s$ is negative, and the taps outside the grid are clamped to the edge sample."""),
+    ("code", """\
+c, h = 2, 7                                   # a first-half channel (follows w), one grid row
+x16 = (np.arange(16) + 0.5) / 16; x32 = (np.arange(32) + 0.5) / 32
+row16 = P16.reshape(16, 16, E)[h, :, c]
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+for ax, lim in zip(axes, [(0, 1), (0, 0.2)]):
+    ax.plot(x16, row16, "ko", ms=7, label="stored 16 samples")
+    for table, style, name in [(P32, "-", "bicubic (C++)"), (bilinear, "--", "bilinear"), (nearest, ":", "nearest")]:
+        ax.plot(x32, table.reshape(32, 32, E)[2 * h, :, c], style, marker=".", label=name)
+    ax.set_xlim(*lim); ax.set_xlabel("position across the image (0 to 1)")
+axes[0].set_title("channel %d, row %d" % (c, h)); axes[1].set_title("zoom on the left border"); axes[0].legend()
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Resized is not the same as computed at 32 x 32
+
+A table computed directly for a 32 x 32 grid (`nb.table(E, 32)`) encodes positions 0..31; the resized table
+encodes positions 0..15 sampled twice as densely. They differ everywhere except in spirit: both keep
+neighbourhoods, but at different scales. The adapter uses the resized one, which is what the trained queries saw."""),
+    ("code", """\
+direct = nb.table(E, 32)
+centre = 16 * 32 + 16
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+for ax, table, title in [(axes[0], P32, "resized 16 -> 32"), (axes[1], direct, "computed at 32 x 32")]:
+    im = ax.imshow((table @ table[centre]).reshape(32, 32)); ax.set_title(title + ": P[r] . P[(16, 16)]")
+    fig.colorbar(im, ax=ax)
+im = axes[2].imshow(np.abs(P32 - direct).max(axis=1).reshape(32, 32), cmap="magma")
+axes[2].set_title("max over channels |resized - direct|"); fig.colorbar(im, ax=axes[2])
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Exercises
+
+1. Which output indices of a 16 -> 32 resize read a clamped tap? Count them from the formula for $s$.
+2. Resize 16 -> 8 (a smaller image) with `nb.table(E, 16, key_grid=8)`. Is it the same as keeping every other
+   row and column? Why not?
+3. The weights of the four taps sum to 1 for every $t$ (a test checks it). What does that guarantee for a
+   constant table? For a table that is linear along a row?"""),
+]
+
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["03_adapter_step_by_step.ipynb"] = [
+    ("md", """\
+# 3. The adapter step by step, at Qwen-VL's real size
+
+One image of 32 x 32 patch features of width 1664 goes in; 256 tokens of width 4096 come out. The weights here
+are random (a real checkpoint would give the same shapes and the same agreement), written in F32 by
+`qwenvl-bench --write-checkpoint` under the checkpoint's own tensor names. The C++ runs with `--trace`, which
+writes every named intermediate as a .npy file; PyTorch then runs the same weights through `torch.nn` modules
+(the oracle in `tests/reference/make_fixtures.py`), and the two are compared stage by stage."""),
+    ("code", SETUP + """
+import os, time, torch"""),
+    ("code", """\
+weights, features = nb.full_size_checkpoint()
+print(nb.adapter("info", "--weights", weights).split("config:")[1])"""),
+    ("code", """\
+out, trace = nb.work("y.npy"), nb.work("trace")
+start = time.perf_counter()
+print(nb.adapter("run", "--weights", weights, "--input", features, "--output", out, "--trace", trace))
+print("C++ run with trace: %.1f s (loading 370 MB of F32 weights included)" % (time.perf_counter() - start))
+stages = ["pos_q", "pos_k", "ln_q", "query_in", "q", "kv_proj", "ln_kv", "key_in", "k", "v",
+          "scores", "attn_weights", "attended", "out", "ln_post", "proj"]
+cpp = {s: np.load(os.path.join(trace, s + ".npy")) for s in stages}
+for s in stages:
+    print("%-13s %s" % (s, cpp[s].shape))"""),
+    ("code", """\
+torch.set_num_threads(2)
+prefix = "transformer.visual."
+params = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in nb.read_safetensors(weights).items()}
+x = torch.from_numpy(np.load(features))
+start = time.perf_counter()
+ref = {k: v.numpy() for k, v in nb.oracle.reference_forward(params, x, None, 32, "full size").items()}
+print("PyTorch reference with every intermediate: %.1f s" % (time.perf_counter() - start))"""),
+    ("md", """\
+## Every stage against PyTorch
+
+*Largest |C++ - PyTorch|* is the worst element; *relative* divides it by the stage's largest magnitude. float32
+carries about 7 significant digits (machine epsilon 1.2e-7), and a sum over 4096 terms in another order moves
+the last digits: agreement to about 1e-6 relative is float32 precision."""),
+    ("code", """\
+print("%-13s %-18s %12s %12s %10s" % ("stage", "shape", "max |C++-PT|", "max |PT|", "relative"))
+errors = {}
+for s in stages:
+    err = float(np.abs(cpp[s] - ref[s]).max()); scale = float(np.abs(ref[s]).max())
+    errors[s] = err / scale
+    print("%-13s %-18s %12.3g %12.3g %10.2g" % (s, str(cpp[s].shape), err, scale, err / scale))
+print("\\nall stages within 1e-5 relative:", all(e < 1e-5 for e in errors.values()))"""),
+    ("code", """\
+fig, ax = plt.subplots(figsize=(10, 3.2))
+ax.bar(range(len(stages)), [max(errors[s], 1e-9) for s in stages], color="tab:blue")
+ax.axhline(1.19e-7, color="k", ls=":", label="float32 epsilon")
+ax.set_yscale("log"); ax.set_xticks(range(len(stages))); ax.set_xticklabels(stages, rotation=45, ha="right")
+ax.set_ylabel("relative error"); ax.set_title("C++ against PyTorch, full size"); ax.legend()
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Exercises
+
+1. Which stages agree bit for bit, and why those? (Hint: where is there no sum?)
+2. `scores` has the largest magnitudes. Would scaling `k` instead of `q` by $1/\\sqrt{D_h}$ change the
+   result in exact arithmetic? In float32?
+3. Run the same with `--adapter-only` and compare with `ref["out"]`."""),
+]
+
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["04_where_the_queries_look.ipynb"] = [
+    ("md", """\
+# 4. Where the queries look
+
+Each of the 256 queries carries the position table row of its cell in the 16 x 16 grid; each of the 1024 keys
+carries the resized table row of its patch. With *only* the position terms, a query's attention is a bump around
+its own place on the image. Here the weights are chosen to show exactly that: identity projections (`W_q = W_k =
+W_v = I`, no biases), one head, queries whose learned part is zero, and `ln_kv` with a zero gain, so the keys hold
+nothing but positions. Then the position terms are removed (a stored `pos_embed` of zeros, which the C++ uses
+as stored) and the features take over. Every attention map below is the C++'s (`run --trace`)."""),
+    ("code", SETUP),
+    ("code", """\
+E, Q, GK = 256, 256, 32
+rng = np.random.default_rng(0)
+eye, zero = np.eye(E, dtype=np.float32), np.zeros(E, np.float32)
+p = "transformer.visual.attn_pool."
+
+def weights(ln_kv_gain, pos_embed=None):
+    t = {p + "query": np.zeros((Q, E), np.float32),
+         p + "attn.in_proj_weight": np.concatenate([eye, eye, eye]), p + "attn.in_proj_bias": np.zeros(3 * E, np.float32),
+         p + "attn.out_proj.weight": eye, p + "attn.out_proj.bias": zero,
+         p + "ln_q.weight": np.ones(E, np.float32), p + "ln_q.bias": zero,
+         p + "ln_kv.weight": np.full(E, ln_kv_gain, np.float32), p + "ln_kv.bias": zero}
+    if pos_embed is not None:
+        t[p + "pos_embed"] = pos_embed
+    return t
+
+# Features: noise plus a bright blob in the lower right of the 32 x 32 patch grid (Kv = E: no kv_proj).
+hh, ww = np.mgrid[0:GK, 0:GK]
+blob = np.exp(-((hh - 24) ** 2 + (ww - 22) ** 2) / 20.0).reshape(-1, 1)
+features = (rng.standard_normal((1, GK * GK, E)) * 0.3 + 3.0 * blob * rng.standard_normal(E)).astype(np.float32)
+np.save(nb.work("blob.npy"), features)
+
+def attention_maps(tensors, name):
+    path = nb.work(name + ".safetensors"); nb.write_safetensors(path, tensors)
+    nb.adapter("run", "--weights", path, "--input", nb.work("blob.npy"), "--output", nb.work(name + "-y.npy"),
+               "--heads", 1, "--adapter-only", "--trace", nb.work(name))
+    return np.load(nb.work(name) + "/attn_weights.npy")[0, 0].reshape(Q, GK, GK)   # (query, h, w)
+
+positions_only = attention_maps(weights(0.0), "positions-only")
+no_positions = attention_maps(weights(1.0, np.zeros((Q, E), np.float32)), "no-positions")"""),
+    ("code", """\
+chosen = [(2, 2), (2, 13), (8, 8), (13, 4)]             # (row, column) on the 16 x 16 query grid
+fig, axes = plt.subplots(2, len(chosen), figsize=(13, 6.4))
+for col, (h, w) in enumerate(chosen):
+    for row, (maps, title) in enumerate([(positions_only, "positions only"), (no_positions, "positions removed")]):
+        ax = axes[row, col]
+        ax.imshow(maps[h * 16 + w], cmap="magma")
+        ax.plot(2 * w + 0.5, 2 * h + 0.5, "c+", ms=14, mew=2)  # the query's own cell on the 32 x 32 key grid
+        ax.set_title("query (%d, %d): %s" % (h, w, title), fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+Top row: each query looks at its own region (the cross marks its cell scaled to the key grid). Bottom row:
+without position terms every query looks at the same place, wherever the features are loudest (the blob).
+In the trained model both act at once: the position term keeps each token tied to a region, the content term
+picks what in that region matters."""),
+    ("code", """\
+centre_of_mass = lambda m: ((m.sum(1) * np.arange(GK)).sum(), (m.sum(0) * np.arange(GK)).sum())
+for name, maps in [("positions only", positions_only), ("positions removed", no_positions)]:
+    print(name, [tuple(round(v, 1) for v in centre_of_mass(maps[h * 16 + w])) for h, w in chosen])
+print("rows sum to 1:", np.allclose(positions_only.reshape(Q, -1).sum(1), 1, atol=1e-5))"""),
+    ("md", """\
+## Exercises
+
+1. Make `ln_kv`'s gain 0.3 instead of 0 (positions and content at once). Where do the maps move?
+2. Use 4 heads (`--heads 4`): each head sees 64 channels. Which channels does head 0 get, and what does that do
+   to its maps? (Hint: which frequencies live in the first 64 channels of the table?)
+3. Why is the map of a query at the border lopsided?"""),
+]
+
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["05_paper_numbers.ipynb"] = [
+    ("md", """\
+# 5. The paper's numbers, checked
+
+Section 2.1 and Table 1 of the paper give the adapter's size (0.08B parameters) and its job (a fixed 256-token
+output); section 2.2 says how those tokens enter the language model (between `<img>` and `</img>`). This notebook
+checks each number with the C++ at Qwen-VL's real size, and times the forward pass against PyTorch."""),
+    ("code", SETUP + """
+import json, os, re, subprocess, sys"""),
+    ("code", """\
+weights, features = nb.full_size_checkpoint()
+info = nb.adapter("info", "--weights", weights)
+trainable = int(re.search(r"adapter, trainable: (\\d+)", info).group(1))
+counts = json.load(open(os.path.join(nb.REPO, "data", "parameter_counts.json")))
+print(info.split("parameters:")[1])
+print("C++ count %s = %.3fB; PyTorch's modules count %s; Table 1 says 0.08B"
+      % (f"{trainable:,}", trainable / 1e9, f"{counts['qwen_vl']['adapter_trainable']:,}"))"""),
+    ("code", """\
+parts = {"query (256x4096)": 256 * 4096, "kv_proj (4096x1664)": 4096 * 1664, "in_proj (3x4096x4096 + bias)": 3 * 4096 ** 2 + 3 * 4096,
+         "out_proj (4096x4096 + bias)": 4096 ** 2 + 4096, "ln_q, ln_kv": 4 * 4096}
+assert sum(parts.values()) == trainable
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+axes[0].barh(list(parts), [v / 1e6 for v in parts.values()]); axes[0].set_xlabel("million parameters")
+axes[0].set_title("where the 75.0M parameters are")
+axes[1].bar(["patches in (32x32)", "tokens out (16x16)", "positions in the LLM"], [1024, 256, 258],
+            color=["tab:gray", "tab:blue", "tab:orange"])
+axes[1].set_title("1024 -> 256: a 4x compression; +2 for <img>, </img>")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## 258 positions in the language model's input
+
+The 256 output rows overwrite the 256 padding positions between `<img>` (id 151857) and `</img>` (151858) in the
+token embeddings: `qwenvl-adapter fuse`."""),
+    ("code", """\
+y = nb.work("y-paper.npy")
+nb.adapter("run", "--weights", weights, "--input", features, "--output", y)
+rng = np.random.default_rng(1)
+ids = list(rng.integers(0, 151643, 5)) + [151857] + [151859] * 256 + [151858] + list(rng.integers(0, 151643, 7))
+embeddings = (rng.standard_normal((len(ids), 4096)) * 0.02).astype(np.float32)
+json.dump([int(t) for t in ids], open(nb.work("ids.json"), "w")); np.save(nb.work("emb.npy"), embeddings)
+print(nb.adapter("fuse", "--ids", nb.work("ids.json"), "--embeddings", nb.work("emb.npy"),
+                 "--image-features", y, "--output", nb.work("fused.npy")))
+fused = np.load(nb.work("fused.npy"))
+a, b = ids.index(151857), ids.index(151858)
+print("image span: <img> at %d, </img> at %d: %d positions with the markers" % (a, b, b - a + 1))
+fig, ax = plt.subplots(figsize=(11, 2.6))
+ax.plot(np.linalg.norm(fused, axis=1), ".-"); ax.axvspan(a, b, color="tab:orange", alpha=0.2)
+ax.set_xlabel("sequence position"); ax.set_ylabel("row norm"); ax.set_title("embeddings after the splice")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Time of a full-size forward pass, against PyTorch on this machine
+
+Both sides use 2 OpenBLAS threads. The C++ times `adapter_forward` + `tower_tail_forward` with the query side
+prepared once per set of weights (`qwenvl-bench`); PyTorch is timed twice by `tests/bench/compare_pytorch.py`:
+the same work, and the Qwen-VL `Resampler` as written (`nn.MultiheadAttention`, query side recomputed per call).
+[docs/performance.md](../docs/performance.md) has the full table."""),
+    ("code", """\
+env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+cpp = json.loads(subprocess.run([nb.BENCH, "--images", "1", "--grid", "32", "--repeats", "3", "--json"], env=env,
+                                capture_output=True, text=True, check=True).stdout)
+script = os.path.join(nb.REPO, "tests", "bench", "compare_pytorch.py")
+pt = json.loads(subprocess.run([sys.executable, script, "--child", "1", "32", "--repeats", "3", "--threads", "2"],
+                               env=env, capture_output=True, text=True, check=True).stdout)
+times = {"C++": cpp["per_image_s"], "PyTorch, same work": pt["per_image_s"], "PyTorch, Qwen-VL module": pt["module_per_image_s"]}
+for k, v in times.items():
+    print("%-26s %.3f s" % (k, v))
+print("C++ effective %.0f GFLOP/s; OpenBLAS sgemm in the same process %.0f GFLOP/s" % (cpp["gflops"], cpp["gemm_gflops"]))
+fig, ax = plt.subplots(figsize=(7, 2.6))
+ax.barh(list(times), list(times.values()), color=["tab:blue", "tab:gray", "tab:gray"]); ax.set_xlabel("seconds per image")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## Exercises
+
+1. Count the multiply-adds of each matrix product for one image and check that they add up to about 104 GFLOP.
+   Which product dominates?
+2. How many parameters would the adapter have for a ViT of width 1280 (Kv) and the same E? Check with
+   `qwenvl-adapter info` on a checkpoint you write with `nb.write_safetensors`.
+3. Two images in one prompt: how many positions do they take? Try `fuse` with two spans."""),
+]
+
+
+def main():
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        nbformat.write(nb, os.path.join(HERE, name))
+        print("wrote notebooks/" + name)
+
+
+if __name__ == "__main__":
+    main()
