@@ -81,25 +81,24 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
     }
     check_shape(fn, "prepared q", side->q, {Q, E});
 
-    // Key-side table: P_q resized to the key grid (prepared with the query side when it was for this L).
-    Matrix resized;
-    if (side->n_keys != L) resized = key_position_table(side->pos_q, L);
-    const Matrix& pos_k = side->n_keys == L ? side->pos_k : resized;  // (L, E)
-    if (trace) trace->record("pos_k", pos_k);
-
-    // Key and value side, all N*L rows at once. Each intermediate is released as soon as the next one
-    // exists, which keeps the peak memory at about three (N, L, E) tensors.
+    // Key and value side, all N*L rows at once. Memory is kept to about three (N, L, E) tensors: the values
+    // are projected first, so that X can then become the keys' input in place.
     Tensor3 X = kv_projection(x, w.kv_proj);  // (N, L, E)
     if (trace) trace->record("kv_proj", X);
     X = layer_norm(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (N, L, E)
     if (trace) trace->record("ln_kv", X);
-    Tensor3 k;  // (N, L, E)
+    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (N, L, E): no position term on the values
     {
-        const Tensor3 key_in = X + xt::view(pos_k, xt::newaxis(), xt::all(), xt::all());  // the resized table on keys
-        if (trace) trace->record("key_in", key_in);
-        k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);
+        // Key-side table: P_q resized to the key grid (prepared with the query side when it was for this L).
+        Matrix resized;
+        if (side->n_keys != L) resized = key_position_table(side->pos_q, L);
+        const Matrix& pos_k = side->n_keys == L ? side->pos_k : resized;  // (L, E)
+        if (trace) trace->record("pos_k", pos_k);
+        X += xt::view(pos_k, xt::newaxis(), xt::all(), xt::all());  // key_in = X + P_k: the resized table on keys
     }
-    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (N, L, E): no position term on values
+    const Tensor3& key_in = X;
+    if (trace) trace->record("key_in", key_in);
+    const Tensor3 k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);  // (N, L, E)
     if (trace) {
         trace->record("k", k);
         trace->record("v", v);

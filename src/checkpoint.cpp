@@ -13,11 +13,10 @@ xt::xtensor<float, Rank> read_rank(const WeightFiles& files, const std::string& 
     if (e.shape.size() != Rank)
         throw InputError(e.file, "tensor '" + name + "' has shape " + shape_string(e.shape) + ", expected rank " +
                                      std::to_string(Rank));
-    const xt::xarray<float> values = files.read(name);
-    std::array<std::size_t, Rank> shape;
+    std::array<std::size_t, Rank> shape{};
     std::copy(e.shape.begin(), e.shape.end(), shape.begin());
     xt::xtensor<float, Rank> out(shape);
-    std::copy(values.begin(), values.end(), out.begin());
+    files.read_into(name, 0, out.size(), out.data());  // straight from the file: no second copy of the weights
     return out;
 }
 
