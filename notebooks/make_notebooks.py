@@ -137,6 +137,7 @@ for ax, lim in zip(axes, [(0, 1), (0, 0.2)]):
     for table, style, name in [(P32, "-", "bicubic (C++)"), (bilinear, "--", "bilinear"), (nearest, ":", "nearest")]:
         ax.plot(x32, table.reshape(32, 32, E)[2 * h, :, c], style, marker=".", label=name)
     ax.set_xlim(*lim); ax.set_xlabel("position across the image (0 to 1)")
+axes[1].set_ylim(-0.15, 0.8)
 axes[0].set_title("channel %d, row %d" % (c, h)); axes[1].set_title("zoom on the left border"); axes[0].legend()
 plt.tight_layout(); plt.show()"""),
     ("md", """\
@@ -238,7 +239,8 @@ carries the resized table row of its patch. With *only* the position terms, a qu
 its own place on the image. Here the weights are chosen to show exactly that: identity projections (`W_q = W_k =
 W_v = I`, no biases), one head, queries whose learned part is zero, and `ln_kv` with a zero gain, so the keys hold
 nothing but positions. Then the position terms are removed (a stored `pos_embed` of zeros, which the C++ uses
-as stored) and the features take over. Every attention map below is the C++'s (`run --trace`)."""),
+as stored), the keys get their content back, and the queries are set to resemble one feature of the image.
+Every attention map below is the C++'s (`run --trace`)."""),
     ("code", SETUP),
     ("code", """\
 E, Q, GK = 256, 256, 32
@@ -246,8 +248,8 @@ rng = np.random.default_rng(0)
 eye, zero = np.eye(E, dtype=np.float32), np.zeros(E, np.float32)
 p = "transformer.visual.attn_pool."
 
-def weights(ln_kv_gain, pos_embed=None):
-    t = {p + "query": np.zeros((Q, E), np.float32),
+def weights(query, ln_kv_gain, pos_embed=None):
+    t = {p + "query": query,
          p + "attn.in_proj_weight": np.concatenate([eye, eye, eye]), p + "attn.in_proj_bias": np.zeros(3 * E, np.float32),
          p + "attn.out_proj.weight": eye, p + "attn.out_proj.bias": zero,
          p + "ln_q.weight": np.ones(E, np.float32), p + "ln_q.bias": zero,
@@ -256,10 +258,12 @@ def weights(ln_kv_gain, pos_embed=None):
         t[p + "pos_embed"] = pos_embed
     return t
 
-# Features: noise plus a bright blob in the lower right of the 32 x 32 patch grid (Kv = E: no kv_proj).
+# Features: noise plus a bright blob in the lower right of the 32 x 32 patch grid, whose patches all carry
+# one feature direction `r` (Kv = E: no kv_proj).
 hh, ww = np.mgrid[0:GK, 0:GK]
 blob = np.exp(-((hh - 24) ** 2 + (ww - 22) ** 2) / 20.0).reshape(-1, 1)
-features = (rng.standard_normal((1, GK * GK, E)) * 0.3 + 3.0 * blob * rng.standard_normal(E)).astype(np.float32)
+r = rng.standard_normal(E).astype(np.float32)
+features = (rng.standard_normal((1, GK * GK, E)) * 0.3 + 3.0 * blob * r).astype(np.float32)
 np.save(nb.work("blob.npy"), features)
 
 def attention_maps(tensors, name):
@@ -268,8 +272,11 @@ def attention_maps(tensors, name):
                "--heads", 1, "--adapter-only", "--trace", nb.work(name))
     return np.load(nb.work(name) + "/attn_weights.npy")[0, 0].reshape(Q, GK, GK)   # (query, h, w)
 
-positions_only = attention_maps(weights(0.0), "positions-only")
-no_positions = attention_maps(weights(1.0, np.zeros((Q, E), np.float32)), "no-positions")"""),
+# A: learned part of the queries zero, keys without content: positions alone.
+# B: no position terms (pos_embed stored as zeros); queries that resemble the blob's feature, keys with content.
+looking_for_the_blob = (r + 0.5 * rng.standard_normal((Q, E))).astype(np.float32)
+positions_only = attention_maps(weights(np.zeros((Q, E), np.float32), 0.0), "positions-only")
+no_positions = attention_maps(weights(looking_for_the_blob, 1.0, np.zeros((Q, E), np.float32)), "no-positions")"""),
     ("code", """\
 chosen = [(2, 2), (2, 13), (8, 8), (13, 4)]             # (row, column) on the 16 x 16 query grid
 fig, axes = plt.subplots(2, len(chosen), figsize=(13, 6.4))
@@ -281,14 +288,17 @@ for col, (h, w) in enumerate(chosen):
         ax.set_title("query (%d, %d): %s" % (h, w, title), fontsize=9); ax.set_xticks([]); ax.set_yticks([])
 plt.tight_layout(); plt.show()"""),
     ("md", """\
-Top row: each query looks at its own region (the cross marks its cell scaled to the key grid). Bottom row:
-without position terms every query looks at the same place, wherever the features are loudest (the blob).
-In the trained model both act at once: the position term keeps each token tied to a region, the content term
-picks what in that region matters."""),
+Top row: each query looks at its own region (the cross marks its cell scaled to the key grid). The faint cross
+through it comes from the table's two halves: a key in the same column shares the first half's (column) code, a
+key in the same row the second half's. Bottom row: without position terms nothing ties a query to its cell; these
+queries resemble the blob's feature, so all of them look at the blob, wherever their own cell is. In the trained
+model both act at once: the position term keeps each token tied to a region, the content term picks what in that
+region matters."""),
     ("code", """\
-centre_of_mass = lambda m: ((m.sum(1) * np.arange(GK)).sum(), (m.sum(0) * np.arange(GK)).sum())
+peak = lambda m: tuple(int(i) for i in np.unravel_index(np.argmax(m), m.shape))
+print("own cells on the key grid:", [(2 * h, 2 * w) for h, w in chosen])
 for name, maps in [("positions only", positions_only), ("positions removed", no_positions)]:
-    print(name, [tuple(round(v, 1) for v in centre_of_mass(maps[h * 16 + w])) for h, w in chosen])
+    print("peaks,", name + ":", [peak(maps[h * 16 + w]) for h, w in chosen])
 print("rows sum to 1:", np.allclose(positions_only.reshape(Q, -1).sum(1), 1, atol=1e-5))"""),
     ("md", """\
 ## Exercises

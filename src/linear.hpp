@@ -2,7 +2,8 @@
 //
 // Weights follow nn.Linear's (out, in) convention: y = x W^T + b. The one exception is the tower's
 // `proj` (E, E), which the reference applies as a right multiplication, y = x @ W (see matmul).
-// All products run through xtensor-blas (cblas_sgemm from OpenBLAS) on contiguous tensors.
+// All products run through gemm_block: OpenBLAS's sgemm, reached through xtensor-blas's BLAS binding, on
+// row-major buffers read in place (whole tensors, or blocks such as one attention head).
 #pragma once
 
 #include "shapes.hpp"
