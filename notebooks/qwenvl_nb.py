@@ -61,20 +61,9 @@ def table(dim, grid, key_grid=None):
 
 
 def write_safetensors(path, tensors):
-    """float32 tensors (name -> array) as a safetensors file."""
-    header, offset, blobs = {}, 0, []
-    for name in sorted(tensors):
-        raw = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(np.shape(tensors[name])), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
+    """float32 arrays (name -> array) as an F32 safetensors file, with the generator's writer."""
+    import torch
+    oracle.write_safetensors(path, {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}, "F32")
 
 
 def read_safetensors(path):

@@ -33,24 +33,26 @@ Matrix standardize_rows(const Matrix& x, float eps) {
     return y;
 }
 
-Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
-    const std::size_t E = x.shape(1);
+namespace {
+// LayerNorm over the last axis of a tensor of `rows` rows of E values, with gamma and beta checked against E.
+template <class Tensor>
+Tensor layer_norm_rows(const Tensor& x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta,
+                       float eps) {
     check_shape("layer_norm", "gamma", gamma, {E});
     check_shape("layer_norm", "beta", beta, {E});
     require(E > 0, "layer_norm", "x has no channels");
-    Matrix y(x.shape());
-    normalize_rows(x.data(), y.data(), x.shape(0), E, eps, gamma.data(), beta.data());
+    Tensor y(x.shape());
+    normalize_rows(x.data(), y.data(), rows, E, eps, gamma.data(), beta.data());
     return y;
+}
+}  // namespace
+
+Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+    return layer_norm_rows(x, x.shape(0), x.shape(1), gamma, beta, eps);
 }
 
 Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
-    const std::size_t E = x.shape(2);
-    check_shape("layer_norm", "gamma", gamma, {E});
-    check_shape("layer_norm", "beta", beta, {E});
-    require(E > 0, "layer_norm", "x has no channels");
-    Tensor3 y(x.shape());
-    normalize_rows(x.data(), y.data(), x.shape(0) * x.shape(1), E, eps, gamma.data(), beta.data());
-    return y;
+    return layer_norm_rows(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
 }
 
 }  // namespace qwenvl
