@@ -94,22 +94,21 @@ std::size_t parse_count(const std::string& command, const std::string& name, con
 // ---------------------------------------------------------------------------------------------------------
 // Checks on the inputs of `run`, each naming the file.
 
-// Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was.
+// Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was. The checks are as_feature_batch's
+// (rank, a square patch count, finite values) plus the width the weights expect, all reported with the file.
 Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr) {
     const xt::xarray<float> raw = read_npy_float(path);
     if (unbatched) *unbatched = raw.dimension() == 2;
-    if (raw.dimension() != 2 && raw.dimension() != 3)
-        throw InputError(path, "features have shape " + shape_string(shape_of(raw)) + ", expected (L, Kv) or (N, L, Kv)");
-    const std::size_t L = raw.shape(raw.dimension() - 2), width = raw.shape(raw.dimension() - 1);
-    if (width != kv_dim)
-        throw InputError(path, "feature width " + std::to_string(width) + " does not match the weights' Kv = " +
+    Tensor3 batch;
+    try {
+        batch = as_feature_batch(raw);
+    } catch (const std::invalid_argument& e) {
+        throw InputError(path, e.what());
+    }
+    if (batch.shape(2) != kv_dim)
+        throw InputError(path, "feature width " + std::to_string(batch.shape(2)) + " does not match the weights' Kv = " +
                                    std::to_string(kv_dim));
-    if (L == 0 || std::llround(std::sqrt(double(L))) * std::llround(std::sqrt(double(L))) != static_cast<long long>(L))
-        throw InputError(path, "patch count L = " + std::to_string(L) + " is not a perfect square");
-    for (float v : raw)
-        if (!std::isfinite(v)) throw InputError(path, "features hold a NaN or infinite value");
-    if (raw.dimension() == 3 && raw.shape(0) == 0) throw InputError(path, "features hold no images (N = 0)");
-    return as_feature_batch(raw);
+    return batch;
 }
 
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
