@@ -172,7 +172,7 @@ NOTEBOOKS["03_adapter_step_by_step.ipynb"] = [
 # 3. The adapter step by step, at Qwen-VL's real size
 
 One image of 32 x 32 patch features of width 1664 goes in; 256 tokens of width 4096 come out. The weights here
-are random (a real checkpoint would give the same shapes and the same agreement), written in F32 by
+are random (the real checkpoint has the same names and shapes; it is not shipped here), written in F32 by
 `qwenvl-bench --write-checkpoint` under the checkpoint's own tensor names. The C++ runs with `--trace`, which
 writes every named intermediate as a .npy file; PyTorch then runs the same weights through `torch.nn` modules
 (the oracle in `tests/reference/make_fixtures.py`), and the two are compared stage by stage."""),
