@@ -246,7 +246,7 @@ const char* kFuseHelp =
 
 std::vector<std::int64_t> read_ids(const std::string& path) {
     std::ifstream in(path);
-    if (!in) throw InputError(path, "cannot open");
+    if (!in) throw cannot_open(path);
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(in);

@@ -110,7 +110,7 @@ xt::xarray<float> npy_values(const NpyArray& a) {
 
 std::vector<std::uint8_t> read_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw InputError(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    if (!in) throw cannot_open(path);
     std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (in.bad()) throw InputError(path, "cannot read");
     return bytes;

@@ -22,9 +22,11 @@ std::uint64_t read_u64_le(const std::uint8_t* p) {
     for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
     return v;
 }
-
-std::runtime_error problem(const std::string& what) { return std::runtime_error(what); }
 }  // namespace
+
+InputError cannot_open(const std::string& file) {
+    return InputError(file, std::string("cannot open (") + std::strerror(errno) + ")");
+}
 
 std::size_t dtype_size(const std::string& dtype) {
     static const std::map<std::string, std::size_t> sizes = {
@@ -36,61 +38,61 @@ std::size_t dtype_size(const std::string& dtype) {
 
 SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_t available, std::uint64_t file_size) {
     if (file_size < 8 || available < 8)
-        throw problem("file too short for a safetensors header (" + std::to_string(file_size) + " bytes)");
+        throw std::runtime_error("file too short for a safetensors header (" + std::to_string(file_size) + " bytes)");
     const std::uint64_t n = read_u64_le(bytes);
-    if (n > kMaxHeader) throw problem("header length " + std::to_string(n) + " is larger than 100 MB");
+    if (n > kMaxHeader) throw std::runtime_error("header length " + std::to_string(n) + " is larger than 100 MB");
     if (n > file_size - 8)
-        throw problem("header length " + std::to_string(n) + " runs past the end of the file (" +
+        throw std::runtime_error("header length " + std::to_string(n) + " runs past the end of the file (" +
                       std::to_string(file_size) + " bytes)");
-    if (available < 8 + n) throw problem("header truncated");
+    if (available < 8 + n) throw std::runtime_error("header truncated");
     const std::uint64_t data_start = 8 + n, data_size = file_size - data_start;
 
     nlohmann::json header;
     try {
         header = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
     } catch (const nlohmann::json::exception&) {
-        throw problem("header is not valid JSON");
+        throw std::runtime_error("header is not valid JSON");
     }
-    if (!header.is_object()) throw problem("header is not a JSON object");
+    if (!header.is_object()) throw std::runtime_error("header is not a JSON object");
 
     SafetensorsHeader result;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     for (const auto& [name, info] : header.items()) {
         if (name == "__metadata__") {
-            if (!info.is_object()) throw problem("__metadata__ is not an object");
+            if (!info.is_object()) throw std::runtime_error("__metadata__ is not an object");
             for (const auto& [key, value] : info.items())
                 if (value.is_string()) result.metadata[key] = value.get<std::string>();
             continue;
         }
         const std::string where = "tensor '" + name + "'";
         if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-            throw problem(where + " lacks dtype, shape or data_offsets");
-        if (!info["dtype"].is_string()) throw problem(where + ": dtype is not a string");
+            throw std::runtime_error(where + " lacks dtype, shape or data_offsets");
+        if (!info["dtype"].is_string()) throw std::runtime_error(where + ": dtype is not a string");
         TensorEntry e;
         e.name = name;
         e.dtype = info["dtype"].get<std::string>();
         const std::size_t element = dtype_size(e.dtype);
-        if (element == 0) throw problem(where + ": unknown dtype '" + e.dtype + "'");
-        if (!info["shape"].is_array()) throw problem(where + ": shape is not a list");
+        if (element == 0) throw std::runtime_error(where + ": unknown dtype '" + e.dtype + "'");
+        if (!info["shape"].is_array()) throw std::runtime_error(where + ": shape is not a list");
         std::uint64_t count = 1;
         for (const auto& d : info["shape"]) {
-            if (!d.is_number_unsigned()) throw problem(where + ": shape holds something other than a size");
+            if (!d.is_number_unsigned()) throw std::runtime_error(where + ": shape holds something other than a size");
             const std::uint64_t size = d.get<std::uint64_t>();
             if (size != 0 && count > std::numeric_limits<std::uint64_t>::max() / size / element)
-                throw problem(where + ": shape " + info["shape"].dump() + " is too large");
+                throw std::runtime_error(where + ": shape " + info["shape"].dump() + " is too large");
             count *= size;
             e.shape.push_back(static_cast<std::size_t>(size));
         }
         const auto& offsets = info["data_offsets"];
         if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
             !offsets[1].is_number_unsigned())
-            throw problem(where + ": data_offsets is not [begin, end]");
+            throw std::runtime_error(where + ": data_offsets is not [begin, end]");
         const std::uint64_t begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
         if (begin > end || end > data_size)
-            throw problem(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+            throw std::runtime_error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                           "] lie outside the " + std::to_string(data_size) + " bytes of data");
         if (end - begin != count * element)
-            throw problem(where + ": shape " + shape_string(e.shape) + " of " + e.dtype + " needs " +
+            throw std::runtime_error(where + ": shape " + shape_string(e.shape) + " of " + e.dtype + " needs " +
                           std::to_string(count * element) + " bytes but data_offsets give " + std::to_string(end - begin));
         e.begin = data_start + begin;
         e.end = data_start + end;
@@ -100,7 +102,7 @@ SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_
     std::sort(ranges.begin(), ranges.end());
     for (std::size_t i = 1; i < ranges.size(); ++i)
         if (ranges[i].first < ranges[i - 1].second)
-            throw problem("data_offsets of two tensors overlap at byte " + std::to_string(ranges[i].first));
+            throw std::runtime_error("data_offsets of two tensors overlap at byte " + std::to_string(ranges[i].first));
     return result;
 }
 
@@ -160,7 +162,7 @@ void WeightFiles::add(const std::string& path) {
 
 void WeightFiles::add_safetensors(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw InputError(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    if (!in) throw cannot_open(path);
     in.seekg(0, std::ios::end);
     const std::streamoff size = in.tellg();
     if (size < 0) throw InputError(path, "cannot read the file size");
@@ -192,7 +194,7 @@ void WeightFiles::add_safetensors(const std::string& path) {
 
 void WeightFiles::add_index(const std::string& path) {
     std::ifstream in(path);
-    if (!in) throw InputError(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    if (!in) throw cannot_open(path);
     nlohmann::json index;
     try {
         index = nlohmann::json::parse(in);
@@ -239,7 +241,7 @@ void WeightFiles::read_into(const std::string& name, std::size_t first, std::siz
         throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
                                      ") lie outside tensor '" + name + "'");
     std::ifstream in(e.file, std::ios::binary);
-    if (!in) throw InputError(e.file, std::string("cannot open (") + std::strerror(errno) + ")");
+    if (!in) throw cannot_open(e.file);
     in.seekg(static_cast<std::streamoff>(e.begin + first * element));
     try {
         if (e.dtype == "F32") {

@@ -21,6 +21,9 @@ public:
     InputError(const std::string& file, const std::string& problem) : std::runtime_error(file + ": " + problem) {}
 };
 
+// "FILE: cannot open (reason)", with the reason errno gives for the failed open.
+InputError cannot_open(const std::string& file);
+
 struct TensorEntry {
     std::string name;
     std::string dtype;               // "F32", "F16", "BF16", ... as in the header
