@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include <xtensor/xview.hpp>
@@ -41,24 +43,58 @@ void attend_values(const Matrix& weights, const Block& v_head, Matrix& attended,
     gemm_block(whole(weights), v_head, false, attended.data() + head * Dh, E);  // A v, into the head's channels
 }
 
+float exp_nonpositive(float x) {
+    // e^x = 2^k * e^r with k = round(x / ln 2) and r = x - k ln 2, |r| <= ln2 / 2. ln 2 is split into a part
+    // with few bits (exact when multiplied by k) and the rest, so that r keeps its low bits (Cody and Waite).
+    constexpr float log2e = 1.44269504f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    const float clamped = std::max(x, -87.0f);  // keeps 2^k a normal float; NaN passes through std::max
+    const float k = (clamped * log2e + round_magic) - round_magic;
+    const float r = (clamped - k * ln2_hi) - k * ln2_lo;
+    // e^r by its Taylor series to r^6, in Horner form: the first omitted term, r^7/7!, is below 1.3e-7 e^r.
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const std::int32_t bits = (static_cast<std::int32_t>(k) + 127) << 23;  // the float 2^k, built from its exponent
+    float two_k;
+    std::memcpy(&two_k, &bits, sizeof two_k);
+    return x < -87.0f ? 0.0f : p * two_k;  // below -87.3, e^x is under the smallest normal float; e^-inf = 0
+}
+
 Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
     if (mask) check_shape("softmax_rows", "mask", *mask, shape_of(scores));
     const std::size_t rows = scores.shape(0), cols = scores.shape(1);
     Matrix p(scores.shape());
+    // Each loop below is written so that the compiler can vectorise it: plain loops over a row, and the two
+    // reductions (the maximum and the sum) kept in `kLanes` independent partial results, combined at the end.
+    // (A single running maximum or sum is a chain of dependent steps that the compiler may not reorder.)
+    constexpr std::size_t kLanes = 8;
     for (std::size_t r = 0; r < rows; ++r) {
         const float* s = scores.data() + r * cols;
         const float* m = mask ? mask->data() + r * cols : nullptr;
         float* out = p.data() + r * cols;
-        float top = -std::numeric_limits<float>::infinity();
-        for (std::size_t c = 0; c < cols; ++c) {
-            out[c] = m ? s[c] + m[c] : s[c];
-            top = std::max(top, out[c]);
-        }
+        if (m)
+            for (std::size_t c = 0; c < cols; ++c) out[c] = s[c] + m[c];
+        else
+            std::copy(s, s + cols, out);
+
+        float lane_max[kLanes];
+        std::fill(lane_max, lane_max + kLanes, -std::numeric_limits<float>::infinity());
+        const std::size_t whole = cols - cols % kLanes;
+        for (std::size_t c = 0; c < whole; c += kLanes)
+            for (std::size_t j = 0; j < kLanes; ++j) lane_max[j] = out[c + j] > lane_max[j] ? out[c + j] : lane_max[j];
+        float top = *std::max_element(lane_max, lane_max + kLanes);
+        for (std::size_t c = whole; c < cols; ++c) top = std::max(top, out[c]);
+
+        // Subtracting the row's maximum keeps every exponent <= 0: no overflow. A fully masked row has
+        // top = -inf and -inf - -inf = NaN, which exp_nonpositive passes on, as PyTorch does.
+        for (std::size_t c = 0; c < cols; ++c) out[c] = exp_nonpositive(out[c] - top);
+
+        double lane_sum[kLanes] = {};  // sums in double, as before: 1e-7 relative whatever the row's length
+        for (std::size_t c = 0; c < whole; c += kLanes)
+            for (std::size_t j = 0; j < kLanes; ++j) lane_sum[j] += out[c + j];
         double total = 0.0;
-        for (std::size_t c = 0; c < cols; ++c) {
-            out[c] = std::exp(out[c] - top);  // -inf - -inf = NaN for a fully masked row, as PyTorch
-            total += out[c];
-        }
+        for (double v : lane_sum) total += v;
+        for (std::size_t c = whole; c < cols; ++c) total += out[c];
+
         const float sum = static_cast<float>(total);
         for (std::size_t c = 0; c < cols; ++c) out[c] /= sum;
     }

@@ -1,19 +1,34 @@
 #include "layernorm.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace qwenvl {
 
 namespace {
-// One row of E values: out = (in - mean) / sqrt(var + eps) [* gamma + beta]. Sums in double.
+// One row of E values: out = (in - mean) / sqrt(var + eps) [* gamma + beta]. Sums in double. `out` may be `in`.
+// The two sums are kept in kLanes independent partial sums, combined at the end: a single running sum is a
+// chain of dependent additions the compiler may not reorder, and it ran 3 to 4 times slower at E = 4096.
 void normalize_row(const float* in, float* out, std::size_t E, float eps, const float* gamma, const float* beta) {
+    constexpr std::size_t kLanes = 8;
+    const std::size_t whole = E - E % kLanes;
+    double lane[kLanes] = {};
+    for (std::size_t c = 0; c < whole; c += kLanes)
+        for (std::size_t j = 0; j < kLanes; ++j) lane[j] += in[c + j];
     double sum = 0.0;
-    for (std::size_t c = 0; c < E; ++c) sum += in[c];
+    for (double v : lane) sum += v;
+    for (std::size_t c = whole; c < E; ++c) sum += in[c];
     const double mean = sum / static_cast<double>(E);
+
+    std::fill(lane, lane + kLanes, 0.0);
+    for (std::size_t c = 0; c < whole; c += kLanes)
+        for (std::size_t j = 0; j < kLanes; ++j) lane[j] += (in[c + j] - mean) * (in[c + j] - mean);
     double squares = 0.0;
-    for (std::size_t c = 0; c < E; ++c) squares += (in[c] - mean) * (in[c] - mean);
+    for (double v : lane) squares += v;
+    for (std::size_t c = whole; c < E; ++c) squares += (in[c] - mean) * (in[c] - mean);
     const double var = squares / static_cast<double>(E);  // biased variance, as PyTorch
     const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+
     for (std::size_t c = 0; c < E; ++c) {
         const double standard = (in[c] - mean) * rstd;
         out[c] = gamma ? static_cast<float>(standard * gamma[c] + beta[c]) : static_cast<float>(standard);
@@ -53,6 +68,14 @@ Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, floa
 
 Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
     return layer_norm_rows(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
+}
+
+void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
+    const std::size_t E = x.shape(2);
+    check_shape("layer_norm_in_place", "gamma", gamma, {E});
+    check_shape("layer_norm_in_place", "beta", beta, {E});
+    require(E > 0, "layer_norm_in_place", "x has no channels");
+    normalize_rows(x.data(), x.data(), x.shape(0) * x.shape(1), E, eps, gamma.data(), beta.data());
 }
 
 }  // namespace qwenvl

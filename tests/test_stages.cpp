@@ -1,5 +1,6 @@
 // Invariants and error paths of each stage. These hold whatever the fixtures say; the golden values
 // are in test_golden.cpp.
+#include <array>
 #include <cmath>
 #include <limits>
 
@@ -96,6 +97,24 @@ TEST_CASE("LayerNorm before its affine step: every row has mean 0 and variance 1
     CHECK_THROWS_AS(layer_norm(x, Vector(xt::ones<float>({63})), Vector(xt::zeros<float>({64})), 1e-6f), ShapeError);
 }
 
+TEST_CASE("LayerNorm in place equals LayerNorm into a new tensor, bit for bit, for widths with and without a remainder of 8", "[layernorm]") {
+    xt::random::seed(8);
+    for (std::size_t E : {13, 64}) {
+        const Tensor3 x = xt::random::randn<float>(std::array<std::size_t, 3>{2, 3, E}, 1.0f, 4.0f);
+        const Vector gamma = xt::random::randn<float>(std::array<std::size_t, 1>{E});
+        const Vector beta = xt::random::randn<float>(std::array<std::size_t, 1>{E});
+        Tensor3 y = x;
+        layer_norm_in_place(y, gamma, beta, 1e-6f);
+        const bool same = y == layer_norm(x, gamma, beta, 1e-6f);
+        CHECK(same);
+        const Matrix rows = xt::reshape_view(x, std::array<std::size_t, 2>{6, E});
+        const Matrix s = standardize_rows(rows, 1e-6f);
+        for (std::size_t r = 0; r < 6; ++r) CHECK(xt::mean(xt::view(s, r))() == Approx(0.0).margin(1e-6));
+    }
+    Tensor3 wrong = xt::zeros<float>({1, 2, 4});
+    CHECK_THROWS_AS(layer_norm_in_place(wrong, Vector(xt::ones<float>({3})), Vector(xt::zeros<float>({4})), 1e-6f), ShapeError);
+}
+
 TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is NaN as in PyTorch", "[attention]") {
     xt::random::seed(3);
     const Matrix s = xt::random::randn<float>({4, 7});
@@ -114,6 +133,23 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
     // Large scores do not overflow: the row maximum is subtracted first.
     Matrix big = s * 1000.0f;
     for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
+}
+
+TEST_CASE("softmax's exponential: within 2 ulp of std::exp on [-87, 0]; 0 far below and at -inf; NaN stays NaN", "[attention]") {
+    double worst = 0.0;
+    for (int i = 0; i <= 870000; ++i) {
+        const float x = -static_cast<float>(i) * 1e-4f;
+        const double exact = std::exp(static_cast<double>(x));
+        worst = std::max(worst, std::abs(exp_nonpositive(x) - exact) / exact);
+    }
+    CHECK(worst < 2.4e-7);  // 2 ulp of a float near 1 is 2.4e-7
+    CHECK(exp_nonpositive(0.0f) == 1.0f);
+    for (float x : {-87.2f, -88.0f, -100.0f, -1e30f}) {
+        CHECK(exp_nonpositive(x) >= 0.0f);
+        CHECK(exp_nonpositive(x) <= 1.2e-38f);  // below the smallest normal float: at most that far from e^x
+    }
+    CHECK(exp_nonpositive(-std::numeric_limits<float>::infinity()) == 0.0f);
+    CHECK(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST_CASE("attention: a head block is the head's channels in place; weights rows sum to 1", "[attention]") {
