@@ -167,7 +167,7 @@ TEST_CASE("cli: --trace writes every intermediate, equal to the fixture's PyTorc
     }
 }
 
-TEST_CASE("cli: a 2D input gives a 2D output; --adapter-only stops before ln_post", "[cli]") {
+TEST_CASE("cli: a 2D input gives a 2D output, and --adapter-only stops before ln_post", "[cli]") {
     TempDir tmp;
     const std::string dir = kData + "/cli/identity_equal_grids";
     REQUIRE(cli(run_args(dir + "/weights.safetensors", dir + "/x.npy", tmp / "y.npy")).code == 0);

@@ -135,7 +135,7 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
     for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
 }
 
-TEST_CASE("softmax's exponential: within 2 ulp of std::exp on [-87, 0]; 0 far below and at -inf; NaN stays NaN", "[attention]") {
+TEST_CASE("softmax's exponential: within 2 ulp of std::exp on [-87, 0], 0 far below and at -inf, NaN stays NaN", "[attention]") {
     double worst = 0.0;
     for (int i = 0; i <= 870000; ++i) {
         const float x = -static_cast<float>(i) * 1e-4f;
@@ -152,7 +152,7 @@ TEST_CASE("softmax's exponential: within 2 ulp of std::exp on [-87, 0]; 0 far be
     CHECK(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }
 
-TEST_CASE("attention: a head block is the head's channels in place; weights rows sum to 1", "[attention]") {
+TEST_CASE("attention: a head block is the head's channels in place, and weights rows sum to 1", "[attention]") {
     xt::random::seed(11);
     const Matrix x = xt::random::randn<float>({3, 8});
     for (std::size_t h = 0; h < 4; ++h) {
@@ -180,7 +180,7 @@ TEST_CASE("attention: a head block is the head's channels in place; weights rows
     CHECK_THROWS_AS(multi_head_attention(q, k, v, 2, &wrong_mask), ShapeError);
 }
 
-TEST_CASE("linear: x W^T + b against a hand-computed 2x2 case; matmul is x @ W", "[linear]") {
+TEST_CASE("linear: x W^T + b against a hand-computed 2x2 case, and matmul is x @ W", "[linear]") {
     const Matrix x = {{1.0f, 2.0f}};
     const Matrix W = {{1.0f, 0.0f}, {3.0f, 4.0f}, {0.5f, 0.5f}};  // (out=3, in=2)
     const Vector b = {0.0f, 1.0f, -1.0f};
