@@ -9,11 +9,13 @@ namespace qwenvl {
 
 Block whole(const Matrix& m) { return Block{m.data(), m.shape(0), m.shape(1), m.shape(1)}; }
 
-void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride) {
+void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
+                bool accumulate) {
     const std::size_t M = transpose_b ? b.rows : b.cols, K = transpose_b ? b.cols : b.rows;
     require(a.cols == K, "gemm_block", "inner sizes differ: " + std::to_string(a.cols) + " and " + std::to_string(K));
     if (a.rows == 0 || M == 0) return;
     if (K == 0) {  // an empty sum: BLAS may leave `out` untouched
+        if (accumulate) return;
         for (std::size_t r = 0; r < a.rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
         return;
     }
@@ -21,21 +23,25 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
                          transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                          static_cast<index>(a.rows), static_cast<index>(M), static_cast<index>(K), 1.0f, a.data,
-                         static_cast<index>(a.stride), b.data, static_cast<index>(b.stride), 0.0f, out,
+                         static_cast<index>(a.stride), b.data, static_cast<index>(b.stride), accumulate ? 1.0f : 0.0f, out,
                          static_cast<index>(out_stride));
 }
 
 namespace {
 // C (R, M) = A (R, K) times B, where B is (M, K) and transposed when `transpose_b`, else (K, M): three
 // contiguous row-major buffers.
-void gemm(const float* a, const float* b, float* c, std::size_t R, std::size_t K, std::size_t M, bool transpose_b) {
-    gemm_block(Block{a, R, K, K}, transpose_b ? Block{b, M, K, K} : Block{b, K, M, M}, transpose_b, c, M);
+// With `accumulate`, C += A B instead.
+void gemm(const float* a, const float* b, float* c, std::size_t R, std::size_t K, std::size_t M, bool transpose_b,
+          bool accumulate = false) {
+    gemm_block(Block{a, R, K, K}, transpose_b ? Block{b, M, K, K} : Block{b, K, M, M}, transpose_b, c, M, accumulate);
 }
 
-void add_bias(float* y, std::size_t rows, const Vector& bias) {
-    const std::size_t M = bias.size();
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t c = 0; c < M; ++c) y[r * M + c] += bias(c);
+// y (rows, M) = x W^T + b, the way PyTorch's addmm does it: every row of y starts as b and sgemm adds the
+// product onto it (beta = 1). One pass over y fewer than adding b afterwards, and the same sums as PyTorch's.
+void linear_with_bias(const float* x, const Matrix& weight, const Vector& bias, float* y, std::size_t rows) {
+    const std::size_t K = weight.shape(1), M = weight.shape(0);
+    for (std::size_t r = 0; r < rows; ++r) std::copy(bias.data(), bias.data() + M, y + r * M);
+    gemm(x, weight.data(), y, rows, K, M, true, /*accumulate=*/true);
 }
 }  // namespace
 
@@ -47,9 +53,10 @@ Matrix linear(const Matrix& x, const Matrix& weight) {
 }
 
 Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
+    check_shape("linear", "weight", weight, {ANY, x.shape(1)});
     check_shape("linear", "bias", bias, {weight.shape(0)});
-    Matrix y = linear(x, weight);
-    add_bias(y.data(), y.shape(0), bias);
+    Matrix y({x.shape(0), weight.shape(0)});
+    linear_with_bias(x.data(), weight, bias, y.data(), x.shape(0));
     return y;
 }
 
@@ -61,9 +68,10 @@ Tensor3 linear(const Tensor3& x, const Matrix& weight) {
 }
 
 Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias) {
+    check_shape("linear", "weight", weight, {ANY, x.shape(2)});
     check_shape("linear", "bias", bias, {weight.shape(0)});
-    Tensor3 y = linear(x, weight);
-    add_bias(y.data(), y.shape(0) * y.shape(1), bias);
+    Tensor3 y({x.shape(0), x.shape(1), weight.shape(0)});
+    linear_with_bias(x.data(), weight, bias, y.data(), x.shape(0) * x.shape(1));
     return y;
 }
 

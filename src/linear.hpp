@@ -31,9 +31,11 @@ struct Block {
 };
 Block whole(const Matrix& m);
 
-// out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride.
+// out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride; with
+// `accumulate`, out += a b^T (or a b) instead (sgemm's beta = 1).
 // The single path to OpenBLAS's sgemm (through xtensor-blas's cxxblas binding) for every product here.
-void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride);
+void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
+                bool accumulate = false);
 
 // kv_proj: (N, L, Kv) -> (N, L, E) with W_kv (E, Kv), no bias. An empty W_kv (size 0) is the
 // reference's nn.Identity, used when Kv == E; the features are then returned unchanged.
