@@ -2,7 +2,7 @@
 """The adapter at Qwen-VL's real dimensions: this project's C++ against PyTorch, same machine, same run.
 
     OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/compare_pytorch.py [--threads 2] [--repeats 3] [--rounds 2]
-        [--sizes 1x16,1x32,...]
+        [--sizes 1x16,1x32,...] [--coretype SkylakeX]
 
 For each size (N images x G x G patches; Kv = 1664, E = 4096, H = 32, Q = 256), it alternates rounds of
 `build/release/qwenvl-bench` and a PyTorch process running the same forward pass (the adapter, then ln_post
@@ -10,6 +10,13 @@ and @ proj) with random weights, each in a fresh process so that its peak memory
 the same number of threads: OPENBLAS_NUM_THREADS for OpenBLAS (which torch.set_num_threads does not
 reach), and torch.set_num_threads. Prints a Markdown table: medians per image, GFLOP/s, the ratio C++ / PyTorch,
 the GEMM throughput the C++ process measured, and peak memory.
+
+The "GEMM floor" is the forward's operation count divided by that sgemm throughput: the time the matrix products
+alone would take at OpenBLAS's speed on its best shape, with nothing else. "floor / module" is therefore the
+smallest ratio to PyTorch's module any implementation calling the same sgemm could reach in that run.
+
+--coretype sets OPENBLAS_CORETYPE for both sides (OpenBLAS then uses that CPU's kernels instead of the ones it
+detects); the first line printed names the kernels in use, read from OPENBLAS_VERBOSE=2.
 
 Two PyTorch timings per size: "same work", which like the C++ benchmark computes the query side
 (ln_q(query) + pos_embed and its projection) once per set of weights, outside the timed region; and "Qwen-VL
@@ -119,6 +126,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sizes", default="1x16,4x16,16x16,1x32,4x32,16x32,1x64,4x64,16x64")
+    parser.add_argument("--coretype", help="OPENBLAS_CORETYPE for both sides, e.g. SkylakeX")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -127,9 +135,17 @@ def main():
         sys.exit("build the benchmark first: cmake --preset release && cmake --build --preset release")
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    print("| N | keys | C++ s/image | PyTorch, same work | ratio | PyTorch, Qwen-VL module | ratio | C++ GFLOP/s "
-          "| sgemm GFLOP/s | C++ % of sgemm | C++ peak MiB | PyTorch peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.coretype:
+        env["OPENBLAS_CORETYPE"] = args.coretype
+    probe = subprocess.run([BENCH, "--help"], env=dict(env, OPENBLAS_VERBOSE="2"), capture_output=True, text=True)
+    core = next((line.split(":", 1)[1].strip() for line in (probe.stdout + probe.stderr).splitlines()
+                 if line.startswith("Core:")), "not reported")
+    print("OpenBLAS kernels: %s (OPENBLAS_CORETYPE=%s); %d threads on both sides; %d rounds of %d timed runs"
+          % (core, env.get("OPENBLAS_CORETYPE", "unset"), args.threads, args.rounds, args.repeats))
+    print()
+    print("| N | keys | C++ s/image | PyTorch, same work | ratio | PyTorch, Qwen-VL module | ratio | GEMM floor "
+          "s/image | floor / module | C++ GFLOP/s | sgemm GFLOP/s | C++ % of sgemm | C++ peak MiB | PyTorch peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         images, grid = (int(v) for v in size.split("x"))
         cpp, torch_runs = [], []
@@ -143,8 +159,9 @@ def main():
         m = statistics.median(r["module_per_image_s"] for r in torch_runs)
         gflops = flop(images, grid) / (c * images) / 1e9
         gemm = statistics.median(r["gemm_gflops"] for r in cpp)
-        print("| %d | %dx%d | %.3f | %.3f | %.2f | %.3f | %.2f | %.1f | %.1f | %.0f%% | %.0f | %.0f |" % (
-            images, grid, grid, c, p, c / p, m, c / m, gflops, gemm, 100 * gflops / gemm,
+        floor = flop(images, grid) / images / (gemm * 1e9)
+        print("| %d | %dx%d | %.3f | %.3f | %.2f | %.3f | %.2f | %.3f | %.2f | %.1f | %.1f | %.0f%% | %.0f | %.0f |" % (
+            images, grid, grid, c, p, c / p, m, c / m, floor, floor / m, gflops, gemm, 100 * gflops / gemm,
             max(r["peak_rss_mib"] for r in cpp), max(r["peak_rss_mib"] for r in torch_runs)), flush=True)
 
 
