@@ -81,56 +81,42 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
     }
     check_shape(fn, "prepared q", side->q, {Q, E});
 
-    // Key and value side, all N*L rows at once. Memory is kept to about three (N, L, E) tensors: the values
-    // are projected first, so that X can then become the keys' input in place.
-    Tensor3 X = kv_projection(x, w.kv_proj);  // (N, L, E)
-    if (trace) trace->record("kv_proj", X);
-    layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (N, L, E), no second tensor
-    if (trace) trace->record("ln_kv", X);
-    const Tensor3 v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (N, L, E): no position term on the values
-    {
-        // Key-side table: P_q resized to the key grid (prepared with the query side when it was for this L).
-        Matrix resized;
-        if (side->n_keys != L) resized = key_position_table(side->pos_q, L);
-        const Matrix& pos_k = side->n_keys == L ? side->pos_k : resized;  // (L, E)
-        if (trace) trace->record("pos_k", pos_k);
-        // key_in = X + P_k: the resized table on the keys, the same (L, E) table added to every image. A plain
-        // loop: xtensor's broadcasting `X += view(P_k, newaxis)` first builds X + P_k in a temporary (N, L, E)
-        // tensor and ran about 5x slower than this at full size.
-        const std::size_t table = L * E;
-        for (std::size_t n = 0; n < N; ++n) {
-            float* image = X.data() + n * table;
-            for (std::size_t i = 0; i < table; ++i) image[i] += pos_k.data()[i];
-        }
-    }
-    const Tensor3& key_in = X;
-    if (trace) trace->record("key_in", key_in);
-    const Tensor3 k = linear(key_in, w.in_proj.w_k, w.in_proj.b_k);  // (N, L, E)
-    if (trace) {
-        trace->record("k", k);
-        trace->record("v", v);
-    }
+    // Key-side table: P_q resized to the key grid (prepared with the query side when it was for this L).
+    Matrix resized;
+    if (side->n_keys != L) resized = key_position_table(side->pos_q, L);
+    const Matrix& pos_k = side->n_keys == L ? side->pos_k : resized;  // (L, E)
+    if (trace) trace->record("pos_k", pos_k);
 
-    // Attention, one image at a time.
+    // Key and value side, then attention, one image at a time. Each image's tensors are (L, E), 16 MB at full
+    // size, and the next image reuses their memory: a whole batch at once held three (N, L, E) tensors (1.4 GB
+    // at N = 16) that the kernel had to map afresh on every call. A trace still records (N, ...) tensors.
     Tensor3 attended({N, Q, E});
-    Tensor4 scores, weights;
-    if (trace) {
-        scores = Tensor4({N, H, Q, L});
-        weights = Tensor4({N, H, Q, L});
-    }
     for (std::size_t n = 0; n < N; ++n) {
-        const Block k_n{k.data() + n * L * E, L, E, E}, v_n{v.data() + n * L * E, L, E, E};  // image n, in place
-        const AttentionOutput a = multi_head_attention(side->q, k_n, v_n, H, mask, trace != nullptr);
-        xt::view(attended, n) = a.attended;
+        const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
+        Matrix X = kv_projection(image, w.kv_proj);                             // (L, E)
+        if (trace) trace->record_item("kv_proj", n, N, X);
+        layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (L, E), no second tensor
+        if (trace) trace->record_item("ln_kv", n, N, X);
+        // The values are projected first, so that X can then become the keys' input in place.
+        const Matrix v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (L, E): no position term on the values
+        // key_in = X + P_k: the resized table on the keys only. A plain loop: xtensor's `X += pos_k` would first
+        // build X + P_k in a temporary (L, E) tensor, to be safe in case the two overlapped.
+        for (std::size_t i = 0; i < L * E; ++i) X.data()[i] += pos_k.data()[i];
+        if (trace) trace->record_item("key_in", n, N, X);
+        const Matrix k = linear(X, w.in_proj.w_k, w.in_proj.b_k);  // (L, E)
         if (trace) {
-            xt::view(scores, n) = a.scores;
-            xt::view(weights, n) = a.weights;
+            trace->record_item("k", n, N, k);
+            trace->record_item("v", n, N, v);
+        }
+        const AttentionOutput a = multi_head_attention(side->q, k, v, H, mask, trace != nullptr);
+        xt::view(attended, n) = a.attended;  // (Q, E)
+        if (trace) {
+            trace->record_item("scores", n, N, a.scores);         // (H, Q, L)
+            trace->record_item("attn_weights", n, N, a.weights);  // (H, Q, L)
         }
     }
     Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E)
     if (trace) {
-        trace->record("scores", scores);
-        trace->record("attn_weights", weights);
         trace->record("attended", attended);
         trace->record("out", out);
     }

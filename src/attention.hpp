@@ -30,8 +30,8 @@ Matrix attention_scores(const Block& q_scaled_head, const Block& k_head);
 // `attended` (Q, E), which concatenates the heads.
 void attend_values(const Matrix& weights, const Block& v_head, Matrix& attended, std::size_t head, std::size_t num_heads);
 
-// e^x for x <= 0 (and NaN), as the softmax needs it after subtracting each row's maximum: within 2 float ulp
-// of std::exp, 0 below -87.3 and at -inf, NaN for NaN. Plain arithmetic the compiler can vectorise.
+// e^x for x <= 0 (and NaN), as the softmax needs it after subtracting each row's maximum: within 3e-7 of
+// std::exp relative to it, 0 below -87.3 and at -inf, NaN for NaN. Plain arithmetic the compiler can vectorise.
 float exp_nonpositive(float x);
 
 // (Q, L) -> (Q, L): softmax over each row of scores + mask (mask may be nullptr).

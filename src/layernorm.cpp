@@ -70,12 +70,23 @@ Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, fl
     return layer_norm_rows(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
 }
 
-void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
-    const std::size_t E = x.shape(2);
+namespace {
+template <class Tensor>
+void layer_norm_rows_in_place(Tensor& x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta,
+                              float eps) {
     check_shape("layer_norm_in_place", "gamma", gamma, {E});
     check_shape("layer_norm_in_place", "beta", beta, {E});
     require(E > 0, "layer_norm_in_place", "x has no channels");
-    normalize_rows(x.data(), x.data(), x.shape(0) * x.shape(1), E, eps, gamma.data(), beta.data());
+    normalize_rows(x.data(), x.data(), rows, E, eps, gamma.data(), beta.data());
+}
+}  // namespace
+
+void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
+    layer_norm_rows_in_place(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
+}
+
+void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+    layer_norm_rows_in_place(x, x.shape(0), x.shape(1), gamma, beta, eps);
 }
 
 }  // namespace qwenvl

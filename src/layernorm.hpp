@@ -22,5 +22,6 @@ Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, fl
 
 // The same, overwriting x: the adapter's ln_kv, which would otherwise hold a second (N, L, E) tensor.
 void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps);
+void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps);
 
 }  // namespace qwenvl

@@ -95,6 +95,18 @@ Tensor3 kv_projection(const Tensor3& x, const Matrix& w_kv) {
     return linear(x, w_kv);
 }
 
+Matrix kv_projection(const Block& image, const Matrix& w_kv) {
+    Matrix y({image.rows, w_kv.size() == 0 ? image.cols : w_kv.shape(0)});
+    if (w_kv.size() == 0) {  // nn.Identity: a copy of the image's rows
+        for (std::size_t r = 0; r < image.rows; ++r)
+            std::copy(image.data + r * image.stride, image.data + r * image.stride + image.cols, y.data() + r * image.cols);
+        return y;
+    }
+    check_shape("kv_projection", "w_kv", w_kv, {ANY, image.cols});
+    gemm_block(image, whole(w_kv), true, y.data(), y.shape(1));
+    return y;
+}
+
 InProjection split_in_proj(const Matrix& in_proj_weight, const Vector& in_proj_bias) {
     const char* fn = "split_in_proj";
     require(in_proj_weight.shape(0) % 3 == 0, fn,

@@ -40,6 +40,8 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
 // kv_proj: (N, L, Kv) -> (N, L, E) with W_kv (E, Kv), no bias. An empty W_kv (size 0) is the
 // reference's nn.Identity, used when Kv == E; the features are then returned unchanged.
 Tensor3 kv_projection(const Tensor3& x, const Matrix& w_kv);
+// The same for one image, (L, Kv) -> (L, E), read in place from a batch as a block (adapter_forward).
+Matrix kv_projection(const Block& image, const Matrix& w_kv);
 
 // nn.MultiheadAttention packs the three input projections into one tensor: rows [0, E) are W_q,
 // [E, 2E) W_k, [2E, 3E) W_v, and likewise for the bias. Mirrors in_proj_weight.chunk(3).

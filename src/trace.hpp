@@ -20,6 +20,9 @@ class Trace {
 public:
     // Stores a copy of `value` under `name` (replacing an earlier value of that name).
     void record(const std::string& name, xt::xarray<float> value);
+    // Stores `value` as item n of `count` items of its shape under `name`, that is, as [n] of a (count, ...)
+    // tensor: what a batched step would have recorded, filled one image at a time. Item 0 starts a new tensor.
+    void record_item(const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value);
     bool has(const std::string& name) const;
     // Throws std::out_of_range naming the stage when it was not recorded.
     const xt::xarray<float>& get(const std::string& name) const;

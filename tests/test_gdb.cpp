@@ -46,13 +46,14 @@ xt::xarray<float> printed_values(const std::string& output, const std::string& n
 TEST_CASE("gdb: stopped in multi_head_attention, the printed q and k are PyTorch's", "[gdb]") {
     const qwenvl::Fixture f = qwenvl::load_fixture(QWENVL_DATA_DIR "/fixtures/resize_up.json");
     const std::string out = run_gdb("-ex 'break qwenvl::multi_head_attention' -ex run -ex 'print q' -ex 'print k' -ex 'xt-shape k' "
-                                    "-ex 'xt-values q' -ex 'xt-values k' -ex kill");
+                                    "-ex 'xt-values q' -ex 'xt-values k' -ex continue -ex 'print k' -ex kill");
     INFO(out);
-    // The adapter calls the overload that takes image n's k and v as blocks of the batch, read in place.
+    // The adapter calls the overload that takes one image's k and v as matrices; it calls the one on blocks.
     CHECK_THAT(out, Catch::Matchers::Matches("[\\s\\S]*hit Breakpoint 1(\\.[0-9]+)?, qwenvl::multi_head_attention[\\s\\S]*"));
     CHECK_THAT(out, Catch::Matchers::Contains("tensor shape (4, 8) =\n[["));        // the tensor printer, on q
-    CHECK_THAT(out, Catch::Matchers::Contains("block (row stride 8) shape (16, 8) =")); // the block printer, on k
+    CHECK_THAT(out, Catch::Matchers::Contains("tensor shape (16, 8) =\n[["));       // ... and on k
     CHECK_THAT(out, Catch::Matchers::Contains("\n(16, 8)\n"));                    // xt-shape k: L x E of one image
+    CHECK_THAT(out, Catch::Matchers::Contains("block (row stride 8) shape (16, 8) =")); // the block printer, after continue
     const auto& q = f.expect("q");
     const xt::xarray<float> k0 = xt::view(f.expect("k"), 0);
     CHECK(qwenvl::compare(printed_values(out, "q", {4, 8}), q, f.atol, f.rtol).ok());

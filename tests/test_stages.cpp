@@ -16,6 +16,7 @@
 #include "linear.hpp"
 #include "resize.hpp"
 #include "sincos.hpp"
+#include "trace.hpp"
 
 using namespace qwenvl;
 using Catch::Matchers::Contains;
@@ -135,14 +136,14 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
     for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
 }
 
-TEST_CASE("softmax's exponential: within 2 ulp of std::exp on [-87, 0], 0 far below and at -inf, NaN stays NaN", "[attention]") {
+TEST_CASE("softmax's exponential: within 3e-7 of std::exp on [-87, 0], 0 far below and at -inf, NaN stays NaN", "[attention]") {
     double worst = 0.0;
     for (int i = 0; i <= 870000; ++i) {
         const float x = -static_cast<float>(i) * 1e-4f;
         const double exact = std::exp(static_cast<double>(x));
         worst = std::max(worst, std::abs(exp_nonpositive(x) - exact) / exact);
     }
-    CHECK(worst < 2.4e-7);  // 2 ulp of a float near 1 is 2.4e-7
+    CHECK(worst < 3e-7);  // 2 to 3 float ulp; leaving out the r^6 term makes it 2.4e-6
     CHECK(exp_nonpositive(0.0f) == 1.0f);
     for (float x : {-87.2f, -88.0f, -100.0f, -1e30f}) {
         CHECK(exp_nonpositive(x) >= 0.0f);
@@ -212,6 +213,17 @@ TEST_CASE("derive_config: Qwen-VL's head rule and the checks on E and H", "[adap
     CHECK_THROWS_WITH(derive_config(w, 3), Contains("does not divide"));
     w.query = xt::zeros<float>({std::size_t(15), E});
     CHECK_THROWS_WITH(derive_config(w), Contains("perfect square"));
+}
+
+TEST_CASE("trace: items fill a (count, ...) tensor one image at a time, and a wrong item is refused", "[trace]") {
+    Trace trace;
+    trace.record_item("k", 0, 2, Matrix{{1, 2}, {3, 4}});
+    trace.record_item("k", 1, 2, Matrix{{5, 6}, {7, 8}});
+    const xt::xarray<float> expected = Tensor3{{{1, 2}, {3, 4}}, {{5, 6}, {7, 8}}};
+    CHECK(trace.get("k") == expected);
+    CHECK_THROWS_AS(trace.record_item("k", 1, 2, Matrix{{1, 2, 3}}), std::out_of_range);  // another shape
+    CHECK_THROWS_AS(trace.record_item("k", 2, 2, Matrix{{1, 2}, {3, 4}}), std::out_of_range);  // past the end
+    CHECK_THROWS_AS(trace.record_item("v", 1, 2, Matrix{{1, 2}, {3, 4}}), std::out_of_range);  // before item 0
 }
 
 TEST_CASE("compare: the golden check fails on a difference above the tolerance and on NaN", "[compare]") {
