@@ -154,7 +154,7 @@ int run_command(const std::vector<std::string>& argv) {
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
-    const LoadedAdapter model = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, !args.flags.at("--adapter-only"));
+    LoadedAdapter model = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, !args.flags.at("--adapter-only"));
     const AdapterConfig& c = model.config;
 
     bool unbatched = false;
@@ -172,7 +172,15 @@ int run_command(const std::vector<std::string>& argv) {
 
     Trace trace;
     Trace* t = trace_dir.empty() ? nullptr : &trace;
-    Tensor3 y = adapter_forward(model.weights, c, x, args.has("--mask") ? &mask : nullptr, t);
+    // The query side does not depend on the images: computed once here, after which `run` has no more use for
+    // W_q, so its 64 MB (at full size) are released before the images' tensors exist. A traced run recomputes
+    // the query side inside adapter_forward, to record its steps, and keeps W_q.
+    QuerySide side;
+    if (!t) {
+        side = prepare_query_side(model.weights, c, nullptr, x.shape(1));
+        model.weights.in_proj.w_q = Matrix();
+    }
+    Tensor3 y = adapter_forward(model.weights, c, x, args.has("--mask") ? &mask : nullptr, t, t ? nullptr : &side);
     if (model.has_tail) y = tower_tail_forward(model.tail, y, c.eps, t);
 
     for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));
