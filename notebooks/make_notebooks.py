@@ -381,10 +381,28 @@ fig, ax = plt.subplots(figsize=(7, 2.6))
 ax.barh(list(times), list(times.values()), color=["tab:blue", "tab:gray", "tab:gray"]); ax.set_xlabel("seconds per image")
 plt.tight_layout(); plt.show()"""),
     ("md", """\
+## Where the time goes
+
+`qwenvl-bench --stages` runs one image through the same steps as `adapter_forward`, timing each on its own (and
+checking that together they give `adapter_forward`'s output bit for bit). Almost all of the time is matrix
+products; the grey bars (LayerNorm, the position add, the softmax) are a few milliseconds."""),
+    ("code", """\
+st = json.loads(subprocess.run([nb.BENCH, "--stages", "--grid", "32", "--repeats", "1", "--json"], env=env,
+                               capture_output=True, text=True, check=True).stdout)
+names = [s["name"] for s in st["stages"]][::-1]
+ms = [s["ms"] for s in st["stages"]][::-1]
+colours = ["tab:blue" if s["gflop"] > 0 else "tab:gray" for s in st["stages"]][::-1]
+print("total %.0f ms, of which matrix products %.0f ms (%.0f%%); sgemm here %.0f GFLOP/s; same output: %s"
+      % (st["total_ms"], st["products_ms"], 100 * st["products_ms"] / st["total_ms"], st["gemm_gflops"], st["same_output"]))
+fig, ax = plt.subplots(figsize=(8, 3.6))
+ax.barh(names, ms, color=colours); ax.set_xlabel("milliseconds, one 32 x 32 image")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
 ## Exercises
 
 1. Count the multiply-adds of each matrix product for one image and check that they add up to about 104 GFLOP.
-   Which product dominates?
+   Which product dominates? Divide each bar of the last plot's blue stages by its operations: which products run
+   below the sgemm throughput, and why might the per-head ones be slower?
 2. How many parameters would the adapter have for a ViT of width 1280 (Kv) and the same E? Check with
    `qwenvl-adapter info` on a checkpoint you write with `nb.write_safetensors`.
 3. Two images in one prompt: how many positions do they take? Try `fuse` with two spans."""),

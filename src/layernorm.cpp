@@ -49,13 +49,18 @@ Matrix standardize_rows(const Matrix& x, float eps) {
 }
 
 namespace {
-// LayerNorm over the last axis of a tensor of `rows` rows of E values, with gamma and beta checked against E.
+// gamma and beta must be (E,), and there must be channels to normalise.
+void check_affine(const char* fn, const Vector& gamma, const Vector& beta, std::size_t E) {
+    check_shape(fn, "gamma", gamma, {E});
+    check_shape(fn, "beta", beta, {E});
+    require(E > 0, fn, "x has no channels");
+}
+
+// LayerNorm over the last axis of a tensor of `rows` rows of E values, into a new tensor.
 template <class Tensor>
 Tensor layer_norm_rows(const Tensor& x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta,
                        float eps) {
-    check_shape("layer_norm", "gamma", gamma, {E});
-    check_shape("layer_norm", "beta", beta, {E});
-    require(E > 0, "layer_norm", "x has no channels");
+    check_affine("layer_norm", gamma, beta, E);
     Tensor y(x.shape());
     normalize_rows(x.data(), y.data(), rows, E, eps, gamma.data(), beta.data());
     return y;
@@ -70,23 +75,9 @@ Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, fl
     return layer_norm_rows(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
 }
 
-namespace {
-template <class Tensor>
-void layer_norm_rows_in_place(Tensor& x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta,
-                              float eps) {
-    check_shape("layer_norm_in_place", "gamma", gamma, {E});
-    check_shape("layer_norm_in_place", "beta", beta, {E});
-    require(E > 0, "layer_norm_in_place", "x has no channels");
-    normalize_rows(x.data(), x.data(), rows, E, eps, gamma.data(), beta.data());
-}
-}  // namespace
-
-void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
-    layer_norm_rows_in_place(x, x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
-}
-
 void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
-    layer_norm_rows_in_place(x, x.shape(0), x.shape(1), gamma, beta, eps);
+    check_affine("layer_norm_in_place", gamma, beta, x.shape(1));
+    normalize_rows(x.data(), x.data(), x.shape(0), x.shape(1), eps, gamma.data(), beta.data());
 }
 
 }  // namespace qwenvl

@@ -20,8 +20,7 @@ Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, floa
 // (N, R, E) -> (N, R, E): the same over the last axis.
 Tensor3 layer_norm(const Tensor3& x, const Vector& gamma, const Vector& beta, float eps);
 
-// The same, overwriting x: the adapter's ln_kv, which would otherwise hold a second (N, L, E) tensor.
-void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps);
+// (R, E), overwriting x: the adapter's ln_kv, which would otherwise hold an image's (L, E) features twice.
 void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps);
 
 }  // namespace qwenvl

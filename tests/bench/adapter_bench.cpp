@@ -7,7 +7,7 @@
 //       product between the timed runs, and the process's peak resident memory. The query side (sin-cos table, ln_q, q projection,
 //       and the key table resized to G x G) does not depend on the image's content: it is prepared once per
 //       set of weights and timed separately.
-//   qwenvl-bench --stages [--grid G] [--repeats R]
+//   qwenvl-bench --stages [--grid G] [--repeats R] [--json]
 //       where the time goes, for one image: each stage of adapter_forward and the tower's tail timed on its own
 //       (median of R runs), with the GFLOP/s of the matrix products. The stages are called in adapter_forward's
 //       order and their output is checked against adapter_forward's.
@@ -125,7 +125,7 @@ struct GemmProbe {
 // --stages: one image through adapter_forward's steps, each timed separately. The attention is split into its
 // three per-head steps (summed over the heads), as multi_head_attention runs them.
 int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const QuerySide& side,
-                const Tensor3& x, int repeats, GemmProbe& gemm) {
+                const Tensor3& x, int repeats, GemmProbe& gemm, bool json) {
     const std::size_t L = x.shape(1), E = kE, Q = kGridQ * kGridQ, H = kH;
     const double l = L, e = E, q = Q;
     struct Stage {
@@ -192,6 +192,15 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
         if (s.flop > 0) products += median(s.ms);
     }
     const std::size_t G = grid_side(L, "qwenvl-bench");
+    if (json) {  // one line, for the notebooks
+        std::printf("{\"grid\": %zu, \"repeats\": %d, \"stages\": [", G, repeats);
+        for (std::size_t s = 0; s < stages.size(); ++s)
+            std::printf("%s{\"name\": \"%s\", \"ms\": %.3f, \"gflop\": %.4f}", s ? ", " : "", stages[s].name,
+                        median(stages[s].ms), stages[s].flop / 1e9);
+        std::printf("], \"total_ms\": %.3f, \"products_ms\": %.3f, \"gemm_gflops\": %.2f, \"same_output\": %s}\n",
+                    total, products, gemm.gflops(), same.ok() ? "true" : "false");
+        return same.ok() ? 0 : 1;
+    }
     std::printf("one image, %zux%zu keys, median of %d runs per stage:\n", G, G, repeats);
     for (const Stage& s : stages) {
         const double ms = median(s.ms);
@@ -238,7 +247,7 @@ int main(int argc, char** argv) {
     int repeats = 5;
     bool json = false, stages = false;
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] | --write-checkpoint DIR\n";
+                        "[--repeats R] [--json] | --write-checkpoint DIR\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -272,7 +281,7 @@ int main(int argc, char** argv) {
     gemm.run();
     if (stages) {
         const QuerySide side = prepare_query_side(w, c, nullptr, G * G);
-        return stage_times(w, tail, c, side, x, repeats, gemm);
+        return stage_times(w, tail, c, side, x, repeats, gemm, json);
     }
 
     auto start = Clock::now();
