@@ -48,15 +48,18 @@ float exp_nonpositive(float x) {
     // with few bits (exact when multiplied by k) and the rest, so that r keeps its low bits (Cody and Waite).
     constexpr float log2e = 1.44269504f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-    const float clamped = std::max(x, -87.0f);  // keeps 2^k a normal float; NaN passes through std::max
-    const float k = (clamped * log2e + round_magic) - round_magic;
-    const float r = (clamped - k * ln2_hi) - k * ln2_lo;
+    // The arithmetic below runs on t in [-87, 0], where 2^k is a normal float and k a small integer; NaN and
+    // arguments below -87 are answered at the end. (Converting a NaN to an integer would be undefined behaviour.)
+    const float t = x > -87.0f ? (x < 0.0f ? x : 0.0f) : -87.0f;
+    const float k = (t * log2e + round_magic) - round_magic;
+    const float r = (t - k * ln2_hi) - k * ln2_lo;
     // e^r by its Taylor series to r^6, in Horner form: the first omitted term, r^7/7!, is below 1.3e-7 e^r.
     const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
     const std::int32_t bits = (static_cast<std::int32_t>(k) + 127) << 23;  // the float 2^k, built from its exponent
     float two_k;
     std::memcpy(&two_k, &bits, sizeof two_k);
-    return x < -87.0f ? 0.0f : p * two_k;  // below -87.3, e^x is under the smallest normal float; e^-inf = 0
+    // Below -87.3, e^x is under the smallest normal float: 0, as for -inf. NaN (a fully masked row) stays NaN.
+    return x >= -87.0f ? p * two_k : (x < -87.0f ? 0.0f : x);
 }
 
 Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
