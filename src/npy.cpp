@@ -1,6 +1,7 @@
 #include "npy.hpp"
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -66,23 +67,40 @@ NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
     if (dict_value(header, "fortran_order") != "False")
         throw std::runtime_error("Fortran-order arrays are not supported (save a C-contiguous array)");
 
+    // The shape is a Python tuple of sizes: "()", "(5,)", "(2, 3)": sizes separated by commas, spaces allowed.
     const std::string shape = dict_value(header, "shape");
-    a.count = 1;
+    const auto not_a_tuple = [&] { return std::runtime_error("npy shape " + shape + " is not a tuple of sizes"); };
+    if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')') throw not_a_tuple();
+    // The product of the non-zero sizes is bounded even when another size is 0 (no values at all): xtensor
+    // multiplies them to compute the strides, in a signed type.
+    const std::size_t max_values = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / element;
+    std::size_t product = 1;
+    bool empty = false;
     std::size_t i = 1;
-    while (i + 1 < shape.size()) {
-        while (i + 1 < shape.size() && (shape[i] == ' ' || shape[i] == ',')) ++i;
-        if (i + 1 >= shape.size()) break;
-        if (shape[i] < '0' || shape[i] > '9') throw std::runtime_error("npy shape " + shape + " is not a tuple of sizes");
+    const std::size_t end = shape.size() - 1;
+    const auto skip_spaces = [&] {
+        while (i < end && shape[i] == ' ') ++i;
+    };
+    skip_spaces();
+    while (i < end) {
+        if (shape[i] < '0' || shape[i] > '9') throw not_a_tuple();
         std::size_t d = 0;
-        while (i + 1 < shape.size() && shape[i] >= '0' && shape[i] <= '9') {
-            if (d > (std::numeric_limits<std::size_t>::max() - 9) / 10) throw std::runtime_error("npy shape too large");
+        while (i < end && shape[i] >= '0' && shape[i] <= '9') {
+            if (d > (max_values - 9) / 10) throw std::runtime_error("npy shape " + shape + " is too large");
             d = d * 10 + static_cast<std::size_t>(shape[i++] - '0');
         }
-        if (d != 0 && a.count > std::numeric_limits<std::size_t>::max() / d / element)
-            throw std::runtime_error("npy shape " + shape + " is too large");
+        if (d == 0) empty = true;
+        else if (product > max_values / d) throw std::runtime_error("npy shape " + shape + " is too large");
+        else product *= d;
         a.shape.push_back(d);
-        a.count *= d;
+        skip_spaces();
+        if (i < end) {
+            if (shape[i] != ',') throw not_a_tuple();
+            ++i;
+            skip_spaces();
+        }
     }
+    a.count = empty ? 0 : product;
     const std::size_t data_size = size - offset - header_len;
     if (data_size != a.count * element)
         throw std::runtime_error("shape " + shape + " of " + a.descr + " needs " + std::to_string(a.count * element) +

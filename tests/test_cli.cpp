@@ -3,6 +3,7 @@
 // usage), and no output file.
 #include <sys/wait.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -351,6 +352,26 @@ TEST_CASE("cli: bad features, masks, heads and widths", "[cli][bad-input]") {
         const std::string whole = slurp(kCase + "/x.npy");
         std::ofstream(x, std::ios::binary) << whole.substr(0, whole.size() - 7);
         expect_rejected(cli(run_args(w, x, y)), {x, "bytes of data"}, y);
+    }
+    SECTION("a .npy whose shape is not a tuple, or whose sizes overflow beside a zero (found by fuzz_npy)") {
+        // The fuzzer's input: "(00 6,999999999, ...)" was read as sizes 0 and 6, and the product of the other
+        // sizes overflowed when xtensor computed the strides of the (empty) array.
+        const auto with_shape = [&](const std::string& shape) {
+            std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }";
+            header.append(63 - (10 + header.size()) % 64, ' ');
+            header += '\n';
+            const std::uint16_t len = static_cast<std::uint16_t>(header.size());
+            std::ofstream out(x, std::ios::binary);
+            out << "\x93NUMPY" << char(1) << char(0) << char(len & 0xff) << char(len >> 8) << header;
+        };
+        with_shape("(00 6,999999999, 2, 44, 2, 4,9999999999999998 8)");
+        expect_rejected(cli(run_args(w, x, y)), {x, "not a tuple of sizes"}, y);
+        with_shape("(0, 999999999, 2, 44, 2, 4, 99999999999999988)");
+        expect_rejected(cli(run_args(w, x, y)), {x, "too large"}, y);
+        with_shape("(16 6)");
+        expect_rejected(cli(run_args(w, x, y)), {x, "not a tuple of sizes"}, y);
+        with_shape("16, 6");
+        expect_rejected(cli(run_args(w, x, y)), {x, "not a tuple of sizes"}, y);
     }
     SECTION("a file that is not .npy") {
         std::ofstream(x) << "hello";
