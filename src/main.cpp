@@ -253,14 +253,7 @@ const char* kFuseHelp =
     "object with \"input_ids\"); Y.npy is (Q, E) or (M, Q, E); each span must hold exactly Q positions.\n";
 
 std::vector<std::int64_t> read_ids(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw cannot_open(path);
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception&) {
-        throw InputError(path, "not valid JSON");
-    }
+    nlohmann::json j = read_json(path);
     if (j.is_object() && j.contains("input_ids")) j = j["input_ids"];
     if (!j.is_array()) throw InputError(path, "expected a list of token ids");
     std::vector<std::int64_t> ids;

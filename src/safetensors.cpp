@@ -28,6 +28,16 @@ InputError cannot_open(const std::string& file) {
     return InputError(file, std::string("cannot open (") + std::strerror(errno) + ")");
 }
 
+nlohmann::json read_json(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw cannot_open(path);
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception&) {
+        throw InputError(path, "not valid JSON");
+    }
+}
+
 std::size_t dtype_size(const std::string& dtype) {
     static const std::map<std::string, std::size_t> sizes = {
         {"BOOL", 1}, {"U8", 1}, {"I8", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
@@ -193,14 +203,7 @@ void WeightFiles::add_safetensors(const std::string& path) {
 }
 
 void WeightFiles::add_index(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw cannot_open(path);
-    nlohmann::json index;
-    try {
-        index = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception&) {
-        throw InputError(path, "not valid JSON");
-    }
+    nlohmann::json index = read_json(path);
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
         throw InputError(path, "no \"weight_map\" object (expected a model.safetensors.index.json)");
     std::vector<std::string> shards;

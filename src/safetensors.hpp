@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <xtensor/xarray.hpp>
 
 namespace qwenvl {
@@ -23,6 +24,10 @@ public:
 
 // "FILE: cannot open (reason)", with the reason errno gives for the failed open.
 InputError cannot_open(const std::string& file);
+
+// The whole JSON document in a file (an index.json, fuse's token ids); InputError when it cannot be opened or
+// is not valid JSON.
+nlohmann::json read_json(const std::string& path);
 
 struct TensorEntry {
     std::string name;

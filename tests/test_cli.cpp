@@ -247,7 +247,6 @@ TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
     const auto [header, data] = split_safetensors(kCase + "/weights.safetensors");
 
     SECTION("empty file") {
-        write_raw_safetensors(bad, "", "");
         std::ofstream(bad, std::ios::trunc).close();
         expect_rejected(cli(run_args(bad, x, y)), {bad, "too short"}, y);
     }
@@ -307,6 +306,13 @@ TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
     SECTION("a wrong prefix finds nothing") {
         expect_rejected(cli(run_args(kCase + "/weights.safetensors", x, y, "--heads 2 --prefix model.")),
                         {"missing tensor 'model.attn_pool.query'"}, y);
+    }
+    SECTION("an index that is not JSON, or has no weight_map") {
+        const std::string index = tmp / "model.safetensors.index.json";
+        std::ofstream(index) << R"({"weight_map": )";
+        expect_rejected(cli(run_args(index, x, y)), {index, "not valid JSON"}, y);
+        std::ofstream(index) << R"({"metadata": {}})";
+        expect_rejected(cli(run_args(index, x, y)), {index, "no \"weight_map\" object"}, y);
     }
     SECTION("a shard listed in an index but absent") {
         const std::string index = tmp / "model.safetensors.index.json";
@@ -449,6 +455,11 @@ TEST_CASE("cli: bad fuse inputs", "[cli][bad-input][fusion]") {
         stray[0] = 151858;
         std::ofstream(ids) << stray.dump();
         expect_rejected(fuse(ids), {ids, "without an <img>"}, out);
+    }
+    SECTION("ids that are not JSON, or cannot be opened") {
+        std::ofstream(ids) << "[1, 2,";
+        expect_rejected(fuse(ids), {ids, "not valid JSON"}, out);
+        expect_rejected(fuse(tmp / "absent.json"), {tmp / "absent.json", "cannot open"}, out);
     }
     SECTION("ids that are not a list of integers") {
         std::ofstream(ids) << R"({"input_ids": [1, "two"]})";
