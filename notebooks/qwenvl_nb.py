@@ -26,6 +26,7 @@ os.makedirs(WORK, exist_ok=True)
 
 sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
 import make_fixtures as oracle  # noqa: E402  (PyTorch reference: reference_forward, sincos_2d, resize_table)
+import safetensors_io  # noqa: E402  (safetensors files from Python)
 
 if not os.path.exists(ADAPTER):
     raise RuntimeError("qwenvl-adapter not found in %s: run the README's first command, or set QWENVL_BIN" % BIN)
@@ -61,25 +62,14 @@ def table(dim, grid, key_grid=None):
 
 
 def write_safetensors(path, tensors):
-    """float32 arrays (name -> array) as an F32 safetensors file, with the generator's writer."""
-    import torch
-    oracle.write_safetensors(path, {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}, "F32")
+    """float32 arrays (name -> array) as an F32 safetensors file, with the generator's writer
+    (tests/reference/safetensors_io.py)."""
+    safetensors_io.write_safetensors(path, tensors, "F32")
 
 
 def read_safetensors(path):
-    """An F32 safetensors file as name -> float32 array (memory-mapped)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", "this helper reads F32 only"
-        begin, end = info["data_offsets"]
-        out[name] = data[begin:end].view("<f4").reshape(info["shape"])
-    return out
+    """A safetensors file (F32, F16 or BF16) as name -> float32 array, with the generator's reader."""
+    return safetensors_io.read_safetensors(path)
 
 
 def full_size_checkpoint():

@@ -14,11 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <xtensor/xnpy.hpp>
 
-#include "adapter.hpp"
-#include "compare.hpp"
-#include "fixture.hpp"
-#include "npy.hpp"
-#include "safetensors.hpp"
+#include "core/compare.hpp"
+#include "io/fixture.hpp"
+#include "io/npy.hpp"
+#include "io/safetensors.hpp"
+#include "safetensors_writer.hpp"
+#include "stages/07_adapter.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -105,7 +106,7 @@ void write_f32_tensors(const std::string& path, const std::vector<std::pair<std:
         for (std::size_t i = 0; i < t.size(); ++i) t.data()[i] = 0.01f * static_cast<float>((i * 7919) % 200) - 1.0f;
         values[name] = t;
     }
-    qwenvl::write_safetensors_f32(path, values);
+    qwenvl_test::write_safetensors_f32(path, values);
 }
 
 std::vector<std::pair<std::string, std::vector<std::size_t>>> adapter_tensors(std::size_t E, std::size_t Kv, std::size_t Q) {
@@ -127,19 +128,20 @@ std::string run_args(const std::string& weights, const std::string& input, const
 
 }  // namespace
 
-TEST_CASE("cli: every fixture case through `run` equals PyTorch's output", "[cli][golden]") {
+TEST_CASE("cli: every fixture case through `run` equals PyTorch's output, on both paths", "[cli][golden]") {
     std::size_t cases = 0;
     for (const auto& entry : fs::directory_iterator(kData + "/cli")) {
+      for (const std::string path : {"", " --readable"}) {
         const std::string dir = entry.path().string();
         const json c = json::parse(slurp(dir + "/case.json"));
-        DYNAMIC_SECTION(entry.path().filename().string() << " (" << c["dtype"].get<std::string>() << ")") {
+        DYNAMIC_SECTION(entry.path().filename().string() << " (" << c["dtype"].get<std::string>() << ")" << path) {
             TempDir tmp;
             std::string args = "run --input " + q(dir + "/" + c["input"].get<std::string>()) + " --output " +
                                q(tmp / "y.npy") + " --heads " + std::to_string(c["heads"].get<int>());
             for (const auto& w : c["weights"]) args += " --weights " + q(dir + "/" + w.get<std::string>());
             if (c.contains("mask")) args += " --mask " + q(dir + "/" + c["mask"].get<std::string>());
             if (c["adapter_only"].get<bool>()) args += " --adapter-only";
-            const Result r = cli(args);
+            const Result r = cli(args + path);
             INFO("stderr: " << r.err);
             REQUIRE(r.code == 0);
             const xt::xarray<float> expected = qwenvl::read_npy_float(dir + "/" + c["expected"].get<std::string>());
@@ -147,24 +149,35 @@ TEST_CASE("cli: every fixture case through `run` equals PyTorch's output", "[cli
             const qwenvl::Comparison cmp = qwenvl::compare(got, expected, c["tolerance"]["atol"], c["tolerance"]["rtol"]);
             INFO(qwenvl::describe(cmp, expected));
             CHECK(cmp.ok());
+            CHECK_THAT(r.out, Contains(path.empty() ? "fast path" : "readable path"));
         }
-        ++cases;
+      }
+      ++cases;
     }
     CHECK(cases >= 7);
 }
 
-TEST_CASE("cli: --trace writes every intermediate, equal to the fixture's PyTorch values", "[cli][golden]") {
+TEST_CASE("cli: --trace writes every intermediate on both paths, equal to the fixture's PyTorch values", "[cli][golden]") {
     // resize_up is stored in F32 with pos_embed equal to numpy's table, so its trace is the fixture's.
     const qwenvl::Fixture f = qwenvl::load_fixture(kData + "/fixtures/resize_up.json");
-    TempDir tmp;
-    const Result r = cli(run_args(kCase + "/weights.safetensors", kCase + "/x.npy", tmp / "y.npy", "--heads 2 --trace " + q(tmp / "trace")));
-    REQUIRE(r.code == 0);
-    for (const auto& [stage, want] : f.expected) {
-        const std::string file = tmp / ("trace/" + stage + ".npy");
-        REQUIRE(fs::exists(file));
-        const qwenvl::Comparison cmp = qwenvl::compare(qwenvl::read_npy_float(file), want, f.atol, f.rtol);
-        INFO("stage " << stage << ": " << qwenvl::describe(cmp, want));
-        CHECK(cmp.ok());
+    for (const std::string path : {"", " --readable"}) {
+        TempDir tmp;
+        const Result r = cli(run_args(kCase + "/weights.safetensors", kCase + "/x.npy", tmp / "y.npy",
+                                      "--heads 2 --trace " + q(tmp / "trace") + path));
+        INFO("run" << path);
+        REQUIRE(r.code == 0);
+        std::size_t files = 0;
+        for (const auto& stage : f.expected.names()) {
+            const std::string file = tmp / ("trace/" + stage + ".npy");
+            REQUIRE(fs::exists(file));
+            const auto& want = f.expect(stage);
+            const qwenvl::Comparison cmp = qwenvl::compare(qwenvl::read_npy_float(file), want, f.atol, f.rtol);
+            INFO("stage " << stage << ": " << qwenvl::describe(cmp, want));
+            CHECK(cmp.ok());
+            ++files;
+        }
+        CHECK(files == 16);
+        CHECK(std::distance(fs::directory_iterator(tmp / "trace"), fs::directory_iterator()) == 16);
     }
 }
 
@@ -188,6 +201,8 @@ TEST_CASE("cli: info reports the parameter count PyTorch counts, and the stored 
     CHECK_THAT(r.out, Contains("transformer.visual.attn_pool.attn.in_proj_weight"));
     CHECK_THAT(r.out, Contains("H = 2 heads of Dh = 128 (E / 128)"));
     CHECK_THAT(r.out, Contains("pos_embed: stored"));
+    CHECK_THAT(r.out, Contains("adapter, trainable: 294912 (0.295M)"));  // a small model in millions, not "0.000B"
+    CHECK_THAT(r.out, !Contains("0.000B"));
     // Qwen-VL's real configuration, counted without allocating it.
     for (const char* key : {"qwen_vl", "demo", "identity_kv"}) {
         const json& k = counts[key];
@@ -203,10 +218,12 @@ TEST_CASE("cli: info reports the parameter count PyTorch counts, and the stored 
     CHECK(counts["qwen_vl"]["adapter_trainable"] == 75005952);
 }
 
-TEST_CASE("cli: fuse splices the demo's features as numpy does", "[cli][golden][fusion]") {
+TEST_CASE("cli: fuse splices the demo's features as numpy does (the README's example)", "[cli][golden][fusion]") {
+    CHECK(qwenvl::compare(qwenvl::read_npy_float(kData + "/fusion/image_features.npy"),
+                          qwenvl::read_npy_float(kData + "/demo/expected.npy"), 0.0, 0.0).ok());
     TempDir tmp;
     const Result r = cli("fuse --ids " + q(kData + "/fusion/ids.json") + " --embeddings " + q(kData + "/fusion/embeddings.npy") +
-                         " --image-features " + q(kData + "/demo/expected.npy") + " --output " + q(tmp / "fused.npy"));
+                         " --image-features " + q(kData + "/fusion/image_features.npy") + " --output " + q(tmp / "fused.npy"));
     INFO(r.err);
     REQUIRE(r.code == 0);
     const xt::xarray<float> expected = qwenvl::read_npy_float(kData + "/fusion/expected.npy");
@@ -229,9 +246,13 @@ TEST_CASE("cli: table writes the fixtures' pos_q and pos_k", "[cli][golden]") {
 }
 
 TEST_CASE("cli: the demo and --help run", "[cli]") {
-    const Result demo = cli("");
-    CHECK(demo.code == 0);
-    CHECK_THAT(demo.out, Contains("OK: the output equals PyTorch's"));
+    for (const char* args : {"", "--readable", "demo --readable"}) {
+        const Result demo = cli(args);
+        INFO("qwenvl-adapter " << args << "\n" << demo.out << demo.err);
+        CHECK(demo.code == 0);
+        CHECK_THAT(demo.out, Contains("OK: 16 of 16 stages equal PyTorch's"));
+        CHECK_THAT(demo.out, Contains("attn_weights  06  softmax over the keys"));  // each stage says what it is
+    }
     for (const char* command : {"--help", "run --help", "info --help", "fuse --help", "demo --help", "golden --help", "table --help"}) {
         const Result r = cli(command);
         INFO(command);
@@ -239,6 +260,21 @@ TEST_CASE("cli: the demo and --help run", "[cli]") {
         CHECK_THAT(r.out, Contains("usage:"));
     }
     CHECK(cli("golden").code == 0);
+    const Result golden = cli("golden --readable --fixture " + q(kData + "/fixtures/bool_mask.json"));
+    CHECK(golden.code == 0);
+    CHECK_THAT(golden.out, Contains("readable path") && Contains("OK: 16 of 16 stages"));
+}
+
+TEST_CASE("cli: the demo fails, naming the stage, when PyTorch's value of a stage differs", "[cli]") {
+    TempDir tmp;
+    fs::copy(kData + "/demo", tmp / "demo", fs::copy_options::recursive);
+    xt::xarray<float> k = qwenvl::read_npy_float(tmp / "demo/trace/k.npy");
+    k(1, 5, 7) += 0.01f;
+    qwenvl::write_npy(tmp / "demo/trace/k.npy", k);
+    const Result r = cli("demo --data " + q(tmp.path.string()));
+    CHECK(r.code == 1);
+    CHECK_THAT(r.out, Contains("FAIL: 15 of 16 stages"));
+    CHECK_THAT(r.out, Contains("first at (1, 5, 7)"));
 }
 
 TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
@@ -261,7 +297,24 @@ TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
         for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
         out << "{}";
         out.close();
-        expect_rejected(cli(run_args(bad, x, y)), {bad, "runs past the end"}, y);
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "not a safetensors file", "past the end of the file (10 bytes)"}, y);
+    }
+    SECTION("a .npy file given as weights") {
+        expect_rejected(cli(run_args(x, x, y)), {x, "not a safetensors file: this is a .npy file"}, y);
+    }
+    SECTION("a header length over the 100 MB limit") {
+        std::ofstream out(bad, std::ios::binary);
+        const std::uint64_t n = std::uint64_t(1) << 40;
+        for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
+        out << "{}";
+        out.close();
+        expect_rejected(cli(run_args(bad, x, y)), {bad, "not a safetensors file", "over the 100 MB limit"}, y);
+    }
+    SECTION("a folder given as weights, or as a fixture") {
+        expect_rejected(cli(run_args(tmp.path.string(), x, y)), {tmp.path.string(), "is a folder, not a file"}, y);
+        const Result r = cli("golden --fixture " + q(tmp.path.string()));
+        expect_rejected(r, {tmp.path.string(), "is a folder, not a file"}, y);
+        CHECK_THAT(r.err, !Contains("basic_filebuf"));
     }
     SECTION("header that is not JSON") {
         write_raw_safetensors(bad, "{\"a\": [1, 2", data);

@@ -11,8 +11,8 @@
 #include <catch2/catch.hpp>
 #include <xtensor/xview.hpp>
 
-#include "compare.hpp"
-#include "fixture.hpp"
+#include "core/compare.hpp"
+#include "io/fixture.hpp"
 
 namespace {
 std::string run_gdb(const std::string& commands) {

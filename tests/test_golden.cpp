@@ -1,20 +1,42 @@
-// Golden tests: every stage of every fixture against the values PyTorch wrote
-// (tests/reference/make_fixtures.py). Each stage is fed PyTorch's own value of the stage before it,
-// so a failure points at one function; the last test runs the whole forward pass and checks every
-// recorded intermediate.
+// Golden tests: every stage of every fixture against the values PyTorch wrote (tests/reference/make_fixtures.py),
+// on both paths: the readable stages (src/stages/) and the fast path (src/fast/). Each stage is fed PyTorch's own
+// value of the stage before it, so a failure points at one function, and each test calls the function that the
+// path's forward pass calls. The last tests run both whole forward passes and check every recorded intermediate.
 #include <xtensor/xview.hpp>
 
-#include "adapter.hpp"
-#include "attention.hpp"
+#include "fast/adapter.hpp"
+#include "fast/attention.hpp"
+#include "fast/gemm.hpp"
+#include "fast/layernorm.hpp"
 #include "golden.hpp"
-#include "layernorm.hpp"
-#include "linear.hpp"
-#include "resize.hpp"
-#include "sincos.hpp"
+#include "stages/02_sincos.hpp"
+#include "stages/03_resize.hpp"
+#include "stages/04_layernorm.hpp"
+#include "stages/05_projections.hpp"
+#include "stages/06_attention.hpp"
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
 
 using namespace qwenvl;
 using qwenvl_test::check_stage;
 using qwenvl_test::fixtures;
+
+namespace {
+// Item n of PyTorch's (N, ...) value of a stage, as a matrix.
+Matrix item(const Fixture& f, const std::string& stage, std::size_t n) { return xt::view(f.expect(stage), n); }
+
+// Fills a (N, ...) tensor of a stage from one (...) result per image, for comparison with PyTorch's.
+template <class PerImage>
+xt::xarray<float> per_image(const Fixture& f, PerImage compute) {
+    Trace stacked;
+    const std::size_t N = f.x.shape(0);
+    for (std::size_t n = 0; n < N; ++n) stacked.record_item("s", n, N, compute(n));
+    return stacked.get("s");
+}
+}  // namespace
+
+// --- 02 and 03: the position tables (one implementation: the fast path computes them once per set of weights
+// with these same functions) ---
 
 TEST_CASE("golden: sincos_2d equals numpy's table (pos_q)", "[golden][sincos]") {
     for (const auto& f : fixtures()) {
@@ -30,111 +52,186 @@ TEST_CASE("golden: key_position_table equals F.interpolate bicubic (pos_k)", "[g
     }
 }
 
-TEST_CASE("golden: kv_projection equals kv_proj (Linear without bias, or Identity)", "[golden][linear]") {
-    for (const auto& f : fixtures()) {
-        DYNAMIC_SECTION(f.name) { check_stage(f, "kv_proj", kv_projection(f.x, f.weights.kv_proj)); }
-    }
-}
+// --- 04 and 05: LayerNorm and the projections, readable ---
 
-TEST_CASE("golden: layer_norm equals nn.LayerNorm (ln_kv, ln_q)", "[golden][layernorm]") {
+TEST_CASE("golden, readable: layer_norm equals nn.LayerNorm (ln_kv, ln_q)", "[golden][readable][layernorm]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
             const auto& w = f.weights;
-            check_stage(f, "ln_kv", layer_norm(Tensor3(f.expect("kv_proj")), w.ln_kv_weight, w.ln_kv_bias, f.config.eps));
+            check_stage(f, "ln_kv", per_image(f, [&](std::size_t n) {
+                            return layer_norm(item(f, "kv_proj", n), w.ln_kv_weight, w.ln_kv_bias, f.config.eps);
+                        }));
             check_stage(f, "ln_q", layer_norm(w.query, w.ln_q_weight, w.ln_q_bias, f.config.eps));
         }
     }
 }
 
-TEST_CASE("golden: query_projection equals in_proj's query rows (query_in, q)", "[golden][linear]") {
+TEST_CASE("golden, readable: kv_projection equals kv_proj (Linear without bias, or Identity)", "[golden][readable][linear]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
-            Trace trace;
-            const Matrix q = query_projection(f.weights, f.config, Matrix(f.expect("pos_q")), &trace);
-            check_stage(f, "query_in", trace.get("query_in"));
-            check_stage(f, "q", q);
+            check_stage(f, "kv_proj", per_image(f, [&](std::size_t n) {
+                            return kv_projection(Matrix(xt::view(f.x, n)), f.weights.kv_proj);
+                        }));
         }
     }
 }
 
-TEST_CASE("golden: linear equals in_proj's key and value rows (k, v)", "[golden][linear]") {
+TEST_CASE("golden, readable: linear equals in_proj's rows and out_proj (q, k, v, out)", "[golden][readable][linear]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
-            const auto& p = f.weights.in_proj;
-            check_stage(f, "k", linear(Tensor3(f.expect("key_in")), p.w_k, p.b_k));
-            check_stage(f, "v", linear(Tensor3(f.expect("ln_kv")), p.w_v, p.b_v));
+            const auto& w = f.weights;
+            const auto& p = w.in_proj;
+            check_stage(f, "q", linear(Matrix(f.expect("query_in")), p.w_q, p.b_q));
+            check_stage(f, "k", per_image(f, [&](std::size_t n) { return linear(item(f, "key_in", n), p.w_k, p.b_k); }));
+            check_stage(f, "v", per_image(f, [&](std::size_t n) { return linear(item(f, "ln_kv", n), p.w_v, p.b_v); }));
+            check_stage(f, "out", per_image(f, [&](std::size_t n) {
+                            return linear(item(f, "attended", n), w.out_proj_weight, w.out_proj_bias);
+                        }));
         }
     }
 }
+
+// --- 04 and 05, fast ---
+
+TEST_CASE("golden, fast: layer_norm_in_place equals nn.LayerNorm (ln_kv)", "[golden][fast][layernorm]") {
+    for (const auto& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            Tensor3 x = f.expect("kv_proj");
+            fast::layer_norm_in_place(x, f.weights.ln_kv_weight, f.weights.ln_kv_bias, f.config.eps);
+            check_stage(f, "ln_kv", x);
+            check_stage(f, "ln_kv", per_image(f, [&](std::size_t n) {  // the Matrix overload adapter_forward calls
+                            Matrix X = item(f, "kv_proj", n);
+                            fast::layer_norm_in_place(X, f.weights.ln_kv_weight, f.weights.ln_kv_bias, f.config.eps);
+                            return X;
+                        }));
+        }
+    }
+}
+
+TEST_CASE("golden, fast: kv_projection on an image read in place equals kv_proj", "[golden][fast][linear]") {
+    for (const auto& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            const std::size_t L = f.x.shape(1), Kv = f.x.shape(2);
+            check_stage(f, "kv_proj", per_image(f, [&](std::size_t n) {
+                            return fast::kv_projection(fast::Block{f.x.data() + n * L * Kv, L, Kv, Kv}, f.weights.kv_proj);
+                        }));
+        }
+    }
+}
+
+TEST_CASE("golden, fast: linear equals in_proj's key and value rows and out_proj (k, v, out)", "[golden][fast][linear]") {
+    for (const auto& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            const auto& w = f.weights;
+            const auto& p = w.in_proj;
+            check_stage(f, "k", per_image(f, [&](std::size_t n) { return fast::linear(item(f, "key_in", n), p.w_k, p.b_k); }));
+            check_stage(f, "v", per_image(f, [&](std::size_t n) { return fast::linear(item(f, "ln_kv", n), p.w_v, p.b_v); }));
+            check_stage(f, "out", fast::linear(Tensor3(f.expect("attended")), w.out_proj_weight, w.out_proj_bias));
+        }
+    }
+}
+
+TEST_CASE("golden, fast: prepare_query_side equals the query side (pos_q, pos_k, ln_q, query_in, q)", "[golden][fast]") {
+    for (const auto& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            Trace trace;
+            const fast::QuerySide side = fast::prepare_query_side(f.weights, f.config, f.x.shape(1), &trace);
+            for (const char* stage : {"pos_q", "pos_k", "ln_q", "query_in", "q"}) check_stage(f, stage, trace.get(stage));
+            check_stage(f, "q", side.q);
+            check_stage(f, "pos_k", side.pos_k);
+        }
+    }
+}
+
+// --- 06: attention, on both paths ---
 
 TEST_CASE("golden: multi_head_attention equals MultiheadAttention's inside (scores, attn_weights, attended)",
-          "[golden][attention]") {
+          "[golden][readable][fast][attention]") {
     for (const auto& f : fixtures()) {
-        DYNAMIC_SECTION(f.name) {
-            const Matrix q = f.expect("q");
-            const Tensor3 k = f.expect("k"), v = f.expect("v");
-            const std::size_t N = k.shape(0), H = f.config.num_heads, Q = q.shape(0), L = k.shape(1);
-            Tensor4 scores({N, H, Q, L}), weights({N, H, Q, L});
-            Tensor3 attended({N, Q, f.config.embed_dim});
+        const Matrix q = f.expect("q");
+        const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+        const std::size_t H = f.config.num_heads;
+        auto check_all = [&](auto attend) {
+            const std::size_t N = f.x.shape(0);
+            Trace got;
             for (std::size_t n = 0; n < N; ++n) {
-                const AttentionOutput a = multi_head_attention(q, xt::view(k, n), xt::view(v, n), H,
-                                                               f.has_mask ? &f.mask : nullptr);
-                xt::view(scores, n) = a.scores;
-                xt::view(weights, n) = a.weights;
-                xt::view(attended, n) = a.attended;
+                const AttentionOutput a = attend(item(f, "k", n), item(f, "v", n));
+                got.record_item("scores", n, N, a.scores);
+                got.record_item("attn_weights", n, N, a.weights);
+                got.record_item("attended", n, N, a.attended);
             }
-            check_stage(f, "scores", scores);
-            check_stage(f, "attn_weights", weights);
-            check_stage(f, "attended", attended);
+            for (const char* stage : {"scores", "attn_weights", "attended"}) check_stage(f, stage, got.get(stage));
+        };
+        DYNAMIC_SECTION("readable, " << f.name) {
+            check_all([&](const Matrix& k, const Matrix& v) { return multi_head_attention(q, k, v, H, mask); });
+        }
+        DYNAMIC_SECTION("fast, " << f.name) {
+            check_all([&](const Matrix& k, const Matrix& v) {
+                return fast::multi_head_attention(q, fast::whole(k), fast::whole(v), H, mask, true);
+            });
         }
     }
 }
 
-TEST_CASE("golden: out_proj equals MultiheadAttention's output (out)", "[golden][linear]") {
+// --- 08: the tower's tail, on both paths ---
+
+TEST_CASE("golden: tower_tail_forward equals ln_post then @ proj", "[golden][readable][fast][tail]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
-            check_stage(f, "out", linear(Tensor3(f.expect("attended")), f.weights.out_proj_weight, f.weights.out_proj_bias));
+            Trace readable, fast;
+            check_stage(f, "proj", tower_tail_forward(f.tail, Tensor3(f.expect("out")), f.config.eps, &readable));
+            check_stage(f, "proj", fast::tower_tail_forward(f.tail, Tensor3(f.expect("out")), f.config.eps, &fast));
+            check_stage(f, "ln_post", readable.get("ln_post"));
+            check_stage(f, "ln_post", fast.get("ln_post"));
         }
     }
 }
 
-TEST_CASE("golden: tower_tail_forward equals ln_post then @ proj", "[golden][tail]") {
+// --- 07: the whole forward pass, on both paths ---
+
+namespace {
+// Runs one path's whole forward pass on a fixture and checks every intermediate it records, and that it records
+// exactly the fixture's stages in the order the readable path computes them.
+template <class Forward>
+void check_forward(const Fixture& f, Forward forward) {
+    Trace trace;
+    const Tensor3 y = forward(trace);
+    const std::vector<std::string> order = {"pos_q", "pos_k", "ln_q", "query_in", "q", "kv_proj", "ln_kv", "key_in",
+                                            "k", "v", "scores", "attn_weights", "attended", "out", "ln_post", "proj"};
+    CHECK(trace.names() == order);
+    CHECK(f.expected.names().size() == order.size());
+    for (const auto& name : trace.names()) check_stage(f, name, trace.get(name));
+    check_stage(f, "proj", y);
+}
+}  // namespace
+
+TEST_CASE("golden: the whole forward pass, every recorded intermediate, on both paths", "[golden][readable][fast][adapter]") {
     for (const auto& f : fixtures()) {
-        DYNAMIC_SECTION(f.name) {
-            Trace trace;
-            const Tensor3 y = tower_tail_forward(f.tail, Tensor3(f.expect("out")), f.config.eps, &trace);
-            check_stage(f, "ln_post", trace.get("ln_post"));
-            check_stage(f, "proj", y);
+        const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+        const AdapterConfig& c = f.config;
+        DYNAMIC_SECTION("readable, " << f.name) {
+            check_forward(f, [&](Trace& t) {
+                return tower_tail_forward(f.tail, adapter_forward(f.weights, c, f.x, mask, &t), c.eps, &t);
+            });
+        }
+        DYNAMIC_SECTION("fast, " << f.name) {
+            check_forward(f, [&](Trace& t) {
+                const fast::QuerySide side = fast::prepare_query_side(f.weights, c, f.x.shape(1), &t);
+                return fast::tower_tail_forward(f.tail, fast::adapter_forward(f.weights, c, side, f.x, mask, &t), c.eps, &t);
+            });
         }
     }
 }
 
-TEST_CASE("golden: the whole forward pass, every recorded intermediate", "[golden][adapter]") {
+TEST_CASE("golden, fast: a query side prepared once per set of weights serves every call", "[golden][fast][adapter]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
-            Trace trace;
-            const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr, &trace);
-            const Tensor3 y = tower_tail_forward(f.tail, out, f.config.eps, &trace);
-            // The trace and the fixture name the same stages.
-            std::vector<std::string> expected_names;
-            for (const auto& e : f.expected) expected_names.push_back(e.first);
-            std::vector<std::string> traced = trace.names();
-            std::sort(traced.begin(), traced.end());
-            std::sort(expected_names.begin(), expected_names.end());
-            CHECK(traced == expected_names);
-            for (const auto& name : trace.names()) check_stage(f, name, trace.get(name));
-            check_stage(f, "proj", y);
-        }
-    }
-}
-
-TEST_CASE("golden: a query side prepared once per set of weights gives PyTorch's output", "[golden][adapter]") {
-    for (const auto& f : fixtures()) {
-        DYNAMIC_SECTION(f.name) {
-            const QuerySide side = prepare_query_side(f.weights, f.config, nullptr, f.x.shape(1));
+            const fast::QuerySide side = fast::prepare_query_side(f.weights, f.config, f.x.shape(1));
             const Matrix* mask = f.has_mask ? &f.mask : nullptr;
-            check_stage(f, "out", adapter_forward(f.weights, f.config, f.x, mask, nullptr, &side));
-            check_stage(f, "out", adapter_forward(f.weights, f.config, f.x, mask, nullptr, &side));  // reusable
+            check_stage(f, "out", fast::adapter_forward(f.weights, f.config, side, f.x, mask));
+            check_stage(f, "out", fast::adapter_forward(f.weights, f.config, side, f.x, mask));  // reusable
+            const fast::QuerySide other = fast::prepare_query_side(f.weights, f.config, 4 * f.x.shape(1));
+            CHECK_THROWS_AS(fast::adapter_forward(f.weights, f.config, other, f.x, mask), ShapeError);
         }
     }
 }

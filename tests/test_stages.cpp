@@ -1,5 +1,5 @@
-// Invariants and error paths of each stage. These hold whatever the fixtures say; the golden values
-// are in test_golden.cpp.
+// Invariants and error paths of each stage, on both paths where both have the function. These hold whatever the
+// fixtures say; the golden values are in test_golden.cpp.
 #include <array>
 #include <cmath>
 #include <limits>
@@ -8,15 +8,18 @@
 #include <xtensor/xrandom.hpp>
 #include <xtensor/xview.hpp>
 
-#include "adapter.hpp"
-#include "attention.hpp"
-#include "compare.hpp"
-#include "features.hpp"
-#include "layernorm.hpp"
-#include "linear.hpp"
-#include "resize.hpp"
-#include "sincos.hpp"
-#include "trace.hpp"
+#include "core/compare.hpp"
+#include "core/trace.hpp"
+#include "fast/attention.hpp"
+#include "fast/gemm.hpp"
+#include "fast/layernorm.hpp"
+#include "stages/01_feature_input.hpp"
+#include "stages/02_sincos.hpp"
+#include "stages/03_resize.hpp"
+#include "stages/04_layernorm.hpp"
+#include "stages/05_projections.hpp"
+#include "stages/06_attention.hpp"
+#include "stages/07_adapter.hpp"
 
 using namespace qwenvl;
 using Catch::Matchers::Contains;
@@ -81,58 +84,74 @@ TEST_CASE("bicubic: weights sum to 1, a constant grid stays constant, equal grid
     CHECK_THROWS(key_position_table(table, 10));
 }
 
-TEST_CASE("LayerNorm before its affine step: every row has mean 0 and variance 1", "[layernorm]") {
-    xt::random::seed(7);
-    const Matrix x = xt::random::randn<float>({5, 64}, 3.0f, 2.0f);
-    const Matrix y = standardize_rows(x, 1e-6f);
-    for (std::size_t r = 0; r < 5; ++r) {
+namespace {
+// Each row's mean and biased variance.
+void check_standardized(const Matrix& y) {
+    for (std::size_t r = 0; r < y.shape(0); ++r) {
         const auto row = xt::view(y, r);
         double mean = 0, var = 0;
         for (float v : row) mean += v;
-        mean /= 64;
+        mean /= y.shape(1);
         for (float v : row) var += (v - mean) * (v - mean);
-        var /= 64;  // biased, as PyTorch
+        var /= y.shape(1);  // biased, as PyTorch
         CHECK(mean == Approx(0.0).margin(1e-6));
         CHECK(var == Approx(1.0).margin(1e-5));
     }
-    CHECK_THROWS_AS(layer_norm(x, Vector(xt::ones<float>({63})), Vector(xt::zeros<float>({64})), 1e-6f), ShapeError);
+}
+}  // namespace
+
+TEST_CASE("LayerNorm with gamma 1 and beta 0: every row has mean 0 and variance 1, on both paths", "[layernorm]") {
+    xt::random::seed(7);
+    for (std::size_t E : {13, 64}) {  // with and without a remainder after the fast path's 8 lanes
+        const Matrix x = xt::random::randn<float>(std::array<std::size_t, 2>{5, E}, 3.0f, 2.0f);
+        const Vector ones = xt::ones<float>({E}), zeros = xt::zeros<float>({E});
+        check_standardized(layer_norm(x, ones, zeros, 1e-6f));
+        Matrix y = x;
+        fast::layer_norm_in_place(y, ones, zeros, 1e-6f);
+        check_standardized(y);
+        CHECK_THROWS_AS(layer_norm(x, Vector(xt::ones<float>({E - 1})), zeros, 1e-6f), ShapeError);
+        CHECK_THROWS_AS(fast::layer_norm_in_place(y, Vector(xt::ones<float>({E - 1})), zeros, 1e-6f), ShapeError);
+    }
 }
 
-TEST_CASE("LayerNorm in place equals LayerNorm into a new matrix, bit for bit, for widths with and without a remainder of 8", "[layernorm]") {
+TEST_CASE("LayerNorm: the fast path's in-place rows equal the readable layer_norm to a float rounding", "[layernorm]") {
     xt::random::seed(8);
     for (std::size_t E : {13, 64}) {
         const Matrix x = xt::random::randn<float>(std::array<std::size_t, 2>{6, E}, 1.0f, 4.0f);
         const Vector gamma = xt::random::randn<float>(std::array<std::size_t, 1>{E});
         const Vector beta = xt::random::randn<float>(std::array<std::size_t, 1>{E});
         Matrix y = x;
-        layer_norm_in_place(y, gamma, beta, 1e-6f);
-        const bool same = y == layer_norm(x, gamma, beta, 1e-6f);
-        CHECK(same);
-        const Matrix s = standardize_rows(x, 1e-6f);
-        for (std::size_t r = 0; r < 6; ++r) CHECK(xt::mean(xt::view(s, r))() == Approx(0.0).margin(1e-6));
+        fast::layer_norm_in_place(y, gamma, beta, 1e-6f);
+        const Matrix readable = layer_norm(x, gamma, beta, 1e-6f);
+        CHECK(compare(y, readable, 1e-6, 1e-6).ok());
+        Tensor3 batch = xt::reshape_view(x, {std::size_t(2), std::size_t(3), E});
+        fast::layer_norm_in_place(batch, gamma, beta, 1e-6f);
+        CHECK((Matrix(xt::reshape_view(batch, {std::size_t(6), E})) == y));  // the batch overload: the same rows
     }
-    Matrix wrong = xt::zeros<float>({2, 4});
-    CHECK_THROWS_AS(layer_norm_in_place(wrong, Vector(xt::ones<float>({3})), Vector(xt::zeros<float>({4})), 1e-6f), ShapeError);
 }
 
-TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is NaN as in PyTorch", "[attention]") {
+TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is NaN as in PyTorch, on both paths", "[attention]") {
     xt::random::seed(3);
-    const Matrix s = xt::random::randn<float>({4, 7});
-    const Matrix p = softmax_rows(s, nullptr);
-    for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(p, r))() == Approx(1.0f).margin(1e-6));
-
-    xt::xtensor<bool, 2> masked = xt::zeros<bool>({4, 7});
+    const Matrix s = xt::random::randn<float>({4, 11});
+    xt::xtensor<bool, 2> masked = xt::zeros<bool>({4, 11});
     masked(0, 3) = true;
-    for (std::size_t c = 0; c < 7; ++c) masked(2, c) = true;
+    for (std::size_t c = 0; c < 11; ++c) masked(2, c) = true;
     const Matrix m = additive_mask(masked);
     CHECK(m(0, 3) == -std::numeric_limits<float>::infinity());
-    const Matrix pm = softmax_rows(s, &m);
-    CHECK(pm(0, 3) == 0.0f);
-    CHECK(xt::sum(xt::view(pm, 0))() == Approx(1.0f).margin(1e-6));
-    CHECK(std::isnan(pm(2, 0)));
-    // Large scores do not overflow: the row maximum is subtracted first.
-    Matrix big = s * 1000.0f;
-    for (float v : softmax_rows(big, nullptr)) CHECK(std::isfinite(v));
+    CHECK(m(0, 2) == 0.0f);
+    const Matrix big = s * 1000.0f;
+    for (auto softmax : {&softmax_rows, &fast::softmax_rows}) {
+        const Matrix p = softmax(s, nullptr);
+        for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(p, r))() == Approx(1.0f).margin(1e-6));
+        const Matrix pm = softmax(s, &m);
+        CHECK(pm(0, 3) == 0.0f);
+        CHECK(xt::sum(xt::view(pm, 0))() == Approx(1.0f).margin(1e-6));
+        CHECK(std::isnan(pm(2, 0)));
+        // Large scores do not overflow: the row maximum is subtracted first.
+        for (float v : softmax(big, nullptr)) CHECK(std::isfinite(v));
+        const Matrix unmasked = softmax(s, nullptr), readable = softmax_rows(s, nullptr);
+        CHECK(compare(unmasked, readable, 1e-7, 1e-6).ok());  // the two paths agree
+    }
 }
 
 TEST_CASE("softmax's exponential: within 3e-7 of std::exp on [-87, 0], 0 far below and at -inf, NaN stays NaN", "[attention]") {
@@ -140,55 +159,69 @@ TEST_CASE("softmax's exponential: within 3e-7 of std::exp on [-87, 0], 0 far bel
     for (int i = 0; i <= 870000; ++i) {
         const float x = -static_cast<float>(i) * 1e-4f;
         const double exact = std::exp(static_cast<double>(x));
-        worst = std::max(worst, std::abs(exp_nonpositive(x) - exact) / exact);
+        worst = std::max(worst, std::abs(fast::exp_nonpositive(x) - exact) / exact);
     }
     CHECK(worst < 3e-7);  // 2 to 3 float ulp; leaving out the r^6 term makes it 2.4e-6
-    CHECK(exp_nonpositive(0.0f) == 1.0f);
+    CHECK(fast::exp_nonpositive(0.0f) == 1.0f);
     for (float x : {-87.2f, -88.0f, -100.0f, -1e30f}) {
-        CHECK(exp_nonpositive(x) >= 0.0f);
-        CHECK(exp_nonpositive(x) <= 1.2e-38f);  // below the smallest normal float: at most that far from e^x
+        CHECK(fast::exp_nonpositive(x) >= 0.0f);
+        CHECK(fast::exp_nonpositive(x) <= 1.2e-38f);  // below the smallest normal float: at most that far from e^x
     }
-    CHECK(exp_nonpositive(-std::numeric_limits<float>::infinity()) == 0.0f);
-    CHECK(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+    CHECK(fast::exp_nonpositive(-std::numeric_limits<float>::infinity()) == 0.0f);
+    CHECK(std::isnan(fast::exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }
 
-TEST_CASE("attention: a head block is the head's channels in place, and weights rows sum to 1", "[attention]") {
+TEST_CASE("attention: a head block is the head's channels in place, and weights rows sum to 1, on both paths", "[attention]") {
     xt::random::seed(11);
     const Matrix x = xt::random::randn<float>({3, 8});
     for (std::size_t h = 0; h < 4; ++h) {
-        const Block b = head_block(x, h, 4);
+        const fast::Block b = fast::head_block(fast::whole(x), h, 4);
         CHECK((b.rows == 3 && b.cols == 2 && b.stride == 8));
         for (std::size_t r = 0; r < 3; ++r)
             for (std::size_t c = 0; c < 2; ++c) CHECK(b.data[r * b.stride + c] == x(r, 2 * h + c));
     }
-    CHECK_THROWS_WITH(head_block(x, 0, 3), Contains("does not divide"));
-    // The value product writes one head's channels and leaves the others alone.
-    Matrix attended = xt::zeros<float>({std::size_t(3), std::size_t(8)});
-    const Matrix w = {{1.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 1.0f}, {0.5f, 0.5f, 0.0f}};
-    attend_values(w, head_block(x, 1, 4), attended, 1, 4);
-    CHECK(attended(1, 2) == x(2, 2));
-    CHECK(attended(2, 3) == Approx(0.5f * (x(0, 3) + x(1, 3))));
-    CHECK(attended(0, 0) == 0.0f);
+    CHECK_THROWS_WITH(fast::head_block(fast::whole(x), 0, 3), Contains("does not divide"));
 
     const Matrix q = xt::random::randn<float>({4, 8}), k = xt::random::randn<float>({9, 8}), v = xt::random::randn<float>({9, 8});
-    const AttentionOutput a = multi_head_attention(q, k, v, 2, nullptr);
-    CHECK(shape_of(a.weights) == std::vector<std::size_t>{2, 4, 9});
-    CHECK(shape_of(a.attended) == std::vector<std::size_t>{4, 8});
-    for (std::size_t h = 0; h < 2; ++h)
-        for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(a.weights, h, r))() == Approx(1.0f).margin(1e-6));
+    const AttentionOutput readable = multi_head_attention(q, k, v, 2, nullptr);
+    const AttentionOutput fast = fast::multi_head_attention(q, fast::whole(k), fast::whole(v), 2, nullptr, true);
+    for (const AttentionOutput* a : {&readable, &fast}) {
+        CHECK(shape_of(a->weights) == std::vector<std::size_t>{2, 4, 9});
+        CHECK(shape_of(a->attended) == std::vector<std::size_t>{4, 8});
+        for (std::size_t h = 0; h < 2; ++h)
+            for (std::size_t r = 0; r < 4; ++r) CHECK(xt::sum(xt::view(a->weights, h, r))() == Approx(1.0f).margin(1e-6));
+    }
+    CHECK(compare(fast.attended, readable.attended, 1e-6, 1e-5).ok());
+    // Every query attending to key 2 alone gets key 2's value in every head's channels.
+    xt::xtensor<bool, 2> only_key_2 = xt::ones<bool>({4, 9});
+    for (std::size_t r = 0; r < 4; ++r) only_key_2(r, 2) = false;
+    const Matrix mask = additive_mask(only_key_2);
+    const AttentionOutput one = multi_head_attention(q, k, v, 2, &mask);
+    for (std::size_t r = 0; r < 4; ++r)
+        for (std::size_t c = 0; c < 8; ++c) CHECK(one.attended(r, c) == v(2, c));
     const Matrix wrong_mask = xt::zeros<float>({4, 8});
     CHECK_THROWS_AS(multi_head_attention(q, k, v, 2, &wrong_mask), ShapeError);
+    CHECK_THROWS_AS(fast::multi_head_attention(q, fast::whole(k), fast::whole(v), 2, &wrong_mask, false), ShapeError);
+    CHECK_THROWS_WITH(multi_head_attention(q, k, v, 3, nullptr), Contains("does not divide"));
 }
 
 TEST_CASE("linear: x W^T + b against a hand-computed 2x2 case, and matmul is x @ W", "[linear]") {
     const Matrix x = {{1.0f, 2.0f}};
     const Matrix W = {{1.0f, 0.0f}, {3.0f, 4.0f}, {0.5f, 0.5f}};  // (out=3, in=2)
     const Vector b = {0.0f, 1.0f, -1.0f};
-    const Matrix y = linear(x, W, b);
-    CHECK((y == Matrix{{1.0f, 12.0f, 0.5f}}));
+    CHECK((linear(x, W, b) == Matrix{{1.0f, 12.0f, 0.5f}}));
+    CHECK((fast::linear(x, W, b) == Matrix{{1.0f, 12.0f, 0.5f}}));
     const Matrix P = {{1.0f, 2.0f}, {3.0f, 4.0f}};
     CHECK((matmul(x, P) == Matrix{{7.0f, 10.0f}}));  // x @ P, not x P^T (which is {5, 11})
-    CHECK_THROWS_AS(linear(x, Matrix(xt::ones<float>({3, 3}))), ShapeError);
+    const Tensor3 x3 = xt::reshape_view(x, {std::size_t(1), std::size_t(1), std::size_t(2)});
+    CHECK((fast::matmul(x3, P) == Tensor3{{{7.0f, 10.0f}}}));
+    CHECK((kv_projection(x, W) == Matrix{{1.0f, 11.0f, 1.5f}}));  // x W^T, no bias
+    CHECK((fast::kv_projection(fast::whole(x), W) == Matrix{{1.0f, 11.0f, 1.5f}}));
+    CHECK((kv_projection(x, Matrix()) == x));  // nn.Identity when there is no weight
+    CHECK_THROWS_AS(linear(x, Matrix(xt::ones<float>({3, 3})), b), ShapeError);
+    CHECK_THROWS_AS(fast::linear(x, Matrix(xt::ones<float>({3, 3})), b), ShapeError);
+    CHECK_THROWS_AS(matmul(x, Matrix(xt::ones<float>({3, 3}))), ShapeError);
+
     Matrix packed = xt::zeros<float>({6, 2});
     packed(2, 0) = 5.0f;
     const InProjection p = split_in_proj(packed, Vector(xt::zeros<float>({6})));

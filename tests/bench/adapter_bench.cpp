@@ -8,9 +8,14 @@
 //       and the key table resized to G x G) does not depend on the image's content: it is prepared once per
 //       set of weights and timed separately.
 //   qwenvl-bench --stages [--grid G] [--repeats R] [--json]
-//       where the time goes, for one image: each stage of adapter_forward and the tower's tail timed on its own
-//       (median of R runs), with the GFLOP/s of the matrix products. The stages are called in adapter_forward's
-//       order and their output is checked against adapter_forward's.
+//       where the time goes, for one image: each function of the fast path that fast::adapter_forward and
+//       fast::tower_tail_forward call, called on its own in their order and timed (median of R runs), with the
+//       GFLOP/s of the matrix products; the softmax is also timed alone. The result is checked bit for bit
+//       against fast::adapter_forward + fast::tower_tail_forward.
+//   qwenvl-bench --agree [--grid G]
+//       the two paths on the same random full-size input (one image): the readable stages (src/stages/) and
+//       the fast path (src/fast/), each timed once, and the largest difference between them at every traced
+//       stage. Exit code 1 when the output differs by more than the stated tolerance (a ctest in Release builds).
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random) and DIR/features.npy (1, 1024, 1664), to
 //       measure `qwenvl-adapter run` itself (docs/performance.md).
@@ -29,14 +34,16 @@
 
 #include <xtensor/xview.hpp>
 
-#include "adapter.hpp"
-#include "attention.hpp"
-#include "compare.hpp"
-#include "features.hpp"
-#include "layernorm.hpp"
-#include "linear.hpp"
-#include "npy.hpp"
-#include "safetensors.hpp"
+#include "core/compare.hpp"
+#include "fast/adapter.hpp"
+#include "fast/attention.hpp"
+#include "fast/gemm.hpp"
+#include "fast/layernorm.hpp"
+#include "io/npy.hpp"
+#include "safetensors_writer.hpp"
+#include "stages/01_feature_input.hpp"
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
 
 using namespace qwenvl;
 using Clock = std::chrono::steady_clock;
@@ -112,19 +119,24 @@ struct GemmProbe {
     explicit GemmProbe(std::mt19937& rng) : a(Matrix::from_shape({1024, kE})), b(Matrix::from_shape({kE, kE})) {
         fill_normal(a, 1.0f, rng);
         fill_normal(b, 1.0f, rng);
-        linear(a, b);  // warm-up
+        product();  // warm-up
+    }
+    Matrix product() const {
+        Matrix c({a.shape(0), b.shape(0)});
+        fast::gemm_block(fast::whole(a), fast::whole(b), true, c.data(), c.shape(1));
+        return c;
     }
     void run() {
         const auto start = Clock::now();
-        const Matrix c = linear(a, b);
+        const Matrix c = product();
         seconds.push_back(seconds_since(start));
     }
     double gflops() const { return 2.0 * 1024 * kE * kE / median(seconds) / 1e9; }
 };
 
-// --stages: one image through adapter_forward's steps, each timed separately. The attention is split into its
-// three per-head steps (summed over the heads), as multi_head_attention runs them.
-int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const QuerySide& side,
+// --stages: one image through the fast path, each function that fast::adapter_forward and fast::tower_tail_forward
+// call timed on its own, in their order.
+int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const fast::QuerySide& side,
                 const Tensor3& x, int repeats, GemmProbe& gemm, bool json) {
     const std::size_t L = x.shape(1), E = kE, Q = kGridQ * kGridQ, H = kH;
     const double l = L, e = E, q = Q;
@@ -138,13 +150,12 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
                                  {"v = X W_v^T + b_v", 2 * l * e * e, {}},
                                  {"key_in = X + P_k", 0, {}},
                                  {"k = key_in W_k^T + b_k", 2 * l * e * e, {}},
-                                 {"scores, 32 heads", 2 * q * l * e, {}},
-                                 {"softmax, 32 heads", 0, {}},
-                                 {"weights x v, 32 heads", 2 * q * l * e, {}},
+                                 {"attention, 32 heads", 4 * q * l * e, {}},
                                  {"out_proj", 2 * q * e * e, {}},
                                  {"ln_post", 0, {}},
                                  {"proj", 2 * q * e * e, {}}};
-    Matrix y;
+    std::vector<double> softmax_ms;  // inside "attention": the softmax alone, H rows of (Q, L)
+    Tensor3 y;
     for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up and is not counted
         std::vector<double> lap(stages.size(), 0.0);
         auto start = Clock::now();
@@ -152,39 +163,39 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
             lap[stage] += seconds_since(start) * 1e3;
             start = Clock::now();
         };
-        Matrix X = kv_projection(Block{x.data(), L, kKv, kKv}, w.kv_proj);
+        Matrix X = fast::kv_projection(fast::Block{x.data(), L, kKv, kKv}, w.kv_proj);
         stop(0);
-        layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);
+        fast::layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);
         stop(1);
-        const Matrix v = linear(X, w.in_proj.w_v, w.in_proj.b_v);
+        const Matrix v = fast::linear(X, w.in_proj.w_v, w.in_proj.b_v);
         stop(2);
-        for (std::size_t i = 0; i < L * E; ++i) X.data()[i] += side.pos_k.data()[i];
+        fast::add_in_place(X, side.pos_k);
         stop(3);
-        const Matrix k = linear(X, w.in_proj.w_k, w.in_proj.b_k);
+        const Matrix k = fast::linear(X, w.in_proj.w_k, w.in_proj.b_k);
         stop(4);
-        const Matrix q_scaled = side.q / std::sqrt(static_cast<float>(E / H));
-        Matrix attended({Q, E});
-        for (std::size_t h = 0; h < H; ++h) {
-            const Matrix scores = attention_scores(head_block(q_scaled, h, H), head_block(k, h, H));
-            stop(5);
-            const Matrix weights = softmax_rows(scores, nullptr);
-            stop(6);
-            attend_values(weights, head_block(v, h, H), attended, h, H);
-            stop(7);
-        }
-        const Matrix out = linear(attended, w.out_proj_weight, w.out_proj_bias);
+        const AttentionOutput a = fast::multi_head_attention(side.q, fast::whole(k), fast::whole(v), H, nullptr, false);
+        stop(5);
+        const Tensor3 out = fast::linear(Tensor3(xt::reshape_view(a.attended, {std::size_t(1), Q, E})), w.out_proj_weight,
+                                         w.out_proj_bias);
+        stop(6);
+        Tensor3 normed = out;
+        fast::layer_norm_in_place(normed, tail.ln_post_weight, tail.ln_post_bias, c.eps);
+        stop(7);
+        y = fast::matmul(normed, tail.proj);
         stop(8);
-        const Matrix normed = layer_norm(out, tail.ln_post_weight, tail.ln_post_bias, c.eps);
-        stop(9);
-        y = matmul(normed, tail.proj);
-        stop(10);
-        if (r > 0)
+        const Matrix scores = xt::view(x, 0, xt::range(0, Q), xt::range(0, L));  // a (Q, L) of the right size
+        start = Clock::now();
+        for (std::size_t h = 0; h < H; ++h) fast::softmax_rows(scores, nullptr);
+        const double softmax = seconds_since(start) * 1e3;
+        if (r > 0) {
             for (std::size_t s = 0; s < stages.size(); ++s) stages[s].ms.push_back(lap[s]);
+            softmax_ms.push_back(softmax);
+        }
         gemm.run();
     }
     const Tensor3 one = xt::view(x, xt::range(0, 1));
-    const Tensor3 reference = tower_tail_forward(tail, adapter_forward(w, c, one, nullptr, nullptr, &side), c.eps);
-    const Comparison same = compare(reference, xt::xarray<float>(xt::reshape_view(y, {std::size_t(1), Q, E})), 0.0, 0.0);
+    const Tensor3 reference = fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, one), c.eps);
+    const Comparison same = compare(reference, y, 0.0, 0.0);
 
     double total = 0, products = 0;
     for (const Stage& s : stages) {
@@ -197,8 +208,9 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
         for (std::size_t s = 0; s < stages.size(); ++s)
             std::printf("%s{\"name\": \"%s\", \"ms\": %.3f, \"gflop\": %.4f}", s ? ", " : "", stages[s].name,
                         median(stages[s].ms), stages[s].flop / 1e9);
-        std::printf("], \"total_ms\": %.3f, \"products_ms\": %.3f, \"gemm_gflops\": %.2f, \"same_output\": %s}\n",
-                    total, products, gemm.gflops(), same.ok() ? "true" : "false");
+        std::printf("], \"softmax_ms\": %.3f, \"total_ms\": %.3f, \"products_ms\": %.3f, \"gemm_gflops\": %.2f, "
+                    "\"same_output\": %s}\n",
+                    median(softmax_ms), total, products, gemm.gflops(), same.ok() ? "true" : "false");
         return same.ok() ? 0 : 1;
     }
     std::printf("one image, %zux%zu keys, median of %d runs per stage:\n", G, G, repeats);
@@ -209,12 +221,43 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
         else
             std::printf("  %-24s %8.1f ms  %5.1f%%\n", s.name, ms, 100 * ms / total);
     }
-    std::printf("  %-24s %8.1f ms  (matrix products %.1f ms, %.1f%%; the rest %.1f ms)\n", "total", total, products,
-                100 * products / total, total - products);
+    std::printf("  %-24s %8.1f ms  (matrix products and attention %.1f ms, %.1f%%; the rest %.1f ms)\n", "total",
+                total, products, 100 * products / total, total - products);
+    std::printf("  of the attention, the softmax alone (32 heads): %.1f ms\n", median(softmax_ms));
     std::printf("  sgemm on (1024 x 4096) x (4096 x 4096)^T between the runs: %.1f GFLOP/s\n", gemm.gflops());
-    std::printf("  output equal to adapter_forward + tower_tail_forward: %s\n",
+    std::printf("  output equal to fast::adapter_forward + fast::tower_tail_forward: %s\n",
                 same.ok() ? "yes, bit for bit" : "NO");
     return same.ok() ? 0 : 1;
+}
+
+// --agree: both paths on one full-size image, the largest difference at every traced stage.
+// The tolerance on the output: the readable path sums each product's K terms one after another in float, sgemm in
+// blocks; at K = 4096 the two roundings differ by a few float ulps of the sums' magnitude.
+constexpr double kAgreeAtol = 1e-4, kAgreeRtol = 1e-3;
+
+int paths_agree(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const Tensor3& x) {
+    Trace readable, fast;
+    auto start = Clock::now();
+    const Tensor3 y_readable = tower_tail_forward(tail, adapter_forward(w, c, x, nullptr, &readable), c.eps, &readable);
+    const double readable_s = seconds_since(start);
+    start = Clock::now();
+    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &fast);
+    const Tensor3 y_fast = fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x, nullptr, &fast), c.eps, &fast);
+    const double fast_s = seconds_since(start);
+    std::printf("one image of %zu x %zu features (Kv = %zu), E = %zu, H = %zu, Q = %zu; random weights\n",
+                x.shape(1), x.shape(2), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries);
+    std::printf("  readable path (src/stages/): %.1f s; fast path (src/fast/): %.2f s, traced (%.0fx)\n", readable_s,
+                fast_s, readable_s / fast_s);
+    std::printf("  %-13s %-18s %-14s %s\n", "stage", "shape", "max |fast - readable|", "max |readable|");
+    for (const auto& name : readable.names()) {
+        const Comparison d = compare(fast.get(name), readable.get(name), 0.0, 0.0);
+        std::printf("  %-13s %-18s %-21.3g %.3g\n", name.c_str(), shape_string(shape_of(readable.get(name))).c_str(),
+                    d.max_abs_error, double(xt::amax(xt::abs(readable.get(name)))()));
+    }
+    const Comparison out = compare(y_fast, y_readable, kAgreeAtol, kAgreeRtol);
+    std::printf("%s: the two paths' outputs %s within |a-b| <= %g + %g*|b| (%s)\n", out.ok() ? "OK" : "FAIL",
+                out.ok() ? "agree" : "differ", kAgreeAtol, kAgreeRtol, describe(out, y_readable).c_str());
+    return out.ok() ? 0 : 1;
 }
 
 int write_checkpoint(const std::string& dir) {
@@ -224,7 +267,7 @@ int write_checkpoint(const std::string& dir) {
     const std::string p = "transformer.visual.";
     Matrix in_proj = xt::concatenate(xt::xtuple(w.in_proj.w_q, w.in_proj.w_k, w.in_proj.w_v), 0);
     Vector in_bias = xt::concatenate(xt::xtuple(w.in_proj.b_q, w.in_proj.b_k, w.in_proj.b_v), 0);
-    write_safetensors_f32(dir + "/adapter-f32.safetensors",
+    qwenvl_test::write_safetensors_f32(dir + "/adapter-f32.safetensors",
                           {{p + "attn_pool.query", w.query}, {p + "attn_pool.kv_proj.weight", w.kv_proj},
                            {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
                            {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight},
@@ -245,9 +288,9 @@ int write_checkpoint(const std::string& dir) {
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
-    bool json = false, stages = false;
+    bool json = false, stages = false, agree = false;
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] [--json] | --write-checkpoint DIR\n";
+                        "[--repeats R] [--json] | --agree [--grid G] | --write-checkpoint DIR\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -256,6 +299,7 @@ int main(int argc, char** argv) {
             else if (a == "--repeats" && i + 1 < argc) repeats = std::stoi(argv[++i]);
             else if (a == "--json") json = true;
             else if (a == "--stages") stages = true;
+            else if (a == "--agree") agree = true;
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
             else {
                 std::fputs(usage, stderr);
@@ -277,22 +321,23 @@ int main(int argc, char** argv) {
     Tensor3 x = Tensor3::from_shape({N, G * G, kKv});
     fill_normal(x, 1.0f, rng);
 
+    if (agree) return paths_agree(w, tail, c, Tensor3(xt::view(x, xt::range(0, 1))));
     GemmProbe gemm(rng);
     gemm.run();
     if (stages) {
-        const QuerySide side = prepare_query_side(w, c, nullptr, G * G);
+        const fast::QuerySide side = fast::prepare_query_side(w, c, G * G);
         return stage_times(w, tail, c, side, x, repeats, gemm, json);
     }
 
     auto start = Clock::now();
-    const QuerySide side = prepare_query_side(w, c, nullptr, G * G);
+    const fast::QuerySide side = fast::prepare_query_side(w, c, G * G);
     const double query_side_s = seconds_since(start);
 
     std::vector<double> times;
     for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up and is not counted
         start = Clock::now();
-        const Tensor3 out = adapter_forward(w, c, x, nullptr, nullptr, &side);
-        const Tensor3 y = tower_tail_forward(tail, out, c.eps);
+        const Tensor3 out = fast::adapter_forward(w, c, side, x);
+        const Tensor3 y = fast::tower_tail_forward(tail, out, c.eps);
         if (r > 0) times.push_back(seconds_since(start));
         gemm.run();
     }

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from safetensors_io import TORCH_DTYPES, write_safetensors  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 OUT_DIR = os.path.join(REPO, "data", "fixtures")
@@ -253,7 +255,6 @@ PREFIX = "transformer.visual."
 CLI_DIR = os.path.join(REPO, "data", "cli")
 DEMO_DIR = os.path.join(REPO, "data", "demo")
 FUSION_DIR = os.path.join(REPO, "data", "fusion")
-TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 # case name -> how its weights are stored and how the command line is called
 CLI_CASES = {
@@ -270,26 +271,6 @@ CLI_CASES = {
 def as_stored(t, dtype):
     """The values a file of `dtype` holds, back in float32 (what a loader computes with)."""
     return t.detach().to(TORCH_DTYPES[dtype]).float()
-
-
-def write_safetensors(path, tensors, dtype):
-    """safetensors: u64 little-endian header length, JSON header, raw little-endian data."""
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().to(TORCH_DTYPES[dtype]).contiguous()
-        raw = t.view(torch.int16).numpy().tobytes() if dtype == "BF16" else t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    header["__metadata__"] = {"format": "pt", "generator": "tests/reference/make_fixtures.py"}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
-    return offset
 
 
 def write_weights(folder, params, dtype, shards=1):
@@ -355,11 +336,15 @@ def write_demo(seed=2000):
     params["attn_pool.query"] = params["attn_pool.query"] * 0.02     # Qwen-VL initialises queries with std 0.02
     stored = {k: as_stored(v, "BF16") for k, v in params.items()}
     stored["attn_pool.pos_embed"] = as_stored(torch.from_numpy(sincos_2d(E, Gq)), "BF16")
-    y = reference_forward(stored, x, None, H, "demo")["proj"]
+    intermediates = reference_forward(stored, x, None, H, "demo")
+    y = intermediates["proj"]
     os.makedirs(DEMO_DIR, exist_ok=True)
     write_safetensors(os.path.join(DEMO_DIR, "adapter.safetensors"), {PREFIX + k: v for k, v in stored.items()}, "BF16")
     np.save(os.path.join(DEMO_DIR, "features.npy"), x.numpy())
     np.save(os.path.join(DEMO_DIR, "expected.npy"), y.numpy())
+    os.makedirs(os.path.join(DEMO_DIR, "trace"), exist_ok=True)      # every stage, for the demo's comparison
+    for stage, value in intermediates.items():
+        np.save(os.path.join(DEMO_DIR, "trace", stage + ".npy"), np.ascontiguousarray(value.numpy(), dtype=np.float32))
 
     # Fusion: Qwen's ids <img> = 151857, </img> = 151858, the pad inside a span = 151859.
     gen = torch.Generator().manual_seed(seed + 1)
@@ -376,6 +361,7 @@ def write_demo(seed=2000):
     with open(os.path.join(FUSION_DIR, "ids.json"), "w") as f:
         f.write(json.dumps(ids) + "\n")
     np.save(os.path.join(FUSION_DIR, "embeddings.npy"), embeddings)
+    np.save(os.path.join(FUSION_DIR, "image_features.npy"), y.numpy())   # the demo's output, (2, Q, E)
     np.save(os.path.join(FUSION_DIR, "expected.npy"), fused)
 
 

@@ -1,0 +1,71 @@
+#include "cli/common.hpp"
+
+#include <cmath>
+#include <map>
+
+#include "fast/adapter.hpp"
+#include "io/errors.hpp"
+#include "io/fixture.hpp"
+#include "io/npy.hpp"
+#include "stages/01_feature_input.hpp"
+
+namespace qwenvl::cli {
+
+const std::string kDataDir = QWENVL_DATA_DIR;
+
+Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched) {
+    const xt::xarray<float> raw = read_npy_float(path);
+    if (unbatched) *unbatched = raw.dimension() == 2;
+    Tensor3 batch;
+    try {
+        batch = as_feature_batch(raw);
+    } catch (const std::invalid_argument& e) {
+        throw InputError(path, e.what());
+    }
+    if (batch.shape(2) != kv_dim)
+        throw InputError(path, "feature width " + std::to_string(batch.shape(2)) + " does not match the weights' Kv = " +
+                                   std::to_string(kv_dim));
+    return batch;
+}
+
+Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
+    bool is_bool = false;
+    const xt::xarray<float> raw = read_npy(path, &is_bool);
+    if (raw.dimension() != 2 || raw.shape(0) != Q || raw.shape(1) != L)
+        throw InputError(path, "mask has shape " + shape_string(shape_of(raw)) + ", expected (Q, L) = " +
+                                   shape_string({Q, L}));
+    for (float v : raw)
+        if (std::isnan(v)) throw InputError(path, "mask holds NaN");
+    return attention_mask(raw, is_bool);
+}
+
+Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConfig& c, const TowerTail& tail,
+                       const Tensor3& x, const Matrix* mask, Trace& trace) {
+    if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, mask, &trace), c.eps, &trace);
+    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace);
+    return fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x, mask, &trace), c.eps, &trace);
+}
+
+std::string describe_stage(const std::string& name) {
+    static const std::map<std::string, std::string> what = {
+        {"pos_q", "02  P_q: the 2D sin-cos table of the query grid"},
+        {"pos_k", "03  P_k: P_q resized bicubically to the key grid"},
+        {"ln_q", "04  LayerNorm of the learned queries (ln_q)"},
+        {"query_in", "07  ln_q + P_q: the query before its projection"},
+        {"q", "05  q = query_in W_q^T + b_q"},
+        {"kv_proj", "05  x W_kv^T: features to the adapter's width"},
+        {"ln_kv", "04  X = LayerNorm of those (ln_kv)"},
+        {"key_in", "07  X + P_k: the key before its projection"},
+        {"k", "05  k = key_in W_k^T + b_k"},
+        {"v", "05  v = X W_v^T + b_v: no position on the values"},
+        {"scores", "06  (q_h / sqrt(Dh)) k_h^T, per head"},
+        {"attn_weights", "06  softmax over the keys, per head"},
+        {"attended", "06  the heads' weighted values, concatenated"},
+        {"out", "05  out_proj: the adapter's output"},
+        {"ln_post", "08  LayerNorm of the output (ln_post)"},
+        {"proj", "08  @ proj: the image's tokens for the LLM"}};
+    const auto it = what.find(name);
+    return it == what.end() ? "" : it->second;
+}
+
+}  // namespace qwenvl::cli

@@ -1,0 +1,32 @@
+// cli/common.hpp: what several subcommands share: the checked inputs of `run` and `demo`, the two paths, and
+// the one-line description of every traced stage.
+#pragma once
+
+#include <string>
+
+#include "core/shapes.hpp"
+#include "core/trace.hpp"
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
+
+namespace qwenvl::cli {
+
+// The data folder the programs read by default (set by CMake); --data overrides it where offered.
+extern const std::string kDataDir;
+
+// Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was. The checks are as_feature_batch's
+// (rank, a square patch count, finite values) plus the width the weights expect, all reported with the file.
+Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr);
+
+// A (Q, L) mask from .npy: float32 added to the scores, or bool where true = masked. InputError naming the file.
+Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);
+
+// The adapter, then the tower's tail, on the readable stages (src/stages/) or the fast path (src/fast/),
+// recording every intermediate in `trace`.
+Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const AdapterConfig& config,
+                       const TowerTail& tail, const Tensor3& x, const Matrix* mask, Trace& trace);
+
+// "06  softmax over the keys, per head": the stage (docs/stages/) and what a traced name holds.
+std::string describe_stage(const std::string& name);
+
+}  // namespace qwenvl::cli

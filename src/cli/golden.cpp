@@ -1,0 +1,51 @@
+// qwenvl-adapter golden: every stage of a JSON fixture against the values PyTorch wrote.
+#include <cstdio>
+
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "core/compare.hpp"
+#include "io/fixture.hpp"
+#include "stages/01_feature_input.hpp"
+
+namespace qwenvl::cli {
+
+namespace {
+const char* kGoldenHelp =
+    "usage: qwenvl-adapter golden [--fixture FILE.json] [--readable]\n"
+    "\n"
+    "Runs the adapter and the tower's tail on a golden fixture (data/fixtures/, written by PyTorch) and prints\n"
+    "every stage's shape and its largest difference from PyTorch's value. Default: data/fixtures/resize_up.json.\n"
+    "--readable runs the readable stages (src/stages/) instead of the fast path (src/fast/).\n";
+}  // namespace
+
+int golden_command(const std::vector<std::string>& argv) {
+    const Args args = parse_args("golden", argv, {"--fixture"}, {"--readable"});
+    if (args.help) return std::printf("%s", kGoldenHelp), 0;
+    const bool readable = args.flags.at("--readable");
+    const Fixture f = load_fixture(args.get("--fixture", kDataDir + "/fixtures/resize_up.json"));
+    const AdapterConfig& c = f.config;
+    const std::size_t N = f.x.shape(0), L = f.x.shape(1), grid_k = grid_side(L, "L");
+    std::printf("fixture '%s': %s\n", f.name.c_str(), f.description.c_str());
+    std::printf("  expected values: PyTorch %s, numpy %s, seed %d (tests/reference/make_fixtures.py)\n",
+                f.meta["torch_version"].get<std::string>().c_str(), f.meta["numpy_version"].get<std::string>().c_str(),
+                f.meta["seed"].get<int>());
+    std::printf("  N=%zu, L=%zu (%zux%zu), Kv=%zu, E=%zu, H=%zu (Dh=%zu), Q=%zu (%zux%zu)%s; %s path\n\n", N, L, grid_k,
+                grid_k, c.kv_dim, c.embed_dim, c.num_heads, c.embed_dim / c.num_heads, c.n_queries, c.grid_q, c.grid_q,
+                f.has_mask ? ", with a mask" : "", readable ? "readable" : "fast");
+    Trace trace;
+    traced_forward(readable, f.weights, c, f.tail, f.x, f.has_mask ? &f.mask : nullptr, trace);
+    std::printf("  %-13s %-16s %s\n", "stage", "shape", "C++ against PyTorch");
+    std::size_t bad = 0;
+    for (const auto& name : trace.names()) {
+        const Comparison cmp = compare(trace.get(name), f.expect(name), f.atol, f.rtol);
+        bad += cmp.ok() ? 0 : 1;
+        std::printf("  %-13s %-16s %s\n", name.c_str(), shape_string(shape_of(trace.get(name))).c_str(),
+                    describe(cmp, f.expect(name)).c_str());
+    }
+    std::printf("\n%s: %zu of %zu stages within |a-b| <= %g + %g*|b| of PyTorch\n", bad ? "FAIL" : "OK",
+                trace.names().size() - bad, trace.names().size(), f.atol, f.rtol);
+    return bad ? 1 : 0;
+}
+
+}  // namespace qwenvl::cli

@@ -1,0 +1,92 @@
+// qwenvl-adapter run: the adapter (and the tower's tail) on checkpoint tensors and ViT features.
+#include <cstdio>
+#include <filesystem>
+
+#include <xtensor/xview.hpp>
+
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "fast/adapter.hpp"
+#include "io/checkpoint.hpp"
+#include "io/npy.hpp"
+
+namespace qwenvl::cli {
+
+namespace {
+const char* kRunHelp =
+    "usage: qwenvl-adapter run --weights FILE.safetensors [--weights MORE.safetensors ...] --input X.npy\n"
+    "                          --output Y.npy [--prefix P] [--heads H] [--adapter-only] [--mask M.npy]\n"
+    "                          [--trace DIR] [--readable]\n"
+    "\n"
+    "Runs Qwen-VL's adapter (attn_pool), then ln_post and proj when the weights have them, on ViT features.\n"
+    "\n"
+    "  --weights F    a .safetensors file (F32, F16 or BF16), repeatable for shards, or a\n"
+    "                 model.safetensors.index.json whose shards lie beside it\n"
+    "  --input X      .npy float32 or float64, (L, Kv) or (N, L, Kv); L a perfect square\n"
+    "  --output Y     .npy float32, (Q, E) or (N, Q, E) like the input; written only on success\n"
+    "  --prefix P     tensor name prefix (default: transformer.visual.)\n"
+    "  --heads H      attention heads (default: E / 128, Qwen-VL's rule); must divide E\n"
+    "  --adapter-only stop after the adapter, before ln_post and proj\n"
+    "  --mask M       (Q, L) attn_mask: float32 added to the scores, or bool where true = masked\n"
+    "  --trace DIR    also write every named intermediate to DIR/<name>.npy\n"
+    "  --readable     run the readable stages (src/stages/) instead of the fast path (src/fast/):\n"
+    "                 the same results to float32 precision, about a minute at Qwen-VL's full size\n";
+
+void create_trace_folder(const std::string& dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec || !std::filesystem::is_directory(dir)) throw InputError(dir, "cannot create the trace folder (" + ec.message() + ")");
+}
+}  // namespace
+
+int run_command(const std::vector<std::string>& argv) {
+    const Args args = parse_args("run", argv, {"--weights", "--input", "--output", "--prefix", "--heads", "--mask", "--trace"},
+                                 {"--adapter-only", "--readable"});
+    if (args.help) return std::printf("%s", kRunHelp), 0;
+    if (!args.has("--weights")) throw UsageError("run: --weights is required (see run --help)");
+    const std::string input = args.required("run", "--input");
+    const std::string output = args.required("run", "--output");
+    const std::size_t heads = args.has("--heads") ? parse_count("run", "--heads", args.get("--heads")) : 0;
+    const bool readable = args.flags.at("--readable");
+
+    WeightFiles files;
+    for (const auto& path : args.values.at("--weights")) files.add(path);
+    LoadedAdapter model = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, !args.flags.at("--adapter-only"));
+    const AdapterConfig& c = model.config;
+
+    bool unbatched = false;
+    const Tensor3 x = read_features(input, c.kv_dim, &unbatched);
+    Matrix mask;
+    if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
+    const Matrix* m = args.has("--mask") ? &mask : nullptr;
+    const std::string trace_dir = args.get("--trace");
+    if (!trace_dir.empty()) create_trace_folder(trace_dir);
+
+    Trace trace;
+    Trace* t = trace_dir.empty() ? nullptr : &trace;
+    Tensor3 y;
+    if (readable) {
+        y = adapter_forward(model.weights, c, x, m, t);
+        if (model.has_tail) y = tower_tail_forward(model.tail, y, c.eps, t);
+    } else {
+        // The query side does not depend on the images: computed once, after which the fast path has no more use
+        // for W_q, so its 64 MB (at full size) are released before the images' tensors exist.
+        const fast::QuerySide side = fast::prepare_query_side(model.weights, c, x.shape(1), t);
+        model.weights.in_proj.w_q = Matrix();
+        y = fast::adapter_forward(model.weights, c, side, x, m, t);
+        if (model.has_tail) y = fast::tower_tail_forward(model.tail, y, c.eps, t);
+    }
+
+    for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));
+    xt::xarray<float> result = y;
+    if (unbatched) result = xt::xarray<float>(xt::view(y, 0));
+    write_npy(output, result);
+    std::printf("%s: %s float32, %s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
+                shape_string(shape_of(result)).c_str(), model.has_tail ? "after ln_post and proj" : "after the adapter",
+                x.shape(0), x.shape(1), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
+                trace_dir.empty() ? "" : ("; trace in " + trace_dir).c_str());
+    return 0;
+}
+
+}  // namespace qwenvl::cli

@@ -1,0 +1,85 @@
+#include "fast/adapter.hpp"
+
+#include <xtensor/xview.hpp>
+
+#include "fast/attention.hpp"
+#include "fast/gemm.hpp"
+#include "fast/layernorm.hpp"
+#include "stages/01_feature_input.hpp"
+#include "stages/03_resize.hpp"
+
+namespace qwenvl::fast {
+
+QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace) {
+    check_shape("fast::prepare_query_side", "query", w.query, {c.n_queries, c.embed_dim});
+    QuerySide side;
+    side.pos_q = query_position_table(w, c);                   // (Q, E), stage 02 (not hot: once per weights)
+    side.pos_k = key_position_table(side.pos_q, n_keys);       // (L, E), stage 03 (likewise)
+    record(trace, "pos_q", side.pos_q);
+    record(trace, "pos_k", side.pos_k);
+    Matrix query_in = w.query;                                 // (Q, E)
+    layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
+    record(trace, "ln_q", query_in);
+    query_in += side.pos_q;  // the un-resized table on the query side
+    record(trace, "query_in", query_in);
+    side.q = linear(query_in, w.in_proj.w_q, w.in_proj.b_q);  // (Q, E)
+    record(trace, "q", side.q);
+    return side;
+}
+
+void add_in_place(Matrix& x, const Matrix& table) {
+    check_shape("fast::add_in_place", "table", table, shape_of(x));
+    float* out = x.data();
+    const float* add = table.data();
+    for (std::size_t i = 0; i < x.size(); ++i) out[i] += add[i];
+}
+
+Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+                        const Matrix* mask, Trace* trace) {
+    const char* fn = "fast::adapter_forward";
+    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+    const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
+    grid_side(L, "fast::adapter_forward: the patch count L");
+    check_shape(fn, "the prepared q", side.q, {Q, E});
+    check_shape(fn, "the prepared pos_k", side.pos_k, {L, E});
+    if (mask) check_shape(fn, "mask", *mask, {Q, L});
+
+    // Key and value side, then attention, one image at a time. Each image's tensors are (L, E), 16 MB at full
+    // size, and the next image reuses their memory.
+    Tensor3 attended({N, Q, E});
+    for (std::size_t n = 0; n < N; ++n) {
+        const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
+        Matrix X = kv_projection(image, w.kv_proj);                             // (L, E)
+        record_item(trace, "kv_proj", n, N, X);
+        layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (L, E), no second tensor
+        record_item(trace, "ln_kv", n, N, X);
+        // The values are projected first, so that X can then become the keys' input in place.
+        const Matrix v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (L, E): no position term on the values
+        add_in_place(X, side.pos_k);  // key_in = X + P_k, in place
+        record_item(trace, "key_in", n, N, X);
+        const Matrix k = linear(X, w.in_proj.w_k, w.in_proj.b_k);  // (L, E)
+        record_item(trace, "k", n, N, k);
+        record_item(trace, "v", n, N, v);
+        const AttentionOutput a = multi_head_attention(side.q, whole(k), whole(v), H, mask, trace != nullptr);
+        xt::view(attended, n) = a.attended;  // (Q, E)
+        record_item(trace, "scores", n, N, a.scores);         // (H, Q, L)
+        record_item(trace, "attn_weights", n, N, a.weights);  // (H, Q, L)
+    }
+    record(trace, "attended", attended);
+    Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
+    record(trace, "out", out);
+    return out;
+}
+
+Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace) {
+    const std::size_t E = out.shape(2);
+    check_shape("fast::tower_tail_forward", "proj", tail.proj, {E, E});
+    Tensor3 normed = out;
+    layer_norm_in_place(normed, tail.ln_post_weight, tail.ln_post_bias, eps);  // (N, Q, E)
+    record(trace, "ln_post", normed);
+    Tensor3 y = matmul(normed, tail.proj);  // x @ W: proj is NOT an nn.Linear weight      // (N, Q, E)
+    record(trace, "proj", y);
+    return y;
+}
+
+}  // namespace qwenvl::fast

@@ -1,0 +1,100 @@
+#include "fast/attention.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include <xtensor/xview.hpp>
+
+#include "fast/lanes.hpp"
+
+namespace qwenvl::fast {
+
+namespace {
+std::size_t head_dim(const char* fn, std::size_t E, std::size_t H) {
+    require(H > 0 && E % H == 0, fn,
+            "num_heads " + std::to_string(H) + " does not divide the width " + std::to_string(E));
+    return E / H;
+}
+}  // namespace
+
+Block head_block(const Block& x, std::size_t head, std::size_t num_heads) {
+    const std::size_t Dh = head_dim("fast::head_block", x.cols, num_heads);
+    require(head < num_heads, "fast::head_block", "head " + std::to_string(head) + " of " + std::to_string(num_heads));
+    return Block{x.data + head * Dh, x.rows, Dh, x.stride};
+}
+
+float exp_nonpositive(float x) {
+    // e^x = 2^k * e^r with k = round(x / ln 2) and r = x - k ln 2, |r| <= ln2 / 2. ln 2 is split into a part
+    // with few bits (exact when multiplied by k) and the rest, so that r keeps its low bits (Cody and Waite).
+    constexpr float log2e = 1.44269504f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    // The arithmetic below runs on t in [-87, 0], where 2^k is a normal float and k a small integer; NaN and
+    // arguments below -87 are answered at the end. (Converting a NaN to an integer would be undefined behaviour.)
+    const float t = x > -87.0f ? (x < 0.0f ? x : 0.0f) : -87.0f;
+    const float k = (t * log2e + round_magic) - round_magic;
+    const float r = (t - k * ln2_hi) - k * ln2_lo;
+    // e^r by its Taylor series to r^6, in Horner form. The first omitted term, r^7/7!, is at most 1.19e-7 at
+    // |r| = ln2/2, that is 1.69e-7 of e^r there (r = -ln2/2, where e^r is smallest).
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const std::int32_t bits = (static_cast<std::int32_t>(k) + 127) << 23;  // the float 2^k, built from its exponent
+    float two_k;
+    std::memcpy(&two_k, &bits, sizeof two_k);
+    // Below -87 the answer is 0, at most e^-87 = 1.6e-38 from the true value, as for -inf.
+    // NaN (a fully masked row) stays NaN.
+    return x >= -87.0f ? p * two_k : (x < -87.0f ? 0.0f : x);
+}
+
+Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
+    if (mask) check_shape("fast::softmax_rows", "mask", *mask, shape_of(scores));
+    const std::size_t rows = scores.shape(0), cols = scores.shape(1);
+    Matrix p(scores.shape());
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* s = scores.data() + r * cols;
+        float* out = p.data() + r * cols;
+        if (mask) {
+            const float* m = mask->data() + r * cols;
+            for (std::size_t c = 0; c < cols; ++c) out[c] = s[c] + m[c];
+        } else {
+            std::copy(s, s + cols, out);
+        }
+        // Subtracting the row's maximum keeps every exponent <= 0. A fully masked row has top = -inf and
+        // -inf - -inf = NaN, which exp_nonpositive passes on, as PyTorch does.
+        const float top = lane_max(out, cols);
+        for (std::size_t c = 0; c < cols; ++c) out[c] = exp_nonpositive(out[c] - top);
+        const float sum = static_cast<float>(lane_sum(out, cols, [](float v) { return double(v); }));
+        for (std::size_t c = 0; c < cols; ++c) out[c] /= sum;
+    }
+    return p;
+}
+
+AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
+                                     const Matrix* mask, bool keep_per_head) {
+    const char* fn = "fast::multi_head_attention";
+    const std::size_t Q = q.shape(0), E = q.shape(1), L = k.rows;
+    const std::size_t H = num_heads, Dh = head_dim(fn, E, H);
+    check_shape(fn, "k", std::vector<std::size_t>{k.rows, k.cols}, {L, E});
+    check_shape(fn, "v", std::vector<std::size_t>{v.rows, v.cols}, {L, E});
+    if (mask) check_shape(fn, "mask", *mask, {Q, L});
+
+    AttentionOutput result;
+    result.attended = Matrix({Q, E});
+    if (keep_per_head) {
+        result.scores = Tensor3({H, Q, L});
+        result.weights = Tensor3({H, Q, L});
+    }
+    const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q before the product
+    for (std::size_t h = 0; h < H; ++h) {
+        Matrix scores({Q, L});
+        gemm_block(head_block(whole(q_scaled), h, H), head_block(k, h, H), true, scores.data(), L);  // q_h k_h^T
+        const Matrix weights = softmax_rows(scores, mask);
+        gemm_block(whole(weights), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
+        if (keep_per_head) {
+            xt::view(result.scores, h) = scores;
+            xt::view(result.weights, h) = weights;
+        }
+    }
+    return result;
+}
+
+}  // namespace qwenvl::fast

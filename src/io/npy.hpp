@@ -1,0 +1,42 @@
+// io/npy.hpp: numpy's .npy files, the format ViT features, masks and outputs are exchanged in.
+//
+// Writing goes through xtensor's own npy support (xt::dump_npy). Reading validates the header itself before
+// anything else: xtensor's reader trusts the header's shape (it allocates what the shape asks before it knows
+// the file holds that much) and its errors do not name the file, and a malformed input here must give one
+// clear line and no undefined behaviour. Supported: little-endian float32 ('<f4'), float64 ('<f8'), bool ('|b1'),
+// C order, format versions 1, 2 and 3.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+namespace qwenvl {
+
+struct NpyArray {
+    std::string descr;                 // "<f4", "<f8" or "|b1"
+    std::vector<std::size_t> shape;
+    const std::uint8_t* data = nullptr;  // points into the parsed buffer
+    std::size_t count = 0;             // number of elements
+};
+
+// Parses a whole .npy file held in memory; throws std::runtime_error describing the problem.
+NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size);
+
+// The values as float32: '<f4' copied, '<f8' rounded to float32, '|b1' as 0 and 1.
+xt::xarray<float> npy_values(const NpyArray& array);
+
+// Reads a .npy file as float32 (float32 or float64 on disk); throws InputError naming the file.
+xt::xarray<float> read_npy_float(const std::string& path);
+
+// Reads a .npy file and tells whether it was boolean (for attention masks).
+xt::xarray<float> read_npy(const std::string& path, bool* is_bool);
+
+// Writes float32 .npy atomically: to a temporary file beside `path`, then renamed over it, so a failure
+// leaves no partial output. Throws InputError naming the file.
+void write_npy(const std::string& path, const xt::xarray<float>& values);
+
+
+}  // namespace qwenvl

@@ -1,0 +1,258 @@
+#include "io/safetensors.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "core/shapes.hpp"
+
+namespace qwenvl {
+
+namespace {
+// The reference implementation refuses headers over 100 MB; so do we (and so no huge allocation).
+constexpr std::uint64_t kMaxHeader = 100u * 1024u * 1024u;
+
+std::uint64_t read_u64_le(const std::uint8_t* p) {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+    return v;
+}
+}  // namespace
+
+std::size_t dtype_size(const std::string& dtype) {
+    static const std::map<std::string, std::size_t> sizes = {
+        {"BOOL", 1}, {"U8", 1}, {"I8", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+        {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4}, {"F64", 8}, {"I64", 8}, {"U64", 8}};
+    const auto it = sizes.find(dtype);
+    return it == sizes.end() ? 0 : it->second;
+}
+
+SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_t available, std::uint64_t file_size) {
+    if (file_size < 8 || available < 8)
+        throw std::runtime_error("file too short for a safetensors header (" + std::to_string(file_size) + " bytes)");
+    const std::uint64_t n = read_u64_le(bytes);
+    if (available >= 6 && std::memcmp(bytes, "\x93NUMPY", 6) == 0)
+        throw std::runtime_error("not a safetensors file: this is a .npy file (numpy's format)");
+    if (n > kMaxHeader || n > file_size - 8)
+        throw std::runtime_error("not a safetensors file: its first 8 bytes give a header length of " + std::to_string(n) +
+                                 " bytes, " + (n > kMaxHeader ? std::string("over the 100 MB limit")
+                                                              : "past the end of the file (" + std::to_string(file_size) + " bytes)"));
+    if (available < 8 + n) throw std::runtime_error("header truncated");
+    const std::uint64_t data_start = 8 + n, data_size = file_size - data_start;
+
+    nlohmann::json header;
+    try {
+        header = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
+    } catch (const nlohmann::json::exception&) {
+        throw std::runtime_error("header is not valid JSON");
+    }
+    if (!header.is_object()) throw std::runtime_error("header is not a JSON object");
+
+    SafetensorsHeader result;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (const auto& [name, info] : header.items()) {
+        if (name == "__metadata__") {
+            if (!info.is_object()) throw std::runtime_error("__metadata__ is not an object");
+            for (const auto& [key, value] : info.items())
+                if (value.is_string()) result.metadata[key] = value.get<std::string>();
+            continue;
+        }
+        const std::string where = "tensor '" + name + "'";
+        if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
+            throw std::runtime_error(where + " lacks dtype, shape or data_offsets");
+        if (!info["dtype"].is_string()) throw std::runtime_error(where + ": dtype is not a string");
+        TensorEntry e;
+        e.name = name;
+        e.dtype = info["dtype"].get<std::string>();
+        const std::size_t element = dtype_size(e.dtype);
+        if (element == 0) throw std::runtime_error(where + ": unknown dtype '" + e.dtype + "'");
+        if (!info["shape"].is_array()) throw std::runtime_error(where + ": shape is not a list");
+        std::uint64_t count = 1;
+        for (const auto& d : info["shape"]) {
+            if (!d.is_number_unsigned()) throw std::runtime_error(where + ": shape holds something other than a size");
+            const std::uint64_t size = d.get<std::uint64_t>();
+            if (size != 0 && count > std::numeric_limits<std::uint64_t>::max() / size / element)
+                throw std::runtime_error(where + ": shape " + info["shape"].dump() + " is too large");
+            count *= size;
+            e.shape.push_back(static_cast<std::size_t>(size));
+        }
+        const auto& offsets = info["data_offsets"];
+        if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+            !offsets[1].is_number_unsigned())
+            throw std::runtime_error(where + ": data_offsets is not [begin, end]");
+        const std::uint64_t begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
+        if (begin > end || end > data_size)
+            throw std::runtime_error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                          "] lie outside the " + std::to_string(data_size) + " bytes of data");
+        if (end - begin != count * element)
+            throw std::runtime_error(where + ": shape " + shape_string(e.shape) + " of " + e.dtype + " needs " +
+                          std::to_string(count * element) + " bytes but data_offsets give " + std::to_string(end - begin));
+        e.begin = data_start + begin;
+        e.end = data_start + end;
+        if (end > begin) ranges.emplace_back(begin, end);
+        result.tensors.push_back(std::move(e));
+    }
+    std::sort(ranges.begin(), ranges.end());
+    for (std::size_t i = 1; i < ranges.size(); ++i)
+        if (ranges[i].first < ranges[i - 1].second)
+            throw std::runtime_error("data_offsets of two tensors overlap at byte " + std::to_string(ranges[i].first));
+    return result;
+}
+
+float bf16_to_float(std::uint16_t bits) {
+    const std::uint32_t word = static_cast<std::uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &word, sizeof f);
+    return f;
+}
+
+float f16_to_float(std::uint16_t bits) {
+    const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+    std::uint32_t exponent = (bits >> 10) & 0x1Fu;
+    std::uint32_t mantissa = bits & 0x3FFu;
+    std::uint32_t word;
+    if (exponent == 0x1F) {
+        word = sign | 0x7F800000u | (mantissa << 13);  // infinity or NaN
+    } else if (exponent != 0) {
+        word = sign | ((exponent + 112) << 23) | (mantissa << 13);  // normal: rebias 15 -> 127
+    } else if (mantissa == 0) {
+        word = sign;  // signed zero
+    } else {
+        // Subnormal half: shift the mantissa up until its leading 1 is the implicit bit.
+        exponent = 113;
+        while ((mantissa & 0x400u) == 0) {
+            mantissa <<= 1;
+            --exponent;
+        }
+        word = sign | (exponent << 23) | ((mantissa & 0x3FFu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &word, sizeof f);
+    return f;
+}
+
+void convert_to_float(const std::string& dtype, const std::uint8_t* raw, std::size_t count, float* out) {
+    if (dtype == "F32") {
+        std::memcpy(out, raw, count * sizeof(float));  // x86-64 is little-endian, as the file
+    } else if (dtype == "BF16" || dtype == "F16") {
+        const bool brain = dtype == "BF16";
+        for (std::size_t i = 0; i < count; ++i) {
+            const std::uint16_t bits = static_cast<std::uint16_t>(raw[2 * i] | (raw[2 * i + 1] << 8));
+            out[i] = brain ? bf16_to_float(bits) : f16_to_float(bits);
+        }
+    } else {
+        throw std::runtime_error("dtype " + dtype + " is not read (only F32, F16 and BF16)");
+    }
+}
+
+void WeightFiles::add(const std::string& path) {
+    const std::string suffix = ".json";
+    if (path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0)
+        add_index(path);
+    else
+        add_safetensors(path);
+}
+
+void WeightFiles::add_safetensors(const std::string& path) {
+    std::ifstream in = open_input(path, std::ios::binary);
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    if (size < 0) throw InputError(path, "cannot read the file size");
+    in.seekg(0);
+    std::vector<std::uint8_t> head(std::min<std::uint64_t>(static_cast<std::uint64_t>(size), 8));
+    in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+    SafetensorsHeader header;
+    try {
+        if (head.size() == 8) {
+            const std::uint64_t n = read_u64_le(head.data());
+            if (n <= kMaxHeader && n <= static_cast<std::uint64_t>(size) - 8) {
+                head.resize(8 + n);
+                in.read(reinterpret_cast<char*>(head.data() + 8), static_cast<std::streamsize>(n));
+                if (!in) throw std::runtime_error("cannot read the header");
+            }
+        }
+        header = parse_safetensors_header(head.data(), head.size(), static_cast<std::uint64_t>(size));
+    } catch (const std::runtime_error& e) {
+        throw InputError(path, e.what());
+    }
+    for (auto& e : header.tensors) {
+        if (tensors_.count(e.name))
+            throw InputError(path, "tensor '" + e.name + "' is also in " + tensors_[e.name].file);
+        e.file = path;
+        tensors_[e.name] = e;
+    }
+    files_.push_back(path);
+}
+
+void WeightFiles::add_index(const std::string& path) {
+    nlohmann::json index = read_json(path);
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+        throw InputError(path, "no \"weight_map\" object (expected a model.safetensors.index.json)");
+    std::vector<std::string> shards;
+    for (const auto& [name, file] : index["weight_map"].items()) {
+        if (!file.is_string()) throw InputError(path, "weight_map['" + name + "'] is not a file name");
+        const std::string shard = file.get<std::string>();
+        if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
+    }
+    const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+    for (const auto& shard : shards) add_safetensors((folder / shard).string());
+    for (const auto& [name, file] : index["weight_map"].items())
+        if (!tensors_.count(name))
+            throw InputError(path, "tensor '" + name + "' is listed but not found in " + file.get<std::string>());
+}
+
+bool WeightFiles::has(const std::string& name) const { return tensors_.count(name) != 0; }
+
+const TensorEntry& WeightFiles::entry(const std::string& name) const {
+    const auto it = tensors_.find(name);
+    if (it == tensors_.end()) {
+        std::string where = files_.empty() ? std::string("weights") : files_.front();
+        if (files_.size() > 1) where += " (and " + std::to_string(files_.size() - 1) + " more)";
+        throw InputError(where, "missing tensor '" + name + "'");
+    }
+    return it->second;
+}
+
+void WeightFiles::read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const {
+    const TensorEntry& e = entry(name);
+    const std::size_t element = dtype_size(e.dtype);
+    if (first + count < first || (first + count) * element > e.end - e.begin)
+        throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                                     ") lie outside tensor '" + name + "'");
+    std::ifstream in = open_input(e.file, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(e.begin + first * element));
+    try {
+        if (e.dtype == "F32") {
+            // Straight into the destination: no second copy of the weights in memory.
+            in.read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(count * element));
+            if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
+            return;
+        }
+        if (e.dtype != "F16" && e.dtype != "BF16")
+            throw std::runtime_error("tensor '" + name + "' has dtype " + e.dtype + " (only F32, F16 and BF16 are read)");
+        // Convert in chunks, so a 16-bit file never needs a second full-size buffer.
+        const std::size_t chunk = 1 << 16;
+        std::vector<std::uint8_t> raw(chunk * element);
+        for (std::size_t done = 0; done < count; done += chunk) {
+            const std::size_t n = std::min(chunk, count - done);
+            in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(n * element));
+            if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
+            convert_to_float(e.dtype, raw.data(), n, out + done);
+        }
+    } catch (const std::runtime_error& err) {
+        throw InputError(e.file, err.what());
+    }
+}
+
+std::vector<TensorEntry> WeightFiles::entries() const {
+    std::vector<TensorEntry> out;
+    for (const auto& [name, e] : tensors_) out.push_back(e);
+    return out;
+}
+
+}  // namespace qwenvl

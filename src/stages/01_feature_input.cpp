@@ -1,0 +1,32 @@
+#include "stages/01_feature_input.hpp"
+
+#include <cmath>
+
+namespace qwenvl {
+
+std::size_t grid_side(std::size_t count, const char* what) {
+    std::size_t side = static_cast<std::size_t>(std::llround(std::sqrt(static_cast<double>(count))));
+    if (count == 0 || side * side != count)
+        throw std::invalid_argument(std::string(what) + ": " + std::to_string(count) +
+                                    " is not a perfect square (the positions form a square grid)");
+    return side;
+}
+
+Tensor3 as_feature_batch(const xt::xarray<float>& features) {
+    const char* fn = "as_feature_batch";
+    require(features.dimension() == 2 || features.dimension() == 3, fn,
+            "features have shape " + shape_string(shape_of(features)) + ", expected (L, Kv) or (N, L, Kv)");
+    Tensor3 batch;
+    if (features.dimension() == 2)
+        batch = xt::reshape_view(features, {std::size_t(1), features.shape(0), features.shape(1)});
+    else
+        batch = features;
+    require(batch.shape(0) > 0 && batch.shape(2) > 0, fn,
+            "features have shape " + shape_string(shape_of(features)) + " with an empty axis");
+    grid_side(batch.shape(1), "as_feature_batch: the patch count L");
+    for (float value : batch)
+        require(std::isfinite(value), fn, "features hold a NaN or infinite value");
+    return batch;
+}
+
+}  // namespace qwenvl

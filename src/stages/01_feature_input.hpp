@@ -1,0 +1,22 @@
+// stages/01_feature_input.hpp: stage 01, the feature input (docs/stages/01-feature-input.md).
+//
+// Paper (Qwen-VL, section 2.1): the adapter takes "the image features from the visual encoder" as
+// the keys of its cross-attention. Here those are the ViT's patch features, one row per patch,
+// on a square grid of G_k x G_k patches (448 / 14 = 32 for Qwen-VL, so L = 1024 rows of Kv = 1664).
+#pragma once
+
+#include <xtensor/xarray.hpp>
+
+#include "core/shapes.hpp"
+
+namespace qwenvl {
+
+// Side G of a square grid holding `count` cells; throws std::invalid_argument naming `what`
+// when `count` is not a perfect square (the reference's int(math.sqrt(L)) would silently truncate).
+std::size_t grid_side(std::size_t count, const char* what);
+
+// Patch features as a batch: (L, Kv) becomes (1, L, Kv); (N, L, Kv) is kept.
+// Checks: rank 2 or 3, L > 0 a perfect square, Kv > 0, every value finite.
+Tensor3 as_feature_batch(const xt::xarray<float>& features);
+
+}  // namespace qwenvl

@@ -1,0 +1,19 @@
+// stages/04_layernorm.hpp: stage 04, LayerNorm (docs/stages/04-layernorm.md).
+//
+// The adapter normalises its keys (ln_kv) and its queries (ln_q) before the cross-attention, and the visual
+// tower normalises the adapter's output (ln_post). The paper's section 2.1 does not name them; Qwen-VL's
+// `Resampler` and `VisionTransformer` build them as torch.nn.LayerNorm(E, eps=1e-6). For each row x of E values:
+//   mean = (1/E) sum_c x_c
+//   var  = (1/E) sum_c (x_c - mean)^2             biased: divide by E, not E - 1
+//   y_c  = (x_c - mean) / sqrt(var + eps) * gamma_c + beta_c      eps inside the square root
+#pragma once
+
+#include "core/shapes.hpp"
+
+namespace qwenvl {
+
+// x (R, E), gamma (E,), beta (E,) -> (R, E). Mirrors torch.nn.LayerNorm(E, eps) applied to each row.
+// The two sums are kept in double, so the result is within one float rounding of the exact value.
+Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps);
+
+}  // namespace qwenvl

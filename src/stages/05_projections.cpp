@@ -1,0 +1,51 @@
+#include "stages/05_projections.hpp"
+
+#include <xtensor/xview.hpp>
+
+namespace qwenvl {
+
+Matrix matmul(const Matrix& a, const Matrix& b) {
+    check_shape("matmul", "b", b, {a.shape(1), ANY});
+    const std::size_t R = a.shape(0), K = a.shape(1), M = b.shape(1);
+    Matrix y = xt::zeros<float>({R, M});
+    // The i-k-j order: the innermost loop walks a row of b and a row of y, so memory is read in order and the
+    // compiler can use vector instructions. Each y_ij still sums its K products from k = 0 up.
+    for (std::size_t i = 0; i < R; ++i)
+        for (std::size_t k = 0; k < K; ++k)
+            for (std::size_t j = 0; j < M; ++j) y(i, j) += a(i, k) * b(k, j);
+    return y;
+}
+
+Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
+    check_shape("linear", "weight", weight, {ANY, x.shape(1)});
+    check_shape("linear", "bias", bias, {weight.shape(0)});
+    const Matrix weight_t = xt::transpose(weight);  // (in, out)
+    return matmul(x, weight_t) + bias;              // the bias is added to every row
+}
+
+Matrix kv_projection(const Matrix& x, const Matrix& w_kv) {
+    if (w_kv.size() == 0) return x;  // nn.Identity: Kv == E, no tensor in the checkpoint
+    check_shape("kv_projection", "w_kv", w_kv, {ANY, x.shape(1)});
+    const Matrix w_kv_t = xt::transpose(w_kv);  // (Kv, E)
+    return matmul(x, w_kv_t);
+}
+
+std::size_t in_proj_offset(std::size_t part, std::size_t E) { return part * E; }
+
+InProjection split_in_proj(const Matrix& in_proj_weight, const Vector& in_proj_bias) {
+    const char* fn = "split_in_proj";
+    require(in_proj_weight.shape(0) % 3 == 0, fn,
+            "in_proj_weight has shape " + shape_string(shape_of(in_proj_weight)) + ", expected (3E, E)");
+    const std::size_t E = in_proj_weight.shape(0) / 3;
+    check_shape(fn, "in_proj_weight", in_proj_weight, {3 * E, E});
+    check_shape(fn, "in_proj_bias", in_proj_bias, {3 * E});
+    auto rows = [&](std::size_t part) {
+        return Matrix(xt::view(in_proj_weight, xt::range(in_proj_offset(part, E), in_proj_offset(part + 1, E)), xt::all()));
+    };
+    auto entries = [&](std::size_t part) {
+        return Vector(xt::view(in_proj_bias, xt::range(in_proj_offset(part, E), in_proj_offset(part + 1, E))));
+    };
+    return InProjection{rows(0), rows(1), rows(2), entries(0), entries(1), entries(2)};
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,68 @@
+// stages/07_adapter.hpp: stage 07, the position-aware vision-language adapter (Qwen-VL's Resampler,
+// `transformer.visual.attn_pool`), composed from stages 01 to 06 (docs/stages/07-adapter.md).
+//
+// Paper (Qwen-VL, section 2.1): the adapter "compresses the visual feature sequence to a fixed length
+// of 256"; the queries are trainable; 2D absolute positional encodings are added to the query-key
+// pairs. Table 1 counts it at 0.08B parameters. In the order adapter_forward computes it:
+//   P_q   = sincos_2d(E, G_q), or the stored pos_embed            (Q, E)   stage 02
+//   P_k   = P_q resized to the key grid G_k x G_k                  (L, E)   stage 03
+//   query = LN_q(query_param) + P_q                                (Q, E)   the un-resized table
+//   q     = query W_q^T + b_q                                      (Q, E)   the same for every image
+// and for each image x (L, Kv):
+//   X     = LN_kv(x W_kv^T)                                        (L, E)   no W_kv when Kv == E
+//   key   = X + P_k,   k = key W_k^T + b_k                         (L, E)   the resized table on the keys
+//   value = X,         v = value W_v^T + b_v                       (L, E)   no position term on the values
+//   out   = MHA(q, k, v) W_o^T + b_o                               (Q, E)   stage 06, then out_proj
+#pragma once
+
+#include "core/shapes.hpp"
+#include "core/trace.hpp"
+#include "stages/05_projections.hpp"
+
+namespace qwenvl {
+
+// The adapter's parameters under their checkpoint names (prefix transformer.visual.attn_pool.).
+struct AdapterWeights {
+    Matrix query;           // (Q, E)   query
+    Matrix pos_embed;       // (Q, E)   pos_embed; empty = compute the sin-cos table (sincos_2d)
+    Matrix kv_proj;         // (E, Kv)  kv_proj.weight; empty = identity (Kv == E)
+    InProjection in_proj;   // attn.in_proj_weight (3E, E) and attn.in_proj_bias (3E,), split in three
+    Matrix out_proj_weight; // (E, E)   attn.out_proj.weight
+    Vector out_proj_bias;   // (E,)     attn.out_proj.bias
+    Vector ln_q_weight, ln_q_bias;    // (E,) ln_q
+    Vector ln_kv_weight, ln_kv_bias;  // (E,) ln_kv
+};
+
+struct AdapterConfig {
+    std::size_t embed_dim = 0;  // E   (output_dim, 4096)
+    std::size_t kv_dim = 0;     // Kv  (width, 1664)
+    std::size_t n_queries = 0;  // Q   (n_queries, 256)
+    std::size_t grid_q = 0;     // G_q (sqrt of Q, 16)
+    std::size_t num_heads = 0;  // H   (E / 128, 32)
+    float eps = 1e-6f;          // the LayerNorms' eps
+};
+
+// The configuration implied by the weights' shapes: E and Q from `query`, Kv from kv_proj (E when it
+// is absent). num_heads = 0 picks Qwen-VL's rule H = E / 128. Checks every weight's shape, that H
+// divides E and that E is divisible by 4; throws ShapeError / std::invalid_argument otherwise.
+AdapterConfig derive_config(const AdapterWeights& weights, std::size_t num_heads = 0);
+
+// The query-side table P_q (Q, E): the stored pos_embed when the weights have one (as load_state_dict
+// would use it), else the sin-cos table computed for the G_q x G_q grid.
+Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& config);
+
+// The adapter on a batch: x (N, L, Kv) -> out (N, Q, E). L must be a perfect square. mask: (Q, L) additive
+// attention mask or nullptr. Records every intermediate in `trace` when given (core/trace.hpp's names).
+Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
+                        const Matrix* mask = nullptr, Trace* trace = nullptr);
+
+// Number of parameters of the adapter implied by its configuration: trainable ones (query Q*E, kv_proj E*Kv
+// when Kv != E, in_proj 3E*E + 3E, out_proj E*E + E, ln_q and ln_kv 4E) and the frozen pos_embed (Q*E).
+// Qwen-VL: 75,005,952 trainable (Table 1's 0.08B) + 1,048,576 frozen.
+struct ParameterCount {
+    std::size_t trainable = 0;
+    std::size_t frozen = 0;
+};
+ParameterCount count_parameters(const AdapterConfig& config);
+
+}  // namespace qwenvl
