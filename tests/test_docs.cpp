@@ -77,12 +77,12 @@ TEST_CASE("docs: every function declared in src/ is named in docs/", "[docs]") {
     std::string docs;
     for (const auto& md : markdown_files()) docs += slurp(md);
     std::size_t count = 0;
-    for (const auto& e : fs::directory_iterator(kRoot / "src")) {
+    for (const auto& e : fs::recursive_directory_iterator(kRoot / "src")) {
         if (e.path().extension() != ".hpp") continue;
         for (const auto& name : declared_functions(e.path())) {
             ++count;
             const std::regex in_backticks("`[^`\\n]*\\b" + name + "\\b[^`\\n]*`");
-            INFO(e.path().filename().string() << " declares " << name << ", which docs/ never names in backticks");
+            INFO(fs::relative(e.path(), kRoot).string() << " declares " << name << ", which docs/ never names in backticks");
             CHECK(std::regex_search(docs, in_backticks));
         }
     }
@@ -96,6 +96,31 @@ TEST_CASE("docs: the function scan finds declarations and skips private members"
                              "    return thing(1);\n// Matrix commented(int);\n";
     CHECK(declared_functions(header) == std::set<std::string>{"layer_norm", "get", "shown"});
     fs::remove(header);
+}
+
+TEST_CASE("docs: every C++ excerpt on a stage page is the code in src/stages/, verbatim", "[docs]") {
+    // The lines of every file in src/stages/, without their leading spaces.
+    std::vector<std::string> source;
+    for (const auto& e : fs::directory_iterator(kRoot / "src" / "stages")) {
+        std::istringstream in(slurp(e.path()));
+        for (std::string line; std::getline(in, line);) source.push_back(line.substr(std::min(line.find_first_not_of(' '), line.size())));
+        source.push_back("");  // files do not run into each other
+    }
+    std::size_t excerpts = 0;
+    for (const auto& e : fs::directory_iterator(kRoot / "docs" / "stages")) {
+        const std::string text = slurp(e.path());
+        const std::regex block("```cpp\n([\\s\\S]*?)```");
+        for (auto it = std::sregex_iterator(text.begin(), text.end(), block); it != std::sregex_iterator(); ++it) {
+            std::vector<std::string> lines;
+            std::istringstream in((*it)[1].str());
+            for (std::string line; std::getline(in, line);) lines.push_back(line.substr(std::min(line.find_first_not_of(' '), line.size())));
+            const bool found = std::search(source.begin(), source.end(), lines.begin(), lines.end()) != source.end();
+            INFO(e.path().filename().string() << " shows code that src/stages/ does not hold:\n" << (*it)[1].str());
+            CHECK(found);
+            ++excerpts;
+        }
+    }
+    CHECK(excerpts >= 9);
 }
 
 TEST_CASE("docs: every relative link resolves", "[docs]") {

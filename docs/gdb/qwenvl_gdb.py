@@ -4,7 +4,7 @@ Load it once per session (docs/debugging.md):
 
     (gdb) source docs/gdb/qwenvl_gdb.py
 
-Then `print t` on an xt::xtensor<float, N>, an xt::xarray<float> or a qwenvl::Block (a matrix or one attention
+Then `print t` on an xt::xtensor<float, N>, an xt::xarray<float> or a qwenvl::fast::Block (a matrix or one attention
 head read in place, with a row stride) shows its shape and its values, numpy style (long axes summarised with
 "..."), and two commands are available:
 
@@ -34,7 +34,7 @@ def _is_tensor(val):
 
 
 def _is_block(val):
-    return _tag(val) == "qwenvl::Block"
+    return _tag(val) == "qwenvl::fast::Block"
 
 
 def _shape(val):

@@ -8,11 +8,11 @@ Matrix matmul(const Matrix& a, const Matrix& b) {
     check_shape("matmul", "b", b, {a.shape(1), ANY});
     const std::size_t R = a.shape(0), K = a.shape(1), M = b.shape(1);
     Matrix y = xt::zeros<float>({R, M});
-    // The i-k-j order: the innermost loop walks a row of b and a row of y, so memory is read in order and the
-    // compiler can use vector instructions. Each y_ij still sums its K products from k = 0 up.
+    // Row i of y is the sum over k of a_ik times row k of b. Adding whole rows (the i-k-j order of the three
+    // loops) reads memory in order and runs on vector instructions; each y_ij still sums its K products from
+    // k = 0 up, one after another, as the i-j-k order would.
     for (std::size_t i = 0; i < R; ++i)
-        for (std::size_t k = 0; k < K; ++k)
-            for (std::size_t j = 0; j < M; ++j) y(i, j) += a(i, k) * b(k, j);
+        for (std::size_t k = 0; k < K; ++k) xt::row(y, i) += a(i, k) * xt::row(b, k);
     return y;
 }
 

@@ -16,6 +16,9 @@
 //       the two paths on the same random full-size input (one image): the readable stages (src/stages/) and
 //       the fast path (src/fast/), each timed once, and the largest difference between them at every traced
 //       stage. Exit code 1 when the output differs by more than the stated tolerance (a ctest in Release builds).
+//   qwenvl-bench --gains [--grid G] [--repeats R]
+//       each fast function against the readable function it replaces, on the same full-size input: the measured
+//       gains that docs/fast-path.md lists.
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random) and DIR/features.npy (1, 1024, 1664), to
 //       measure `qwenvl-adapter run` itself (docs/performance.md).
@@ -43,6 +46,9 @@
 #include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/07_adapter.hpp"
+#include "stages/04_layernorm.hpp"
+#include "stages/05_projections.hpp"
+#include "stages/06_attention.hpp"
 #include "stages/08_tower_tail.hpp"
 
 using namespace qwenvl;
@@ -260,6 +266,69 @@ int paths_agree(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
     return out.ok() ? 0 : 1;
 }
 
+// --gains: each fast function against the readable function it replaces, on the same full-size input (one image,
+// 32 x 32 keys): the median time of each (R runs; one run of the slowest readable ones) and their ratio.
+int gains(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const Tensor3& x, int repeats) {
+    const std::size_t L = x.shape(1), Q = c.n_queries;
+    const fast::QuerySide side = fast::prepare_query_side(w, c, L);
+    const Matrix x0 = xt::view(x, 0);
+    const Matrix X = fast::linear(fast::kv_projection(fast::whole(x0), w.kv_proj), w.in_proj.w_v, w.in_proj.b_v);
+    const Matrix k = fast::linear(X, w.in_proj.w_k, w.in_proj.b_k);
+    const Tensor3 out = fast::adapter_forward(w, c, side, Tensor3(xt::view(x, xt::range(0, 1))));
+    Matrix scores = fast::linear(Matrix(xt::view(side.q, xt::all(), xt::range(0, 128))),
+                                 Matrix(xt::view(k, xt::all(), xt::range(0, 128))), Vector(xt::zeros<float>({L})));
+    Matrix scratch = X;  // what the in-place functions overwrite
+    auto time = [](int runs, auto&& f) {
+        std::vector<double> s;
+        for (int r = 0; r < runs; ++r) {
+            const auto start = Clock::now();
+            f();
+            s.push_back(seconds_since(start));
+        }
+        return median(s);
+    };
+    struct Row {
+        const char* readable;
+        const char* fast;
+        double readable_s, fast_s;
+    };
+    const int slow = 1;  // the readable products take seconds each
+    std::vector<Row> rows = {
+        {"linear (k: 1024 x 4096 x 4096)", "fast::linear (sgemm, addmm)",
+         time(slow, [&] { linear(X, w.in_proj.w_k, w.in_proj.b_k); }),
+         time(repeats, [&] { fast::linear(X, w.in_proj.w_k, w.in_proj.b_k); })},
+        {"kv_projection (1024 x 1664 x 4096)", "fast::kv_projection (sgemm, in place)",
+         time(slow, [&] { kv_projection(x0, w.kv_proj); }),
+         time(repeats, [&] { fast::kv_projection(fast::whole(x0), w.kv_proj); })},
+        {"matmul (proj: 256 x 4096 x 4096)", "fast::matmul (sgemm)",
+         time(slow, [&] { matmul(Matrix(xt::view(out, 0)), tail.proj); }),
+         time(repeats, [&] { fast::matmul(out, tail.proj); })},
+        {"multi_head_attention (32 heads)", "fast::multi_head_attention (heads in place)",
+         time(slow, [&] { multi_head_attention(side.q, k, X, c.num_heads, nullptr); }),
+         time(repeats, [&] { fast::multi_head_attention(side.q, fast::whole(k), fast::whole(X), c.num_heads, nullptr, false); })},
+        {"softmax_rows (256 x 1024, std::exp)", "fast::softmax_rows (exp_nonpositive)",
+         time(repeats, [&] { softmax_rows(scores, nullptr); }),
+         time(repeats, [&] { fast::softmax_rows(scores, nullptr); })},
+        {"layer_norm (ln_kv: 1024 x 4096)", "fast::layer_norm_in_place (lane sums)",
+         time(repeats, [&] { layer_norm(X, w.ln_kv_weight, w.ln_kv_bias, c.eps); }),
+         time(repeats, [&] { fast::layer_norm_in_place(scratch, w.ln_kv_weight, w.ln_kv_bias, c.eps); })},
+        {"X + P_k (1024 x 4096)", "fast::add_in_place",
+         time(repeats, [&] { Matrix key_in = X + side.pos_k; }),
+         time(repeats, [&] { fast::add_in_place(scratch, side.pos_k); })},
+        {"adapter_forward + tower_tail_forward", "fast:: (query side prepared)",
+         time(slow, [&] { tower_tail_forward(tail, adapter_forward(w, c, Tensor3(xt::view(x, xt::range(0, 1)))), c.eps); }),
+         time(repeats, [&] { fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, Tensor3(xt::view(x, xt::range(0, 1)))), c.eps); })},
+    };
+    std::printf("one image, %zu keys, E = %zu, Q = %zu; readable products timed once, the rest median of %d\n", L,
+                c.embed_dim, Q, repeats);
+    std::printf("| readable (src/stages/) | fast (src/fast/) | readable ms | fast ms | gain |\n|---|---|---|---|---|\n");
+    for (const Row& r : rows)
+        std::printf("| `%s` | `%s` | %.1f | %.1f | %.1fx |\n", r.readable, r.fast, r.readable_s * 1e3, r.fast_s * 1e3,
+                    r.readable_s / r.fast_s);
+    std::printf("(the in-place rows overwrite one scratch copy of X again and again: the same work, no fresh tensor)\n");
+    return 0;
+}
+
 int write_checkpoint(const std::string& dir) {
     std::mt19937 rng(42);
     const AdapterWeights w = random_weights(rng);
@@ -288,9 +357,9 @@ int write_checkpoint(const std::string& dir) {
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
-    bool json = false, stages = false, agree = false;
+    bool json = false, stages = false, agree = false, gain = false;
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] [--json] | --agree [--grid G] | --write-checkpoint DIR\n";
+                        "[--repeats R] [--json] | --agree [--grid G] | --gains [--repeats R] | --write-checkpoint DIR\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -300,6 +369,7 @@ int main(int argc, char** argv) {
             else if (a == "--json") json = true;
             else if (a == "--stages") stages = true;
             else if (a == "--agree") agree = true;
+            else if (a == "--gains") gain = true;
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
             else {
                 std::fputs(usage, stderr);
@@ -321,6 +391,7 @@ int main(int argc, char** argv) {
     Tensor3 x = Tensor3::from_shape({N, G * G, kKv});
     fill_normal(x, 1.0f, rng);
 
+    if (gain) return gains(w, tail, c, x, repeats);
     if (agree) return paths_agree(w, tail, c, Tensor3(xt::view(x, xt::range(0, 1))));
     GemmProbe gemm(rng);
     gemm.run();

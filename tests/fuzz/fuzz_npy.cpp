@@ -2,7 +2,7 @@
 // Build and run: bash .ci/fuzz [SECONDS]   (docs/testing.md)
 #include <cstdint>
 
-#include "npy.hpp"
+#include "io/npy.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     try {
