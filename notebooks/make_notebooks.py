@@ -32,7 +32,7 @@ are, so the paper (arXiv 2308.12966, section 2.1) adds **2D absolute positional 
 pairs of the cross-attention. The encoding is not learned: it is the fixed sin-cos table of MAE, built once for
 the 16 x 16 grid of queries.
 
-In this project it is `sincos_2d` in [`src/sincos.hpp`](../src/sincos.hpp); the stage page is
+In this project it is `sincos_2d` in [`src/stages/02_sincos.hpp`](../src/stages/02_sincos.hpp); the stage page is
 [docs/stages/02-sincos.md](../docs/stages/02-sincos.md). Every table plotted here is computed by the C++
 (`qwenvl-adapter table`) and compared once with the numpy construction the reference uses."""),
     ("code", SETUP),
@@ -104,7 +104,7 @@ Qwen-VL keeps one table for its 16 x 16 queries, but a 448-pixel image gives 32 
 a 32 x 32 table. The reference resizes the stored table at run time, as an image of E channels, with
 `F.interpolate(mode='bicubic', align_corners=False)` (the maintainers: the table "is always stored in 256
 length", QwenLM/Qwen-VL issue 215). In this project: `resize_bicubic` and `key_position_table` in
-[`src/resize.hpp`](../src/resize.hpp), stage page [docs/stages/03-resize.md](../docs/stages/03-resize.md)."""),
+[`src/stages/03_resize.hpp`](../src/stages/03_resize.hpp), stage page [docs/stages/03-resize.md](../docs/stages/03-resize.md)."""),
     ("code", SETUP + """
 import torch
 import torch.nn.functional as F"""),
@@ -223,10 +223,14 @@ plt.tight_layout(); plt.show()"""),
     ("md", """\
 ## Exercises
 
-1. Which stages agree bit for bit, and why those? (Hint: where is there no sum?)
+1. Only `kv_proj` agrees bit for bit, though each of its values sums 1664 products. Why that one? (Hint: what
+   do the two sides hand to OpenBLAS's sgemm there, and are the inputs of the other products already different?)
+   And why does `pos_q`, which has no sum at all, not agree exactly?
 2. `scores` has the largest magnitudes. Would scaling `k` instead of `q` by $1/\\sqrt{D_h}$ change the
    result in exact arithmetic? In float32?
-3. Run the same with `--adapter-only` and compare with `ref["out"]`."""),
+3. Run the same with `--adapter-only` and compare with `ref["out"]`.
+4. Run the same with `--readable` (the plain stages of `src/stages/`, about half a minute at this size) and compare
+   its trace with the fast path's and with PyTorch's: which of the three are closest, stage by stage?"""),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,7 +366,7 @@ plt.tight_layout(); plt.show()"""),
     ("md", """\
 ## Time of a full-size forward pass, against PyTorch on this machine
 
-Both sides use 2 OpenBLAS threads. The C++ times `adapter_forward` + `tower_tail_forward` with the query side
+Both sides use 2 OpenBLAS threads. The C++ times the fast path, `fast::adapter_forward` + `fast::tower_tail_forward`, with the query side
 prepared once per set of weights (`qwenvl-bench`); PyTorch is timed twice by `tests/bench/compare_pytorch.py`:
 the same work, and the Qwen-VL `Resampler` as written (`nn.MultiheadAttention`, query side recomputed per call).
 [docs/performance.md](../docs/performance.md) has the full table."""),
@@ -383,9 +387,10 @@ plt.tight_layout(); plt.show()"""),
     ("md", """\
 ## Where the time goes
 
-`qwenvl-bench --stages` runs one image through the same steps as `adapter_forward`, timing each on its own (and
-checking that together they give `adapter_forward`'s output bit for bit). Almost all of the time is matrix
-products; the grey bars (LayerNorm, the position add, the softmax) are a few milliseconds."""),
+`qwenvl-bench --stages` runs one image through the functions that `fast::adapter_forward` calls, timing each on
+its own (and checking that together they give `fast::adapter_forward`'s output bit for bit). Almost all of the
+time is matrix products (the attention's included); the grey bars (LayerNorm, the position add) are a few
+milliseconds."""),
     ("code", """\
 st = json.loads(subprocess.run([nb.BENCH, "--stages", "--grid", "32", "--repeats", "1", "--json"], env=env,
                                capture_output=True, text=True, check=True).stdout)
@@ -402,7 +407,7 @@ plt.tight_layout(); plt.show()"""),
 
 1. Count the multiply-adds of each matrix product for one image and check that they add up to about 104 GFLOP.
    Which product dominates? Divide each bar of the last plot's blue stages by its operations: which products run
-   below the sgemm throughput, and why might the per-head ones be slower?
+   below the sgemm throughput, and why might the attention's per-head ones be slower?
 2. How many parameters would the adapter have for a ViT of width 1280 (Kv) and the same E? Check with
    `qwenvl-adapter info` on a checkpoint you write with `nb.write_safetensors`.
 3. Two images in one prompt: how many positions do they take? Try `fuse` with two spans."""),

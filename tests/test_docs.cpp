@@ -123,6 +123,23 @@ TEST_CASE("docs: every C++ excerpt on a stage page is the code in src/stages/, v
     CHECK(excerpts >= 9);
 }
 
+TEST_CASE("src/stages/ stays readable: no raw buffers, strides, BLAS or byte copies", "[docs]") {
+    // What belongs in src/fast/ (docs/fast-path.md), never in the path a student reads.
+    const std::regex fast_only(R"(\.data\(\)|\bBlock\b|memcpy|cblas|gemm|reinterpret_cast|xt::linalg)");
+    std::size_t files = 0;
+    for (const auto& e : fs::directory_iterator(kRoot / "src" / "stages")) {
+        std::istringstream in(slurp(e.path()));
+        std::size_t number = 0;
+        for (std::string line; std::getline(in, line);) {
+            ++number;
+            INFO(e.path().filename().string() << ":" << number << ": " << line);
+            CHECK_FALSE(std::regex_search(line, fast_only));
+        }
+        ++files;
+    }
+    CHECK(files == 18);  // nine stages, a header and a source each
+}
+
 TEST_CASE("docs: every relative link resolves", "[docs]") {
     const std::regex link(R"(\[[^\]]*\]\(([^)\s]+)\))");
     std::size_t checked = 0;
