@@ -49,12 +49,4 @@ std::vector<std::string> Trace::names() const {
     return out;
 }
 
-void record(Trace* trace, const std::string& name, const xt::xarray<float>& value) {
-    if (trace) trace->record(name, value);
-}
-
-void record_item(Trace* trace, const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value) {
-    if (trace) trace->record_item(name, n, count, value);
-}
-
 }  // namespace qwenvl

@@ -35,8 +35,15 @@ private:
 };
 
 // The forward passes take a Trace* that is nullptr when nothing is recorded; these do nothing then, so that
-// each intermediate is recorded on one line.
-void record(Trace* trace, const std::string& name, const xt::xarray<float>& value);
-void record_item(Trace* trace, const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value);
+// each intermediate is recorded on one line. Templates, so that a tensor is converted to the trace's xarray (a
+// copy) only when it is recorded: a conversion on every call cost the fast path a copy of each (L, E) tensor.
+template <class Tensor>
+void record(Trace* trace, const std::string& name, const Tensor& value) {
+    if (trace) trace->record(name, value);
+}
+template <class Tensor>
+void record_item(Trace* trace, const std::string& name, std::size_t n, std::size_t count, const Tensor& value) {
+    if (trace) trace->record_item(name, n, count, value);
+}
 
 }  // namespace qwenvl

@@ -14,18 +14,16 @@ Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
     if (mask) check_shape("softmax_rows", "mask", *mask, shape_of(scores));
     const std::size_t rows = scores.shape(0), cols = scores.shape(1);
     const Matrix s = mask ? Matrix(scores + *mask) : scores;
-    Matrix p(s.shape());
+    Matrix weights(s.shape());
     for (std::size_t r = 0; r < rows; ++r) {
-        float top = -std::numeric_limits<float>::infinity();
+        float top = -std::numeric_limits<float>::infinity();  // the row's maximum
         for (std::size_t c = 0; c < cols; ++c) top = std::max(top, s(r, c));
+        // Every exponent is <= 0: no overflow. A fully masked row has top = -inf, and -inf - -inf = NaN.
         double sum = 0.0;
-        for (std::size_t c = 0; c < cols; ++c) {
-            p(r, c) = std::exp(s(r, c) - top);  // exponent <= 0: no overflow. -inf - -inf = NaN for a masked row
-            sum += p(r, c);
-        }
-        for (std::size_t c = 0; c < cols; ++c) p(r, c) = static_cast<float>(p(r, c) / sum);
+        for (std::size_t c = 0; c < cols; ++c) sum += std::exp(s(r, c) - top);
+        for (std::size_t c = 0; c < cols; ++c) weights(r, c) = static_cast<float>(std::exp(s(r, c) - top) / sum);
     }
-    return p;
+    return weights;
 }
 
 Matrix additive_mask(const xt::xtensor<bool, 2>& masked) {
