@@ -1,6 +1,8 @@
 // fast/attention.hpp: multi-head attention with the heads read in place and a vectorisable softmax.
 //
-// Replaces stages/06_attention (`multi_head_attention`, `softmax_rows`). Three changes, same equations:
+// Replaces stages/06_attention (`multi_head_attention`, `softmax_rows`); measured at full size (`qwenvl-bench
+// --gains`, docs/fast-path.md): the attention of one image 9x faster, the softmax alone 2.6x. Three changes, same
+// equations:
 //  - each head's q, k and v are read in place as strided blocks (fast/gemm.hpp) instead of copied out, and the
 //    three products per head run through sgemm;
 //  - the softmax's exponential is `exp_nonpositive`, plain arithmetic the compiler vectorises (std::exp is a

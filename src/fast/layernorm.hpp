@@ -1,7 +1,7 @@
 // fast/layernorm.hpp: LayerNorm in place, with vectorisable sums.
 //
-// Replaces stages/04_layernorm's `layer_norm`. Two changes: the sums run in kLanes partial sums (fast/lanes.hpp;
-// 3 to 4 times faster at E = 4096), and the result overwrites its input, so an image's (L, E) features are never
+// Replaces stages/04_layernorm's `layer_norm` (measured 2.7x faster on ln_kv at full size, `qwenvl-bench --gains`).
+// Two changes: the sums run in kLanes partial sums (fast/lanes.hpp), and the result overwrites its input, so an image's (L, E) features are never
 // held twice (ln_kv) and no fresh (N, Q, E) tensor is mapped for ln_post. Same equation, same golden tests.
 #pragma once
 
