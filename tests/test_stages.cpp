@@ -13,6 +13,7 @@
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "io/fixture.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
@@ -139,6 +140,9 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
     const Matrix m = additive_mask(masked);
     CHECK(m(0, 3) == -std::numeric_limits<float>::infinity());
     CHECK(m(0, 2) == 0.0f);
+    CHECK((attention_mask(xt::xarray<float>(xt::cast<float>(masked)), true) == m));  // as a file stores it: 1 = masked
+    CHECK((attention_mask(xt::xarray<float>(s), false) == s));                      // a float mask is used as it is
+    CHECK_THROWS_WITH(attention_mask(xt::xarray<float>(xt::zeros<float>({2, 3, 4})), true), Contains("expected (Q, L)"));
     const Matrix big = s * 1000.0f;
     for (auto softmax : {&softmax_rows, &fast::softmax_rows}) {
         const Matrix p = softmax(s, nullptr);

@@ -41,6 +41,8 @@ const xt::xarray<float>& Fixture::expect(const std::string& stage) const {
 }
 
 Matrix attention_mask(const xt::xarray<float>& stored, bool is_bool) {
+    require(stored.dimension() == 2, "attention_mask",
+            "the mask has shape " + shape_string(shape_of(stored)) + ", expected (Q, L)");
     if (is_bool) return additive_mask(xt::xtensor<bool, 2>(xt::cast<bool>(Matrix(stored))));
     return stored;
 }
