@@ -1,7 +1,5 @@
 #include "io/fixture.hpp"
 
-#include <algorithm>
-#include <filesystem>
 #include <fstream>
 
 #include "io/errors.hpp"
@@ -96,14 +94,6 @@ Fixture load_fixture(const std::string& path) {
         throw FixtureError(path + ": " + e.what());
     }
     return f;
-}
-
-std::vector<std::string> fixture_paths(const std::string& folder) {
-    std::vector<std::string> paths;
-    for (const auto& entry : std::filesystem::directory_iterator(folder))
-        if (entry.path().extension() == ".json") paths.push_back(entry.path().string());
-    std::sort(paths.begin(), paths.end());
-    return paths;
 }
 
 }  // namespace qwenvl

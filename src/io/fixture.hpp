@@ -51,7 +51,4 @@ Fixture load_fixture(const std::string& path);
 // a boolean one (true = masked, stored as 1) becomes -inf and 0 (additive_mask); a float one is used as it is.
 Matrix attention_mask(const xt::xarray<float>& stored, bool is_bool);
 
-// The fixture files (*.json) in a folder, sorted by name.
-std::vector<std::string> fixture_paths(const std::string& folder);
-
 }  // namespace qwenvl
