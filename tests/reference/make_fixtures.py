@@ -7,10 +7,14 @@ Run with Debian's interpreter, which has torch and numpy:
 
 Every expected value in the fixtures is computed here, by PyTorch
 (torch.nn.MultiheadAttention, torch.nn.LayerNorm, torch.nn.functional.interpolate)
-and numpy (the sin-cos table, built in float32 as Qwen-VL builds it). Nothing in
-data/fixtures/ comes from the C++ under test. Each case is seeded, and the file
-records the seed and the torch and numpy versions; running this script again on
-the same versions rewrites the files byte for byte.
+and numpy (the sin-cos table, in Qwen-VL's float32 steps). Nothing in data/ comes
+from the C++ under test. Each case is seeded, and the file records the seed, the
+torch and numpy versions and how the values were computed (ORACLE below): in
+float64 from the float32 parameters and inputs, rounded to float32, so that no
+value depends on the CPU's BLAS or SIMD kernels. Running this script again with
+the same versions rewrites every file byte for byte, on any CPU; .ci/run checks
+it under two OpenBLAS kernel sets and with numpy's and torch's SIMD paths on and
+off (tests/reference/check_reproducible.sh).
 
 The reference module below follows the computation described in
 ../shared/reference/adapter-facts.md (section 2), i.e. Qwen-VL's `Resampler`
@@ -34,6 +38,8 @@ OUT_DIR = os.path.join(REPO, "data", "fixtures")
 
 EPS = 1e-6          # the visual tower builds its LayerNorms with eps = 1e-6
 ATOL = 1e-5         # |a - b| <= atol + rtol * |b|, per element
+ORACLE = ("torch.nn modules in float64 on the float32 parameters and inputs, every value rounded to float32; "
+          "the sin-cos table in Qwen-VL's float32 steps with the power, sin and cos computed in float64 and rounded")
 RTOL = 1e-5
 
 # name, description, E, H, Kv, G_q, G_k, N, mask kind, random LayerNorm affine?
@@ -59,12 +65,20 @@ CASES = [
 
 
 def sincos_1d(dim, positions):
-    """(P,) positions -> (P, dim): all sines, then all cosines."""
-    omega = np.arange(dim // 2, dtype=np.float32)
-    omega /= dim / 2.0
-    omega = 1.0 / 10000 ** omega
-    out = np.einsum("m,d->md", positions.reshape(-1), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    """(P,) positions -> (P, dim): all sines, then all cosines.
+
+    The reference's float32 steps, in its order: i / (D/2), then 10000 ** that, then 1 / that, then the products
+    p * omega; then sin and cos. The divisions and products are single IEEE operations, the same on every CPU.
+    numpy's float32 power, sin and cos are not: their SIMD kernels differ by an ulp from CPU to CPU (numpy 1.24's
+    AVX-512 power differs from the C library's in 208 of 1024 frequencies). Those three are computed in float64
+    and rounded to float32, which is the correctly rounded float32 result (barring a float64 tie), on any CPU."""
+    i = np.arange(dim // 2, dtype=np.float32)
+    exponent = i / np.float32(dim / 2.0)                                        # float32 division
+    power = (10000.0 ** exponent.astype(np.float64)).astype(np.float32)         # float32 10000 ** exponent
+    omega = np.float32(1.0) / power                                             # float32 division
+    angles = positions.reshape(-1).astype(np.float32)[:, None] * omega[None, :]  # float32 products
+    angles = angles.astype(np.float64)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 
 
 def sincos_2d(dim, grid):
@@ -78,7 +92,7 @@ def resize_table(table, grid_in, grid_out):
     """(grid_in^2, E) -> (grid_out^2, E) by F.interpolate bicubic, align_corners=False."""
     if grid_in == grid_out:
         return table
-    image = table.float().reshape(1, grid_in, grid_in, -1).permute(0, 3, 1, 2)
+    image = table.reshape(1, grid_in, grid_in, -1).permute(0, 3, 1, 2)     # in the table's own dtype
     resized = F.interpolate(image, size=(grid_out, grid_out), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1).flatten(0, 2)
 
@@ -125,7 +139,17 @@ def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
 def reference_forward(params, x, mask, H, name=""):
     """The adapter and the tower's tail on x (N, L, Kv), built from torch.nn modules loaded with `params`.
     Uses params["attn_pool.pos_embed"] as the query-side table when present (as load_state_dict would),
-    else the numpy sin-cos table. Returns every intermediate by its trace name."""
+    else the numpy sin-cos table. Returns every intermediate by its trace name.
+
+    Computed in float64 from the float32 parameters and inputs, and returned rounded to float32: the float32 result
+    of an exact computation. A float32 computation's last bits depend on the CPU's BLAS and SIMD kernels (the order
+    of each sum); the float64 one's differences are some 1e-16 relative, which rounding to float32 removes (barring
+    a value within 1e-16 of a float32 rounding boundary). So the files are the same bytes on every CPU, and they are
+    the reference the float32 C++ is held to."""
+    params = {k: v.double() for k, v in params.items()}
+    x = x.double()
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.double()
     query = params["attn_pool.query"]
     Q, E = query.shape
     N, L, Kv = x.shape
@@ -135,6 +159,9 @@ def reference_forward(params, x, mask, H, name=""):
     ln_q = torch.nn.LayerNorm(E, eps=EPS)
     ln_kv = torch.nn.LayerNorm(E, eps=EPS)
     ln_post = torch.nn.LayerNorm(E, eps=EPS)
+    for module in (kv_proj, attn, ln_q, ln_kv, ln_post):
+        if module is not None:
+            module.double()
     with torch.no_grad():
         if kv_proj is not None:
             kv_proj.weight.copy_(params["attn_pool.kv_proj.weight"])
@@ -149,7 +176,7 @@ def reference_forward(params, x, mask, H, name=""):
         if "attn_pool.pos_embed" in params:
             pos_q = params["attn_pool.pos_embed"]                     # (Q, E) as stored
         else:
-            pos_q = torch.from_numpy(sincos_2d(E, Gq)).float()        # (Q, E)
+            pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()       # (Q, E), float32 values
         pos_k = resize_table(pos_q, Gq, Gk)                           # (L, E)
         projected = kv_proj(x) if kv_proj is not None else x          # (N, L, E)
         X = ln_kv(projected)                                          # (N, L, E)
@@ -180,12 +207,13 @@ def reference_forward(params, x, mask, H, name=""):
         after_ln_post = ln_post(out)
         y = after_ln_post @ params["proj"]                            # x @ W, not a Linear
 
-    return {
+    intermediates = {
         "pos_q": pos_q, "pos_k": pos_k, "kv_proj": projected, "ln_kv": X, "ln_q": lq,
         "query_in": query_in, "key_in": key_in, "q": q, "k": k, "v": v,
         "scores": scores, "attn_weights": weights, "attended": attended, "out": out,
         "ln_post": after_ln_post, "proj": y,
     }
+    return {k: v.float().contiguous() for k, v in intermediates.items()}   # rounded to float32
 
 
 def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
@@ -201,6 +229,7 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
         "seed": seed,
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
+        "oracle": ORACLE,
         "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk,
                    "n_queries": Gq * Gq, "n_keys": Gk * Gk, "batch": N, "eps": EPS, "mask": mask_kind or "none"},
         "tolerance": {"atol": ATOL, "rtol": RTOL},
@@ -249,7 +278,8 @@ def dumps(case):
 
 # ---------------------------------------------------------------------------
 # Files for the command line: safetensors weights under the checkpoint's names, .npy features and masks,
-# and PyTorch's output on the weights as stored (rounded to the file's dtype, then computed in float32).
+# and PyTorch's output on the weights as stored (rounded to the file's dtype, then computed in float64 and rounded
+# to float32, as every expected value here).
 
 PREFIX = "transformer.visual."
 CLI_DIR = os.path.join(REPO, "data", "cli")
@@ -310,7 +340,8 @@ def write_cli_case(name, H, params, x, mask, how):
         x, expected = x[0], expected[0]
     case = {"description": "command-line case written by tests/reference/make_fixtures.py from fixture " + name,
             "dtype": dtype, "heads": H, "adapter_only": adapter_only,
-            "pos_embed_stored": bool(how.get("pos_embed")), "tolerance": {"atol": ATOL, "rtol": RTOL}}
+            "pos_embed_stored": bool(how.get("pos_embed")), "tolerance": {"atol": ATOL, "rtol": RTOL},
+            "oracle": ORACLE}
     case.update(write_weights(folder, {PREFIX + k: v for k, v in stored.items()}, dtype, how.get("shards", 1)))
     x_np = x.numpy().astype(np.float64 if how.get("float64_input") else np.float32)
     np.save(os.path.join(folder, "x.npy"), x_np)
