@@ -101,13 +101,15 @@ def resize_table(table, grid_in, grid_out):
 
 
 def randn(gen, *shape, scale=1.0):
-    return torch.randn(*shape, generator=gen) * scale
+    """float32 normal values from numpy's seeded generator `gen`. Not torch.randn: its vectorised sampler
+    (AVX2) and its scalar one give different last bits, so its values depend on the CPU."""
+    return torch.from_numpy((gen.standard_normal(shape) * scale).astype(np.float32))
 
 
 def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     """Random parameters (by their checkpoint names, without the `transformer.visual.` prefix),
     features x (N, L, Kv) and the optional mask (Q, L), all drawn from one seeded generator."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = np.random.default_rng(seed)
     Q, L = Gq * Gq, Gk * Gk
     x = randn(gen, N, L, Kv)
     params = {"attn_pool.query": randn(gen, Q, E)}
@@ -131,7 +133,7 @@ def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     if mask_kind == "float":
         mask = randn(gen, Q, L)
     elif mask_kind == "bool":
-        mask = torch.rand(Q, L, generator=gen) < 0.4
+        mask = torch.from_numpy(gen.random((Q, L)) < 0.4)
         mask[:, 0] = False            # no fully masked row: PyTorch would give NaN there
     return params, x, mask
 
@@ -378,9 +380,9 @@ def write_demo(seed=2000):
         np.save(os.path.join(DEMO_DIR, "trace", stage + ".npy"), np.ascontiguousarray(value.numpy(), dtype=np.float32))
 
     # Fusion: Qwen's ids <img> = 151857, </img> = 151858, the pad inside a span = 151859.
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = np.random.default_rng(seed + 1)
     Q = Gq * Gq
-    text = lambda n: [int(t) for t in torch.randint(0, 151643, (n,), generator=gen)]
+    text = lambda n: [int(t) for t in gen.integers(0, 151643, n)]
     ids = text(3) + [151857] + [151859] * Q + [151858] + text(5) + [151857] + [151859] * Q + [151858] + text(2)
     embeddings = randn(gen, len(ids), E).numpy()
     fused = embeddings.copy()
