@@ -23,6 +23,7 @@ followed by the visual tower's tail (ln_post, then `@ proj`).
 
 import json
 import math
+from fractions import Fraction
 import os
 import sys
 
@@ -96,6 +97,38 @@ def resize_table(table, grid_in, grid_out):
     resized = F.interpolate(image, size=(grid_out, grid_out), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1).flatten(0, 2)
 
+def resize_table_exact(table, grid_in, grid_out):
+    """The same bicubic resize in exact rational arithmetic, rounded once at the end (to float64, which holds a
+    float32 tie exactly). The resized table is full of ties: a 2 -> 4 resize averages neighbours with weights that
+    are simple fractions, and the exact value often falls halfway between two float32 numbers, where a float64 sum
+    in one order or another rounds either way. F.interpolate's vectorised and scalar kernels do differ there; the
+    exact value does not. Written for the fixtures' small tables (the notebooks use resize_table)."""
+    if grid_in == grid_out:
+        return table
+    A = Fraction(-3, 4)
+
+    def cubic(d):  # Keys' cubic convolution kernel, |d| < 2
+        d = abs(d)
+        return ((A + 2) * d - (A + 3)) * d * d + 1 if d <= 1 else ((A * d - 5 * A) * d + 8 * A) * d - 4 * A
+
+    def taps(j):  # the four clamped source indices and their weights for output index j (align_corners=False)
+        s = Fraction(grid_in, grid_out) * (j + Fraction(1, 2)) - Fraction(1, 2)
+        i0 = math.floor(s)
+        t = s - i0
+        weights = [cubic(t + 1), cubic(t), cubic(1 - t), cubic(2 - t)]
+        return [min(max(i0 - 1 + k, 0), grid_in - 1) for k in range(4)], weights
+
+    values = [[Fraction(float(v)) for v in row] for row in table.double().tolist()]
+    out = []
+    for oy in range(grid_out):
+        rows, wy = taps(oy)
+        for ox in range(grid_out):
+            cols, wx = taps(ox)
+            out.append([float(sum(wy[a] * wx[b] * values[rows[a] * grid_in + cols[b]][c]
+                                  for a in range(4) for b in range(4)))
+                        for c in range(len(values[0]))])
+    return torch.tensor(out, dtype=torch.float64)
+
 # ---------------------------------------------------------------------------
 # One case: random parameters and inputs, the forward pass, every intermediate.
 
@@ -138,7 +171,7 @@ def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     return params, x, mask
 
 
-def reference_forward(params, x, mask, H, name=""):
+def reference_forward(params, x, mask, H, name="", exact_resize=False):
     """The adapter and the tower's tail on x (N, L, Kv), built from torch.nn modules loaded with `params`.
     Uses params["attn_pool.pos_embed"] as the query-side table when present (as load_state_dict would),
     else the numpy sin-cos table. Returns every intermediate by its trace name.
@@ -147,7 +180,8 @@ def reference_forward(params, x, mask, H, name=""):
     of an exact computation. A float32 computation's last bits depend on the CPU's BLAS and SIMD kernels (the order
     of each sum); the float64 one's differences are some 1e-16 relative, which rounding to float32 removes (barring
     a value within 1e-16 of a float32 rounding boundary). So the files are the same bytes on every CPU, and they are
-    the reference the float32 C++ is held to."""
+    the reference the float32 C++ is held to. With exact_resize, the key table comes from resize_table_exact
+    (checked against F.interpolate's): the fixtures' way, so that its ties round the same way on every CPU."""
     params = {k: v.double() for k, v in params.items()}
     x = x.double()
     if mask is not None and mask.dtype != torch.bool:
@@ -180,6 +214,10 @@ def reference_forward(params, x, mask, H, name=""):
         else:
             pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()       # (Q, E), float32 values
         pos_k = resize_table(pos_q, Gq, Gk)                           # (L, E)
+        if exact_resize:
+            exact = resize_table_exact(pos_q, Gq, Gk)
+            assert torch.allclose(exact, pos_k, rtol=0, atol=1e-12), name
+            pos_k = exact
         projected = kv_proj(x) if kv_proj is not None else x          # (N, L, E)
         X = ln_kv(projected)                                          # (N, L, E)
         lq = ln_q(query)                                              # (Q, E)
@@ -220,7 +258,7 @@ def reference_forward(params, x, mask, H, name=""):
 
 def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     params, x, mask = make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed)
-    intermediates = reference_forward(params, x, mask, H, name)
+    intermediates = reference_forward(params, x, mask, H, name, exact_resize=True)
     inputs = {"x": x}
     if mask is not None:
         inputs["attn_mask"] = mask
@@ -332,7 +370,7 @@ def write_cli_case(name, H, params, x, mask, how):
         E = params["attn_pool.query"].shape[1]
         Gq = math.isqrt(params["attn_pool.query"].shape[0])
         stored["attn_pool.pos_embed"] = as_stored(torch.from_numpy(sincos_2d(E, Gq)), dtype)
-    result = reference_forward(stored, x, mask, H, name)
+    result = reference_forward(stored, x, mask, H, name, exact_resize=True)
     adapter_only = how.get("adapter_only", False)
     expected = result["out"] if adapter_only else result["proj"]
     if adapter_only:
@@ -369,7 +407,7 @@ def write_demo(seed=2000):
     params["attn_pool.query"] = params["attn_pool.query"] * 0.02     # Qwen-VL initialises queries with std 0.02
     stored = {k: as_stored(v, "BF16") for k, v in params.items()}
     stored["attn_pool.pos_embed"] = as_stored(torch.from_numpy(sincos_2d(E, Gq)), "BF16")
-    intermediates = reference_forward(stored, x, None, H, "demo")
+    intermediates = reference_forward(stored, x, None, H, "demo", exact_resize=True)
     y = intermediates["proj"]
     os.makedirs(DEMO_DIR, exist_ok=True)
     write_safetensors(os.path.join(DEMO_DIR, "adapter.safetensors"), {PREFIX + k: v for k, v in stored.items()}, "BF16")
