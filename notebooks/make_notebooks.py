@@ -144,8 +144,10 @@ plt.tight_layout(); plt.show()"""),
 ## Resized is not the same as computed at 32 x 32
 
 A table computed directly for a 32 x 32 grid (`nb.table(E, 32)`) encodes positions 0..31; the resized table
-encodes positions 0..15 sampled twice as densely. They differ everywhere except in spirit: both keep
-neighbourhoods, but at different scales. The adapter uses the resized one, which is what the trained queries saw."""),
+samples the 16-position table at $s = j/2 - 0.25$, i.e. positions -0.25, 0.25, ..., 15.25, with the taps beyond the
+border clamped to the edge. The two differ everywhere except in spirit: both keep neighbourhoods, but at different
+scales. The adapter adds the resized one to the keys, as it did in training at 448 pixels; the queries keep the
+16 x 16 table."""),
     ("code", """\
 direct = nb.table(E, 32)
 centre = 16 * 32 + 16
@@ -163,7 +165,8 @@ plt.tight_layout(); plt.show()"""),
 2. Resize 16 -> 8 (a smaller image) with `nb.table(E, 16, key_grid=8)`. Is it the same as keeping every other
    row and column? Why not?
 3. The weights of the four taps sum to 1 for every $t$ (a test checks it). What does that guarantee for a
-   constant table? For a table that is linear along a row?"""),
+   constant table? Try a table that is linear along a row (a ramp): is it reproduced in the interior, and at the
+   border? (Hint: Keys' cubic reproduces ramps only with A = -0.5; PyTorch uses A = -0.75.)"""),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,9 +205,11 @@ print("PyTorch reference with every intermediate: %.1f s" % (time.perf_counter()
     ("md", """\
 ## Every stage against PyTorch
 
-*Largest |C++ - PyTorch|* is the worst element; *relative* divides it by the stage's largest magnitude. float32
-carries about 7 significant digits (machine epsilon 1.2e-7), and a sum over 4096 terms in another order moves
-the last digits: agreement to about 1e-6 relative is float32 precision."""),
+*Largest |C++ - PyTorch|* is the worst element; *relative* divides it by the stage's largest magnitude. The
+PyTorch oracle computes in float64 and rounds each value to float32 (`reference_forward` in
+`tests/reference/make_fixtures.py`), so the differences are the C++'s own float32 roundings. float32 carries about
+7 significant digits (machine epsilon 1.2e-7), and a float32 sum over 4096 terms moves the last digits: agreement
+to about 1e-6 relative is float32 precision."""),
     ("code", """\
 print("%-13s %-18s %12s %12s %10s" % ("stage", "shape", "max |C++-PT|", "max |PT|", "relative"))
 errors = {}
@@ -223,9 +228,8 @@ plt.tight_layout(); plt.show()"""),
     ("md", """\
 ## Exercises
 
-1. Only `kv_proj` agrees bit for bit, though each of its values sums 1664 products. Why that one? (Hint: what
-   do the two sides hand to OpenBLAS's sgemm there, and are the inputs of the other products already different?)
-   And why does `pos_q`, which has no sum at all, not agree exactly?
+1. `pos_q` and `ln_q` agree to about one float32 rounding, `kv_proj` and the stages after it to a few. Why?
+   (Hint: where does the C++ sum many float32 terms, and in what precision does the oracle sum them?)
 2. `scores` has the largest magnitudes. Would scaling `k` instead of `q` by $1/\\sqrt{D_h}$ change the
    result in exact arithmetic? In float32?
 3. Run the same with `--adapter-only` and compare with `ref["out"]`.
@@ -309,7 +313,8 @@ print("rows sum to 1:", np.allclose(positions_only.reshape(Q, -1).sum(1), 1, ato
 
 1. Make `ln_kv`'s gain 0.3 instead of 0 (positions and content at once). Where do the maps move?
 2. Use 4 heads (`--heads 4`): each head sees 64 channels. Which channels does head 0 get, and what does that do
-   to its maps? (Hint: which frequencies live in the first 64 channels of the table?)
+   to its maps? (Hint: the table's channels come in four blocks of E/4 = 64: the sines of the column w, their
+   cosines, the sines of the row h, their cosines. What can a head that sees only the first block tell about h?)
 3. Why is the map of a query at the border lopsided?"""),
 ]
 
@@ -405,9 +410,11 @@ plt.tight_layout(); plt.show()"""),
     ("md", """\
 ## Exercises
 
-1. Count the multiply-adds of each matrix product for one image and check that they add up to about 104 GFLOP.
-   Which product dominates? Divide each bar of the last plot's blue stages by its operations: which products run
-   below the sgemm throughput, and why might the attention's per-head ones be slower?
+1. Count the multiply-adds of each matrix product for one image; at two FLOPs each, check that the products the
+   benchmark times add up to 104.2 GFLOP (the query projection, 2 x 256 x 4096 x 4096 = 8.6 GFLOP, is prepared
+   once per set of weights and not counted). Which product dominates? For each blue bar of the last plot, divide
+   its operations by its time: which products reach a lower throughput (GFLOP/s) than sgemm, and why might the
+   attention's per-head ones be among them?
 2. How many parameters would the adapter have for a ViT of width 1280 (Kv) and the same E? Check with
    `qwenvl-adapter info` on a checkpoint you write with `nb.write_safetensors`.
 3. Two images in one prompt: how many positions do they take? Try `fuse` with two spans."""),

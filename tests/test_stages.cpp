@@ -14,6 +14,7 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "io/fixture.hpp"
+#include "io/safetensors.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
@@ -276,4 +277,66 @@ TEST_CASE("compare: the golden check fails on a difference above the tolerance a
     CHECK_FALSE(compare(got, expected, 1e-5, 1e-5).ok());
     CHECK(std::isnan(compare(got, expected, 1e-5, 1e-5).max_abs_error));
     CHECK_FALSE(compare(xt::xarray<float>(xt::zeros<float>({4})), expected, 1, 1).ok());
+}
+
+// --- Conversions and layouts, by value (each of these caught a realistic bug only indirectly before) ---
+
+TEST_CASE("f16 and bf16 conversions, subnormals and specials included, by value", "[io]") {
+    CHECK(f16_to_float(0x3C00) == 1.0f);
+    CHECK(f16_to_float(0xC000) == -2.0f);
+    CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));          // the smallest subnormal half, 2^-24
+    CHECK(f16_to_float(0x03FF) == 1023.0f * std::ldexp(1.0f, -24));  // the largest subnormal half
+    CHECK(f16_to_float(0x8200) == -std::ldexp(1.0f, -15));          // a negative subnormal, 512 * 2^-24
+    CHECK(f16_to_float(0x0400) == std::ldexp(1.0f, -14));           // the smallest normal half
+    CHECK(f16_to_float(0x7BFF) == 65504.0f);                        // the largest finite half
+    CHECK(std::isinf(f16_to_float(0x7C00)));
+    CHECK(std::isnan(f16_to_float(0x7E00)));
+    CHECK(std::signbit(f16_to_float(0x8000)));
+    CHECK(bf16_to_float(0x3F80) == 1.0f);  // the top 16 bits of the float32 1.0 = 0x3F800000
+    CHECK(bf16_to_float(0xC040) == -3.0f);
+    CHECK(bf16_to_float(0x3F81) == 1.0f + std::ldexp(1.0f, -7));
+    CHECK(bf16_to_float(0x0001) == std::ldexp(1.0f, -133));  // a float32 subnormal
+    CHECK(std::isinf(bf16_to_float(0x7F80)));
+    const std::uint8_t raw[4] = {0x80, 0x3F, 0x00, 0x3C};  // little-endian: bf16 1.0 then, read as f16, ...
+    float out[2];
+    convert_to_float("BF16", raw, 2, out);
+    CHECK(out[0] == 1.0f);
+    convert_to_float("F16", raw + 2, 1, out);
+    CHECK(out[0] == 1.0f);  // 0x3C00
+}
+
+TEST_CASE("kv_projection: a square weight is a projection, not the identity, on both paths", "[linear]") {
+    const Matrix x = {{1.0f, 2.0f}, {3.0f, -1.0f}};
+    const Matrix w = {{0.0f, 1.0f}, {2.0f, 0.5f}};  // (E, Kv) with Kv == E: x W^T
+    const Matrix expected = {{2.0f, 3.0f}, {-1.0f, 5.5f}};
+    CHECK((kv_projection(x, w) == expected));
+    CHECK((fast::kv_projection(fast::whole(x), w) == expected));
+}
+
+TEST_CASE("split_in_proj: the first E rows are W_q, the next E W_k, the last E W_v, by value", "[linear]") {
+    Matrix packed = Matrix::from_shape({6, 2});
+    Vector bias = Vector::from_shape({6});
+    for (std::size_t r = 0; r < 6; ++r) {
+        packed(r, 0) = static_cast<float>(10 * r);
+        packed(r, 1) = static_cast<float>(10 * r + 1);
+        bias(r) = static_cast<float>(100 + r);
+    }
+    const InProjection p = split_in_proj(packed, bias);
+    CHECK((p.w_q == Matrix{{0, 1}, {10, 11}}));
+    CHECK((p.w_k == Matrix{{20, 21}, {30, 31}}));
+    CHECK((p.w_v == Matrix{{40, 41}, {50, 51}}));
+    CHECK((p.b_q == Vector{100, 101}));
+    CHECK((p.b_k == Vector{102, 103}));
+    CHECK((p.b_v == Vector{104, 105}));
+}
+
+TEST_CASE("safetensors header: data offsets past the data are refused by the offsets check's own message", "[io]") {
+    const std::string header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})";
+    std::vector<std::uint8_t> bytes(8 + header.size());
+    const std::uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<std::uint8_t>(n >> (8 * i));
+    std::copy(header.begin(), header.end(), bytes.begin() + 8);
+    CHECK(parse_safetensors_header(bytes.data(), bytes.size(), bytes.size() + 12).tensors.size() == 2);
+    CHECK_THROWS_WITH(parse_safetensors_header(bytes.data(), bytes.size(), bytes.size() + 11),
+                      Contains("'b': data_offsets [8, 12] lie outside the 11 bytes of data"));
 }
