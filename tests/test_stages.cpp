@@ -1,6 +1,8 @@
 // Invariants and error paths of each stage, on both paths where both have the function. These hold whatever the
 // fixtures say; the golden values are in test_golden.cpp.
 #include <array>
+#include <filesystem>
+#include <map>
 #include <cmath>
 #include <limits>
 
@@ -14,7 +16,9 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "io/fixture.hpp"
+#include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
+#include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
@@ -339,4 +343,38 @@ TEST_CASE("safetensors header: data offsets past the data are refused by the off
     CHECK(parse_safetensors_header(bytes.data(), bytes.size(), bytes.size() + 12).tensors.size() == 2);
     CHECK_THROWS_WITH(parse_safetensors_header(bytes.data(), bytes.size(), bytes.size() + 11),
                       Contains("'b': data_offsets [8, 12] lie outside the 11 bytes of data"));
+}
+
+TEST_CASE("load_adapter reads the packed in_proj from a file into W_q, W_k, W_v at the right rows, by value", "[io]") {
+    const std::size_t E = 4, Q = 4;
+    const std::string a = "transformer.visual.attn_pool.";
+    std::map<std::string, xt::xarray<float>> tensors;
+    xt::xarray<float> packed = xt::xarray<float>::from_shape({3 * E, E}), bias = xt::xarray<float>::from_shape({3 * E});
+    for (std::size_t r = 0; r < 3 * E; ++r) {
+        for (std::size_t c = 0; c < E; ++c) packed(r, c) = static_cast<float>(100 * r + c);
+        bias(r) = static_cast<float>(1000 + r);
+    }
+    tensors[a + "attn.in_proj_weight"] = packed;
+    tensors[a + "attn.in_proj_bias"] = bias;
+    tensors[a + "query"] = xt::zeros<float>({Q, E});
+    tensors[a + "attn.out_proj.weight"] = xt::zeros<float>({E, E});
+    for (const char* v : {"attn.out_proj.bias", "ln_q.weight", "ln_q.bias", "ln_kv.weight", "ln_kv.bias"})
+        tensors[a + v] = xt::zeros<float>({E});
+    const std::filesystem::path file = std::filesystem::temp_directory_path() / "qwenvl-in-proj.safetensors";
+    qwenvl_test::write_safetensors_f32(file.string(), tensors);
+    WeightFiles files;
+    files.add(file.string());
+    const LoadedAdapter m = load_adapter(files, kDefaultPrefix, 1, false);
+    std::filesystem::remove(file);
+    const InProjection& p = m.weights.in_proj;
+    CHECK(p.w_q(0, 0) == 0.0f);
+    CHECK(p.w_q(3, 2) == 302.0f);
+    CHECK(p.w_k(0, 1) == 401.0f);   // row E of the packed weight
+    CHECK(p.w_v(3, 3) == 1103.0f);  // row 3E - 1
+    CHECK(p.b_q(0) == 1000.0f);
+    CHECK(p.b_k(0) == 1004.0f);
+    CHECK(p.b_v(3) == 1011.0f);
+    const InProjection split = split_in_proj(Matrix(packed), Vector(bias));  // the same rows as the in-memory split
+    CHECK((split.w_k == p.w_k));
+    CHECK((split.b_v == p.b_v));
 }

@@ -59,7 +59,14 @@ CASES = [
      8, 2, 6, 3, 5, 1, None, True),
     ("resize_down", "4x4 queries on a 2x2 key grid (table resized down); one head",
      8, 1, 10, 4, 2, 1, None, True),
+    ("small_variance", "features and queries of small variance (LayerNorm rows with std about 1e-3 and 1e-2, where "
+     "eps = 1e-6 matters), and a float mask with entries near +100 (scores + mask overflow exp unless each row's "
+     "maximum is subtracted first)",
+     8, 2, 6, 2, 3, 2, "large", True),
 ]
+
+# Scales applied after drawing a case: the features' scale per image, and the learned queries' scale.
+CASE_SCALES = {"small_variance": ([1e-3, 1e-2], 3e-3)}
 
 # ---------------------------------------------------------------------------
 # The sin-cos table, in numpy float32, as Qwen-VL (after MAE) builds it.
@@ -165,6 +172,8 @@ def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     mask = None
     if mask_kind == "float":
         mask = randn(gen, Q, L)
+    elif mask_kind == "large":
+        mask = randn(gen, Q, L) + 100.0 * torch.from_numpy(gen.random((Q, L)) < 0.3).float()
     elif mask_kind == "bool":
         mask = torch.from_numpy(gen.random((Q, L)) < 0.4)
         mask[:, 0] = False            # no fully masked row: PyTorch would give NaN there
@@ -258,6 +267,10 @@ def reference_forward(params, x, mask, H, name="", exact_resize=False):
 
 def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     params, x, mask = make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed)
+    if name in CASE_SCALES:
+        image_scales, query_scale = CASE_SCALES[name]
+        x = x * torch.tensor(image_scales, dtype=torch.float32).reshape(-1, 1, 1)
+        params["attn_pool.query"] = params["attn_pool.query"] * query_scale
     intermediates = reference_forward(params, x, mask, H, name, exact_resize=True)
     inputs = {"x": x}
     if mask is not None:
@@ -335,6 +348,7 @@ CLI_CASES = {
     "bool_mask": {"dtype": "F32", "pos_embed": False},
     "odd_grids": {"dtype": "F32", "pos_embed": True, "adapter_only": True},
     "resize_down": {"dtype": "BF16", "pos_embed": True, "float64_input": True},
+    "small_variance": {"dtype": "F32", "pos_embed": False},
 }
 
 
