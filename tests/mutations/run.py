@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+"""Break the code on purpose, one realistic bug at a time, and show which tests catch it.
+
+    /usr/bin/python3 tests/mutations/run.py [--only ID ...] [--list]
+
+Each mutation below is a bug a port of this adapter has made or could make (docs/testing.md lists them with the
+tests that catch each). For each one the script patches one source file (an exact text replacement, which must
+match once), rebuilds the library, `qwenvl-adapter` and the tests in their own build folder (build/mutations,
+Release), runs ctest without the full-size test, restores the file, and records which tests failed. A mutation
+that no test catches is reported as SURVIVED, and the script exits with 1. The report is also written to
+build/mutations/report.md. The source tree is restored after every mutation, also when the script is interrupted.
+About 20 to 40 s per mutation on 2 cores.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(REPO, "build", "mutations")
+
+# id, the bug, file, the correct text, the broken text
+MUTATIONS = [
+    ("sincos-halves", "sin and cos halves swapped", "src/stages/02_sincos.cpp",
+     "table(p, i) = std::sin(angle);\n            table(p, half + i) = std::cos(angle);",
+     "table(p, i) = std::cos(angle);\n            table(p, half + i) = std::sin(angle);"),
+    ("sincos-hw", "h and w swapped (the meshgrid pitfall)", "src/stages/02_sincos.cpp",
+     "column[h * grid + w] = static_cast<float>(w);\n            row[h * grid + w] = static_cast<float>(h);",
+     "column[h * grid + w] = static_cast<float>(h);\n            row[h * grid + w] = static_cast<float>(w);"),
+    ("sincos-exponent", "frequency exponent i / D instead of i / (D/2)", "src/stages/02_sincos.cpp",
+     "static_cast<float>(i) / (static_cast<float>(dim) / 2.0f)", "static_cast<float>(i) / static_cast<float>(dim)"),
+    ("bicubic-a", "bicubic A = -0.5 (not PyTorch's -0.75)", "src/stages/03_resize.cpp",
+     "constexpr float A = -0.75f;", "constexpr float A = -0.5f;"),
+    ("bicubic-offset", "no half-pixel offset (align_corners=True-like source coordinate)", "src/stages/03_resize.cpp",
+     "return scale * (static_cast<float>(j) + 0.5f) - 0.5f;", "return scale * static_cast<float>(j);"),
+    ("ln-unbiased", "LayerNorm with the unbiased variance", "src/stages/04_layernorm.cpp",
+     "var /= static_cast<double>(E);", "var /= static_cast<double>(E - 1);"),
+    ("ln-eps-outside", "LayerNorm's eps outside the square root", "src/stages/04_layernorm.cpp",
+     "1.0 / std::sqrt(var + static_cast<double>(eps))", "1.0 / (std::sqrt(var) + static_cast<double>(eps))"),
+    ("ln-affine-swapped", "LayerNorm's weight and bias swapped", "src/stages/04_layernorm.cpp",
+     "* rstd * gamma(c) + beta(c)", "* rstd * beta(c) + gamma(c)"),
+    ("q-unscaled", "q not scaled by 1/sqrt(Dh)", "src/stages/06_attention.cpp",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),
+    ("q-over-dh", "q scaled by 1/Dh", "src/stages/06_attention.cpp",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));",
+     "const Matrix q_scaled = q / static_cast<float>(Dh);"),
+    ("softmax-no-max", "softmax without subtracting the row maximum", "src/stages/06_attention.cpp",
+     "for (std::size_t c = 0; c < cols; ++c) top = std::max(top, s(r, c));", "top = 0.0f;"),
+    ("mask-sign", "the float mask subtracted instead of added", "src/stages/06_attention.cpp",
+     "Matrix(scores + *mask)", "Matrix(scores - *mask)"),
+    ("position-on-values", "the position table added to the values too", "src/stages/07_adapter.cpp",
+     "const Matrix v = linear(X, w.in_proj.w_v, w.in_proj.b_v);",
+     "const Matrix v = linear(key_in, w.in_proj.w_v, w.in_proj.b_v);"),
+    ("resized-on-queries", "the resized (key) table on the queries", "src/stages/07_adapter.cpp",
+     "const Matrix query_in = ln_q + pos_q;", "const Matrix query_in = ln_q + pos_k;"),
+    ("heads-e-64", "heads E / 64 instead of E / 128", "src/stages/07_adapter.cpp",
+     "c.num_heads = num_heads ? num_heads : E / 128;", "c.num_heads = num_heads ? num_heads : E / 64;"),
+    ("proj-transposed", "proj applied as an nn.Linear weight (x proj^T)", "src/stages/08_tower_tail.cpp",
+     "matmul(ln_post, tail.proj);", "matmul(ln_post, Matrix(xt::transpose(tail.proj)));"),
+    ("in-proj-kv-swapped", "in_proj's k and v blocks swapped", "src/stages/05_projections.cpp",
+     "std::size_t in_proj_offset(std::size_t part, std::size_t E) { return part * E; }",
+     "std::size_t in_proj_offset(std::size_t part, std::size_t E) { return (part == 0 ? 0 : 3 - part) * E; }"),
+    ("kv-square-identity", "a square kv_proj weight treated as the identity", "src/stages/05_projections.cpp",
+     "if (w_kv.size() == 0) return x;", "if (w_kv.size() == 0 || w_kv.shape(0) == w_kv.shape(1)) return x;"),
+    ("fusion-one-late", "image features spliced one position late", "src/stages/09_fusion.cpp",
+     "xt::range(a + 1, b)", "xt::range(a + 2, b + 1)"),
+    ("bf16-low-half", "bf16 bits put in the low half of the float32", "src/io/safetensors.cpp",
+     "const std::uint32_t word = static_cast<std::uint32_t>(bits) << 16;",
+     "const std::uint32_t word = static_cast<std::uint32_t>(bits);"),
+    ("f16-subnormal", "f16 subnormals with an exponent one too large", "src/io/safetensors.cpp",
+     "        exponent = 113;", "        exponent = 114;"),
+    ("offsets-check", "safetensors data offsets not checked against the data's size", "src/io/safetensors.cpp",
+     "if (begin > end || end > data_size)", "if (begin > end)"),
+    # The fast path's own copies of the numerics.
+    ("fast-q-unscaled", "fast path: q not scaled by 1/sqrt(Dh)", "src/fast/attention.cpp",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),
+    ("fast-softmax-no-max", "fast path: softmax without the row maximum", "src/fast/attention.cpp",
+     "const float top = lane_max(out, cols);", "const float top = 0.0f;"),
+    ("fast-mask-sign", "fast path: the float mask subtracted", "src/fast/attention.cpp",
+     "out[c] = s[c] + m[c];", "out[c] = s[c] - m[c];"),
+    ("fast-exp-taylor", "fast path: the exponential's r^6 term dropped", "src/fast/attention.cpp",
+     "r * (1.0f / 120 + r * (1.0f / 720))", "r * (1.0f / 120)"),
+    ("fast-ln-unbiased", "fast path: LayerNorm with the unbiased variance", "src/fast/layernorm.cpp",
+     "[mean](float v) { return (v - mean) * (v - mean); }) / static_cast<double>(E);",
+     "[mean](float v) { return (v - mean) * (v - mean); }) / static_cast<double>(E - 1);"),
+    ("fast-ln-eps-outside", "fast path: LayerNorm's eps outside the square root", "src/fast/layernorm.cpp",
+     "1.0 / std::sqrt(var + static_cast<double>(eps))", "1.0 / (std::sqrt(var) + static_cast<double>(eps))"),
+]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
+
+
+def build():
+    r = run(["cmake", "--build", BUILD, "-j2", "--target", "adapter_tests", "qwenvl-adapter"])
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+def failed_tests():
+    r = run(["ctest", "--test-dir", BUILD, "-LE", "fullsize", "-j2"])
+    return sorted(set(re.findall(r"^\s*\d+ - (.*?) \((?:Failed|Exception|SEGFAULT|Subprocess aborted|Timeout)\)\s*$",
+                                 r.stdout, re.M))), r.returncode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="run only these mutation ids")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args()
+    if args.list:
+        for m in MUTATIONS:
+            print("%-22s %s (%s)" % (m[0], m[1], m[2]))
+        return 0
+    chosen = [m for m in MUTATIONS if not args.only or m[0] in args.only]
+    for mid, _, path, good, bad in chosen:  # every mutation must match its file exactly once, before anything runs
+        count = open(os.path.join(REPO, path)).read().count(good)
+        if count != 1:
+            print("mutation %s: the text to break occurs %d times in %s" % (mid, count, path))
+            return 2
+    r = run(["cmake", "-S", ".", "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release", "-DQWENVL_NATIVE=ON"])
+    if r.returncode != 0:
+        print(r.stdout + r.stderr)
+        return 2
+    ok, log = build()
+    if not ok or failed_tests()[1] != 0:
+        print("the unmodified tree does not build or pass its tests in %s:\n%s" % (BUILD, log[-2000:]))
+        return 2
+    rows, survived = [], []
+    for mid, what, path, good, bad in chosen:
+        full = os.path.join(REPO, path)
+        original = open(full).read()
+        try:
+            open(full, "w").write(original.replace(good, bad))
+            ok, log = build()
+            failures, _ = failed_tests() if ok else (["(does not compile)"], 1)
+        finally:
+            open(full, "w").write(original)
+        caught = ", ".join("`%s`" % f for f in failures) if failures else "SURVIVED"
+        if not failures:
+            survived.append(mid)
+        rows.append("| `%s` | %s | `%s` | %d | %s |" % (mid, what, path, len(failures), caught))
+        print("%-22s %3d failing tests%s" % (mid, len(failures), "" if failures else "  SURVIVED"), flush=True)
+    build()  # the restored tree, so that the folder ends as it began
+    report = ["| mutation | the bug | file | tests failing | which |", "|---|---|---|---|---|"] + rows
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, "report.md"), "w") as f:
+        f.write("\n".join(report) + "\n")
+    print("\n%d mutations, %d caught, %d survived%s; report in build/mutations/report.md"
+          % (len(chosen), len(chosen) - len(survived), len(survived), (": " + ", ".join(survived)) if survived else ""))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
