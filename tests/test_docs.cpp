@@ -2,6 +2,8 @@
 // docs/, and every relative link in docs/ and the README resolves to a file (and, for a #section of a Markdown
 // file, to a heading of that file).
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -9,6 +11,8 @@
 #include <sstream>
 
 #include <catch2/catch.hpp>
+
+#include "stages/07_adapter.hpp"
 
 namespace fs = std::filesystem;
 
@@ -138,6 +142,81 @@ TEST_CASE("src/stages/ stays readable: no raw buffers, strides, BLAS or byte cop
         ++files;
     }
     CHECK(files == 18);  // nine stages, a header and a source each
+}
+
+namespace {
+// "75,005,952"
+std::string with_commas(std::size_t n) {
+    std::string digits = std::to_string(n), out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return out;
+}
+
+std::string printed(const char* format, double value) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, format, value);
+    return buf;
+}
+
+// Checks that `file` (relative to the repository) holds `text`, which the test computed.
+void quotes(const std::string& file, const std::string& text) {
+    INFO(file << " should quote \"" << text << "\", the value computed here");
+    CHECK(slurp(kRoot / file).find(text) != std::string::npos);
+}
+}  // namespace
+
+TEST_CASE("docs: the numbers they quote are the ones computed from the code and the data", "[docs]") {
+    // Parameter counts at Qwen-VL's size (the same as PyTorch's modules count, data/parameter_counts.json).
+    qwenvl::AdapterConfig qwen;
+    qwen.embed_dim = 4096;
+    qwen.kv_dim = 1664;
+    qwen.n_queries = 256;
+    qwen.grid_q = 16;
+    qwen.num_heads = 32;
+    const qwenvl::ParameterCount p = qwenvl::count_parameters(qwen);
+    quotes("README.md", with_commas(p.trainable) + " parameters");
+    quotes("docs/stages/07-adapter.md", "Parameters: " + with_commas(p.trainable) + " trainable");
+    quotes("docs/stages/07-adapter.md", "`pos_embed` of " + with_commas(p.frozen));
+    std::string latex = with_commas(p.trainable);
+    for (std::size_t at = latex.find(','); at != std::string::npos; at = latex.find(',', at + 3)) latex.replace(at, 1, "{,}");
+    quotes("docs/paper-map.md", "= " + latex + "$");
+
+    // The operations of one full-size image (32 x 32 keys), two per multiply-add.
+    const double L = 1024, Kv = 1664, E = 4096, Q = 256;
+    const double kv = 2 * L * Kv * E, kv_products = 2 * 2 * L * E * E, attention = 2 * 2 * Q * L * E, tail = 2 * 2 * Q * E * E;
+    quotes("docs/performance.md", printed("%.1f GFLOP for one 32 x 32", (kv + kv_products + attention + tail) / 1e9));
+    quotes("docs/performance.md", printed("(`kv_proj` %.1f, ", kv / 1e9));
+    quotes("docs/performance.md", printed("the key and value projections %.1f,", kv_products / 1e9));
+    quotes("docs/performance.md", printed("the attention's two products %.1f,", attention / 1e9));
+    quotes("docs/performance.md", printed("tower's `proj` %.1f;", tail / 1e9));
+    quotes("notebooks/make_notebooks.py", printed("add up to %.1f GFLOP", (kv + kv_products + attention + tail) / 1e9));
+    quotes("notebooks/make_notebooks.py", printed("2 x 256 x 4096 x 4096 = %.1f GFLOP", 2 * Q * E * E / 1e9));
+
+    // Bounds: bf16 rounding of values in [-1, 1]; the exponential's dropped Taylor term and its cut-off.
+    quotes("docs/stages/02-sincos.md", printed("$2^{-9} = %.2f \\times 10^{-3}$", std::ldexp(1.0, -9) * 1e3));
+    const double r = std::log(2.0) / 2, term = std::pow(r, 7) / 5040;
+    quotes("docs/fast-path.md", printed("$r^7/7!$, is at most $%.2f \\times 10^{-7}$", term * 1e7));
+    quotes("docs/fast-path.md", printed("which is\n$%.2f \\times 10^{-7}$ of $e^r$", term / std::exp(-r) * 1e7));
+    quotes("docs/fast-path.md", printed("$e^{-87} = %.1f \\times 10^{-38}$", std::exp(-87.0) * 1e38));
+
+    // The fixtures: how many, and their size to the nearest 10 KB.
+    std::size_t count = 0, bytes = 0;
+    for (const auto& e : fs::directory_iterator(kRoot / "data" / "fixtures")) {
+        ++count;
+        bytes += fs::file_size(e.path());
+    }
+    const char* words[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"};
+    REQUIRE(count <= 10);
+    quotes("docs/testing.md", std::string("`data/fixtures/*.json`: ") + words[count] + " tiny cases (" +
+                                  std::to_string((bytes + 5000) / 10000 * 10) + " KB together)");
+    quotes("README.md", std::string("every stage of ") + words[count] + " golden");
+    quotes("docs/stages/07-adapter.md", std::string("intermediates of all ") + words[count] + " fixtures");
+
+    // An image in the language model's input: Q features between two markers.
+    quotes("docs/stages/09-fusion.md", "with 256 features an image takes " + std::to_string(256 + 2) + " positions");
 }
 
 TEST_CASE("docs: every relative link resolves", "[docs]") {

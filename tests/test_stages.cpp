@@ -26,6 +26,7 @@
 #include "stages/05_projections.hpp"
 #include "stages/06_attention.hpp"
 #include "stages/07_adapter.hpp"
+#include "stages/09_fusion.hpp"
 
 using namespace qwenvl;
 using Catch::Matchers::Contains;
@@ -377,4 +378,16 @@ TEST_CASE("load_adapter reads the packed in_proj from a file into W_q, W_k, W_v 
     const InProjection split = split_in_proj(Matrix(packed), Vector(bias));  // the same rows as the in-memory split
     CHECK((split.w_k == p.w_k));
     CHECK((split.b_v == p.b_v));
+}
+
+TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's features, by value", "[fusion]") {
+    const std::vector<std::int64_t> ids = {7, kImageStart, 151859, 151859, kImageEnd, 9};
+    const Matrix embeddings = xt::zeros<float>({std::size_t(6), std::size_t(2)});
+    const Tensor3 features = {{{1.0f, 2.0f}, {3.0f, 4.0f}}};  // one image, Q = 2, E = 2
+    const Matrix fused = fuse_image_features(ids, embeddings, features);
+    const Matrix expected = {{0, 0}, {0, 0}, {1, 2}, {3, 4}, {0, 0}, {0, 0}};
+    CHECK((fused == expected));
+    CHECK((image_spans(ids) == std::vector<std::pair<std::size_t, std::size_t>>{{1, 4}}));
+    CHECK_THROWS_WITH(fuse_image_features({kImageStart, 0, kImageEnd}, Matrix(xt::zeros<float>({3, 2})), features),
+                      Contains("holds 1 positions, expected 2"));
 }
