@@ -1,6 +1,7 @@
 // The command line end to end: the fixture cases through `run` (safetensors and .npy written by the PyTorch
 // generator), `info`, `fuse`, and every bad input: one line on stderr naming the file, exit code 1 (2 for
 // usage), and no output file.
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <cstdint>
@@ -535,4 +536,49 @@ TEST_CASE("cli: usage errors exit with 2", "[cli][bad-input]") {
                     tmp / "y.npy", 2);
     expect_rejected(cli("transmogrify"), {"unknown command"}, tmp / "y.npy", 2);
     expect_rejected(cli("run --input"), {"--input needs a value"}, tmp / "y.npy", 2);
+}
+
+TEST_CASE("cli: info reads the headers, not the tensors (its memory stays far below the weights' size)", "[cli]") {
+    // E = 1536 with Kv == E: in_proj, out_proj and proj hold 47 MiB of F32 weights, which `run` reads and `info` not.
+    // The file is streamed out a chunk at a time: a child's peak memory, as getrusage reports it, includes its
+    // parent's peak (system() starts the child in the parent's memory), so this process must stay small too.
+    TempDir tmp;
+    const std::string weights = tmp / "w.safetensors";
+    const std::size_t E = 1536, Q = 16;
+    auto shapes = adapter_tensors(E, E, Q);
+    shapes.push_back({"transformer.visual.ln_post.weight", {E}});
+    shapes.push_back({"transformer.visual.ln_post.bias", {E}});
+    shapes.push_back({"transformer.visual.proj", {E, E}});
+    json header = json::object();
+    std::uint64_t offset = 0;
+    for (const auto& [name, shape] : shapes) {
+        std::uint64_t count = 1;
+        for (std::size_t d : shape) count *= d;
+        header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + 4 * count}}};
+        offset += 4 * count;
+    }
+    {
+        std::ofstream out(weights, std::ios::binary);
+        const std::string text = header.dump();
+        for (int i = 0; i < 8; ++i) out.put(static_cast<char>((std::uint64_t(text.size()) >> (8 * i)) & 0xFF));
+        out << text;
+        const std::vector<float> chunk(1 << 16, 0.5f);
+        for (std::uint64_t written = 0; written < offset; written += 4 * chunk.size())
+            out.write(reinterpret_cast<const char*>(chunk.data()),
+                      static_cast<std::streamsize>(std::min<std::uint64_t>(4 * chunk.size(), offset - written)));
+    }
+    const Result r = cli("info --weights " + q(weights));
+    rusage children{};
+    getrusage(RUSAGE_CHILDREN, &children);
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Contains("E (output_dim) = 1536") && Contains("(no kv_proj: identity)"));
+    // `run` reads the weights before it finds that its input does not exist; info's peak memory (the largest resident
+    // set of any child so far, in KiB) is at least 30 MiB below run's. Relative, so that it holds under ASan too.
+    const Result full = cli("run --weights " + q(weights) + " --input " + q(tmp / "none.npy") + " --output " + q(tmp / "y.npy"));
+    rusage after_run{};
+    getrusage(RUSAGE_CHILDREN, &after_run);
+    CHECK(full.code == 1);
+    INFO("info's peak " << children.ru_maxrss << " KiB, run's " << after_run.ru_maxrss << " KiB");
+    CHECK(children.ru_maxrss + 30 * 1024 < after_run.ru_maxrss);
 }

@@ -43,7 +43,7 @@ int info_command(const std::vector<std::string>& argv) {
     for (const auto& e : files.entries())
         std::printf("  %-50s %-5s %s\n", e.name.c_str(), e.dtype.c_str(), shape_string(e.shape).c_str());
 
-    const LoadedAdapter m = load_adapter(files, prefix, heads, true);
+    const LoadedAdapter m = load_adapter(files, prefix, heads, true, Contents::shapes);  // headers, and pos_embed
     const AdapterConfig& c = m.config;
     std::printf("config:\n  E (output_dim) = %zu\n  Kv (width) = %zu%s\n  Q (n_queries) = %zu, query grid %zux%zu\n"
                 "  H = %zu heads of Dh = %zu%s\n  tower tail (ln_post, proj): %s\n",

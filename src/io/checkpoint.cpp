@@ -6,9 +6,10 @@
 namespace qwenvl {
 
 namespace {
-// Reads `name` as a tensor of the given rank; throws InputError naming the file on a rank mismatch.
+// Reads `name` as a tensor of the given rank (only its shape, unfilled, when `fill` is false); throws InputError
+// naming the file on a rank mismatch.
 template <std::size_t Rank>
-xt::xtensor<float, Rank> read_rank(const WeightFiles& files, const std::string& name) {
+xt::xtensor<float, Rank> read_rank(const WeightFiles& files, const std::string& name, bool fill) {
     const TensorEntry& e = files.entry(name);
     if (e.shape.size() != Rank)
         throw InputError(e.file, "tensor '" + name + "' has shape " + shape_string(e.shape) + ", expected rank " +
@@ -16,14 +17,14 @@ xt::xtensor<float, Rank> read_rank(const WeightFiles& files, const std::string& 
     std::array<std::size_t, Rank> shape{};
     std::copy(e.shape.begin(), e.shape.end(), shape.begin());
     xt::xtensor<float, Rank> out(shape);
-    files.read_into(name, 0, out.size(), out.data());  // straight from the file: no second copy of the weights
+    if (fill) files.read_into(name, 0, out.size(), out.data());  // straight from the file: no second copy
     return out;
 }
 
 // The packed in_proj_weight (3E, E) and in_proj_bias (3E,), read part by part into W_q, W_k, W_v and
 // b_q, b_k, b_v at the rows split_in_proj takes them from (in_proj_offset), without holding the packed
 // tensor in memory beside its three parts (200 MB at Qwen-VL's size).
-InProjection read_in_proj(const WeightFiles& files, const std::string& weight, const std::string& bias) {
+InProjection read_in_proj(const WeightFiles& files, const std::string& weight, const std::string& bias, bool fill) {
     const TensorEntry& w = files.entry(weight);
     const TensorEntry& b = files.entry(bias);
     if (w.shape.size() != 2 || w.shape[0] != 3 * w.shape[1] || b.shape != std::vector<std::size_t>{w.shape[0]})
@@ -35,30 +36,33 @@ InProjection read_in_proj(const WeightFiles& files, const std::string& weight, c
     Vector* biases[3] = {&p.b_q, &p.b_k, &p.b_v};
     for (std::size_t part = 0; part < 3; ++part) {
         *weights[part] = Matrix::from_shape({E, E});
-        files.read_into(weight, in_proj_offset(part, E) * E, E * E, weights[part]->data());
         *biases[part] = Vector::from_shape({E});
+        if (!fill) continue;
+        files.read_into(weight, in_proj_offset(part, E) * E, E * E, weights[part]->data());
         files.read_into(bias, in_proj_offset(part, E), E, biases[part]->data());
     }
     return p;
 }
 }  // namespace
 
-LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail) {
+LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail,
+                           Contents contents) {
+    const bool fill = contents == Contents::all;
     const std::string a = prefix + "attn_pool.";
     LoadedAdapter m;
     AdapterWeights& w = m.weights;
-    w.query = read_rank<2>(files, a + "query");
-    if (files.has(a + "pos_embed")) w.pos_embed = read_rank<2>(files, a + "pos_embed");
-    if (files.has(a + "kv_proj.weight")) w.kv_proj = read_rank<2>(files, a + "kv_proj.weight");
+    w.query = read_rank<2>(files, a + "query", fill);
+    if (files.has(a + "pos_embed")) w.pos_embed = read_rank<2>(files, a + "pos_embed", true);  // info compares it
+    if (files.has(a + "kv_proj.weight")) w.kv_proj = read_rank<2>(files, a + "kv_proj.weight", fill);
     const std::string where = files.entry(a + "query").file;
     try {
-        w.in_proj = read_in_proj(files, a + "attn.in_proj_weight", a + "attn.in_proj_bias");
-        w.out_proj_weight = read_rank<2>(files, a + "attn.out_proj.weight");
-        w.out_proj_bias = read_rank<1>(files, a + "attn.out_proj.bias");
-        w.ln_q_weight = read_rank<1>(files, a + "ln_q.weight");
-        w.ln_q_bias = read_rank<1>(files, a + "ln_q.bias");
-        w.ln_kv_weight = read_rank<1>(files, a + "ln_kv.weight");
-        w.ln_kv_bias = read_rank<1>(files, a + "ln_kv.bias");
+        w.in_proj = read_in_proj(files, a + "attn.in_proj_weight", a + "attn.in_proj_bias", fill);
+        w.out_proj_weight = read_rank<2>(files, a + "attn.out_proj.weight", fill);
+        w.out_proj_bias = read_rank<1>(files, a + "attn.out_proj.bias", fill);
+        w.ln_q_weight = read_rank<1>(files, a + "ln_q.weight", fill);
+        w.ln_q_bias = read_rank<1>(files, a + "ln_q.bias", fill);
+        w.ln_kv_weight = read_rank<1>(files, a + "ln_kv.weight", fill);
+        w.ln_kv_bias = read_rank<1>(files, a + "ln_kv.bias", fill);
         const std::size_t E = w.query.shape(1);
         if (num_heads == 0 && E < 128)
             throw std::invalid_argument("the width E = " + std::to_string(E) +
@@ -71,9 +75,9 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, 
                                                  : "has ln_post but not proj");
         if (want_tail && has_proj) {
             m.has_tail = true;
-            m.tail.ln_post_weight = read_rank<1>(files, prefix + "ln_post.weight");
-            m.tail.ln_post_bias = read_rank<1>(files, prefix + "ln_post.bias");
-            m.tail.proj = read_rank<2>(files, prefix + "proj");
+            m.tail.ln_post_weight = read_rank<1>(files, prefix + "ln_post.weight", fill);
+            m.tail.ln_post_bias = read_rank<1>(files, prefix + "ln_post.bias", fill);
+            m.tail.proj = read_rank<2>(files, prefix + "proj", fill);
             check_shape("load_adapter", "proj", m.tail.proj, {E, E});
             check_shape("load_adapter", "ln_post.weight", m.tail.ln_post_weight, {E});
             check_shape("load_adapter", "ln_post.bias", m.tail.ln_post_bias, {E});

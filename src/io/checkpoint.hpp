@@ -25,9 +25,15 @@ struct LoadedAdapter {
     TowerTail tail;
 };
 
+// What load_adapter reads from the files: every tensor, or only the headers' shapes (each tensor allocated with
+// its shape but not filled, so that none of its memory is touched or read: `info`'s way, which then takes
+// milliseconds instead of reading the whole checkpoint) and the stored pos_embed.
+enum class Contents { all, shapes };
+
 // Reads and checks the adapter's tensors (and the tail's, when present and `want_tail`). num_heads = 0
 // applies Qwen-VL's rule H = E / 128. Throws InputError naming the file and the problem: a missing tensor,
 // a shape that does not fit the others, H not dividing E, E not divisible by 4.
-LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail);
+LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail,
+                           Contents contents = Contents::all);
 
 }  // namespace qwenvl
