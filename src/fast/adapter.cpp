@@ -20,7 +20,7 @@ QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, st
     Matrix query_in = w.query;                                 // (Q, E)
     layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
     record(trace, "ln_q", query_in);
-    query_in += side.pos_q;  // the un-resized table on the query side
+    add_in_place(query_in, side.pos_q);  // the un-resized table on the query side
     record(trace, "query_in", query_in);
     side.q = linear(query_in, w.in_proj.w_q, w.in_proj.b_q);  // (Q, E)
     record(trace, "q", side.q);
