@@ -1,8 +1,10 @@
 #include "cli/common.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 
+#include "core/compare.hpp"
 #include "fast/adapter.hpp"
 #include "io/errors.hpp"
 #include "io/fixture.hpp"
@@ -66,6 +68,21 @@ std::string describe_stage(const std::string& name) {
         {"proj", "08  @ proj: the image's tokens for the LLM"}};
     const auto it = what.find(name);
     return it == what.end() ? "" : it->second;
+}
+
+std::size_t print_stage_comparisons(const Trace& trace,
+                                    const std::function<xt::xarray<float>(const std::string&)>& expected, double atol,
+                                    double rtol) {
+    std::printf("  %-13s %-52s %-16s %s\n", "name", "stage", "shape", "C++ against PyTorch");
+    std::size_t bad = 0;
+    for (const auto& name : trace.names()) {
+        const xt::xarray<float> want = expected(name);
+        const Comparison cmp = compare(trace.get(name), want, atol, rtol);
+        bad += cmp.ok() ? 0 : 1;
+        std::printf("  %-13s %-52s %-16s %s\n", name.c_str(), describe_stage(name).c_str(),
+                    shape_string(shape_of(trace.get(name))).c_str(), describe(cmp, want).c_str());
+    }
+    return bad;
 }
 
 }  // namespace qwenvl::cli

@@ -2,6 +2,7 @@
 // the one-line description of every traced stage.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "core/shapes.hpp"
@@ -28,5 +29,11 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const Adapt
 
 // "06  softmax over the keys, per head": the stage (docs/stages/) and what a traced name holds.
 std::string describe_stage(const std::string& name);
+
+// Prints one line per traced stage (name, what it is, shape, and its comparison with `expected(name)` at
+// |a - b| <= atol + rtol |b|) and returns how many stages are outside that tolerance. `demo` and `golden`.
+std::size_t print_stage_comparisons(const Trace& trace,
+                                    const std::function<xt::xarray<float>(const std::string&)>& expected, double atol,
+                                    double rtol);
 
 }  // namespace qwenvl::cli

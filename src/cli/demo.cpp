@@ -4,7 +4,6 @@
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
-#include "core/compare.hpp"
 #include "io/checkpoint.hpp"
 #include "io/npy.hpp"
 #include "stages/01_feature_input.hpp"
@@ -47,15 +46,9 @@ int demo_command(const std::vector<std::string>& argv) {
 
     Trace trace;
     const Tensor3 y = traced_forward(readable, m.weights, c, m.tail, x, nullptr, trace);
-    std::printf("  %-13s %-52s %-16s %s\n", "name", "stage", "shape", "C++ against PyTorch");
-    std::size_t bad = 0;
-    for (const auto& name : trace.names()) {
-        const xt::xarray<float> expected = read_npy_float(dir + "/trace/" + name + ".npy");
-        const Comparison cmp = compare(trace.get(name), expected, kTolerance, kTolerance);
-        bad += cmp.ok() ? 0 : 1;
-        std::printf("  %-13s %-52s %-16s %s\n", name.c_str(), describe_stage(name).c_str(),
-                    shape_string(shape_of(trace.get(name))).c_str(), describe(cmp, expected).c_str());
-    }
+    const std::size_t bad = print_stage_comparisons(
+        trace, [&](const std::string& name) { return read_npy_float(dir + "/trace/" + name + ".npy"); }, kTolerance,
+        kTolerance);
     std::printf("\n  output y[0, 0, :4] = [%.6f, %.6f, %.6f, %.6f]\n", y(0, 0, 0), y(0, 0, 1), y(0, 0, 2), y(0, 0, 3));
     std::printf("\n%s: %zu of %zu stages equal PyTorch's within |a-b| <= 1e-5 + 1e-5*|b|\n", bad ? "FAIL" : "OK",
                 trace.names().size() - bad, trace.names().size());

@@ -4,7 +4,6 @@
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
-#include "core/compare.hpp"
 #include "io/fixture.hpp"
 #include "stages/01_feature_input.hpp"
 
@@ -35,14 +34,8 @@ int golden_command(const std::vector<std::string>& argv) {
                 f.has_mask ? ", with a mask" : "", readable ? "readable" : "fast");
     Trace trace;
     traced_forward(readable, f.weights, c, f.tail, f.x, f.has_mask ? &f.mask : nullptr, trace);
-    std::printf("  %-13s %-16s %s\n", "stage", "shape", "C++ against PyTorch");
-    std::size_t bad = 0;
-    for (const auto& name : trace.names()) {
-        const Comparison cmp = compare(trace.get(name), f.expect(name), f.atol, f.rtol);
-        bad += cmp.ok() ? 0 : 1;
-        std::printf("  %-13s %-16s %s\n", name.c_str(), shape_string(shape_of(trace.get(name))).c_str(),
-                    describe(cmp, f.expect(name)).c_str());
-    }
+    const std::size_t bad =
+        print_stage_comparisons(trace, [&](const std::string& name) { return f.expect(name); }, f.atol, f.rtol);
     std::printf("\n%s: %zu of %zu stages within |a-b| <= %g + %g*|b| of PyTorch\n", bad ? "FAIL" : "OK",
                 trace.names().size() - bad, trace.names().size(), f.atol, f.rtol);
     return bad ? 1 : 0;

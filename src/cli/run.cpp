@@ -31,7 +31,7 @@ const char* kRunHelp =
     "  --mask M       (Q, L) attn_mask: float32 added to the scores, or bool where true = masked\n"
     "  --trace DIR    also write every named intermediate to DIR/<name>.npy\n"
     "  --readable     run the readable stages (src/stages/) instead of the fast path (src/fast/):\n"
-    "                 the same results to float32 precision, about a minute at Qwen-VL's full size\n";
+    "                 the same results to float32 precision, about half a minute at Qwen-VL's full size\n";
 
 void create_trace_folder(const std::string& dir) {
     std::error_code ec;
@@ -75,7 +75,7 @@ int run_command(const std::vector<std::string>& argv) {
         const fast::QuerySide side = fast::prepare_query_side(model.weights, c, x.shape(1), t);
         model.weights.in_proj.w_q = Matrix();
         y = fast::adapter_forward(model.weights, c, side, x, m, t);
-        if (model.has_tail) y = fast::tower_tail_forward(model.tail, y, c.eps, t);
+        if (model.has_tail) y = fast::tower_tail_forward(model.tail, std::move(y), c.eps, t);
     }
 
     for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));

@@ -71,13 +71,12 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Q
     return out;
 }
 
-Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace) {
+Tensor3 tower_tail_forward(const TowerTail& tail, Tensor3 out, float eps, Trace* trace) {
     const std::size_t E = out.shape(2);
     check_shape("fast::tower_tail_forward", "proj", tail.proj, {E, E});
-    Tensor3 normed = out;
-    layer_norm_in_place(normed, tail.ln_post_weight, tail.ln_post_bias, eps);  // (N, Q, E)
-    record(trace, "ln_post", normed);
-    Tensor3 y = matmul(normed, tail.proj);  // x @ W: proj is NOT an nn.Linear weight      // (N, Q, E)
+    layer_norm_in_place(out, tail.ln_post_weight, tail.ln_post_bias, eps);  // (N, Q, E), now LN_post(out)
+    record(trace, "ln_post", out);
+    Tensor3 y = matmul(out, tail.proj);  // x @ W: proj is NOT an nn.Linear weight      // (N, Q, E)
     record(trace, "proj", y);
     return y;
 }

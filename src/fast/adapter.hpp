@@ -38,7 +38,8 @@ void add_in_place(Matrix& x, const Matrix& table);
 Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const QuerySide& side,
                         const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr);
 
-// out (N, Q, E) -> y (N, Q, E) = LN_post(out) @ proj. Records ln_post and proj.
-Tensor3 tower_tail_forward(const TowerTail& tail, const Tensor3& out, float eps, Trace* trace = nullptr);
+// out (N, Q, E) -> y (N, Q, E) = LN_post(out) @ proj. Records ln_post and proj. `out` is taken by value and
+// normalised in place: pass a temporary, or std::move it, and no copy is made.
+Tensor3 tower_tail_forward(const TowerTail& tail, Tensor3 out, float eps, Trace* trace = nullptr);
 
 }  // namespace qwenvl::fast

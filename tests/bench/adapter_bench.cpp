@@ -181,13 +181,12 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
         stop(4);
         const AttentionOutput a = fast::multi_head_attention(side.q, fast::whole(k), fast::whole(v), H, nullptr, false);
         stop(5);
-        const Tensor3 out = fast::linear(Tensor3(xt::reshape_view(a.attended, {std::size_t(1), Q, E})), w.out_proj_weight,
+        Tensor3 out = fast::linear(Tensor3(xt::reshape_view(a.attended, {std::size_t(1), Q, E})), w.out_proj_weight,
                                          w.out_proj_bias);
         stop(6);
-        Tensor3 normed = out;
-        fast::layer_norm_in_place(normed, tail.ln_post_weight, tail.ln_post_bias, c.eps);
+        fast::layer_norm_in_place(out, tail.ln_post_weight, tail.ln_post_bias, c.eps);  // as the tail does: in place
         stop(7);
-        y = fast::matmul(normed, tail.proj);
+        y = fast::matmul(out, tail.proj);
         stop(8);
         const Matrix scores = xt::view(x, 0, xt::range(0, Q), xt::range(0, L));  // a (Q, L) of the right size
         start = Clock::now();
