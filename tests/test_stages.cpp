@@ -2,6 +2,7 @@
 // fixtures say; the golden values are in test_golden.cpp.
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <cmath>
 #include <limits>
@@ -12,6 +13,7 @@
 
 #include "core/compare.hpp"
 #include "core/trace.hpp"
+#include "fast/adapter.hpp"
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
@@ -378,6 +380,105 @@ TEST_CASE("load_adapter reads the packed in_proj from a file into W_q, W_k, W_v 
     const InProjection split = split_in_proj(Matrix(packed), Vector(bias));  // the same rows as the in-memory split
     CHECK((split.w_k == p.w_k));
     CHECK((split.b_v == p.b_v));
+}
+
+namespace {
+// A small adapter with its tail, every tensor random, under the checkpoint's names: E = 8, Kv = 6, Q = 4.
+std::map<std::string, xt::xarray<float>> small_checkpoint(const std::string& a) {
+    xt::random::seed(7);
+    std::map<std::string, xt::xarray<float>> t;
+    const std::size_t E = 8, Kv = 6, Q = 4;
+    t[a + "attn_pool.query"] = xt::random::randn<float>({Q, E});
+    t[a + "attn_pool.kv_proj.weight"] = xt::random::randn<float>({E, Kv});
+    t[a + "attn_pool.attn.in_proj_weight"] = xt::random::randn<float>({3 * E, E});
+    t[a + "attn_pool.attn.in_proj_bias"] = xt::random::randn<float>({3 * E});
+    t[a + "attn_pool.attn.out_proj.weight"] = xt::random::randn<float>({E, E});
+    for (const char* v : {"attn.out_proj.bias", "ln_q.weight", "ln_q.bias", "ln_kv.weight", "ln_kv.bias"})
+        t[a + "attn_pool." + v] = xt::random::randn<float>({E});
+    t[a + "ln_post.weight"] = xt::random::randn<float>({E});
+    t[a + "ln_post.bias"] = xt::random::randn<float>({E});
+    t[a + "proj"] = xt::random::randn<float>({E, E});
+    return t;
+}
+
+// The fast forward pass with the tail on 2 images of 4 patches, from either kind of loaded weights.
+Tensor3 small_forward(const fast::Weights& w, const fast::TailWeights& tail, const AdapterConfig& c) {
+    xt::random::seed(11);
+    const Tensor3 x = xt::random::randn<float>({std::size_t(2), std::size_t(4), c.kv_dim});
+    const fast::QuerySide side = fast::prepare_query_side(w, c, 4);
+    return fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x), c.eps);
+}
+
+// Rewrites a safetensors file with `extra` more spaces at the end of its header, so its data moves by `extra` bytes.
+void pad_header(const std::filesystem::path& file, std::size_t extra) {
+    const std::vector<std::uint8_t> raw = qwenvl::read_file(file.string());
+    std::string bytes(raw.begin(), raw.end());
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+    bytes.insert(8 + n, std::string(extra, ' '));
+    n += extra;
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(n >> (8 * i));
+    std::ofstream(file, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+}  // namespace
+
+TEST_CASE("map_adapter reads F32 weights in place, in_proj's three parts included, and gives load_adapter's forward bit for bit",
+          "[io]") {
+    const std::string prefix = kDefaultPrefix;
+    const std::filesystem::path file = std::filesystem::temp_directory_path() / "qwenvl-mapped.safetensors";
+    qwenvl_test::write_safetensors_f32(file.string(), small_checkpoint(prefix));
+    WeightFiles files;
+    files.add(file.string());
+    const LoadedAdapter loaded = load_adapter(files, prefix, 2, true);
+    const MappedAdapter mapped = map_adapter(files, prefix, 2, true);
+    const std::size_t E = 8;
+    CHECK(mapped.converted.empty());
+    CHECK(mapped.bytes_converted == 0);
+    CHECK(mapped.bytes_in_place == (4 * E + E * 6 + 3 * E * E + 3 * E + E * E + 5 * E + 2 * E + E * E) * sizeof(float));
+    // W_k is the packed tensor's second block of E rows, in the mapping itself.
+    CHECK(mapped.weights.w_k.data == mapped.files.float32_in_place(prefix + "attn_pool.attn.in_proj_weight", E * E, E * E));
+    CHECK(mapped.weights.w_k.data[1] == loaded.weights.in_proj.w_k(0, 1));
+    CHECK(mapped.weights.b_v.data[E - 1] == loaded.weights.in_proj.b_v(E - 1));
+    const Tensor3 from_tensors = small_forward(loaded.weights, loaded.tail, loaded.config);
+    CHECK((small_forward(mapped.weights, mapped.tail, mapped.config) == from_tensors));
+
+    SECTION("data not 4-byte aligned is converted, with the same result") {
+        pad_header(file, 2);
+        WeightFiles shifted;
+        shifted.add(file.string());
+        const MappedAdapter copy = map_adapter(shifted, prefix, 2, true);
+        CHECK(copy.bytes_in_place == 0);
+        CHECK(copy.bytes_converted == mapped.bytes_in_place);
+        CHECK((small_forward(copy.weights, copy.tail, copy.config) == from_tensors));
+    }
+    SECTION("a file cut short after its header was read is refused by name") {
+        WeightFiles later;
+        later.add(file.string());
+        std::filesystem::resize_file(file, std::filesystem::file_size(file) - 4);
+        CHECK_THROWS_WITH(map_adapter(later, prefix, 2, true),
+                          Contains(file.string()) && Contains("changed since its header was read"));
+    }
+    std::filesystem::remove(file);
+}
+
+TEST_CASE("map_adapter maps only the shards that hold the adapter's tensors", "[io]") {
+    const std::string prefix = kDefaultPrefix;
+    const std::filesystem::path dir = std::filesystem::temp_directory_path() / "qwenvl-sharded";
+    std::filesystem::create_directories(dir);
+    qwenvl_test::write_safetensors_f32((dir / "visual.safetensors").string(), small_checkpoint(prefix));
+    qwenvl_test::write_safetensors_f32((dir / "lm.safetensors").string(),
+                                       {{"transformer.h.0.mlp.w1.weight", xt::xarray<float>(xt::ones<float>({16, 8}))}});
+    nlohmann::json index;
+    for (const auto& [name, value] : small_checkpoint(prefix)) index["weight_map"][name] = "visual.safetensors";
+    index["weight_map"]["transformer.h.0.mlp.w1.weight"] = "lm.safetensors";
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+    WeightFiles files;
+    files.add((dir / "model.safetensors.index.json").string());
+    CHECK(files.files().size() == 2);
+    CHECK(files.mapped_files().empty());  // adding reads headers only
+    const MappedAdapter mapped = map_adapter(files, prefix, 2, true);
+    CHECK((mapped.files.mapped_files() == std::vector<std::string>{(dir / "visual.safetensors").string()}));
+    std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's features, by value", "[fusion]") {

@@ -52,8 +52,17 @@ int run_command(const std::vector<std::string>& argv) {
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
-    LoadedAdapter model = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, !args.flags.at("--adapter-only"));
-    const AdapterConfig& c = model.config;
+    const std::string prefix = args.get("--prefix", kDefaultPrefix);
+    const bool want_tail = !args.flags.at("--adapter-only");
+    // The readable path reads the weights into tensors; the fast path reads them in place from the mapped files.
+    LoadedAdapter loaded;
+    MappedAdapter mapped;
+    if (readable)
+        loaded = load_adapter(files, prefix, heads, want_tail);
+    else
+        mapped = map_adapter(files, prefix, heads, want_tail);
+    const AdapterConfig& c = readable ? loaded.config : mapped.config;
+    const bool has_tail = readable ? loaded.has_tail : mapped.has_tail;
 
     bool unbatched = false;
     const Tensor3 x = read_features(input, c.kv_dim, &unbatched);
@@ -67,15 +76,13 @@ int run_command(const std::vector<std::string>& argv) {
     Trace* t = trace_dir.empty() ? nullptr : &trace;
     Tensor3 y;
     if (readable) {
-        y = adapter_forward(model.weights, c, x, m, t);
-        if (model.has_tail) y = tower_tail_forward(model.tail, y, c.eps, t);
+        y = adapter_forward(loaded.weights, c, x, m, t);
+        if (has_tail) y = tower_tail_forward(loaded.tail, y, c.eps, t);
     } else {
-        // The query side does not depend on the images: computed once, after which the fast path has no more use
-        // for W_q, so its 64 MB (at full size) are released before the images' tensors exist.
-        const fast::QuerySide side = fast::prepare_query_side(model.weights, c, x.shape(1), t);
-        model.weights.in_proj.w_q = Matrix();
-        y = fast::adapter_forward(model.weights, c, side, x, m, t);
-        if (model.has_tail) y = fast::tower_tail_forward(model.tail, std::move(y), c.eps, t);
+        // The query side does not depend on the images: computed once, for all of them.
+        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t);
+        y = fast::adapter_forward(mapped.weights, c, side, x, m, t);
+        if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }
 
     for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));
@@ -83,7 +90,7 @@ int run_command(const std::vector<std::string>& argv) {
     if (unbatched) result = xt::xarray<float>(xt::view(y, 0));
     write_npy(output, result);
     std::printf("%s: %s float32, %s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
-                shape_string(shape_of(result)).c_str(), model.has_tail ? "after ln_post and proj" : "after the adapter",
+                shape_string(shape_of(result)).c_str(), has_tail ? "after ln_post and proj" : "after the adapter",
                 x.shape(0), x.shape(1), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
                 trace_dir.empty() ? "" : ("; trace in " + trace_dir).c_str());
     return 0;

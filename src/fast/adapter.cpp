@@ -6,23 +6,45 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "stages/01_feature_input.hpp"
+#include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
 
 namespace qwenvl::fast {
 
-QuerySide prepare_query_side(const AdapterWeights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace) {
-    check_shape("fast::prepare_query_side", "query", w.query, {c.n_queries, c.embed_dim});
+Weights::Weights(const AdapterWeights& w)
+    : query(w.query), pos_embed(w.pos_embed), kv_proj(w.kv_proj), w_q(w.in_proj.w_q), w_k(w.in_proj.w_k),
+      w_v(w.in_proj.w_v), b_q(w.in_proj.b_q), b_k(w.in_proj.b_k), b_v(w.in_proj.b_v), out_proj_weight(w.out_proj_weight),
+      out_proj_bias(w.out_proj_bias), ln_q_weight(w.ln_q_weight), ln_q_bias(w.ln_q_bias), ln_kv_weight(w.ln_kv_weight),
+      ln_kv_bias(w.ln_kv_bias) {}
+
+TailWeights::TailWeights(const TowerTail& tail)
+    : ln_post_weight(tail.ln_post_weight), ln_post_bias(tail.ln_post_bias), proj(tail.proj) {}
+
+namespace {
+// A copy of a block, as a Matrix of its own.
+Matrix copy_of(const Block& b) {
+    Matrix m({b.rows, b.cols});
+    for (std::size_t r = 0; r < b.rows; ++r) std::copy(b.data + r * b.stride, b.data + r * b.stride + b.cols, m.data() + r * b.cols);
+    return m;
+}
+}  // namespace
+
+QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace) {
+    const char* fn = "fast::prepare_query_side";
+    check_shape(fn, "query", dims(w.query), {c.n_queries, c.embed_dim});
+    if (!w.pos_embed.empty()) check_shape(fn, "pos_embed", dims(w.pos_embed), {c.n_queries, c.embed_dim});
     QuerySide side;
-    side.pos_q = query_position_table(w, c);                   // (Q, E), stage 02 (not hot: once per weights)
+    // (Q, E), stage 02, or the stored table as query_position_table takes it (not hot: once per weights)
+    side.pos_q = w.pos_embed.empty() ? sincos_2d(c.embed_dim, c.grid_q) : copy_of(w.pos_embed);
     side.pos_k = key_position_table(side.pos_q, n_keys);       // (L, E), stage 03 (likewise)
     record(trace, "pos_q", side.pos_q);
     record(trace, "pos_k", side.pos_k);
-    Matrix query_in = w.query;                                 // (Q, E)
+    Matrix query_in = copy_of(w.query);                        // (Q, E)
     layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
     record(trace, "ln_q", query_in);
     add_in_place(query_in, side.pos_q);  // the un-resized table on the query side
     record(trace, "query_in", query_in);
-    side.q = linear(query_in, w.in_proj.w_q, w.in_proj.b_q);  // (Q, E)
+    side.q = linear(query_in, w.w_q, w.b_q);  // (Q, E)
     record(trace, "q", side.q);
     return side;
 }
@@ -34,7 +56,7 @@ void add_in_place(Matrix& x, const Matrix& table) {
     for (std::size_t i = 0; i < x.size(); ++i) out[i] += add[i];
 }
 
-Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
                         const Matrix* mask, Trace* trace) {
     const char* fn = "fast::adapter_forward";
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
@@ -54,10 +76,10 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Q
         layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (L, E), no second tensor
         record_item(trace, "ln_kv", n, N, X);
         // The values are projected first, so that X can then become the keys' input in place.
-        const Matrix v = linear(X, w.in_proj.w_v, w.in_proj.b_v);  // (L, E): no position term on the values
+        const Matrix v = linear(X, w.w_v, w.b_v);  // (L, E): no position term on the values
         add_in_place(X, side.pos_k);  // key_in = X + P_k, in place
         record_item(trace, "key_in", n, N, X);
-        const Matrix k = linear(X, w.in_proj.w_k, w.in_proj.b_k);  // (L, E)
+        const Matrix k = linear(X, w.w_k, w.b_k);  // (L, E)
         record_item(trace, "k", n, N, k);
         record_item(trace, "v", n, N, v);
         const AttentionOutput a = multi_head_attention(side.q, whole(k), whole(v), H, mask, trace != nullptr);
@@ -71,9 +93,9 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Q
     return out;
 }
 
-Tensor3 tower_tail_forward(const TowerTail& tail, Tensor3 out, float eps, Trace* trace) {
+Tensor3 tower_tail_forward(const TailWeights& tail, Tensor3 out, float eps, Trace* trace) {
     const std::size_t E = out.shape(2);
-    check_shape("fast::tower_tail_forward", "proj", tail.proj, {E, E});
+    check_shape("fast::tower_tail_forward", "proj", dims(tail.proj), {E, E});
     layer_norm_in_place(out, tail.ln_post_weight, tail.ln_post_bias, eps);  // (N, Q, E), now LN_post(out)
     record(trace, "ln_post", out);
     Tensor3 y = matmul(out, tail.proj);  // x @ W: proj is NOT an nn.Linear weight      // (N, Q, E)

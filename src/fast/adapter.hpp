@@ -13,10 +13,33 @@
 
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
+#include "fast/gemm.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
 
 namespace qwenvl::fast {
+
+// The adapter's parameters as the fast path reads them: blocks and runs of floats, wherever they live. Made
+// from AdapterWeights (implicitly: views of its tensors, which must outlive it) or by io/checkpoint.hpp's
+// map_adapter (in place in the mapped checkpoint, nothing copied). Shapes as in AdapterWeights; an empty
+// pos_embed means the sin-cos table is computed, an empty kv_proj means nn.Identity.
+struct Weights {
+    Block query, pos_embed, kv_proj;
+    Block w_q, w_k, w_v;
+    Values b_q, b_k, b_v;
+    Block out_proj_weight;
+    Values out_proj_bias;
+    Values ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias;
+    Weights() = default;
+    Weights(const AdapterWeights& w);  // NOLINT(google-explicit-constructor)
+};
+// The tower's tail, likewise: ln_post's weight and bias (E,) and proj (E, E).
+struct TailWeights {
+    Values ln_post_weight, ln_post_bias;
+    Block proj;
+    TailWeights() = default;
+    TailWeights(const TowerTail& tail);  // NOLINT(google-explicit-constructor)
+};
 
 // What does not depend on the images' content, for images of n_keys patches: P_q (Q, E), P_k (n_keys, E) and
 // the projected queries q (Q, E). After it, the forward pass no longer needs W_q (`run` releases it).
@@ -26,7 +49,7 @@ struct QuerySide {
     Matrix q;
 };
 // Records pos_q, pos_k, ln_q, query_in and q in `trace` when given.
-QuerySide prepare_query_side(const AdapterWeights& weights, const AdapterConfig& config, std::size_t n_keys,
+QuerySide prepare_query_side(const Weights& weights, const AdapterConfig& config, std::size_t n_keys,
                              Trace* trace = nullptr);
 
 // x += table, both (R, E), in place: replaces stages/07's `key_in = X + P_k` (a new (L, E) tensor). A plain loop:
@@ -35,11 +58,11 @@ void add_in_place(Matrix& x, const Matrix& table);
 
 // x (N, L, Kv) -> out (N, Q, E), with the query side prepared for L = n_keys. Records the key side, the
 // attention and out in `trace` when given.
-Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const QuerySide& side,
+Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, const QuerySide& side,
                         const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr);
 
 // out (N, Q, E) -> y (N, Q, E) = LN_post(out) @ proj. Records ln_post and proj. `out` is taken by value and
 // normalised in place: pass a temporary, or std::move it, and no copy is made.
-Tensor3 tower_tail_forward(const TowerTail& tail, Tensor3 out, float eps, Trace* trace = nullptr);
+Tensor3 tower_tail_forward(const TailWeights& tail, Tensor3 out, float eps, Trace* trace = nullptr);
 
 }  // namespace qwenvl::fast

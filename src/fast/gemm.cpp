@@ -6,7 +6,9 @@
 
 namespace qwenvl::fast {
 
-Block whole(const Matrix& m) { return Block{m.data(), m.shape(0), m.shape(1), m.shape(1)}; }
+Block::Block(const Matrix& m) : Block(m.data(), m.shape(0), m.shape(1), m.shape(1)) {}
+Block whole(const Matrix& m) { return Block(m); }
+std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
 
 void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
                 bool accumulate) {
@@ -27,47 +29,52 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
 }
 
 namespace {
+// Checks that `weight` is a contiguous (out, in) block and `bias` has `out` values.
+void check_linear(const Block& weight, Values bias, std::size_t in) {
+    check_shape("fast::linear", "weight", dims(weight), {ANY, in});
+    require(weight.stride == weight.cols, "fast::linear", "the weight is not a contiguous block");
+    check_shape("fast::linear", "bias", std::vector<std::size_t>{bias.size}, {weight.rows});
+}
+
 // y (rows, M) = x W^T + b for `rows` contiguous rows of x: each row of y starts as b, sgemm adds x W^T onto it.
-void linear_rows(const float* x, std::size_t rows, const Matrix& weight, const Vector& bias, float* y) {
-    const std::size_t K = weight.shape(1), M = weight.shape(0);
-    for (std::size_t r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), y + r * M);
-    gemm_block(Block{x, rows, K, K}, whole(weight), true, y, M, /*accumulate=*/true);
+void linear_rows(const float* x, std::size_t rows, const Block& weight, Values bias, float* y) {
+    const std::size_t K = weight.cols, M = weight.rows;
+    for (std::size_t r = 0; r < rows; ++r) std::copy(bias.data, bias.data + M, y + r * M);
+    gemm_block(Block{x, rows, K, K}, weight, true, y, M, /*accumulate=*/true);
 }
 }  // namespace
 
-Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
-    check_shape("fast::linear", "weight", weight, {ANY, x.shape(1)});
-    check_shape("fast::linear", "bias", bias, {weight.shape(0)});
-    Matrix y({x.shape(0), weight.shape(0)});
+Matrix linear(const Matrix& x, const Block& weight, Values bias) {
+    check_linear(weight, bias, x.shape(1));
+    Matrix y({x.shape(0), weight.rows});
     linear_rows(x.data(), x.shape(0), weight, bias, y.data());
     return y;
 }
 
-Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias) {
-    check_shape("fast::linear", "weight", weight, {ANY, x.shape(2)});
-    check_shape("fast::linear", "bias", bias, {weight.shape(0)});
-    Tensor3 y({x.shape(0), x.shape(1), weight.shape(0)});
+Tensor3 linear(const Tensor3& x, const Block& weight, Values bias) {
+    check_linear(weight, bias, x.shape(2));
+    Tensor3 y({x.shape(0), x.shape(1), weight.rows});
     linear_rows(x.data(), x.shape(0) * x.shape(1), weight, bias, y.data());
     return y;
 }
 
-Tensor3 matmul(const Tensor3& x, const Matrix& weight) {
-    check_shape("fast::matmul", "weight", weight, {x.shape(2), ANY});
-    const std::size_t rows = x.shape(0) * x.shape(1), K = x.shape(2), M = weight.shape(1);
+Tensor3 matmul(const Tensor3& x, const Block& weight) {
+    check_shape("fast::matmul", "weight", dims(weight), {x.shape(2), ANY});
+    const std::size_t rows = x.shape(0) * x.shape(1), K = x.shape(2), M = weight.cols;
     Tensor3 y({x.shape(0), x.shape(1), M});
-    gemm_block(Block{x.data(), rows, K, K}, whole(weight), false, y.data(), M);
+    gemm_block(Block{x.data(), rows, K, K}, weight, false, y.data(), M);
     return y;
 }
 
-Matrix kv_projection(const Block& image, const Matrix& w_kv) {
-    Matrix y({image.rows, w_kv.size() == 0 ? image.cols : w_kv.shape(0)});
-    if (w_kv.size() == 0) {  // nn.Identity: a copy of the image's rows
+Matrix kv_projection(const Block& image, const Block& w_kv) {
+    Matrix y({image.rows, w_kv.empty() ? image.cols : w_kv.rows});
+    if (w_kv.empty()) {  // nn.Identity: a copy of the image's rows
         for (std::size_t r = 0; r < image.rows; ++r)
             std::copy(image.data + r * image.stride, image.data + r * image.stride + image.cols, y.data() + r * image.cols);
         return y;
     }
-    check_shape("fast::kv_projection", "w_kv", w_kv, {ANY, image.cols});
-    gemm_block(image, whole(w_kv), true, y.data(), y.shape(1));
+    check_shape("fast::kv_projection", "w_kv", dims(w_kv), {ANY, image.cols});
+    gemm_block(image, w_kv, true, y.data(), y.shape(1));
     return y;
 }
 

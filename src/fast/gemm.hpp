@@ -14,12 +14,30 @@ namespace qwenvl::fast {
 
 // A row-major block of a matrix: `rows` x `cols` values from `data`, consecutive rows `stride` floats apart
 // (BLAS's leading dimension). A whole contiguous (R, C) matrix is {data, R, C, C}; one attention head of a
-// (R, E) matrix is {data + h*Dh, R, Dh, E}, read in place without copying it out.
+// (R, E) matrix is {data + h*Dh, R, Dh, E}, read in place without copying it out. A Matrix converts to the
+// block of all of it (an empty Matrix to an empty block), so the fast path takes weights held in tensors or
+// read in place from a mapped checkpoint (io/checkpoint.hpp's map_adapter) alike.
 struct Block {
-    const float* data;
-    std::size_t rows, cols, stride;
+    const float* data = nullptr;
+    std::size_t rows = 0, cols = 0, stride = 0;
+    Block() = default;
+    Block(const float* data, std::size_t rows, std::size_t cols, std::size_t stride)
+        : data(data), rows(rows), cols(cols), stride(stride) {}
+    Block(const Matrix& m);  // NOLINT(google-explicit-constructor): a whole matrix
+    bool empty() const { return rows == 0 || cols == 0; }
 };
 Block whole(const Matrix& m);
+// The block's shape {rows, cols}, for check_shape.
+std::vector<std::size_t> dims(const Block& b);
+
+// A run of `size` floats read in place: a bias, or a LayerNorm's weight or bias. A Vector converts to all of it.
+struct Values {
+    const float* data = nullptr;
+    std::size_t size = 0;
+    Values() = default;
+    Values(const float* data, std::size_t size) : data(data), size(size) {}
+    Values(const Vector& v) : data(v.data()), size(v.size()) {}  // NOLINT(google-explicit-constructor)
+};
 
 // out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride; with
 // `accumulate`, out += a b^T (or a b) instead (sgemm's beta = 1). The single call of sgemm in the project.
@@ -28,15 +46,16 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
 
 // Replaces stages' linear: (R, in) x (out, in) + (out,) -> (R, out), y = x W^T + b, the way PyTorch's addmm
 // does it: every row of y starts as b and sgemm adds the product onto it (beta = 1).
-Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias);
+// The weight is a contiguous (out, in) block.
+Matrix linear(const Matrix& x, const Block& weight, Values bias);
 // The same on every row of a batch (N, R, in) -> (N, R, out), as one sgemm (out_proj on the whole batch).
-Tensor3 linear(const Tensor3& x, const Matrix& weight, const Vector& bias);
+Tensor3 linear(const Tensor3& x, const Block& weight, Values bias);
 
 // Replaces stages' matmul on a batch: (N, R, K) x (K, M) -> (N, R, M), y = x @ W, one sgemm (the tower's proj).
-Tensor3 matmul(const Tensor3& x, const Matrix& weight);
+Tensor3 matmul(const Tensor3& x, const Block& weight);
 
 // Replaces stages' kv_projection for one image read in place from a batch: (L, Kv) block -> (L, E).
 // An empty W_kv is nn.Identity (Kv == E): a copy of the image's rows.
-Matrix kv_projection(const Block& image, const Matrix& w_kv);
+Matrix kv_projection(const Block& image, const Block& w_kv);
 
 }  // namespace qwenvl::fast

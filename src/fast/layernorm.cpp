@@ -8,13 +8,13 @@ namespace qwenvl::fast {
 
 namespace {
 // `rows` rows of E values starting at `x`, each overwritten with (x - mean) / sqrt(var + eps) * gamma + beta.
-void normalize_rows(float* x, std::size_t rows, std::size_t E, const Vector& gamma, const Vector& beta, float eps) {
+void normalize_rows(float* x, std::size_t rows, std::size_t E, Values gamma, Values beta, float eps) {
     const char* fn = "fast::layer_norm_in_place";
-    check_shape(fn, "gamma", gamma, {E});
-    check_shape(fn, "beta", beta, {E});
+    check_shape(fn, "gamma", std::vector<std::size_t>{gamma.size}, {E});
+    check_shape(fn, "beta", std::vector<std::size_t>{beta.size}, {E});
     require(E > 0, fn, "x has no channels");
-    const float* g = gamma.data();
-    const float* b = beta.data();
+    const float* g = gamma.data;
+    const float* b = beta.data;
     for (std::size_t r = 0; r < rows; ++r) {
         float* row = x + r * E;
         const double mean = lane_sum(row, E, [](float v) { return double(v); }) / static_cast<double>(E);
@@ -25,11 +25,11 @@ void normalize_rows(float* x, std::size_t rows, std::size_t E, const Vector& gam
 }
 }  // namespace
 
-void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+void layer_norm_in_place(Matrix& x, Values gamma, Values beta, float eps) {
     normalize_rows(x.data(), x.shape(0), x.shape(1), gamma, beta, eps);
 }
 
-void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps) {
+void layer_norm_in_place(Tensor3& x, Values gamma, Values beta, float eps) {
     normalize_rows(x.data(), x.shape(0) * x.shape(1), x.shape(2), gamma, beta, eps);
 }
 

@@ -6,11 +6,12 @@
 #pragma once
 
 #include "core/shapes.hpp"
+#include "fast/gemm.hpp"
 
 namespace qwenvl::fast {
 
 // x (R, E) or (N, R, E), overwritten with LayerNorm over its last axis; gamma, beta (E,).
-void layer_norm_in_place(Matrix& x, const Vector& gamma, const Vector& beta, float eps);
-void layer_norm_in_place(Tensor3& x, const Vector& gamma, const Vector& beta, float eps);
+void layer_norm_in_place(Matrix& x, Values gamma, Values beta, float eps);
+void layer_norm_in_place(Tensor3& x, Values gamma, Values beta, float eps);
 
 }  // namespace qwenvl::fast

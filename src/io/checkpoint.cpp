@@ -90,4 +90,71 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, 
     return m;
 }
 
+namespace {
+// Elements [first, first + count) of a tensor: in place when the file allows, else converted into `m`'s memory.
+const float* take(MappedAdapter& m, const std::string& name, std::size_t first, std::size_t count) {
+    if (const float* p = m.files.float32_in_place(name, first, count)) {
+        m.bytes_in_place += count * sizeof(float);
+        return p;
+    }
+    m.converted.emplace_back(new float[count]);  // not value-initialised: its pages are touched once, by the conversion
+    m.files.read_into(name, first, count, m.converted.back().get());
+    m.bytes_converted += count * sizeof(float);
+    return m.converted.back().get();
+}
+
+fast::Block take_matrix(MappedAdapter& m, const std::string& name, std::size_t row0, std::size_t rows) {
+    const std::size_t cols = m.files.entry(name).shape.at(1);
+    return fast::Block(take(m, name, row0 * cols, rows * cols), rows, cols, cols);
+}
+
+fast::Block take_matrix(MappedAdapter& m, const std::string& name) {
+    return take_matrix(m, name, 0, m.files.entry(name).shape.at(0));
+}
+
+fast::Values take_values(MappedAdapter& m, const std::string& name, std::size_t first, std::size_t count) {
+    return fast::Values(take(m, name, first, count), count);
+}
+
+fast::Values take_values(MappedAdapter& m, const std::string& name) {
+    return take_values(m, name, 0, m.files.entry(name).shape.at(0));
+}
+}  // namespace
+
+MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail) {
+    MappedAdapter m;
+    {
+        // Every check of load_adapter, on the headers' shapes only (the tensors it allocates are never touched).
+        const LoadedAdapter shapes = load_adapter(files, prefix, num_heads, want_tail, Contents::shapes);
+        m.config = shapes.config;
+        m.has_tail = shapes.has_tail;
+    }
+    m.files = files;
+    const std::string a = prefix + "attn_pool.";
+    const std::size_t E = m.config.embed_dim;
+    fast::Weights& w = m.weights;
+    w.query = take_matrix(m, a + "query");
+    if (files.has(a + "pos_embed")) w.pos_embed = take_matrix(m, a + "pos_embed");
+    if (files.has(a + "kv_proj.weight")) w.kv_proj = take_matrix(m, a + "kv_proj.weight");
+    const std::string in_w = a + "attn.in_proj_weight", in_b = a + "attn.in_proj_bias";
+    fast::Block* parts[3] = {&w.w_q, &w.w_k, &w.w_v};
+    fast::Values* biases[3] = {&w.b_q, &w.b_k, &w.b_v};
+    for (std::size_t part = 0; part < 3; ++part) {
+        *parts[part] = take_matrix(m, in_w, in_proj_offset(part, E), E);
+        *biases[part] = take_values(m, in_b, in_proj_offset(part, E), E);
+    }
+    w.out_proj_weight = take_matrix(m, a + "attn.out_proj.weight");
+    w.out_proj_bias = take_values(m, a + "attn.out_proj.bias");
+    w.ln_q_weight = take_values(m, a + "ln_q.weight");
+    w.ln_q_bias = take_values(m, a + "ln_q.bias");
+    w.ln_kv_weight = take_values(m, a + "ln_kv.weight");
+    w.ln_kv_bias = take_values(m, a + "ln_kv.bias");
+    if (m.has_tail) {
+        m.tail.ln_post_weight = take_values(m, prefix + "ln_post.weight");
+        m.tail.ln_post_bias = take_values(m, prefix + "ln_post.bias");
+        m.tail.proj = take_matrix(m, prefix + "proj");
+    }
+    return m;
+}
+
 }  // namespace qwenvl

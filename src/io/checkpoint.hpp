@@ -8,8 +8,11 @@
 //   P ln_post.weight|bias (E,)             P proj (E, E)                  optional: the tower's tail
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "fast/adapter.hpp"
 #include "io/safetensors.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
@@ -35,5 +38,21 @@ enum class Contents { all, shapes };
 // a shape that does not fit the others, H not dividing E, E not divisible by 4.
 LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail,
                            Contents contents = Contents::all);
+
+// The adapter's weights for the fast path, taken from the mapped checkpoint (`run`'s way). F32 tensors are
+// read in place: nothing is copied, and no fresh memory is touched for them (the packed in_proj_weight's three
+// parts are three contiguous row blocks of it). F16 and BF16 tensors, and F32 ones whose data is not 4-byte
+// aligned, are converted once into memory this struct owns. Checked exactly as load_adapter checks them.
+struct MappedAdapter {
+    fast::Weights weights;
+    fast::TailWeights tail;
+    AdapterConfig config;
+    bool has_tail = false;
+    WeightFiles files;                               // holds the mappings the views point into
+    std::vector<std::unique_ptr<float[]>> converted;  // the tensors that could not be read in place
+    std::size_t bytes_in_place = 0, bytes_converted = 0;
+};
+
+MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail);
 
 }  // namespace qwenvl

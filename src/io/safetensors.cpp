@@ -7,6 +7,11 @@
 #include <fstream>
 #include <limits>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/shapes.hpp"
@@ -150,6 +155,27 @@ void convert_to_float(const std::string& dtype, const std::uint8_t* raw, std::si
     }
 }
 
+MappedFile::MappedFile(const std::string& path, std::uint64_t expected_size) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw InputError(path, std::string("cannot open the file to map it: ") + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != expected_size) {
+        ::close(fd);
+        throw InputError(path, "changed since its header was read (now " + std::to_string(st.st_size) + " bytes, was " +
+                                   std::to_string(expected_size) + ")");
+    }
+    void* p = ::mmap(nullptr, expected_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int error = errno;
+    ::close(fd);  // the mapping keeps the file open
+    if (p == MAP_FAILED) throw InputError(path, std::string("cannot map the file: ") + std::strerror(error));
+    data_ = static_cast<const std::uint8_t*>(p);
+    size_ = expected_size;
+}
+
+MappedFile::~MappedFile() {
+    if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+}
+
 void WeightFiles::add(const std::string& path) {
     const std::string suffix = ".json";
     if (path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0)
@@ -187,6 +213,7 @@ void WeightFiles::add_safetensors(const std::string& path) {
         tensors_[e.name] = e;
     }
     files_.push_back(path);
+    sizes_[path] = static_cast<std::uint64_t>(size);
 }
 
 void WeightFiles::add_index(const std::string& path) {
@@ -218,36 +245,35 @@ const TensorEntry& WeightFiles::entry(const std::string& name) const {
     return it->second;
 }
 
-void WeightFiles::read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const {
+const std::uint8_t* WeightFiles::bytes(const std::string& name, std::size_t first, std::size_t count) const {
     const TensorEntry& e = entry(name);
     const std::size_t element = dtype_size(e.dtype);
     if (first + count < first || (first + count) * element > e.end - e.begin)
         throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
                                      ") lie outside tensor '" + name + "'");
-    std::ifstream in = open_input(e.file, std::ios::binary);
-    in.seekg(static_cast<std::streamoff>(e.begin + first * element));
-    try {
-        if (e.dtype == "F32") {
-            // Straight into the destination: no second copy of the weights in memory.
-            in.read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(count * element));
-            if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
-            return;
-        }
-        if (e.dtype != "F16" && e.dtype != "BF16")
-            throw std::runtime_error("tensor '" + name + "' has dtype " + e.dtype + " (only F32, F16 and BF16 are read)");
-        // Convert in chunks, so a 16-bit file never needs a second full-size buffer.
-        const std::size_t chunk = 1 << 16;
-        std::vector<std::uint8_t> raw(chunk * element);
-        for (std::size_t done = 0; done < count; done += chunk) {
-            const std::size_t n = std::min(chunk, count - done);
-            in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(n * element));
-            if (!in) throw std::runtime_error("cannot read the data of tensor '" + name + "'");
-            convert_to_float(e.dtype, raw.data(), n, out + done);
-        }
-    } catch (const std::runtime_error& err) {
-        throw InputError(e.file, err.what());
+    auto it = mapped_.find(e.file);
+    if (it == mapped_.end()) {
+        it = mapped_.emplace(e.file, std::make_shared<const MappedFile>(e.file, sizes_.at(e.file))).first;
+        mapped_order_.push_back(e.file);
     }
+    return it->second->data() + e.begin + first * element;
 }
+
+void WeightFiles::read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const {
+    const TensorEntry& e = entry(name);
+    if (e.dtype != "F32" && e.dtype != "F16" && e.dtype != "BF16")
+        throw InputError(e.file, "tensor '" + name + "' has dtype " + e.dtype + " (only F32, F16 and BF16 are read)");
+    convert_to_float(e.dtype, bytes(name, first, count), count, out);
+}
+
+const float* WeightFiles::float32_in_place(const std::string& name, std::size_t first, std::size_t count) const {
+    if (entry(name).dtype != "F32") return nullptr;
+    const std::uint8_t* p = bytes(name, first, count);
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) != 0) return nullptr;
+    return reinterpret_cast<const float*>(p);
+}
+
+std::vector<std::string> WeightFiles::mapped_files() const { return mapped_order_; }
 
 std::vector<TensorEntry> WeightFiles::entries() const {
     std::vector<TensorEntry> out;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,26 @@ float f16_to_float(std::uint16_t bits);   // IEEE half, subnormals, infinities a
 // Converts `count` little-endian values of dtype F32, F16 or BF16 to float32; throws for other dtypes.
 void convert_to_float(const std::string& dtype, const std::uint8_t* raw, std::size_t count, float* out);
 
-// The tensors of one or more safetensors files (a sharded checkpoint), looked up by name.
+// One file mapped read-only into memory (mmap), unmapped when the last owner lets go. Its pages are the page
+// cache's own: mapping the file and reading a tensor costs no copy and no fresh memory.
+class MappedFile {
+public:
+    // Maps `path`, which must still be `expected_size` bytes long (the size its header was checked against).
+    MappedFile(const std::string& path, std::uint64_t expected_size);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+    const std::uint8_t* data() const { return data_; }
+    std::uint64_t size() const { return size_; }
+
+private:
+    const std::uint8_t* data_ = nullptr;
+    std::uint64_t size_ = 0;
+};
+
+// The tensors of one or more safetensors files (a sharded checkpoint), looked up by name. Adding a file reads
+// and checks its header only; a file is mapped (MappedFile) the first time one of its tensors is read, so a
+// sharded checkpoint maps only the shards that hold the tensors asked for.
 class WeightFiles {
 public:
     // Adds a .safetensors file, or a model.safetensors.index.json (its shards are found beside it).
@@ -52,17 +72,27 @@ public:
     void add(const std::string& path);
     bool has(const std::string& name) const;
     const TensorEntry& entry(const std::string& name) const;  // throws InputError when missing
-    // Reads elements [first, first + count) of a tensor (row-major) into `out` as float32, straight from the
+    // Converts elements [first, first + count) of a tensor (row-major) into `out` as float32, from the mapped
     // file: how a packed tensor such as in_proj_weight is split without a second copy in memory.
     void read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const;
+    // Elements [first, first + count) of an F32 tensor, in place in the mapped file, or nullptr when the tensor
+    // is not F32 or its data is not aligned to 4 bytes (then read_into it). Valid while this object, or a copy
+    // of it, lives.
+    const float* float32_in_place(const std::string& name, std::size_t first, std::size_t count) const;
     std::vector<TensorEntry> entries() const;   // sorted by name
     std::vector<std::string> files() const { return files_; }
+    std::vector<std::string> mapped_files() const;  // the files mapped so far, in the order they were mapped
 
 private:
     void add_safetensors(const std::string& path);
     void add_index(const std::string& path);
+    // The bytes of elements [first, first + count) of a tensor, mapping its file on first use.
+    const std::uint8_t* bytes(const std::string& name, std::size_t first, std::size_t count) const;
     std::map<std::string, TensorEntry> tensors_;
     std::vector<std::string> files_;
+    std::map<std::string, std::uint64_t> sizes_;  // each file's size when its header was read
+    mutable std::map<std::string, std::shared_ptr<const MappedFile>> mapped_;
+    mutable std::vector<std::string> mapped_order_;
 };
 
 }  // namespace qwenvl
