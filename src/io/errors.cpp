@@ -30,8 +30,19 @@ nlohmann::json read_json(const std::string& path) {
 
 std::vector<std::uint8_t> read_file(const std::string& path) {
     std::ifstream in = open_input(path, std::ios::binary);
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) throw InputError(path, "cannot read");
+    // One read of the whole size (a byte-by-byte stream iterator took 0.1 s for 7 MB of features).
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    in.seekg(0);
+    if (size < 0 || !in) {  // not seekable (a pipe): byte by byte
+        in.clear();
+        std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (in.bad()) throw InputError(path, "cannot read");
+        return bytes;
+    }
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+    in.read(reinterpret_cast<char*>(bytes.data()), size);
+    if (in.gcount() != size) throw InputError(path, "cannot read (the file changed size while being read)");
     return bytes;
 }
 

@@ -112,16 +112,16 @@ NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
 xt::xarray<float> npy_values(const NpyArray& a) {
     xt::xarray<float> out = xt::xarray<float>::from_shape(a.shape);
     float* dst = out.data();
-    for (std::size_t i = 0; i < a.count; ++i) {
-        if (a.descr == "<f4") {
-            std::memcpy(dst + i, a.data + 4 * i, 4);
-        } else if (a.descr == "<f8") {
+    if (a.descr == "<f4") {
+        std::memcpy(dst, a.data, 4 * a.count);
+    } else if (a.descr == "<f8") {
+        for (std::size_t i = 0; i < a.count; ++i) {
             double d;
             std::memcpy(&d, a.data + 8 * i, 8);
             dst[i] = static_cast<float>(d);
-        } else {
-            dst[i] = a.data[i] ? 1.0f : 0.0f;
         }
+    } else {
+        for (std::size_t i = 0; i < a.count; ++i) dst[i] = a.data[i] ? 1.0f : 0.0f;
     }
     return out;
 }

@@ -1,5 +1,6 @@
 #include "stages/01_feature_input.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace qwenvl {
@@ -24,8 +25,8 @@ Tensor3 as_feature_batch(const xt::xarray<float>& features) {
     require(batch.shape(0) > 0 && batch.shape(2) > 0, fn,
             "features have shape " + shape_string(shape_of(features)) + " with an empty axis");
     grid_side(batch.shape(1), "as_feature_batch: the patch count L");
-    for (float value : batch)
-        require(std::isfinite(value), fn, "features hold a NaN or infinite value");
+    const bool all_finite = std::all_of(batch.begin(), batch.end(), [](float value) { return std::isfinite(value); });
+    require(all_finite, fn, "features hold a NaN or infinite value");
     return batch;
 }
 

@@ -20,8 +20,9 @@
 //       each fast function against the readable function it replaces, on the same full-size input: the measured
 //       gains that docs/fast-path.md lists.
 //   qwenvl-bench --write-checkpoint DIR
-//       writes DIR/adapter-f32.safetensors (full size, F32, random) and DIR/features.npy (1, 1024, 1664), to
-//       measure `qwenvl-adapter run` itself (docs/performance.md).
+//       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
+//       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
+//       docs/performance.md).
 //
 // Threads: OpenBLAS's, set with OPENBLAS_NUM_THREADS. Run a Release build (cmake --preset release).
 #include <sys/resource.h>
@@ -344,10 +345,12 @@ int write_checkpoint(const std::string& dir) {
                            {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
                            {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
                            {p + "proj", t.proj}});
-    Tensor3 x = Tensor3::from_shape({1, 1024, kKv});
+    Tensor3 x = Tensor3::from_shape({4, 1024, kKv});
     fill_normal(x, 1.0f, rng);
-    write_npy(dir + "/features.npy", x);
-    std::printf("wrote %s/adapter-f32.safetensors and %s/features.npy\n", dir.c_str(), dir.c_str());
+    write_npy(dir + "/features-4.npy", x);
+    write_npy(dir + "/features.npy", Tensor3(xt::view(x, xt::range(0, 1))));
+    std::printf("wrote %s/adapter-f32.safetensors, %s/features.npy (1 image) and %s/features-4.npy (4 images)\n",
+                dir.c_str(), dir.c_str(), dir.c_str());
     return 0;
 }
 

@@ -1,0 +1,205 @@
+#!/usr/bin/python3
+"""What a user waits for: the whole `qwenvl-adapter run` at Qwen-VL's size, beside the forward pass alone, and
+PyTorch doing the same whole job from the same safetensors file.
+
+    cmake --preset release && cmake --build --preset release
+    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/whole_run.py [--rounds 3] [--threads 2] [--images 1,4]
+        [--checkpoint DIR]
+
+The checkpoint is `qwenvl-bench --write-checkpoint DIR` (full size, F32, random weights, 367 MB; written to
+build/release/fullsize/ when absent), read once before timing so that it is in the page cache, as a checkpoint a
+user runs twice is. For N = 1 and 4 images of 32 x 32 patches, in two environments (the default, and
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which makes glibc's malloc ask for transparent huge pages), it alternates
+rounds of:
+
+  - C++ run: the wall time of the whole `qwenvl-adapter run` process (start, map the checkpoint, read the
+    features, the query side, the forward pass, ln_post and proj, write the .npy), and its peak resident memory
+    (/usr/bin/time);
+  - C++ forward: `qwenvl-bench --images N --grid 32`, the forward pass alone in a process of its own (median of
+    3 runs after a warm-up, random weights of the same sizes), with the share of the same process's sgemm
+    throughput it reaches;
+  - PyTorch: a fresh /usr/bin/python3 process that imports torch, maps the same safetensors file (numpy's memmap
+    of the data section, then torch.from_numpy, as the safetensors library does; no copy), builds Qwen-VL's
+    Resampler (nn.MultiheadAttention, the LayerNorms, kv_proj) with those tensors as its parameters, runs it
+    with ln_post and @ proj, and saves the output with numpy. Its wall time is reported whole, and also from
+    after `import torch` (the part that compares with the C++ process: the map, the forward and the write).
+
+Both sides get the same environment and threads (OPENBLAS_NUM_THREADS, torch.set_num_threads). The two outputs
+are compared (largest absolute difference) as a check that both did the same job. Prints a Markdown table of
+medians (docs/performance.md).
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+BUILD = os.path.join(REPO, "build", "release")
+ADAPTER = os.path.join(BUILD, "qwenvl-adapter")
+BENCH = os.path.join(BUILD, "qwenvl-bench")
+PREFIX = "transformer.visual."
+E, KV, H, GRID_Q, GRID = 4096, 1664, 32, 16, 32
+
+
+def torch_child(checkpoint, features, output, threads):
+    """Runs in a fresh process: PyTorch's whole job, from import to the saved output; prints one JSON line."""
+    start = time.perf_counter()
+    import resource
+    import warnings
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    imported = time.perf_counter()
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        # Map the file: the header, then each tensor a view of numpy's memmap of the data section.
+        with open(checkpoint, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        data = np.memmap(checkpoint, dtype=np.uint8, mode="r", offset=8 + n)
+        tensors = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")             # torch warns that the mapped arrays are read-only
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                assert info["dtype"] == "F32"
+                array = np.frombuffer(data, dtype=np.float32, count=(end - begin) // 4, offset=begin)
+                tensors[name] = torch.from_numpy(array).view(info["shape"])
+        a = PREFIX + "attn_pool."
+
+        # Qwen-VL's Resampler and the tower's tail, with the mapped tensors as their parameters.
+        kv_proj = torch.nn.Linear(KV, E, bias=False, device="meta")
+        attn = torch.nn.MultiheadAttention(E, H, device="meta")
+        ln_q, ln_kv, ln_post = (torch.nn.LayerNorm(E, eps=1e-6, device="meta") for _ in range(3))
+
+        def use(module, name, tensor):
+            setattr(module, name, torch.nn.Parameter(tensor, requires_grad=False))
+
+        use(kv_proj, "weight", tensors[a + "kv_proj.weight"])
+        use(attn, "in_proj_weight", tensors[a + "attn.in_proj_weight"])
+        use(attn, "in_proj_bias", tensors[a + "attn.in_proj_bias"])
+        use(attn.out_proj, "weight", tensors[a + "attn.out_proj.weight"])
+        use(attn.out_proj, "bias", tensors[a + "attn.out_proj.bias"])
+        for ln, key in ((ln_q, a + "ln_q."), (ln_kv, a + "ln_kv."), (ln_post, PREFIX + "ln_post.")):
+            use(ln, "weight", tensors[key + "weight"])
+            use(ln, "bias", tensors[key + "bias"])
+        query, proj = tensors[a + "query"], tensors[PREFIX + "proj"]
+
+        # The stored checkpoint has no pos_embed: Qwen-VL's get_2d_sincos_pos_embed, in float64 numpy as upstream.
+        omega = 1.0 / 10000 ** (np.arange(E // 4, dtype=np.float64) / (E / 4.0))
+        w, h = np.meshgrid(np.arange(GRID_Q, dtype=np.float32), np.arange(GRID_Q, dtype=np.float32))
+
+        def one_d(pos):
+            out = np.einsum("m,d->md", pos.reshape(-1), omega)
+            return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+        pos_embed = torch.from_numpy(np.concatenate([one_d(w), one_d(h)], axis=1)).float()
+        x = torch.from_numpy(np.load(features))
+        loaded = time.perf_counter()
+
+        N, L = x.shape[0], x.shape[1]
+        grid = int(math.sqrt(L))
+        pos_k = pos_embed
+        if grid != GRID_Q:                                  # get_abs_pos
+            t = pos_embed.reshape(1, GRID_Q, GRID_Q, E).permute(0, 3, 1, 2)
+            t = F.interpolate(t, size=(grid, grid), mode="bicubic", align_corners=False)
+            pos_k = t.permute(0, 2, 3, 1).flatten(0, 2)
+        X = ln_kv(kv_proj(x)).permute(1, 0, 2)
+        queries = (ln_q(query) + pos_embed).unsqueeze(1).repeat(1, N, 1)
+        out = attn(queries, X + pos_k.unsqueeze(1), X)[0].permute(1, 0, 2)
+        y = ln_post(out) @ proj
+        computed = time.perf_counter()
+        np.save(output, y.numpy())
+    done = time.perf_counter()
+    print(json.dumps({"wall_in_process_s": done - start, "import_s": imported - start, "map_s": loaded - imported,
+                      "forward_s": computed - loaded, "write_s": done - computed,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      "torch": torch.__version__}))
+
+
+def timed(command, env):
+    """Wall time of a whole process (from this side of fork and exec) and its peak resident memory."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M"] + command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit("failed: %s\n%s" % (" ".join(command), done.stderr))
+    rss = next(int(line.split("=")[1]) for line in done.stderr.splitlines() if line.startswith("maxrss_kb="))
+    return wall, rss / 1024.0, done.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", default="1,4")
+    parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
+    parser.add_argument("--environments", default="default,hugetlb")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return torch_child(*args.child, args.threads)
+    if not os.path.exists(ADAPTER) or not os.path.exists(BENCH):
+        sys.exit("build first: cmake --preset release && cmake --build --preset release")
+    import numpy as np
+
+    ckpt = os.path.join(args.checkpoint, "adapter-f32.safetensors")
+    if not os.path.exists(os.path.join(args.checkpoint, "features-4.npy")):
+        os.makedirs(args.checkpoint, exist_ok=True)
+        subprocess.run([BENCH, "--write-checkpoint", args.checkpoint], check=True, capture_output=True)
+    with open(ckpt, "rb") as f:                         # into the page cache, as for a checkpoint run twice
+        while f.read(1 << 24):
+            pass
+    base = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    base.pop("GLIBC_TUNABLES", None)
+    envs = {"default": base, "hugetlb": dict(base, GLIBC_TUNABLES="glibc.malloc.hugetlb=1")}
+    print("%d threads on both sides; %d alternating rounds; checkpoint %s (%.0f MB, F32)"
+          % (args.threads, args.rounds, ckpt, os.path.getsize(ckpt) / 1e6))
+    print()
+    print("| malloc | N | C++ run s | C++ forward alone s | run / forward | forward % of sgemm | C++ run peak MiB "
+          "| PyTorch process s | PyTorch after import s | PyTorch forward s | PyTorch peak MiB | C++ run / PyTorch after import | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for env_name in args.environments.split(","):
+        env = envs[env_name]
+        for images in (int(v) for v in args.images.split(",")):
+            features = os.path.join(args.checkpoint, "features.npy" if images == 1 else "features-%d.npy" % images)
+            if images not in (1, 4):
+                sys.exit("--images takes 1 and 4 (the feature files the checkpoint folder holds)")
+            out_cpp = os.path.join(args.checkpoint, "y-cpp.npy")
+            out_torch = os.path.join(args.checkpoint, "y-torch.npy")
+            run, run_rss, forward, share, torch_wall, torch_runs = [], [], [], [], [], []
+            for _ in range(args.rounds):
+                wall, rss, _ = timed([ADAPTER, "run", "--weights", ckpt, "--input", features, "--output", out_cpp], env)
+                run.append(wall)
+                run_rss.append(rss)
+                _, _, out = timed([BENCH, "--images", str(images), "--grid", str(GRID), "--repeats", "3", "--json"], env)
+                bench = json.loads(out.strip().splitlines()[-1])
+                forward.append(bench["median_s"])
+                share.append(100.0 * (bench["gflops"] / bench["gemm_gflops"]))
+                wall, rss, out = timed([sys.executable, __file__, "--threads", str(args.threads), "--child", ckpt,
+                                        features, out_torch], env)
+                child = json.loads(out.strip().splitlines()[-1])
+                child["wall_s"], child["rss"] = wall, rss
+                torch_runs.append(child)
+            diff = float(np.abs(np.load(out_cpp) - np.load(out_torch).reshape(np.load(out_cpp).shape)).max())
+            r, f = statistics.median(run), statistics.median(forward)
+            after_import = statistics.median(t["wall_s"] - t["import_s"] for t in torch_runs)
+            print("| %s | %d | %.3f | %.3f | %.2f | %.0f%% | %.0f | %.3f | %.3f | %.3f | %.0f | %.2f | %.1e |" % (
+                env_name, images, r, f, r / f, statistics.median(share), max(run_rss),
+                statistics.median(t["wall_s"] for t in torch_runs), after_import,
+                statistics.median(t["forward_s"] for t in torch_runs), max(t["rss"] for t in torch_runs),
+                r / after_import, diff), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
