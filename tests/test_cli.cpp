@@ -538,17 +538,14 @@ TEST_CASE("cli: usage errors exit with 2", "[cli][bad-input]") {
     expect_rejected(cli("run --input"), {"--input needs a value"}, tmp / "y.npy", 2);
 }
 
-TEST_CASE("cli: info reads the headers, not the tensors (its memory stays far below the weights' size)", "[cli]") {
-    // E = 1536 with Kv == E: in_proj, out_proj and proj hold 47 MiB of F32 weights, which `run` reads and `info` not.
-    // The file is streamed out a chunk at a time: a child's peak memory, as getrusage reports it, includes its
-    // parent's peak (system() starts the child in the parent's memory), so this process must stay small too.
-    TempDir tmp;
-    const std::string weights = tmp / "w.safetensors";
-    const std::size_t E = 1536, Q = 16;
-    auto shapes = adapter_tensors(E, E, Q);
-    shapes.push_back({"transformer.visual.ln_post.weight", {E}});
-    shapes.push_back({"transformer.visual.ln_post.bias", {E}});
-    shapes.push_back({"transformer.visual.proj", {E, E}});
+namespace {
+// Writes a safetensors file of F32 tensors of the given shapes, every value 0.5, its header padded to 8 bytes as
+// the reference writer pads it (so the data is aligned and `run` maps it in place). Streamed out a chunk at a
+// time: a child's peak memory, as getrusage reports it, includes its parent's peak (system() starts the child in
+// the parent's memory), so this process must stay small. With `sparse`, the data is a hole in the file instead
+// (ftruncate): a file of gigabytes that takes no disk space and no time to write.
+void write_large_f32(const std::string& path, const std::vector<std::pair<std::string, std::vector<std::size_t>>>& shapes,
+                     bool sparse = false) {
     json header = json::object();
     std::uint64_t offset = 0;
     for (const auto& [name, shape] : shapes) {
@@ -557,28 +554,70 @@ TEST_CASE("cli: info reads the headers, not the tensors (its memory stays far be
         header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + 4 * count}}};
         offset += 4 * count;
     }
+    std::string text = header.dump();
+    text += std::string((8 - text.size() % 8) % 8, ' ');
     {
-        std::ofstream out(weights, std::ios::binary);
-        const std::string text = header.dump();
+        std::ofstream out(path, std::ios::binary);
         for (int i = 0; i < 8; ++i) out.put(static_cast<char>((std::uint64_t(text.size()) >> (8 * i)) & 0xFF));
         out << text;
         const std::vector<float> chunk(1 << 16, 0.5f);
-        for (std::uint64_t written = 0; written < offset; written += 4 * chunk.size())
+        for (std::uint64_t written = 0; !sparse && written < offset; written += 4 * chunk.size())
             out.write(reinterpret_cast<const char*>(chunk.data()),
                       static_cast<std::streamsize>(std::min<std::uint64_t>(4 * chunk.size(), offset - written)));
     }
-    const Result r = cli("info --weights " + q(weights));
+    if (sparse) std::filesystem::resize_file(path, 8 + text.size() + offset);
+}
+
+std::vector<std::pair<std::string, std::vector<std::size_t>>> adapter_with_tail(std::size_t E, std::size_t Q) {
+    auto shapes = adapter_tensors(E, E, Q);
+    shapes.push_back({"transformer.visual.ln_post.weight", {E}});
+    shapes.push_back({"transformer.visual.ln_post.bias", {E}});
+    shapes.push_back({"transformer.visual.proj", {E, E}});
+    return shapes;
+}
+
+long children_peak_kib() {
     rusage children{};
     getrusage(RUSAGE_CHILDREN, &children);
+    return children.ru_maxrss;  // the largest resident set of any child so far, in KiB
+}
+}  // namespace
+
+TEST_CASE("cli: info reads the headers and run maps the weights, where run --readable reads them all", "[cli]") {
+    // E = 1536 with Kv == E: in_proj, out_proj and proj hold 47 MiB of F32 weights. Each command below fails only
+    // after it has loaded the weights, at the input that does not exist. `run --readable` reads every tensor into
+    // memory; `info` reads the headers; `run` maps the file and touches nothing before the input is read.
+    // Relative comparisons (30 MiB apart), so that they hold under ASan too.
+    TempDir tmp;
+    const std::string weights = tmp / "w.safetensors";
+    write_large_f32(weights, adapter_with_tail(1536, 16));
+    const Result r = cli("info --weights " + q(weights));
     INFO(r.out << r.err);
     REQUIRE(r.code == 0);
     CHECK_THAT(r.out, Contains("E (output_dim) = 1536") && Contains("(no kv_proj: identity)"));
-    // `run` reads the weights before it finds that its input does not exist; info's peak memory (the largest resident
-    // set of any child so far, in KiB) is at least 30 MiB below run's. Relative, so that it holds under ASan too.
-    const Result full = cli("run --weights " + q(weights) + " --input " + q(tmp / "none.npy") + " --output " + q(tmp / "y.npy"));
-    rusage after_run{};
-    getrusage(RUSAGE_CHILDREN, &after_run);
-    CHECK(full.code == 1);
-    INFO("info's peak " << children.ru_maxrss << " KiB, run's " << after_run.ru_maxrss << " KiB");
-    CHECK(children.ru_maxrss + 30 * 1024 < after_run.ru_maxrss);
+    const std::string missing = " --input " + q(tmp / "none.npy") + " --output " + q(tmp / "y.npy");
+    CHECK(cli("run --weights " + q(weights) + missing).code == 1);
+    const long info_and_mapped_run = children_peak_kib();
+    CHECK(cli("run --readable --weights " + q(weights) + missing).code == 1);
+    const long readable_run = children_peak_kib();
+    INFO("peak of info and the mapped run " << info_and_mapped_run << " KiB, of the readable run " << readable_run << " KiB");
+    CHECK(info_and_mapped_run + 30 * 1024 < readable_run);
+}
+
+TEST_CASE("cli: info on a sharded checkpoint with 4 GiB of language-model tensors reads only the visual shard's headers",
+          "[cli]") {
+    TempDir tmp;
+    write_large_f32(tmp / "visual.safetensors", adapter_with_tail(128, 4));
+    // 4 GiB of a language model's tensors, as a hole in the file: reading them would take seconds and gigabytes.
+    write_large_f32(tmp / "lm.safetensors", {{"transformer.h.0.mlp.w1.weight", {std::size_t(1) << 20, 1024}}}, true);
+    json index;
+    for (const auto& [name, shape] : adapter_with_tail(128, 4)) index["weight_map"][name] = "visual.safetensors";
+    index["weight_map"]["transformer.h.0.mlp.w1.weight"] = "lm.safetensors";
+    std::ofstream(tmp / "model.safetensors.index.json") << index.dump();
+    const Result r = cli("info --weights " + q(tmp / "model.safetensors.index.json"));
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Contains("E (output_dim) = 128"));
+    CHECK_THAT(r.out, Contains("lm.safetensors"));  // listed among the files
+    CHECK(children_peak_kib() < 512 * 1024);        // far below the 4 GiB it would take to read the shard
 }

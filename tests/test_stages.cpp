@@ -19,6 +19,7 @@
 #include "fast/layernorm.hpp"
 #include "io/fixture.hpp"
 #include "io/checkpoint.hpp"
+#include "io/npy.hpp"
 #include "io/safetensors.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
@@ -479,6 +480,31 @@ TEST_CASE("map_adapter maps only the shards that hold the adapter's tensors", "[
     const MappedAdapter mapped = map_adapter(files, prefix, 2, true);
     CHECK((mapped.files.mapped_files() == std::vector<std::string>{(dir / "visual.safetensors").string()}));
     std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("write_npy writes byte for byte the file numpy wrote: every float32 .npy under data/", "[io]") {
+    std::size_t files = 0;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(QWENVL_DATA_DIR)) {
+        if (entry.path().extension() != ".npy") continue;
+        const std::vector<std::uint8_t> original = read_file(entry.path().string());
+        const NpyArray parsed = parse_npy(original.data(), original.size());
+        if (parsed.descr != "<f4") continue;
+        const std::filesystem::path copy = std::filesystem::temp_directory_path() / "qwenvl-npy-copy.npy";
+        write_npy(copy.string(), read_npy_float(entry.path().string()));
+        INFO(entry.path());
+        CHECK((read_file(copy.string()) == original));
+        std::filesystem::remove(copy);
+        ++files;
+    }
+    CHECK(files >= 30);
+    // A 1-D shape is written as numpy writes it, "(5,)".
+    const std::filesystem::path one = std::filesystem::temp_directory_path() / "qwenvl-npy-1d.npy";
+    const std::vector<float> values = {1, 2, 3, 4, 5};
+    write_npy(one.string(), {5}, values.data());
+    const std::vector<std::uint8_t> bytes = read_file(one.string());
+    std::filesystem::remove(one);
+    CHECK_THAT(std::string(bytes.begin(), bytes.end()), Contains("'shape': (5,), }"));
+    CHECK((bytes.size() - 5 * sizeof(float)) % 64 == 0);  // the header ends at a multiple of 64 bytes
 }
 
 TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's features, by value", "[fusion]") {

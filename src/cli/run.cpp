@@ -86,11 +86,11 @@ int run_command(const std::vector<std::string>& argv) {
     }
 
     for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));
-    xt::xarray<float> result = y;
-    if (unbatched) result = xt::xarray<float>(xt::view(y, 0));
-    write_npy(output, result);
+    // Written straight from y's memory: (N, Q, E), or (Q, E) for an unbatched input (the same values).
+    const std::vector<std::size_t> shape = unbatched ? std::vector<std::size_t>{y.shape(1), y.shape(2)} : shape_of(y);
+    write_npy(output, shape, y.data());
     std::printf("%s: %s float32, %s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
-                shape_string(shape_of(result)).c_str(), has_tail ? "after ln_post and proj" : "after the adapter",
+                shape_string(shape).c_str(), has_tail ? "after ln_post and proj" : "after the adapter",
                 x.shape(0), x.shape(1), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
                 trace_dir.empty() ? "" : ("; trace in " + trace_dir).c_str());
     return 0;

@@ -8,8 +8,8 @@
 #include <limits>
 #include <unistd.h>
 
-#include <xtensor/xnpy.hpp>
 
+#include "core/shapes.hpp"
 #include "io/errors.hpp"
 
 namespace qwenvl {
@@ -146,12 +146,36 @@ xt::xarray<float> read_npy_float(const std::string& path) {
 }
 
 void write_npy(const std::string& path, const xt::xarray<float>& values) {
-    const std::string text = xt::dump_npy(values);
+    const xt::xarray<float> row_major = values;  // the same values in row-major order, whatever the layout
+    write_npy(path, shape_of(row_major), row_major.data());
+}
+
+void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data) {
+    // Format version 1.0: magic, version, a 2-byte header length, then the header dict padded with spaces to end
+    // in a newline at a multiple of 64 bytes (as numpy writes it).
+    std::string dims;
+    std::size_t count = 1;
+    for (std::size_t d : shape) {
+        dims += std::to_string(d) + (shape.size() == 1 ? ",)" : ", ");
+        count *= d;
+    }
+    if (shape.size() != 1) dims = shape.empty() ? ")" : dims.substr(0, dims.size() - 2) + ")";
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + ", }";
+    const std::size_t preamble = 10;  // magic (6), version (2), length (2)
+    header += std::string(63 - (preamble + header.size()) % 64, ' ') + "\n";
+    std::string head = "\x93NUMPY";
+    head += '\x01';
+    head += '\x00';
+    head += static_cast<char>(header.size() & 0xFF);
+    head += static_cast<char>(header.size() >> 8);
+    head += header;
+
     const std::string temporary = path + ".partial-" + std::to_string(::getpid());
     {
         std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
         if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
-        out.write(text.data(), static_cast<std::streamsize>(text.size()));
+        out.write(head.data(), static_cast<std::streamsize>(head.size()));
+        out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
         out.close();
         if (!out) {
             std::remove(temporary.c_str());

@@ -1,6 +1,6 @@
 // io/npy.hpp: numpy's .npy files, the format ViT features, masks and outputs are exchanged in.
 //
-// Writing goes through xtensor's own npy support (xt::dump_npy). Reading validates the header itself before
+// Writing is format version 1.0, straight from the values' memory. Reading validates the header itself before
 // anything else: xtensor's reader trusts the header's shape (it allocates what the shape asks before it knows
 // the file holds that much) and its errors do not name the file, and a malformed input here must give one
 // clear line and no undefined behaviour. Supported: little-endian float32 ('<f4'), float64 ('<f8'), bool ('|b1'),
@@ -37,6 +37,9 @@ xt::xarray<float> read_npy(const std::string& path, bool* is_bool);
 // Writes float32 .npy atomically: to a temporary file beside `path`, then renamed over it, so a failure
 // leaves no partial output. Throws InputError naming the file.
 void write_npy(const std::string& path, const xt::xarray<float>& values);
+// The same for `shape` row-major floats at `data`, written straight from that memory (no copy of the values:
+// `run` writes its (N, Q, E) output this way).
+void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data);
 
 
 }  // namespace qwenvl

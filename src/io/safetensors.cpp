@@ -270,15 +270,6 @@ const float* WeightFiles::float32_in_place(const std::string& name, std::size_t 
     if (entry(name).dtype != "F32") return nullptr;
     const std::uint8_t* p = bytes(name, first, count);
     if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) != 0) return nullptr;
-    // Map the range's pages now, in one call, rather than one page fault per 64 KiB when they are first read
-    // (file pages already in the page cache are only entered in the page table; nothing is copied). A hint only:
-    // kernels before 5.14 refuse it, and the pages are then mapped on first use as before.
-    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(p) / page * page;
-    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + count * sizeof(float);
-#ifdef MADV_POPULATE_READ
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
-#endif
     return reinterpret_cast<const float*>(p);
 }
 

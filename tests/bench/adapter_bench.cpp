@@ -19,13 +19,23 @@
 //   qwenvl-bench --gains [--grid G] [--repeats R]
 //       each fast function against the readable function it replaces, on the same full-size input: the measured
 //       gains that docs/fast-path.md lists.
+//   qwenvl-bench --page-faults FILE
+//       what first touching memory costs on this machine, per 4 KiB page, three times each (the first touch of
+//       huge pages can differ from the next ones): fresh anonymous memory (what a new tensor is), the same with
+//       madvise(MADV_HUGEPAGE), the pages of FILE (say the checkpoint, read once first so that it is in the page
+//       cache) mapped and read one page at a time, the same mapping entered at once with MADV_POPULATE_READ, and
+//       FILE read() into fresh memory (what a loader that copies does). docs/performance.md explains the finding.
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
 //       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
 //       docs/performance.md).
 //
 // Threads: OpenBLAS's, set with OPENBLAS_NUM_THREADS. Run a Release build (cmake --preset release).
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -329,6 +339,66 @@ int gains(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c
     return 0;
 }
 
+// --page-faults: the cost of first touching memory, per 4 KiB page.
+int page_faults(const std::string& file) {
+    const std::size_t page = 4096;
+    const int fd = ::open(file.c_str(), O_RDONLY);
+    struct stat st {};
+    if (fd < 0 || ::fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(page)) {
+        std::fprintf(stderr, "qwenvl-bench: cannot read %s (give a large file, such as the checkpoint)\n", file.c_str());
+        return 2;
+    }
+    const std::size_t bytes = static_cast<std::size_t>(st.st_size) / page * page;
+    std::vector<char> warm(1 << 20);
+    while (::read(fd, warm.data(), warm.size()) > 0) {}  // into the page cache
+    volatile char sink = 0;
+    auto report = [&](const char* what, double seconds) {
+        std::printf("  %-58s %7.3f s for %zu MiB, %6.2f us per 4 KiB page\n", what, seconds, bytes >> 20,
+                    seconds * 1e6 / static_cast<double>(bytes / page));
+    };
+    std::printf("first touch of %zu MiB, three times each:\n", bytes >> 20);
+    for (int huge = 0; huge < 2; ++huge) {
+        for (int r = 0; r < 3; ++r) {
+            char* p = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+            if (p == MAP_FAILED) return std::perror("mmap"), 1;
+            if (huge) ::madvise(p, bytes, MADV_HUGEPAGE);
+            const auto start = Clock::now();
+            for (std::size_t i = 0; i < bytes; i += page) p[i] = 1;
+            report(huge ? "fresh memory, madvise(MADV_HUGEPAGE)" : "fresh memory (4 KiB pages)", seconds_since(start));
+            ::munmap(p, bytes);
+        }
+    }
+    for (int populate = 0; populate < 2; ++populate) {
+        for (int r = 0; r < 3; ++r) {
+            const auto start = Clock::now();
+            char* p = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0));
+            if (p == MAP_FAILED) return std::perror("mmap"), 1;
+#ifdef MADV_POPULATE_READ
+            if (populate) ::madvise(p, bytes, MADV_POPULATE_READ);
+#endif
+            for (std::size_t i = 0; i < bytes; i += page) sink = sink + p[i];
+            report(populate ? "the file mapped, MADV_POPULATE_READ, then read" : "the file mapped, read page by page",
+                   seconds_since(start));
+            ::munmap(p, bytes);
+        }
+    }
+    for (int r = 0; r < 3; ++r) {
+        const auto start = Clock::now();
+        char* p = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        if (p == MAP_FAILED) return std::perror("mmap"), 1;
+        std::size_t done = 0;
+        while (done < bytes) {
+            const ssize_t n = ::pread(fd, p + done, bytes - done, static_cast<off_t>(done));
+            if (n <= 0) break;
+            done += static_cast<std::size_t>(n);
+        }
+        report("the file read() into fresh memory", seconds_since(start));
+        ::munmap(p, bytes);
+    }
+    ::close(fd);
+    return 0;
+}
+
 int write_checkpoint(const std::string& dir) {
     std::mt19937 rng(42);
     const AdapterWeights w = random_weights(rng);
@@ -361,7 +431,8 @@ int main(int argc, char** argv) {
     int repeats = 5;
     bool json = false, stages = false, agree = false, gain = false;
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] [--json] | --agree [--grid G] | --gains [--repeats R] | --write-checkpoint DIR\n";
+                        "[--repeats R] [--json] | --agree [--grid G] | --gains [--repeats R] | --write-checkpoint DIR | "
+                        "--page-faults FILE\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -373,6 +444,7 @@ int main(int argc, char** argv) {
             else if (a == "--agree") agree = true;
             else if (a == "--gains") gain = true;
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
+            else if (a == "--page-faults" && i + 1 < argc) return page_faults(argv[++i]);
             else {
                 std::fputs(usage, stderr);
                 return 2;

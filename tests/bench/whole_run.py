@@ -24,6 +24,10 @@ rounds of:
     with ln_post and @ proj, and saves the output with numpy. Its wall time is reported whole, and also from
     after `import torch` (the part that compares with the C++ process: the map, the forward and the write).
 
+It also times `qwenvl-adapter info` on the checkpoint, and on a sharded checkpoint that holds 8 GiB of a language
+model's tensors beside it (a shard written as a hole in the file, sparse: no disk space), as Qwen-VL's own
+checkpoint does.
+
 Both sides get the same environment and threads (OPENBLAS_NUM_THREADS, torch.set_num_threads). The two outputs
 are compared (largest absolute difference) as a check that both did the same job. Prints a Markdown table of
 medians (docs/performance.md).
@@ -138,6 +142,34 @@ def timed(command, env):
     return wall, rss / 1024.0, done.stdout
 
 
+def sharded_checkpoint(folder, visual):
+    """A model.safetensors.index.json over the visual checkpoint and an 8 GiB shard of language-model tensors."""
+    os.makedirs(folder, exist_ok=True)
+    link = os.path.join(folder, "model-00001-of-00002.safetensors")
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(visual), link)
+    with open(visual, "rb") as f:
+        names = [n for n in json.loads(f.read(int.from_bytes(f.read(8), "little"))) if n != "__metadata__"]
+    lm_names = ["transformer.h.%d.mlp.w%d.weight" % (layer, w) for layer in range(8) for w in (1, 2)]
+    header, offset = {}, 0
+    for name in lm_names:                              # 16 tensors of 4096 x 32768 F32: 8 GiB
+        size = 4096 * 32768 * 4
+        header[name] = {"dtype": "F32", "shape": [4096, 32768], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    lm = os.path.join(folder, "model-00002-of-00002.safetensors")
+    with open(lm, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)             # the data is a hole: sparse
+    weight_map = {n: os.path.basename(link) for n in names}
+    weight_map.update({n: os.path.basename(lm) for n in lm_names})
+    index = os.path.join(folder, "model.safetensors.index.json")
+    with open(index, "w") as f:
+        json.dump({"metadata": {"total_size": offset + os.path.getsize(visual)}, "weight_map": weight_map}, f)
+    return index
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--rounds", type=int, default=3)
@@ -145,6 +177,7 @@ def main():
     parser.add_argument("--images", default="1,4")
     parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
     parser.add_argument("--environments", default="default,hugetlb")
+    parser.add_argument("--info-only", action="store_true", help="only the `info` rows")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -166,6 +199,16 @@ def main():
     print("%d threads on both sides; %d alternating rounds; checkpoint %s (%.0f MB, F32)"
           % (args.threads, args.rounds, ckpt, os.path.getsize(ckpt) / 1e6))
     print()
+    index = sharded_checkpoint(os.path.join(args.checkpoint, "sharded"), ckpt)
+    print("| `qwenvl-adapter info` on | s (median of %d) | peak MiB |" % (3 * args.rounds))
+    print("|---|---|---|")
+    for what, weights in (("the F32 checkpoint, %.0f MB" % (os.path.getsize(ckpt) / 1e6), ckpt),
+                          ("a sharded checkpoint: the same + 8 GiB of language-model tensors", index)):
+        runs = [timed([ADAPTER, "info", "--weights", weights], base) for _ in range(3 * args.rounds)]
+        print("| %s | %.3f | %.0f |" % (what, statistics.median(r[0] for r in runs), max(r[1] for r in runs)), flush=True)
+    print()
+    if args.info_only:
+        return 0
     print("| malloc | N | C++ run s | C++ forward alone s | run / forward | forward % of sgemm | C++ run peak MiB "
           "| PyTorch process s | PyTorch after import s | PyTorch forward s | PyTorch peak MiB | C++ run / PyTorch after import | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
