@@ -45,18 +45,14 @@ float exp_nonpositive(float x) {
     return x >= -87.0f ? p * two_k : (x < -87.0f ? 0.0f : x);
 }
 
-Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
-    if (mask) check_shape("fast::softmax_rows", "mask", *mask, shape_of(scores));
-    const std::size_t rows = scores.shape(0), cols = scores.shape(1);
-    Matrix p(scores.shape());
+void softmax_rows_in_place(Matrix& x, const Matrix* mask) {
+    if (mask) check_shape("fast::softmax_rows", "mask", *mask, shape_of(x));
+    const std::size_t rows = x.shape(0), cols = x.shape(1);
     for (std::size_t r = 0; r < rows; ++r) {
-        const float* s = scores.data() + r * cols;
-        float* out = p.data() + r * cols;
+        float* out = x.data() + r * cols;
         if (mask) {
             const float* m = mask->data() + r * cols;
-            for (std::size_t c = 0; c < cols; ++c) out[c] = s[c] + m[c];
-        } else {
-            std::copy(s, s + cols, out);
+            for (std::size_t c = 0; c < cols; ++c) out[c] += m[c];
         }
         // Subtracting the row's maximum keeps every exponent <= 0. A fully masked row has top = -inf and
         // -inf - -inf = NaN, which exp_nonpositive passes on, as PyTorch does.
@@ -65,6 +61,11 @@ Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
         const float sum = static_cast<float>(lane_sum(out, cols, [](float v) { return double(v); }));
         for (std::size_t c = 0; c < cols; ++c) out[c] /= sum;
     }
+}
+
+Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
+    Matrix p = scores;
+    softmax_rows_in_place(p, mask);
     return p;
 }
 
@@ -84,15 +85,15 @@ AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Bloc
         result.weights = Tensor3({H, Q, L});
     }
     const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q before the product
+    // One (Q, L) buffer serves every head: the scores, then, in place, the weights. A fresh 1 MB tensor per head
+    // (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
+    Matrix scores({Q, L});
     for (std::size_t h = 0; h < H; ++h) {
-        Matrix scores({Q, L});
         gemm_block(head_block(whole(q_scaled), h, H), head_block(k, h, H), true, scores.data(), L);  // q_h k_h^T
-        const Matrix weights = softmax_rows(scores, mask);
-        gemm_block(whole(weights), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
-        if (keep_per_head) {
-            xt::view(result.scores, h) = scores;
-            xt::view(result.weights, h) = weights;
-        }
+        if (keep_per_head) xt::view(result.scores, h) = scores;
+        softmax_rows_in_place(scores, mask);  // now the weights A_h
+        gemm_block(whole(scores), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
+        if (keep_per_head) xt::view(result.weights, h) = scores;
     }
     return result;
 }
