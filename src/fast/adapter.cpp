@@ -56,30 +56,27 @@ void add_in_place(Matrix& x, const Matrix& table) {
     for (std::size_t i = 0; i < x.size(); ++i) out[i] += add[i];
 }
 
-Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
-                        const Matrix* mask, Trace* trace) {
-    const char* fn = "fast::adapter_forward";
-    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+namespace {
+// The key and value side, then the attention, one image at a time: x (N, L, Kv) -> attended (N, Q, E). Each
+// image's tensors are (L, E), 16 MB at full size; the three buffers are made once and every image overwrites
+// them, so that their pages are touched once. They are freed on return, before out_proj's weights are first read
+// (kept alive past it, they had raised run's peak from 397 to 450 MiB).
+Tensor3 attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+                          const Matrix* mask, Trace* trace) {
     const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
-    grid_side(L, "fast::adapter_forward: the patch count L");
-    check_shape(fn, "the prepared q", side.q, {Q, E});
-    check_shape(fn, "the prepared pos_k", side.pos_k, {L, E});
-    if (mask) check_shape(fn, "mask", *mask, {Q, L});
-
-    // Key and value side, then attention, one image at a time. Each image's tensors are (L, E), 16 MB at full
-    // size, and the next image reuses their memory.
     Tensor3 attended({N, Q, E});
+    Matrix X({L, E}), v({L, E}), k({L, E});
     for (std::size_t n = 0; n < N; ++n) {
         const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
-        Matrix X = kv_projection(image, w.kv_proj);                             // (L, E)
+        kv_projection_into(image, w.kv_proj, X);                                // (L, E)
         record_item(trace, "kv_proj", n, N, X);
         layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (L, E), no second tensor
         record_item(trace, "ln_kv", n, N, X);
         // The values are projected first, so that X can then become the keys' input in place.
-        const Matrix v = linear(X, w.w_v, w.b_v);  // (L, E): no position term on the values
-        add_in_place(X, side.pos_k);  // key_in = X + P_k, in place
+        linear_into(X, w.w_v, w.b_v, v);  // (L, E): no position term on the values
+        add_in_place(X, side.pos_k);      // key_in = X + P_k, in place
         record_item(trace, "key_in", n, N, X);
-        const Matrix k = linear(X, w.w_k, w.b_k);  // (L, E)
+        linear_into(X, w.w_k, w.b_k, k);  // (L, E)
         record_item(trace, "k", n, N, k);
         record_item(trace, "v", n, N, v);
         const AttentionOutput a = multi_head_attention(side.q, whole(k), whole(v), H, mask, trace != nullptr);
@@ -87,6 +84,21 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
         record_item(trace, "scores", n, N, a.scores);         // (H, Q, L)
         record_item(trace, "attn_weights", n, N, a.weights);  // (H, Q, L)
     }
+    return attended;
+}
+}  // namespace
+
+Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+                        const Matrix* mask, Trace* trace) {
+    const char* fn = "fast::adapter_forward";
+    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+    const std::size_t L = x.shape(1), E = c.embed_dim, Q = c.n_queries;
+    grid_side(L, "fast::adapter_forward: the patch count L");
+    check_shape(fn, "the prepared q", side.q, {Q, E});
+    check_shape(fn, "the prepared pos_k", side.pos_k, {L, E});
+    if (mask) check_shape(fn, "mask", *mask, {Q, L});
+
+    const Tensor3 attended = attend_each_image(w, c, side, x, mask, trace);  // (N, Q, E)
     record(trace, "attended", attended);
     Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
     record(trace, "out", out);

@@ -51,6 +51,12 @@ Matrix linear(const Matrix& x, const Block& weight, Values bias) {
     return y;
 }
 
+void linear_into(const Matrix& x, const Block& weight, Values bias, Matrix& y) {
+    check_linear(weight, bias, x.shape(1));
+    check_shape("fast::linear_into", "y", y, {x.shape(0), weight.rows});
+    linear_rows(x.data(), x.shape(0), weight, bias, y.data());
+}
+
 Tensor3 linear(const Tensor3& x, const Block& weight, Values bias) {
     check_linear(weight, bias, x.shape(2));
     Tensor3 y({x.shape(0), x.shape(1), weight.rows});
@@ -68,14 +74,19 @@ Tensor3 matmul(const Tensor3& x, const Block& weight) {
 
 Matrix kv_projection(const Block& image, const Block& w_kv) {
     Matrix y({image.rows, w_kv.empty() ? image.cols : w_kv.rows});
+    kv_projection_into(image, w_kv, y);
+    return y;
+}
+
+void kv_projection_into(const Block& image, const Block& w_kv, Matrix& y) {
+    check_shape("fast::kv_projection", "y", y, {image.rows, w_kv.empty() ? image.cols : w_kv.rows});
     if (w_kv.empty()) {  // nn.Identity: a copy of the image's rows
         for (std::size_t r = 0; r < image.rows; ++r)
             std::copy(image.data + r * image.stride, image.data + r * image.stride + image.cols, y.data() + r * image.cols);
-        return y;
+        return;
     }
     check_shape("fast::kv_projection", "w_kv", dims(w_kv), {ANY, image.cols});
     gemm_block(image, w_kv, true, y.data(), y.shape(1));
-    return y;
 }
 
 }  // namespace qwenvl::fast

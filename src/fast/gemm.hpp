@@ -51,11 +51,17 @@ Matrix linear(const Matrix& x, const Block& weight, Values bias);
 // The same on every row of a batch (N, R, in) -> (N, R, out), as one sgemm (out_proj on the whole batch).
 Tensor3 linear(const Tensor3& x, const Block& weight, Values bias);
 
+// The same into an existing (R, out) matrix y, overwritten: how fast::adapter_forward reuses one image's buffers
+// for the next image.
+void linear_into(const Matrix& x, const Block& weight, Values bias, Matrix& y);
+
 // Replaces stages' matmul on a batch: (N, R, K) x (K, M) -> (N, R, M), y = x @ W, one sgemm (the tower's proj).
 Tensor3 matmul(const Tensor3& x, const Block& weight);
 
 // Replaces stages' kv_projection for one image read in place from a batch: (L, Kv) block -> (L, E).
 // An empty W_kv is nn.Identity (Kv == E): a copy of the image's rows.
 Matrix kv_projection(const Block& image, const Block& w_kv);
+// The same into an existing (L, E) matrix y, overwritten.
+void kv_projection_into(const Block& image, const Block& w_kv, Matrix& y);
 
 }  // namespace qwenvl::fast

@@ -24,7 +24,8 @@ rounds of:
     with ln_post and @ proj, and saves the output with numpy. Its wall time is reported whole, and also from
     after `import torch` (the part that compares with the C++ process: the map, the forward and the write).
 
-It also times `qwenvl-adapter info` on the checkpoint, and on a sharded checkpoint that holds 8 GiB of a language
+It also times `run` on the same weights stored as BF16 (as Qwen-VL's checkpoint is; converted to float32 once,
+as the program reads them) and `qwenvl-adapter info` on the checkpoint, and on a sharded checkpoint that holds 8 GiB of a language
 model's tensors beside it (a shard written as a hole in the file, sparse: no disk space), as Qwen-VL's own
 checkpoint does.
 
@@ -142,6 +143,25 @@ def timed(command, env):
     return wall, rss / 1024.0, done.stdout
 
 
+def bf16_checkpoint(f32, path):
+    """The F32 checkpoint's tensors rounded to BF16 (torch's rounding), written by tests/reference/safetensors_io."""
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+    from safetensors_io import write_safetensors
+    with open(f32, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    data = np.memmap(f32, dtype=np.uint8, mode="r", offset=8 + n)
+    tensors = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            begin, end = info["data_offsets"]
+            array = np.frombuffer(data, dtype=np.float32, count=(end - begin) // 4, offset=begin)
+            tensors[name] = torch.from_numpy(array.reshape(info["shape"]).copy())
+    write_safetensors(path, tensors, "BF16")
+
+
 def sharded_checkpoint(folder, visual):
     """A model.safetensors.index.json over the visual checkpoint and an 8 GiB shard of language-model tensors."""
     os.makedirs(folder, exist_ok=True)
@@ -209,6 +229,16 @@ def main():
     print()
     if args.info_only:
         return 0
+    bf16 = os.path.join(args.checkpoint, "adapter-bf16.safetensors")
+    if not os.path.exists(bf16):
+        bf16_checkpoint(ckpt, bf16)
+    runs = [timed([ADAPTER, "run", "--weights", bf16, "--input", os.path.join(args.checkpoint, "features.npy"),
+                   "--output", os.path.join(args.checkpoint, "y-bf16.npy")], base) for _ in range(args.rounds)]
+    print("| `qwenvl-adapter run`, N = 1, default malloc, on | s (median of %d) | peak MiB |" % args.rounds)
+    print("|---|---|---|")
+    print("| the same weights as BF16, %.0f MB | %.3f | %.0f |" % (os.path.getsize(bf16) / 1e6,
+          statistics.median(r[0] for r in runs), max(r[1] for r in runs)), flush=True)
+    print()
     print("| malloc | N | C++ run s | C++ forward alone s | run / forward | forward % of sgemm | C++ run peak MiB "
           "| PyTorch process s | PyTorch after import s | PyTorch forward s | PyTorch peak MiB | C++ run / PyTorch after import | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
