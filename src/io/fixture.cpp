@@ -88,6 +88,12 @@ Fixture load_fixture(const std::string& path) {
         }
         for (const auto& [stage, value] : j.at("intermediates").items())
             f.expected.record(stage, tensor_from_json(value, stage));
+        if (j.contains("gradients"))
+            for (const auto& [stage, value] : j.at("gradients").items())
+                f.gradients.record(stage, tensor_from_json(value, "gradient of " + stage));
+        if (j.contains("param_gradients"))
+            for (const auto& [name, value] : j.at("param_gradients").items())
+                f.param_gradients.record(name, tensor_from_json(value, "gradient of " + name));
     } catch (const InputError& e) {  // already "FILE: problem"
         throw FixtureError(e.what());
     } catch (const std::exception& e) {

@@ -1,8 +1,8 @@
 // io/fixture.hpp: the golden fixtures in data/fixtures/, written by tests/reference/make_fixtures.py.
 //
 // A fixture is JSON: config, seed, torch and numpy versions, tolerance, inputs (x, attn_mask),
-// every parameter under its checkpoint name, and every intermediate of the forward pass (trace.hpp's names)
-// as PyTorch computed them. A tensor is {"dtype": "float32" | "bool", "shape": [...], "data": [flat, row-major]}.
+// every parameter under its checkpoint name, every intermediate of the forward pass (trace.hpp's names) as
+// PyTorch computed them, and autograd's gradients of a seeded loss (gradients, param_gradients). A tensor is {"dtype": "float32" | "bool", "shape": [...], "data": [flat, row-major]}.
 #pragma once
 
 #include <string>
@@ -39,6 +39,11 @@ struct Fixture {
     Matrix mask;              // (Q, L) additive (a boolean mask is converted: true -> -inf)
     double atol = 0.0, rtol = 0.0;
     Trace expected;           // PyTorch's intermediates under the trace's names, in file order
+    // Training: autograd's dL/d of each intermediate (and "x") for L = sum(proj * gradients["proj"]), the
+    // upstream gradient the fixture's seed drew, and dL/d of each trainable parameter under its checkpoint name
+    // (in_proj packed). Empty in a fixture without them.
+    Trace gradients;
+    Trace param_gradients;
     nlohmann::ordered_json meta;     // seed, versions, config as written
 
     // PyTorch's value of `stage`; FixtureError naming the file when the fixture has none.

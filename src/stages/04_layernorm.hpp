@@ -16,4 +16,16 @@ namespace qwenvl {
 // The two sums are kept in double, so the result is within one float rounding of the exact value.
 Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps);
 
+// Backward (training): given x (R, E), gamma and dL/dy (R, E), the gradients of the loss L. Per row, with
+// x_hat = (x - mean) / sqrt(var + eps) and g = dL/dy * gamma (the gradient reaching x_hat):
+//   dL/dgamma_c = sum_r dy_rc x_hat_rc          dL/dbeta_c = sum_r dy_rc
+//   dL/dx_c     = (g_c - mean(g) - x_hat_c mean(g x_hat)) / sqrt(var + eps)
+// (mean and var depend on every x_c of the row: the two mean terms are their share). Mirrors autograd's
+// gradients of torch.nn.LayerNorm.
+struct LayerNormGradients {
+    Matrix dx;            // (R, E)
+    Vector dgamma, dbeta;  // (E,)
+};
+LayerNormGradients layer_norm_backward(const Matrix& x, const Vector& gamma, const Matrix& dy, float eps);
+
 }  // namespace qwenvl

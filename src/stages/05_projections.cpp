@@ -1,5 +1,6 @@
 #include "stages/05_projections.hpp"
 
+#include <xtensor/xreducer.hpp>
 #include <xtensor/xview.hpp>
 
 namespace qwenvl {
@@ -46,6 +47,43 @@ InProjection split_in_proj(const Matrix& in_proj_weight, const Vector& in_proj_b
         return Vector(xt::view(in_proj_bias, xt::range(in_proj_offset(part, E), in_proj_offset(part + 1, E))));
     };
     return InProjection{rows(0), rows(1), rows(2), entries(0), entries(1), entries(2)};
+}
+
+PackedInProjection pack_in_proj(const InProjection& parts) {
+    const std::size_t E = parts.w_q.shape(0);
+    PackedInProjection packed{Matrix({3 * E, E}), Vector::from_shape({3 * E})};
+    const Matrix* weights[3] = {&parts.w_q, &parts.w_k, &parts.w_v};
+    const Vector* biases[3] = {&parts.b_q, &parts.b_k, &parts.b_v};
+    for (std::size_t part = 0; part < 3; ++part) {
+        check_shape("pack_in_proj", "a weight", *weights[part], {E, E});
+        check_shape("pack_in_proj", "a bias", *biases[part], {E});
+        auto rows = xt::range(in_proj_offset(part, E), in_proj_offset(part + 1, E));
+        xt::view(packed.weight, rows, xt::all()) = *weights[part];
+        xt::view(packed.bias, rows) = *biases[part];
+    }
+    return packed;
+}
+
+MatmulGradients matmul_backward(const Matrix& a, const Matrix& b, const Matrix& dy) {
+    check_shape("matmul_backward", "dy", dy, {a.shape(0), b.shape(1)});
+    const Matrix b_t = xt::transpose(b);
+    const Matrix a_t = xt::transpose(a);
+    return MatmulGradients{matmul(dy, b_t), matmul(a_t, dy)};
+}
+
+LinearGradients linear_backward(const Matrix& x, const Matrix& weight, const Matrix& dy) {
+    check_shape("linear_backward", "weight", weight, {ANY, x.shape(1)});
+    check_shape("linear_backward", "dy", dy, {x.shape(0), weight.shape(0)});
+    const Matrix dy_t = xt::transpose(dy);  // (out, R)
+    return LinearGradients{matmul(dy, weight), matmul(dy_t, x), xt::sum(dy, {0})};
+}
+
+KvProjectionGradients kv_projection_backward(const Matrix& x, const Matrix& w_kv, const Matrix& dy) {
+    if (w_kv.size() == 0) return KvProjectionGradients{dy, Matrix()};  // nn.Identity
+    check_shape("kv_projection_backward", "w_kv", w_kv, {ANY, x.shape(1)});
+    check_shape("kv_projection_backward", "dy", dy, {x.shape(0), w_kv.shape(0)});
+    const Matrix dy_t = xt::transpose(dy);  // (E, L)
+    return KvProjectionGradients{matmul(dy, w_kv), matmul(dy_t, x)};
 }
 
 }  // namespace qwenvl

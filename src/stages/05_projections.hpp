@@ -30,5 +30,30 @@ struct InProjection {
 // The first row of part `part` (0: q, 1: k, 2: v) in the packed (3E, E) weight, and its first entry in the bias.
 std::size_t in_proj_offset(std::size_t part, std::size_t E);
 InProjection split_in_proj(const Matrix& in_proj_weight, const Vector& in_proj_bias);
+// The inverse: the three parts packed back into in_proj_weight (3E, E) and in_proj_bias (3E,), as the checkpoint
+// stores them (a training run's gradients and updated weights are written so).
+struct PackedInProjection {
+    Matrix weight;  // (3E, E)
+    Vector bias;    // (3E,)
+};
+PackedInProjection pack_in_proj(const InProjection& parts);
+
+// Backward (training), given the forward pass's inputs and dL/dy:
+//   y = a @ b        (matmul):  dL/da = dy b^T,   dL/db = a^T dy
+//   y = x W^T + b    (linear):  dL/dx = dy W,     dL/dW = dy^T x,   dL/db = sum over the rows of dy
+//   y = x W_kv^T     (kv_proj): as linear without a bias; the identity (empty W_kv) passes dy on unchanged
+struct MatmulGradients {
+    Matrix da, db;
+};
+MatmulGradients matmul_backward(const Matrix& a, const Matrix& b, const Matrix& dy);
+struct LinearGradients {
+    Matrix dx, dweight;  // (R, in), (out, in)
+    Vector dbias;        // (out,)
+};
+LinearGradients linear_backward(const Matrix& x, const Matrix& weight, const Matrix& dy);
+struct KvProjectionGradients {
+    Matrix dx, dw_kv;  // (L, Kv), (E, Kv); dw_kv empty for the identity
+};
+KvProjectionGradients kv_projection_backward(const Matrix& x, const Matrix& w_kv, const Matrix& dy);
 
 }  // namespace qwenvl

@@ -36,4 +36,22 @@ struct AttentionOutput {
 AttentionOutput multi_head_attention(const Matrix& q, const Matrix& k, const Matrix& v, std::size_t num_heads,
                                      const Matrix* mask);
 
+// Backward of softmax_rows (training): given the weights p (Q, L) the forward pass computed and dL/dp, the
+// gradient reaching the scores (and the mask, which is not trained):
+//   dL/ds_j = p_j (dL/dp_j - sum_i p_i dL/dp_i)
+// A masked place has p_j = 0 and so gets no gradient.
+Matrix softmax_rows_backward(const Matrix& weights, const Matrix& d_weights);
+
+// Backward of multi_head_attention for one image (training): given q (Q, E), k, v (L, E), the forward pass's
+// weights (H, Q, L) and dL/d attended (Q, E). For each head h, with O_h = A_h v_h and S_h = (q_h / sqrt(Dh)) k_h^T:
+//   dL/dv_h = A_h^T dO_h            dL/dA_h = dO_h v_h^T            dL/dS_h = softmax_rows_backward(A_h, dL/dA_h)
+//   dL/dq_h = dL/dS_h k_h / sqrt(Dh)                                dL/dk_h = dL/dS_h^T q_h / sqrt(Dh)
+struct AttentionGradients {
+    Matrix dq, dk, dv;   // (Q, E), (L, E), (L, E)
+    Tensor3 d_weights;   // (H, Q, L)  dL/dA_h
+    Tensor3 d_scores;    // (H, Q, L)  dL/dS_h (before the mask: the mask only shifts them)
+};
+AttentionGradients multi_head_attention_backward(const Matrix& q, const Matrix& k, const Matrix& v,
+                                                 const Tensor3& weights, const Matrix& d_attended, std::size_t num_heads);
+
 }  // namespace qwenvl

@@ -84,6 +84,92 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
     return out;
 }
 
+AdapterGradients adapter_backward(const AdapterWeights& w, const AdapterConfig& c, const Tensor3& x,
+                                  const Trace& forward, const Tensor3& d_out, Trace* gradients) {
+    const char* fn = "adapter_backward";
+    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+    const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim, H = c.num_heads;
+    check_shape(fn, "d_out", d_out, {N, Q, E});
+    // The forward pass's values each step needs, as it recorded them.
+    const Matrix query_in = forward.get("query_in");    // (Q, E)
+    const Matrix q = forward.get("q");                  // (Q, E)
+    const Tensor3 x_proj = forward.get("kv_proj");      // (N, L, E)
+    const Tensor3 X = forward.get("ln_kv");             // (N, L, E)
+    const Tensor3 key_in = forward.get("key_in");       // (N, L, E)
+    const Tensor3 k = forward.get("k");                 // (N, L, E)
+    const Tensor3 v = forward.get("v");                 // (N, L, E)
+    const xt::xtensor<float, 4> weights = forward.get("attn_weights");  // (N, H, Q, L)
+    const Tensor3 attended = forward.get("attended");   // (N, Q, E)
+
+    AdapterGradients grads;
+    grads.x = Tensor3({N, L, c.kv_dim});
+    grads.out_proj_weight = xt::zeros<float>({E, E});
+    grads.out_proj_bias = xt::zeros<float>({E});
+    grads.ln_kv_weight = xt::zeros<float>({E});
+    grads.ln_kv_bias = xt::zeros<float>({E});
+    if (w.kv_proj.size()) grads.kv_proj = xt::zeros<float>({E, c.kv_dim});
+    InProjection d_in_proj{xt::zeros<float>({E, E}), xt::zeros<float>({E, E}), xt::zeros<float>({E, E}),
+                           xt::zeros<float>({E}), xt::zeros<float>({E}), xt::zeros<float>({E})};
+    Matrix dq = xt::zeros<float>({Q, E});  // q serves every image: its gradient is the sum over them
+
+    for (std::size_t n = 0; n < N; ++n) {
+        const Matrix d_out_n = xt::view(d_out, n);  // (Q, E)
+        const LinearGradients through_out_proj = linear_backward(xt::view(attended, n), w.out_proj_weight, d_out_n);
+        grads.out_proj_weight += through_out_proj.dweight;
+        grads.out_proj_bias += through_out_proj.dbias;
+        const Matrix d_attended = through_out_proj.dx;  // (Q, E)
+
+        const Matrix k_n = xt::view(k, n), v_n = xt::view(v, n);
+        const AttentionGradients through_attention =
+            multi_head_attention_backward(q, k_n, v_n, xt::view(weights, n), d_attended, H);
+        dq += through_attention.dq;
+
+        const LinearGradients through_k = linear_backward(xt::view(key_in, n), w.in_proj.w_k, through_attention.dk);
+        const LinearGradients through_v = linear_backward(xt::view(X, n), w.in_proj.w_v, through_attention.dv);
+        d_in_proj.w_k += through_k.dweight;
+        d_in_proj.b_k += through_k.dbias;
+        d_in_proj.w_v += through_v.dweight;
+        d_in_proj.b_v += through_v.dbias;
+        const Matrix d_key_in = through_k.dx;     // (L, E)
+        const Matrix d_X = d_key_in + through_v.dx;  // X reaches the keys (through key_in) and the values
+
+        const Matrix x_proj_n = xt::view(x_proj, n);
+        const LayerNormGradients through_ln_kv = layer_norm_backward(x_proj_n, w.ln_kv_weight, d_X, c.eps);
+        grads.ln_kv_weight += through_ln_kv.dgamma;
+        grads.ln_kv_bias += through_ln_kv.dbeta;
+        const KvProjectionGradients through_kv_proj = kv_projection_backward(xt::view(x, n), w.kv_proj, through_ln_kv.dx);
+        if (w.kv_proj.size()) grads.kv_proj += through_kv_proj.dw_kv;
+        xt::view(grads.x, n) = through_kv_proj.dx;
+
+        record_item(gradients, "attended", n, N, d_attended);
+        record_item(gradients, "attn_weights", n, N, through_attention.d_weights);
+        record_item(gradients, "scores", n, N, through_attention.d_scores);
+        record_item(gradients, "k", n, N, through_attention.dk);
+        record_item(gradients, "v", n, N, through_attention.dv);
+        record_item(gradients, "key_in", n, N, d_key_in);
+        record_item(gradients, "ln_kv", n, N, d_X);
+        record_item(gradients, "kv_proj", n, N, through_ln_kv.dx);
+    }
+    // The query side, once: q = query_in W_q^T + b_q, query_in = LN_q(query) + P_q.
+    const LinearGradients through_q = linear_backward(query_in, w.in_proj.w_q, dq);
+    d_in_proj.w_q = through_q.dweight;
+    d_in_proj.b_q = through_q.dbias;
+    const Matrix d_ln_q = through_q.dx;  // P_q is frozen: the gradient passes to LN_q(query) unchanged
+    const LayerNormGradients through_ln_q = layer_norm_backward(w.query, w.ln_q_weight, d_ln_q, c.eps);
+    grads.query = through_ln_q.dx;
+    grads.ln_q_weight = through_ln_q.dgamma;
+    grads.ln_q_bias = through_ln_q.dbeta;
+    const PackedInProjection packed = pack_in_proj(d_in_proj);
+    grads.in_proj_weight = packed.weight;
+    grads.in_proj_bias = packed.bias;
+
+    record(gradients, "q", dq);
+    record(gradients, "query_in", through_q.dx);
+    record(gradients, "ln_q", d_ln_q);
+    record(gradients, "x", grads.x);
+    return grads;
+}
+
 ParameterCount count_parameters(const AdapterConfig& c) {
     const std::size_t E = c.embed_dim, Q = c.n_queries, Kv = c.kv_dim;
     ParameterCount count;

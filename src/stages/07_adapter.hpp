@@ -56,6 +56,30 @@ Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& 
 Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
                         const Matrix* mask = nullptr, Trace* trace = nullptr);
 
+// Backward (training): the gradients of a loss L with respect to every trainable parameter of the adapter and
+// to its input x, given x, the forward pass's intermediates (`forward`, the trace adapter_forward recorded) and
+// dL/d out (N, Q, E). pos_embed is frozen, as upstream's requires_grad_(False): the position tables pass the
+// gradient on (d key_in reaches X; d query_in reaches LN_q) and get none. In reverse order of the forward:
+//   out = attended W_o^T + b_o          linear_backward, summed over the images
+//   attended = MHA(q, k, v)             multi_head_attention_backward per image; q is shared: dq summed
+//   k = key_in W_k^T + b_k, v = X W_v^T + b_v, q = query_in W_q^T + b_q       linear_backward
+//   key_in = X + P_k:  dX = d key_in + (from v)        query_in = LN_q(query) + P_q:  d LN_q = d query_in
+//   X = LN_kv(x W_kv^T), LN_q(query)    layer_norm_backward, kv_projection_backward
+// Records dL/d each intermediate under its trace name (and "x") in `gradients` when given.
+struct AdapterGradients {
+    Matrix query;                  // (Q, E)
+    Matrix kv_proj;                // (E, Kv); empty for the identity
+    Matrix in_proj_weight;         // (3E, E), packed as the checkpoint stores it (pack_in_proj)
+    Vector in_proj_bias;           // (3E,)
+    Matrix out_proj_weight;        // (E, E)
+    Vector out_proj_bias;          // (E,)
+    Vector ln_q_weight, ln_q_bias;    // (E,)
+    Vector ln_kv_weight, ln_kv_bias;  // (E,)
+    Tensor3 x;                     // (N, L, Kv), for a vision tower trained with the adapter
+};
+AdapterGradients adapter_backward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
+                                  const Trace& forward, const Tensor3& d_out, Trace* gradients = nullptr);
+
 // Number of parameters of the adapter implied by its configuration: trainable ones (query Q*E, kv_proj E*Kv
 // when Kv != E, in_proj 3E*E + 3E, out_proj E*E + E, ln_q and ln_kv 4E) and the frozen pos_embed (Q*E).
 // Qwen-VL: 75,005,952 trainable (Table 1's 0.08B) + 1,048,576 frozen.

@@ -265,6 +265,88 @@ def reference_forward(params, x, mask, H, name="", exact_resize=False):
     return {k: v.float().contiguous() for k, v in intermediates.items()}   # rounded to float32
 
 
+# The parameters a training run updates: every one of PARAM_ORDER (pos_embed is frozen, as upstream's
+# `requires_grad_(False)`, and is not in it).
+def reference_backward(params, x, mask, H, upstream, name=""):
+    """PyTorch autograd's gradients of L = sum(y * upstream), y the adapter and the tower's tail on x: for every
+    trainable parameter (by its checkpoint name; in_proj packed (3E, E) as stored) and for every intermediate
+    (dL/d of each traced name, the upstream gradient fed to the stage that made it), x included. In float64 from
+    the float32 values, rounded to float32, like the forward values. The explicit steps (F.linear, F.layer_norm,
+    torch.softmax) give dL/d of each intermediate; the same gradients through nn.MultiheadAttention, as upstream
+    computes it, are checked to agree."""
+    params = {k: v.double().clone().requires_grad_(True) for k, v in params.items()}
+    x = x.double().clone().requires_grad_(True)
+    upstream = upstream.double()
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.double()
+    query = params["attn_pool.query"]
+    Q, E = query.shape
+    N, L, Kv = x.shape
+    Gq, Gk, Dh = math.isqrt(Q), math.isqrt(L), E // H
+    pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()
+    pos_k = resize_table_exact(pos_q, Gq, Gk) if Gq != Gk else pos_q
+    additive = None
+    if mask is not None:
+        additive = torch.zeros(Q, L, dtype=torch.float64).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else mask
+
+    def ln(t, prefix):
+        return F.layer_norm(t, (E,), params[prefix + ".weight"], params[prefix + ".bias"], EPS)
+
+    saved = {}
+
+    def keep(name_, t):
+        t.retain_grad()
+        saved[name_] = t
+        return t
+
+    projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
+    X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
+    lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
+    query_in = keep("query_in", lq + pos_q)
+    key_in = keep("key_in", X + pos_k)
+    w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
+    b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
+    q = keep("q", F.linear(query_in, w_q, b_q))
+    k = keep("k", F.linear(key_in, w_k, b_k))
+    v = keep("v", F.linear(X, w_v, b_v))
+    qh = (q / math.sqrt(Dh)).reshape(Q, H, Dh).permute(1, 0, 2)
+    kh = k.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    vh = v.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    scores = keep("scores", torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1)))     # (N, H, Q, L)
+    weights = keep("attn_weights", torch.softmax(scores + additive if additive is not None else scores, dim=-1))
+    attended = keep("attended", torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E))
+    out = keep("out", F.linear(attended, params["attn_pool.attn.out_proj.weight"], params["attn_pool.attn.out_proj.bias"]))
+    after_ln_post = keep("ln_post", ln(out, "ln_post"))
+    y = keep("proj", after_ln_post @ params["proj"])
+    (y * upstream).sum().backward()
+    gradients = {n: t.grad.clone() for n, t in saved.items()}
+    gradients["x"] = x.grad.clone()
+    param_grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}  # before the check below adds to .grad
+    assert set(param_grads) == set(params) - {"attn_pool.pos_embed"}, name
+
+    # The same gradients through upstream's modules (nn.MultiheadAttention in its (L, N, E) layout).
+    attn = torch.nn.MultiheadAttention(E, H).double()
+    with torch.no_grad():
+        attn.in_proj_weight.copy_(params["attn_pool.attn.in_proj_weight"])
+        attn.in_proj_bias.copy_(params["attn_pool.attn.in_proj_bias"])
+        attn.out_proj.weight.copy_(params["attn_pool.attn.out_proj.weight"])
+        attn.out_proj.bias.copy_(params["attn_pool.attn.out_proj.bias"])
+    x2 = x.detach().clone().requires_grad_(True)
+    X2 = ln(F.linear(x2, params["attn_pool.kv_proj.weight"]) if Kv != E else x2, "attn_pool.ln_kv")
+    q2 = (ln(query, "attn_pool.ln_q") + pos_q).unsqueeze(1).repeat(1, N, 1)
+    out2 = attn(q2, (X2 + pos_k).permute(1, 0, 2), X2.permute(1, 0, 2), attn_mask=mask)[0].permute(1, 0, 2)
+    for p in params.values():
+        p.grad = None
+    (((ln(out2, "ln_post") @ params["proj"]) * upstream).sum()).backward()
+    assert torch.allclose(x2.grad, x.grad, atol=1e-10, rtol=1e-8), name
+    assert torch.allclose(attn.in_proj_weight.grad, param_grads["attn_pool.attn.in_proj_weight"], atol=1e-10, rtol=1e-8), name
+    assert torch.allclose(attn.out_proj.weight.grad, param_grads["attn_pool.attn.out_proj.weight"], atol=1e-10, rtol=1e-8), name
+    for n in ("attn_pool.query", "attn_pool.ln_kv.weight", "ln_post.bias", "proj"):
+        assert torch.allclose(params[n].grad, param_grads[n], atol=1e-10, rtol=1e-8), (name, n)
+    return ({n: g.float().contiguous() for n, g in gradients.items()},
+            {n: g.float().contiguous() for n, g in param_grads.items()})
+
+
 def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     params, x, mask = make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed)
     if name in CASE_SCALES:
@@ -290,6 +372,14 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
         "params": {k: tensor_json(v) for k, v in sorted(params.items(), key=lambda kv: PARAM_ORDER.index(kv[0]))},
         "intermediates": {k: tensor_json(v) for k, v in intermediates.items()},
     }
+    # Training: a seeded upstream gradient dL/dy for y = proj's output, and autograd's gradients.
+    upstream = randn(np.random.default_rng(seed + 10000), *intermediates["proj"].shape)
+    gradients, param_grads = reference_backward(params, x, mask, H, upstream, name)
+    assert torch.equal(gradients["proj"], upstream), name
+    fixture["gradient_seed"] = seed + 10000
+    fixture["gradients"] = {k: tensor_json(v) for k, v in gradients.items()}
+    fixture["param_gradients"] = {k: tensor_json(v) for k, v in
+                                  sorted(param_grads.items(), key=lambda kv: PARAM_ORDER.index(kv[0]))}
     return fixture, params, x, mask
 
 

@@ -1,0 +1,278 @@
+// Gradient tests: every backward function of src/stages/ against PyTorch autograd's gradients in the fixtures
+// (tests/reference/make_fixtures.py, `reference_backward`). The loss is L = sum(y * G), G a seeded upstream
+// gradient the fixture holds as gradients["proj"]. Each backward is fed PyTorch's own gradient of its output, so a
+// failure points at one function; the last tests run the whole backward from G, and check each backward against
+// finite differences of its own forward function.
+#include <cmath>
+
+#include <xtensor/xrandom.hpp>
+#include <xtensor/xview.hpp>
+
+#include "golden.hpp"
+#include "stages/04_layernorm.hpp"
+#include "stages/05_projections.hpp"
+#include "stages/06_attention.hpp"
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
+
+using namespace qwenvl;
+using qwenvl_test::fixtures;
+
+namespace {
+// Gradients are held to |got - want| <= kAtol + kRtol |want| per element: float32 arithmetic against autograd's
+// float64 values rounded to float32. The largest differences seen are reported by the closing note of the
+// training issue; these bounds leave a margin of about 10x over them.
+constexpr double kAtol = 1e-5, kRtol = 1e-4;
+
+void check_gradient(const Fixture& f, const std::string& what, const xt::xarray<float>& got,
+                    const xt::xarray<float>& want) {
+    const Comparison c = compare(got, want, kAtol, kRtol);
+    INFO(f.name << ": dL/d " << what << ": " << describe(c, want));
+    CHECK(c.ok());
+}
+
+// PyTorch's gradient of a stage's output (dL/d stage), whole or item n of its batch.
+const xt::xarray<float>& grad(const Fixture& f, const std::string& stage) { return f.gradients.get(stage); }
+Matrix grad_item(const Fixture& f, const std::string& stage, std::size_t n) { return xt::view(grad(f, stage), n); }
+Matrix value_item(const Fixture& f, const std::string& stage, std::size_t n) { return xt::view(f.expect(stage), n); }
+const xt::xarray<float>& param_grad(const Fixture& f, const std::string& name) { return f.param_gradients.get(name); }
+}  // namespace
+
+TEST_CASE("gradients: every fixture holds autograd's gradients of every stage and trainable parameter", "[gradients]") {
+    for (const Fixture& f : fixtures()) {
+        INFO(f.name);
+        for (const char* stage : {"proj", "ln_post", "out", "attended", "attn_weights", "scores", "q", "k", "v", "key_in",
+                                  "query_in", "ln_q", "ln_kv", "kv_proj", "x"})
+            CHECK_NOTHROW(grad(f, stage));
+        CHECK(f.param_gradients.names().size() == (f.weights.kv_proj.size() ? 13u : 12u));  // pos_embed: frozen
+    }
+}
+
+TEST_CASE("gradients: tower_tail_backward equals autograd through ln_post and @ proj", "[gradients][tail]") {
+    for (const Fixture& f : fixtures()) {
+        Trace traced;
+        const TailGradients g = tower_tail_backward(f.tail, f.expect("out"), grad(f, "proj"), f.config.eps, &traced);
+        check_gradient(f, "ln_post", traced.get("ln_post"), grad(f, "ln_post"));
+        check_gradient(f, "out", g.d_out, grad(f, "out"));
+        check_gradient(f, "ln_post.weight", g.ln_post_weight, param_grad(f, "ln_post.weight"));
+        check_gradient(f, "ln_post.bias", g.ln_post_bias, param_grad(f, "ln_post.bias"));
+        check_gradient(f, "proj", g.proj, param_grad(f, "proj"));
+    }
+}
+
+TEST_CASE("gradients: linear_backward equals autograd for out_proj and the k, v and q rows of in_proj", "[gradients][linear]") {
+    for (const Fixture& f : fixtures()) {
+        const std::size_t N = f.x.shape(0), E = f.config.embed_dim;
+        Matrix d_out_proj = xt::zeros<float>({E, E});
+        Vector d_out_bias = xt::zeros<float>({E});
+        for (std::size_t n = 0; n < N; ++n) {
+            const LinearGradients out =
+                linear_backward(value_item(f, "attended", n), f.weights.out_proj_weight, grad_item(f, "out", n));
+            check_gradient(f, "attended", out.dx, grad_item(f, "attended", n));
+            d_out_proj += out.dweight;
+            d_out_bias += out.dbias;
+            const LinearGradients k = linear_backward(value_item(f, "key_in", n), f.weights.in_proj.w_k, grad_item(f, "k", n));
+            check_gradient(f, "key_in", k.dx, grad_item(f, "key_in", n));
+            const LinearGradients v = linear_backward(value_item(f, "ln_kv", n), f.weights.in_proj.w_v, grad_item(f, "v", n));
+            // X reaches both the keys (through key_in) and the values: its gradient is the sum
+            check_gradient(f, "ln_kv", Matrix(k.dx + v.dx), grad_item(f, "ln_kv", n));
+        }
+        check_gradient(f, "out_proj.weight", d_out_proj, param_grad(f, "attn_pool.attn.out_proj.weight"));
+        check_gradient(f, "out_proj.bias", d_out_bias, param_grad(f, "attn_pool.attn.out_proj.bias"));
+        const LinearGradients q = linear_backward(f.expect("query_in"), f.weights.in_proj.w_q, grad(f, "q"));
+        check_gradient(f, "query_in", q.dx, grad(f, "query_in"));
+        // in_proj's q rows get their gradient from the query side alone
+        const Matrix packed = param_grad(f, "attn_pool.attn.in_proj_weight");
+        check_gradient(f, "in_proj_weight's q rows", q.dweight, Matrix(xt::view(packed, xt::range(0, E), xt::all())));
+    }
+}
+
+TEST_CASE("gradients: softmax_rows_backward equals autograd's (masked places get none)", "[gradients][attention]") {
+    for (const Fixture& f : fixtures()) {
+        const xt::xarray<float>& weights = f.expect("attn_weights");  // (N, H, Q, L)
+        for (std::size_t n = 0; n < weights.shape(0); ++n)
+            for (std::size_t h = 0; h < weights.shape(1); ++h) {
+                const Matrix w = xt::view(weights, n, h);
+                const Matrix d = softmax_rows_backward(w, Matrix(xt::view(grad(f, "attn_weights"), n, h)));
+                check_gradient(f, "scores", d, Matrix(xt::view(grad(f, "scores"), n, h)));
+                if (f.config.num_heads && f.has_mask)
+                    for (std::size_t i = 0; i < d.size(); ++i)
+                        if (std::isinf(f.mask.flat(i))) CHECK(d.flat(i) == 0.0f);
+            }
+    }
+}
+
+TEST_CASE("gradients: multi_head_attention_backward equals autograd (dq summed over the images, dk, dv, weights, scores)",
+          "[gradients][attention]") {
+    for (const Fixture& f : fixtures()) {
+        const std::size_t N = f.x.shape(0);
+        const Matrix q = f.expect("q");
+        Matrix dq = xt::zeros<float>(q.shape());
+        for (std::size_t n = 0; n < N; ++n) {
+            const xt::xarray<float> weights_n = xt::view(f.expect("attn_weights"), n);
+            const AttentionGradients g = multi_head_attention_backward(
+                q, value_item(f, "k", n), value_item(f, "v", n), Tensor3(weights_n), grad_item(f, "attended", n),
+                f.config.num_heads);
+            check_gradient(f, "k", g.dk, grad_item(f, "k", n));
+            check_gradient(f, "v", g.dv, grad_item(f, "v", n));
+            check_gradient(f, "attn_weights", g.d_weights, xt::view(grad(f, "attn_weights"), n));
+            check_gradient(f, "scores", g.d_scores, xt::view(grad(f, "scores"), n));
+            dq += g.dq;
+        }
+        check_gradient(f, "q", dq, grad(f, "q"));
+    }
+}
+
+TEST_CASE("gradients: layer_norm_backward and kv_projection_backward equal autograd (ln_kv, kv_proj, ln_q, query)",
+          "[gradients][layernorm]") {
+    for (const Fixture& f : fixtures()) {
+        const std::size_t N = f.x.shape(0), E = f.config.embed_dim;
+        Vector d_gamma = xt::zeros<float>({E}), d_beta = xt::zeros<float>({E});
+        Matrix d_kv_proj = xt::zeros<float>({E, f.config.kv_dim});
+        for (std::size_t n = 0; n < N; ++n) {
+            const LayerNormGradients ln =
+                layer_norm_backward(value_item(f, "kv_proj", n), f.weights.ln_kv_weight, grad_item(f, "ln_kv", n), f.config.eps);
+            check_gradient(f, "kv_proj", ln.dx, grad_item(f, "kv_proj", n));
+            d_gamma += ln.dgamma;
+            d_beta += ln.dbeta;
+            const Matrix x_n = xt::view(f.x, n);
+            const KvProjectionGradients kv = kv_projection_backward(x_n, f.weights.kv_proj, grad_item(f, "kv_proj", n));
+            check_gradient(f, "x", kv.dx, grad_item(f, "x", n));
+            if (f.weights.kv_proj.size()) d_kv_proj += kv.dw_kv;
+        }
+        check_gradient(f, "ln_kv.weight", d_gamma, param_grad(f, "attn_pool.ln_kv.weight"));
+        check_gradient(f, "ln_kv.bias", d_beta, param_grad(f, "attn_pool.ln_kv.bias"));
+        if (f.weights.kv_proj.size()) check_gradient(f, "kv_proj.weight", d_kv_proj, param_grad(f, "attn_pool.kv_proj.weight"));
+        // The query side: P_q is frozen, so dL/d LN_q(query) is dL/d query_in.
+        check_gradient(f, "ln_q", grad(f, "query_in"), grad(f, "ln_q"));
+        const LayerNormGradients ln_q = layer_norm_backward(f.weights.query, f.weights.ln_q_weight, grad(f, "ln_q"), f.config.eps);
+        check_gradient(f, "query", ln_q.dx, param_grad(f, "attn_pool.query"));
+        check_gradient(f, "ln_q.weight", ln_q.dgamma, param_grad(f, "attn_pool.ln_q.weight"));
+        check_gradient(f, "ln_q.bias", ln_q.dbeta, param_grad(f, "attn_pool.ln_q.bias"));
+    }
+}
+
+TEST_CASE("gradients: the whole backward from dL/dy equals autograd for every parameter, x and every intermediate",
+          "[gradients][adapter]") {
+    for (const Fixture& f : fixtures()) {
+        Trace forward, backward;
+        const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+        const Tensor3 out = adapter_forward(f.weights, f.config, f.x, mask, &forward);
+        const TailGradients tail = tower_tail_backward(f.tail, out, grad(f, "proj"), f.config.eps, &backward);
+        const AdapterGradients g = adapter_backward(f.weights, f.config, f.x, forward, tail.d_out, &backward);
+        for (const std::string& stage : backward.names()) check_gradient(f, stage, backward.get(stage), grad(f, stage));
+        check_gradient(f, "proj (the parameter)", tail.proj, param_grad(f, "proj"));
+        check_gradient(f, "ln_post.weight", tail.ln_post_weight, param_grad(f, "ln_post.weight"));
+        check_gradient(f, "ln_post.bias", tail.ln_post_bias, param_grad(f, "ln_post.bias"));
+        check_gradient(f, "query", g.query, param_grad(f, "attn_pool.query"));
+        check_gradient(f, "in_proj_weight", g.in_proj_weight, param_grad(f, "attn_pool.attn.in_proj_weight"));
+        check_gradient(f, "in_proj_bias", g.in_proj_bias, param_grad(f, "attn_pool.attn.in_proj_bias"));
+        check_gradient(f, "out_proj.weight", g.out_proj_weight, param_grad(f, "attn_pool.attn.out_proj.weight"));
+        check_gradient(f, "out_proj.bias", g.out_proj_bias, param_grad(f, "attn_pool.attn.out_proj.bias"));
+        check_gradient(f, "ln_q.weight", g.ln_q_weight, param_grad(f, "attn_pool.ln_q.weight"));
+        check_gradient(f, "ln_q.bias", g.ln_q_bias, param_grad(f, "attn_pool.ln_q.bias"));
+        check_gradient(f, "ln_kv.weight", g.ln_kv_weight, param_grad(f, "attn_pool.ln_kv.weight"));
+        check_gradient(f, "ln_kv.bias", g.ln_kv_bias, param_grad(f, "attn_pool.ln_kv.bias"));
+        if (f.weights.kv_proj.size()) check_gradient(f, "kv_proj.weight", g.kv_proj, param_grad(f, "attn_pool.kv_proj.weight"));
+        check_gradient(f, "x", g.x, grad(f, "x"));
+        CHECK(backward.names().size() == 14);  // every traced stage but the position tables and proj (given), and x
+    }
+}
+
+// --- Finite differences: each backward against its own forward function, independently of PyTorch. ---
+// float32 central differences with step h: the difference of two nearby float sums carries a rounding error of
+// about 1e-7 |L| / h, and the step an error of order h^2. With h = 1e-2 and losses of order 10 both are near 1e-4;
+// the bound below, 2e-3 + 2e-2 |analytic|, leaves a margin over that.
+
+namespace {
+template <class Loss>
+double central_difference(Loss loss, float& value, float h = 1e-2f) {
+    const float saved = value;
+    value = saved + h;
+    const double up = loss();
+    value = saved - h;
+    const double down = loss();
+    value = saved;
+    return (up - down) / (2.0 * h);
+}
+
+void check_difference(const std::string& what, double analytic, double numeric) {
+    INFO(what << ": backward " << analytic << ", finite difference " << numeric);
+    CHECK(std::abs(analytic - numeric) <= 2e-3 + 2e-2 * std::abs(analytic));
+}
+
+double weighted_sum(const xt::xarray<float>& y, const xt::xarray<float>& g) {
+    double total = 0.0;
+    for (std::size_t i = 0; i < y.size(); ++i) total += static_cast<double>(y.flat(i)) * g.flat(i);
+    return total;
+}
+}  // namespace
+
+TEST_CASE("finite differences: layer_norm, linear, matmul and softmax backward agree with their forward functions",
+          "[gradients][finite-differences]") {
+    xt::random::seed(3);
+    Matrix x = xt::random::randn<float>({3, 6});
+    Vector gamma = xt::random::randn<float>({6}), beta = xt::random::randn<float>({6});
+    const Matrix dy = xt::random::randn<float>({3, 6});
+    const LayerNormGradients ln = layer_norm_backward(x, gamma, dy, 1e-6f);
+    auto ln_loss = [&] { return weighted_sum(layer_norm(x, gamma, beta, 1e-6f), dy); };
+    for (std::size_t i = 0; i < x.size(); ++i) check_difference("layer_norm dx", ln.dx.flat(i), central_difference(ln_loss, x.flat(i)));
+    for (std::size_t c = 0; c < 6; ++c) {
+        check_difference("layer_norm dgamma", ln.dgamma(c), central_difference(ln_loss, gamma(c)));
+        check_difference("layer_norm dbeta", ln.dbeta(c), central_difference(ln_loss, beta(c)));
+    }
+
+    Matrix w = xt::random::randn<float>({4, 6});
+    Vector b = xt::random::randn<float>({4});
+    const Matrix dz = xt::random::randn<float>({3, 4});
+    const LinearGradients lin = linear_backward(x, w, dz);
+    auto lin_loss = [&] { return weighted_sum(linear(x, w, b), dz); };
+    for (std::size_t i = 0; i < x.size(); ++i) check_difference("linear dx", lin.dx.flat(i), central_difference(lin_loss, x.flat(i)));
+    for (std::size_t i = 0; i < w.size(); ++i) check_difference("linear dW", lin.dweight.flat(i), central_difference(lin_loss, w.flat(i)));
+    for (std::size_t i = 0; i < b.size(); ++i) check_difference("linear db", lin.dbias(i), central_difference(lin_loss, b(i)));
+
+    Matrix p = xt::random::randn<float>({6, 5});
+    const Matrix dm = xt::random::randn<float>({3, 5});
+    const MatmulGradients mm = matmul_backward(x, p, dm);
+    auto mm_loss = [&] { return weighted_sum(matmul(x, p), dm); };
+    for (std::size_t i = 0; i < x.size(); ++i) check_difference("matmul da", mm.da.flat(i), central_difference(mm_loss, x.flat(i)));
+    for (std::size_t i = 0; i < p.size(); ++i) check_difference("matmul db", mm.db.flat(i), central_difference(mm_loss, p.flat(i)));
+
+    Matrix s = xt::random::randn<float>({3, 6});
+    const Matrix dp = xt::random::randn<float>({3, 6});
+    const Matrix ds = softmax_rows_backward(softmax_rows(s, nullptr), dp);
+    auto sm_loss = [&] { return weighted_sum(softmax_rows(s, nullptr), dp); };
+    for (std::size_t i = 0; i < s.size(); ++i) check_difference("softmax ds", ds.flat(i), central_difference(sm_loss, s.flat(i)));
+}
+
+TEST_CASE("finite differences: the whole backward agrees with the forward pass on a fixture's parameters and x",
+          "[gradients][finite-differences]") {
+    const Fixture& f = fixtures().front();
+    AdapterWeights w = f.weights;
+    TowerTail tail = f.tail;
+    Tensor3 x = f.x;
+    const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+    const xt::xarray<float>& upstream = grad(f, "proj");
+    Trace forward;
+    const Tensor3 out = adapter_forward(w, f.config, x, mask, &forward);
+    const TailGradients g_tail = tower_tail_backward(tail, out, upstream, f.config.eps);
+    const AdapterGradients g = adapter_backward(w, f.config, x, forward, g_tail.d_out);
+    auto loss = [&] {
+        return weighted_sum(tower_tail_forward(tail, adapter_forward(w, f.config, x, mask), f.config.eps), upstream);
+    };
+    // A few entries of every parameter, and of x: the first, one in the middle and the last.
+    auto probe = [&](const std::string& what, auto& values, const auto& analytic) {
+        for (std::size_t i : {std::size_t(0), values.size() / 2, values.size() - 1})
+            check_difference(what + "[" + std::to_string(i) + "]", analytic.flat(i), central_difference(loss, values.flat(i)));
+    };
+    probe("query", w.query, g.query);
+    probe("ln_q.weight", w.ln_q_weight, g.ln_q_weight);
+    probe("ln_kv.bias", w.ln_kv_bias, g.ln_kv_bias);
+    probe("in_proj w_k", w.in_proj.w_k, Matrix(xt::view(g.in_proj_weight, xt::range(f.config.embed_dim, 2 * f.config.embed_dim), xt::all())));
+    probe("in_proj b_v", w.in_proj.b_v, Vector(xt::view(g.in_proj_bias, xt::range(2 * f.config.embed_dim, 3 * f.config.embed_dim))));
+    probe("out_proj.weight", w.out_proj_weight, g.out_proj_weight);
+    if (w.kv_proj.size()) probe("kv_proj.weight", w.kv_proj, g.kv_proj);
+    probe("ln_post.bias", tail.ln_post_bias, g_tail.ln_post_bias);
+    probe("proj", tail.proj, g_tail.proj);
+    probe("x", x, g.x);
+}
