@@ -77,6 +77,16 @@ MUTATIONS = [
      "*biases[part] = take_values(m, in_b, in_proj_offset(part, E), E);", "*biases[part] = take_values(m, in_b, 0, E);"),
     ("npy-fortran", "written .npy headers say Fortran order", "src/io/npy.cpp",
      "'fortran_order': False", "'fortran_order': True"),
+    # Training: the backward passes and the optimiser.
+    ("ln-backward-no-variance-term", "LayerNorm's backward without the variance's share", "src/stages/04_layernorm.cpp",
+     "(g[c] - mean_g - x_hat[c] * mean_g_x_hat) * rstd", "(g[c] - mean_g) * rstd"),
+    ("softmax-backward-no-sum", "softmax's backward without the weighted sum", "src/stages/06_attention.cpp",
+     "weights(r, c) * (d_weights(r, c) - weighted)", "weights(r, c) * d_weights(r, c)"),
+    ("attention-backward-unscaled", "attention's backward: dq without the 1/sqrt(Dh)", "src/stages/06_attention.cpp",
+     "const Matrix dq_h = matmul(d_s_h, k_h) * scale;", "const Matrix dq_h = matmul(d_s_h, k_h);"),
+    ("adamw-no-bias-correction", "AdamW without its bias corrections", "src/stages/10_training.cpp",
+     "value -= lr / correction1 * first / (std::sqrt(second) / std::sqrt(correction2) + config.eps);",
+     "value -= lr * first / (std::sqrt(second) + config.eps);"),
     # The fast path's own copies of the numerics.
     ("fast-q-unscaled", "fast path: q not scaled by 1/sqrt(Dh)", "src/fast/attention.cpp",
      "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),

@@ -265,6 +265,39 @@ def reference_forward(params, x, mask, H, name="", exact_resize=False):
     return {k: v.float().contiguous() for k, v in intermediates.items()}   # rounded to float32
 
 
+def explicit_forward(params, x, additive, H, pos_q, pos_k, keep=lambda name, t: t):
+    """The adapter and the tower's tail in explicit steps (F.linear, F.layer_norm, torch.softmax) on float64
+    `params` by checkpoint name and x (N, L, Kv); additive: the (Q, L) float mask or None. `keep(name, t)` sees
+    each intermediate under its trace name (reference_backward keeps their gradients)."""
+    query = params["attn_pool.query"]
+    Q, E = query.shape
+    N, L, Kv = x.shape
+    Dh = E // H
+
+    def ln(t, prefix):
+        return F.layer_norm(t, (E,), params[prefix + ".weight"], params[prefix + ".bias"], EPS)
+
+    projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
+    X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
+    lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
+    query_in = keep("query_in", lq + pos_q)
+    key_in = keep("key_in", X + pos_k)
+    w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
+    b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
+    q = keep("q", F.linear(query_in, w_q, b_q))
+    k = keep("k", F.linear(key_in, w_k, b_k))
+    v = keep("v", F.linear(X, w_v, b_v))
+    qh = (q / math.sqrt(Dh)).reshape(Q, H, Dh).permute(1, 0, 2)
+    kh = k.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    vh = v.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    scores = keep("scores", torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1)))     # (N, H, Q, L)
+    weights = keep("attn_weights", torch.softmax(scores + additive if additive is not None else scores, dim=-1))
+    attended = keep("attended", torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E))
+    out = keep("out", F.linear(attended, params["attn_pool.attn.out_proj.weight"], params["attn_pool.attn.out_proj.bias"]))
+    after_ln_post = keep("ln_post", ln(out, "ln_post"))
+    return keep("proj", after_ln_post @ params["proj"])
+
+
 # The parameters a training run updates: every one of PARAM_ORDER (pos_embed is frozen, as upstream's
 # `requires_grad_(False)`, and is not in it).
 def reference_backward(params, x, mask, H, upstream, name=""):
@@ -289,9 +322,6 @@ def reference_backward(params, x, mask, H, upstream, name=""):
     if mask is not None:
         additive = torch.zeros(Q, L, dtype=torch.float64).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else mask
 
-    def ln(t, prefix):
-        return F.layer_norm(t, (E,), params[prefix + ".weight"], params[prefix + ".bias"], EPS)
-
     saved = {}
 
     def keep(name_, t):
@@ -299,30 +329,15 @@ def reference_backward(params, x, mask, H, upstream, name=""):
         saved[name_] = t
         return t
 
-    projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
-    X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
-    lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
-    query_in = keep("query_in", lq + pos_q)
-    key_in = keep("key_in", X + pos_k)
-    w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
-    b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
-    q = keep("q", F.linear(query_in, w_q, b_q))
-    k = keep("k", F.linear(key_in, w_k, b_k))
-    v = keep("v", F.linear(X, w_v, b_v))
-    qh = (q / math.sqrt(Dh)).reshape(Q, H, Dh).permute(1, 0, 2)
-    kh = k.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
-    vh = v.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
-    scores = keep("scores", torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1)))     # (N, H, Q, L)
-    weights = keep("attn_weights", torch.softmax(scores + additive if additive is not None else scores, dim=-1))
-    attended = keep("attended", torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E))
-    out = keep("out", F.linear(attended, params["attn_pool.attn.out_proj.weight"], params["attn_pool.attn.out_proj.bias"]))
-    after_ln_post = keep("ln_post", ln(out, "ln_post"))
-    y = keep("proj", after_ln_post @ params["proj"])
+    y = explicit_forward(params, x, additive, H, pos_q, pos_k, keep)
     (y * upstream).sum().backward()
     gradients = {n: t.grad.clone() for n, t in saved.items()}
     gradients["x"] = x.grad.clone()
     param_grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}  # before the check below adds to .grad
     assert set(param_grads) == set(params) - {"attn_pool.pos_embed"}, name
+
+    def ln(t, prefix):
+        return F.layer_norm(t, (E,), params[prefix + ".weight"], params[prefix + ".bias"], EPS)
 
     # The same gradients through upstream's modules (nn.MultiheadAttention in its (L, N, E) layout).
     attn = torch.nn.MultiheadAttention(E, H).double()
@@ -507,6 +522,97 @@ def write_cli_case(name, H, params, x, mask, how):
     return folder
 
 
+# ---------------------------------------------------------------------------
+# Training: ten AdamW steps from upstream's initialisation, the golden of docs/training.md.
+
+TRAINING_DIR = os.path.join(REPO, "data", "training")
+ADAMW = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.05, "max_grad_norm": 1.0,
+         "warmup_steps": 3, "total_steps": 10}
+
+
+def upstream_init(E, Kv, Q, gen):
+    """Upstream's initialisation, drawn from numpy's seeded generator (torch's own generator depends on the CPU):
+    Resampler._init_weights gives the query, kv_proj and out_proj (nn.Linear) trunc_normal_(std=.02) (truncated at
+    +-2, which a std of .02 never reaches), zero biases and LayerNorms at 1 and 0; nn.MultiheadAttention keeps
+    in_proj_weight xavier_uniform_ (U(-a, a), a = sqrt(6 / (E + 3E))) and in_proj_bias 0; the visual tower's proj
+    is E^-0.5 * randn and its ln_post 1 and 0."""
+    def normal(*shape, std):
+        return torch.from_numpy(np.clip(gen.standard_normal(shape) * std, -2.0, 2.0).astype(np.float32))
+    bound = math.sqrt(6.0 / (E + 3 * E))
+    params = {"attn_pool.query": normal(Q, E, std=0.02)}
+    if Kv != E:
+        params["attn_pool.kv_proj.weight"] = normal(E, Kv, std=0.02)
+    params["attn_pool.attn.in_proj_weight"] = torch.from_numpy(gen.uniform(-bound, bound, (3 * E, E)).astype(np.float32))
+    params["attn_pool.attn.in_proj_bias"] = torch.zeros(3 * E)
+    params["attn_pool.attn.out_proj.weight"] = normal(E, E, std=0.02)
+    params["attn_pool.attn.out_proj.bias"] = torch.zeros(E)
+    for ln in ("attn_pool.ln_q", "attn_pool.ln_kv", "ln_post"):
+        params[ln + ".weight"] = torch.ones(E)
+        params[ln + ".bias"] = torch.zeros(E)
+    params["proj"] = normal(E, E, std=E ** -0.5)
+    return params
+
+
+def learning_rate_factor(step):
+    """Linear warm-up to the peak over warmup_steps, then a cosine down to 0 at total_steps (LambdaLR's factor)."""
+    warmup, total = ADAMW["warmup_steps"], ADAMW["total_steps"]
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def write_training_golden(seed=3000):
+    """Ten steps of torch.optim.AdamW (the paper's betas (0.9, 0.98) and weight decay 0.05), gradient-norm clipping
+    at 1.0 (clip_grad_norm_) and a cosine schedule with linear warm-up (LambdaLR), on the mean squared error between
+    the tower's output and a fixed random target, from upstream's initialisation. In float64 from the float32
+    initial values; every step's loss, gradient norm and learning rate, and the final parameters rounded to float32."""
+    E, H, Kv, Gq, Gk, N = 8, 2, 6, 2, 3, 2
+    Q, L = Gq * Gq, Gk * Gk
+    gen = np.random.default_rng(seed)
+    initial = upstream_init(E, Kv, Q, gen)
+    x = randn(gen, N, L, Kv)
+    target = randn(gen, N, Q, E)
+    params = {k: v.double().clone().requires_grad_(True) for k, v in initial.items()}
+    ordered = [params[k] for k in sorted(params, key=PARAM_ORDER.index)]
+    pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()
+    pos_k = resize_table_exact(pos_q, Gq, Gk)
+    optimizer = torch.optim.AdamW(ordered, lr=ADAMW["lr"], betas=tuple(ADAMW["betas"]), eps=ADAMW["eps"],
+                                  weight_decay=ADAMW["weight_decay"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
+    steps = []
+    for step in range(ADAMW["total_steps"]):
+        optimizer.zero_grad()
+        loss = F.mse_loss(explicit_forward(params, x.double(), None, H, pos_q, pos_k), target.double())
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(ordered, ADAMW["max_grad_norm"])
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        schedule.step()
+        steps.append({"step": step, "loss": float(loss), "grad_norm": float(norm), "lr": lr})
+    golden = {
+        "name": "adamw_10_steps",
+        "description": "ten AdamW steps on the mean squared error to a fixed target, from upstream's initialisation",
+        "generator": "tests/reference/make_fixtures.py",
+        "seed": seed,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "oracle": "torch.optim.AdamW, clip_grad_norm_ and LambdaLR in float64 on the float32 initial values; "
+                  "losses, norms and rates as float64, the final parameters rounded to float32",
+        "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk, "n_queries": Q,
+                   "n_keys": L, "batch": N, "eps": EPS},
+        "optimizer": ADAMW,
+        "inputs": {"x": tensor_json(x), "target": tensor_json(target)},
+        "initial_params": {k: tensor_json(initial[k]) for k in sorted(initial, key=PARAM_ORDER.index)},
+        "steps": steps,
+        "final_params": {k: tensor_json(params[k].detach().float()) for k in sorted(params, key=PARAM_ORDER.index)},
+    }
+    os.makedirs(TRAINING_DIR, exist_ok=True)
+    path = os.path.join(TRAINING_DIR, "adamw_10_steps.json")
+    with open(path, "w") as f:
+        f.write(dumps(golden))
+    return path
+
+
 def write_demo(seed=2000):
     """A small adapter with Qwen-VL's structure (E = 256, so H = E / 128 = 2; Kv = 104 = 1664 / 16;
     4x4 queries on an 8x8 key grid, as 16x16 on 32x32), bf16 weights with the stored pos_embed, like the
@@ -584,6 +690,7 @@ def main():
         print("wrote %s/" % os.path.relpath(folder, REPO))
     write_demo()
     print("wrote data/demo/ and data/fusion/")
+    print("wrote %s" % os.path.relpath(write_training_golden(), REPO))
     return 0
 
 

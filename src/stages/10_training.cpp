@@ -1,0 +1,175 @@
+#include "stages/10_training.hpp"
+
+#include <cmath>
+#include <random>
+
+#include <xtensor/xview.hpp>
+
+#include "stages/05_projections.hpp"
+
+namespace qwenvl {
+
+namespace {
+const xt::xarray<float>& find(const NamedTensors& named, const std::string& name) {
+    for (const auto& [n, t] : named)
+        if (n == name) return t;
+    throw std::invalid_argument("set_trainable_parameters: no tensor named " + name);
+}
+}  // namespace
+
+NamedTensors trainable_parameters(const AdapterWeights& w, const TowerTail& tail) {
+    const PackedInProjection in_proj = pack_in_proj(w.in_proj);
+    NamedTensors p = {{"attn_pool.query", w.query},
+                      {"attn_pool.attn.in_proj_weight", in_proj.weight},
+                      {"attn_pool.attn.in_proj_bias", in_proj.bias},
+                      {"attn_pool.attn.out_proj.weight", w.out_proj_weight},
+                      {"attn_pool.attn.out_proj.bias", w.out_proj_bias},
+                      {"attn_pool.ln_q.weight", w.ln_q_weight},
+                      {"attn_pool.ln_q.bias", w.ln_q_bias},
+                      {"attn_pool.ln_kv.weight", w.ln_kv_weight},
+                      {"attn_pool.ln_kv.bias", w.ln_kv_bias},
+                      {"ln_post.weight", tail.ln_post_weight},
+                      {"ln_post.bias", tail.ln_post_bias},
+                      {"proj", tail.proj}};
+    if (w.kv_proj.size()) p.push_back({"attn_pool.kv_proj.weight", w.kv_proj});
+    return p;
+}
+
+void set_trainable_parameters(const NamedTensors& p, AdapterWeights& w, TowerTail& tail) {
+    w.query = find(p, "attn_pool.query");
+    w.in_proj = split_in_proj(Matrix(find(p, "attn_pool.attn.in_proj_weight")), Vector(find(p, "attn_pool.attn.in_proj_bias")));
+    w.out_proj_weight = find(p, "attn_pool.attn.out_proj.weight");
+    w.out_proj_bias = find(p, "attn_pool.attn.out_proj.bias");
+    w.ln_q_weight = find(p, "attn_pool.ln_q.weight");
+    w.ln_q_bias = find(p, "attn_pool.ln_q.bias");
+    w.ln_kv_weight = find(p, "attn_pool.ln_kv.weight");
+    w.ln_kv_bias = find(p, "attn_pool.ln_kv.bias");
+    tail.ln_post_weight = find(p, "ln_post.weight");
+    tail.ln_post_bias = find(p, "ln_post.bias");
+    tail.proj = find(p, "proj");
+    if (w.kv_proj.size()) w.kv_proj = find(p, "attn_pool.kv_proj.weight");
+}
+
+NamedTensors named_gradients(const AdapterGradients& g, const TailGradients& t) {
+    NamedTensors named = {{"attn_pool.query", g.query},
+                          {"attn_pool.attn.in_proj_weight", g.in_proj_weight},
+                          {"attn_pool.attn.in_proj_bias", g.in_proj_bias},
+                          {"attn_pool.attn.out_proj.weight", g.out_proj_weight},
+                          {"attn_pool.attn.out_proj.bias", g.out_proj_bias},
+                          {"attn_pool.ln_q.weight", g.ln_q_weight},
+                          {"attn_pool.ln_q.bias", g.ln_q_bias},
+                          {"attn_pool.ln_kv.weight", g.ln_kv_weight},
+                          {"attn_pool.ln_kv.bias", g.ln_kv_bias},
+                          {"ln_post.weight", t.ln_post_weight},
+                          {"ln_post.bias", t.ln_post_bias},
+                          {"proj", t.proj}};
+    if (g.kv_proj.size()) named.push_back({"attn_pool.kv_proj.weight", g.kv_proj});
+    return named;
+}
+
+void init_upstream(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, unsigned seed) {
+    std::mt19937 rng(seed);
+    const std::size_t E = c.embed_dim, Kv = c.kv_dim, Q = c.n_queries;
+    auto normal = [&](std::vector<std::size_t> shape, double std) {
+        xt::xarray<float> t = xt::xarray<float>::from_shape(shape);
+        std::normal_distribution<double> draw(0.0, std);
+        for (auto& value : t) value = static_cast<float>(std::clamp(draw(rng), -2.0, 2.0));  // trunc_normal_'s +-2
+        return t;
+    };
+    w.query = normal({Q, E}, 0.02);
+    w.pos_embed = Matrix();  // computed: the sin-cos table
+    w.kv_proj = Kv != E ? Matrix(normal({E, Kv}, 0.02)) : Matrix();
+    const double bound = std::sqrt(6.0 / static_cast<double>(E + 3 * E));  // xavier_uniform_ on (3E, E)
+    std::uniform_real_distribution<double> uniform(-bound, bound);
+    Matrix in_proj = Matrix::from_shape({3 * E, E});
+    for (auto& value : in_proj) value = static_cast<float>(uniform(rng));
+    w.in_proj = split_in_proj(in_proj, xt::zeros<float>({3 * E}));
+    w.out_proj_weight = normal({E, E}, 0.02);
+    w.out_proj_bias = xt::zeros<float>({E});
+    w.ln_q_weight = w.ln_kv_weight = tail.ln_post_weight = xt::ones<float>({E});
+    w.ln_q_bias = w.ln_kv_bias = tail.ln_post_bias = xt::zeros<float>({E});
+    tail.proj = normal({E, E}, 1.0 / std::sqrt(static_cast<double>(E)));
+}
+
+MseLoss mse_loss(const Tensor3& y, const Tensor3& target) {
+    check_shape("mse_loss", "target", target, shape_of(y));
+    const double n = static_cast<double>(y.size());
+    MseLoss result{0.0, Tensor3(y.shape())};
+    for (std::size_t i = 0; i < y.size(); ++i) {
+        const double diff = static_cast<double>(y.flat(i)) - target.flat(i);
+        result.loss += diff * diff / n;
+        result.d_y.flat(i) = static_cast<float>(2.0 * diff / n);
+    }
+    return result;
+}
+
+double clip_grad_norm(NamedTensors& gradients, double max_norm) {
+    double squares = 0.0;
+    for (const auto& [name, g] : gradients)
+        for (float value : g) squares += static_cast<double>(value) * value;
+    const double norm = std::sqrt(squares);
+    const double scale = max_norm / (norm + 1e-6);
+    if (scale < 1.0)
+        for (auto& [name, g] : gradients) g *= static_cast<float>(scale);
+    return norm;
+}
+
+double learning_rate(std::size_t step, const AdamWConfig& c) {
+    const double pi = std::acos(-1.0);
+    if (step < c.warmup_steps) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
+    const double progress = static_cast<double>(step - c.warmup_steps) / static_cast<double>(c.total_steps - c.warmup_steps);
+    return c.lr * 0.5 * (1.0 + std::cos(pi * progress));
+}
+
+void AdamW::update(NamedTensors& params, const NamedTensors& gradients, double lr) {
+    require(params.size() == gradients.size(), "AdamW::update", "as many gradients as parameters");
+    if (m.empty())
+        for (const auto& [name, p] : params) {
+            m.push_back({name, xt::zeros<float>(p.shape())});
+            v.push_back({name, xt::zeros<float>(p.shape())});
+        }
+    ++step;
+    const double t = static_cast<double>(step);
+    const double correction1 = 1.0 - std::pow(config.beta1, t), correction2 = 1.0 - std::pow(config.beta2, t);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        xt::xarray<float>& p = params[i].second;
+        const xt::xarray<float>& g = gradients[i].second;
+        require(gradients[i].first == params[i].first, "AdamW::update", "gradient " + gradients[i].first +
+                                                                             " for parameter " + params[i].first);
+        check_shape("AdamW::update", "a gradient", g, shape_of(p));
+        xt::xarray<float>& m_i = m[i].second;
+        xt::xarray<float>& v_i = v[i].second;
+        for (std::size_t j = 0; j < p.size(); ++j) {
+            double value = p.flat(j) * (1.0 - lr * config.weight_decay);  // decoupled weight decay, first
+            const double grad = g.flat(j);
+            const double first = config.beta1 * m_i.flat(j) + (1.0 - config.beta1) * grad;
+            const double second = config.beta2 * v_i.flat(j) + (1.0 - config.beta2) * grad * grad;
+            value -= lr / correction1 * first / (std::sqrt(second) / std::sqrt(correction2) + config.eps);
+            m_i.flat(j) = static_cast<float>(first);
+            v_i.flat(j) = static_cast<float>(second);
+            p.flat(j) = static_cast<float>(value);
+        }
+    }
+}
+
+StepResult train_step(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                      const Tensor3& target, AdamW& optimizer, const Matrix* mask) {
+    Trace forward;
+    const Tensor3 out = adapter_forward(w, c, x, mask, &forward);
+    const Tensor3 y = tower_tail_forward(tail, out, c.eps);
+    const MseLoss loss = mse_loss(y, target);
+    const TailGradients tail_grads = tower_tail_backward(tail, out, loss.d_y, c.eps);
+    const AdapterGradients adapter_grads = adapter_backward(w, c, x, forward, tail_grads.d_out);
+
+    NamedTensors gradients = named_gradients(adapter_grads, tail_grads);
+    StepResult result;
+    result.loss = loss.loss;
+    result.grad_norm = clip_grad_norm(gradients, optimizer.config.max_grad_norm);
+    result.lr = learning_rate(optimizer.step, optimizer.config);
+    NamedTensors params = trainable_parameters(w, tail);
+    optimizer.update(params, gradients, result.lr);
+    set_trainable_parameters(params, w, tail);
+    return result;
+}
+
+}  // namespace qwenvl

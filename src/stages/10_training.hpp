@@ -1,0 +1,83 @@
+// stages/10_training.hpp: stage 10, training the adapter (docs/training.md).
+//
+// Paper (Qwen-VL, section 2.1 and 3): the adapter's queries are trainable and the adapter is randomly initialised
+// and learned in every training stage, with AdamW (beta1 = 0.9, beta2 = 0.98, weight decay 0.05), a cosine
+// learning-rate schedule with linear warm-up, and the gradients' norm clipped at 1.0 (the clipping is the
+// usual practice; the paper's tables give the rest). One step of training:
+//   y = tower_tail_forward(adapter_forward(x))               stages 07 and 08, with their trace
+//   L = mean((y - target)^2),  dL/dy = 2 (y - target) / count  mse_loss
+//   gradients = adapter_backward(tower_tail_backward(dL/dy))  stages 07 and 08
+//   g <- g * min(1, max_norm / (||g|| + 1e-6))                 clip_grad_norm, ||g|| over every parameter
+//   p <- AdamW(p, g, learning_rate(step))                      as torch.optim.AdamW
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+#include "stages/07_adapter.hpp"
+#include "stages/08_tower_tail.hpp"
+
+namespace qwenvl {
+
+// Trainable parameters (or their gradients) by checkpoint name without the `transformer.visual.` prefix, in_proj
+// packed (3E, E) as the checkpoint stores it; in the fixtures' order. pos_embed is frozen and not among them.
+using NamedTensors = std::vector<std::pair<std::string, xt::xarray<float>>>;
+
+NamedTensors trainable_parameters(const AdapterWeights& weights, const TowerTail& tail);
+// Writes `params` back into the weights (in_proj split again); every trainable name must be present.
+void set_trainable_parameters(const NamedTensors& params, AdapterWeights& weights, TowerTail& tail);
+NamedTensors named_gradients(const AdapterGradients& adapter, const TailGradients& tail);
+
+// Upstream's initialisation, drawn from a seeded std::mt19937 (not torch's generator: the distributions are
+// upstream's, the values are not): the query, kv_proj and out_proj's weights normal with std 0.02 (upstream's
+// trunc_normal_, truncated at +-2, which std 0.02 never reaches); in_proj_weight uniform on (-a, a), a =
+// sqrt(6 / (E + 3E)) (nn.MultiheadAttention's xavier_uniform_); every bias 0; LayerNorms 1 and 0; proj
+// E^-0.5 times a standard normal (the visual tower's).
+void init_upstream(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, unsigned seed);
+
+// The mean squared error and its gradient: L = (1/n) sum (y - target)^2, dL/dy = (2/n)(y - target), n = y.size().
+struct MseLoss {
+    double loss = 0.0;
+    Tensor3 d_y;
+};
+MseLoss mse_loss(const Tensor3& y, const Tensor3& target);
+
+// Scales every gradient by min(1, max_norm / (norm + 1e-6)), norm = sqrt(sum of every squared entry), as
+// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping.
+double clip_grad_norm(NamedTensors& gradients, double max_norm);
+
+struct AdamWConfig {
+    double lr = 1e-2;            // the peak learning rate
+    double beta1 = 0.9, beta2 = 0.98;
+    double eps = 1e-8;
+    double weight_decay = 0.05;
+    double max_grad_norm = 1.0;
+    std::size_t warmup_steps = 3, total_steps = 10;
+};
+
+// The learning rate of step s (from 0): lr (s + 1) / warmup during the warm-up, then
+// lr (1 + cos(pi (s - warmup) / (total - warmup))) / 2 down to 0 at total_steps.
+double learning_rate(std::size_t step, const AdamWConfig& config);
+
+// torch.optim.AdamW, one parameter tensor at a time (t counts the updates from 1):
+//   p <- p (1 - lr wd)                      decoupled weight decay, first
+//   m <- beta1 m + (1 - beta1) g            v <- beta2 v + (1 - beta2) g^2
+//   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+struct AdamW {
+    AdamWConfig config;
+    std::size_t step = 0;  // updates done
+    NamedTensors m, v;     // the moments, zero before the first update
+    void update(NamedTensors& params, const NamedTensors& gradients, double lr);
+};
+
+struct StepResult {
+    double loss = 0.0, grad_norm = 0.0, lr = 0.0;
+};
+// One step of training on the batch x (N, L, Kv) towards target (N, Q, E), as in the header's equations.
+StepResult train_step(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, const Tensor3& x,
+                      const Tensor3& target, AdamW& optimizer, const Matrix* mask = nullptr);
+
+}  // namespace qwenvl

@@ -1,0 +1,154 @@
+// Training tests: ten AdamW steps against PyTorch's (data/training/adamw_10_steps.json, written by
+// tests/reference/make_fixtures.py's write_training_golden), and the pieces of a step on their own.
+#include <cmath>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <xtensor/xview.hpp>
+
+#include "core/compare.hpp"
+#include "io/errors.hpp"
+#include "io/fixture.hpp"
+#include "stages/10_training.hpp"
+
+using namespace qwenvl;
+
+namespace {
+struct Golden {
+    AdapterWeights weights;
+    TowerTail tail;
+    AdapterConfig config;
+    AdamWConfig optimizer;
+    Tensor3 x, target;
+    nlohmann::ordered_json steps;
+    NamedTensors final_params;
+};
+
+NamedTensors named(const nlohmann::ordered_json& j) {
+    NamedTensors out;
+    for (const auto& [name, value] : j.items()) out.push_back({name, tensor_from_json(value, name)});
+    return out;
+}
+
+Golden load_golden() {
+    const nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_json(QWENVL_DATA_DIR "/training/adamw_10_steps.json").dump());
+    Golden g;
+    const auto& cfg = j.at("config");
+    g.weights.kv_proj = Matrix::from_shape({cfg.at("embed_dim").get<std::size_t>(), cfg.at("kv_dim").get<std::size_t>()});
+    set_trainable_parameters(named(j.at("initial_params")), g.weights, g.tail);
+    g.config = derive_config(g.weights, cfg.at("num_heads").get<std::size_t>());
+    g.config.eps = cfg.at("eps").get<float>();
+    const auto& o = j.at("optimizer");
+    g.optimizer.lr = o.at("lr");
+    g.optimizer.beta1 = o.at("betas")[0];
+    g.optimizer.beta2 = o.at("betas")[1];
+    g.optimizer.eps = o.at("eps");
+    g.optimizer.weight_decay = o.at("weight_decay");
+    g.optimizer.max_grad_norm = o.at("max_grad_norm");
+    g.optimizer.warmup_steps = o.at("warmup_steps");
+    g.optimizer.total_steps = o.at("total_steps");
+    g.x = tensor_from_json(j.at("inputs").at("x"), "x");
+    g.target = tensor_from_json(j.at("inputs").at("target"), "target");
+    g.steps = j.at("steps");
+    g.final_params = named(j.at("final_params"));
+    return g;
+}
+}  // namespace
+
+TEST_CASE("training: ten AdamW steps equal PyTorch's, every step's loss, gradient norm and rate, and the final parameters",
+          "[training]") {
+    Golden g = load_golden();
+    AdamW optimizer{g.optimizer};
+    REQUIRE(g.steps.size() == 10);
+    for (const auto& want : g.steps) {
+        const StepResult got = train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer);
+        INFO("step " << want.at("step") << ": loss " << got.loss << " (PyTorch " << want.at("loss").get<double>()
+                     << "), gradient norm " << got.grad_norm << " (" << want.at("grad_norm").get<double>() << ")");
+        CHECK(std::abs(got.loss - want.at("loss").get<double>()) <= 1e-5 * want.at("loss").get<double>());
+        CHECK(std::abs(got.grad_norm - want.at("grad_norm").get<double>()) <= 1e-5 * want.at("grad_norm").get<double>());
+        CHECK(std::abs(got.lr - want.at("lr").get<double>()) <= 1e-12);
+    }
+    const NamedTensors params = trainable_parameters(g.weights, g.tail);
+    for (const auto& [name, want] : g.final_params) {
+        xt::xarray<float> got;
+        for (const auto& [n, t] : params)
+            if (n == name) got = t;
+        xt::xarray<float> expected = want;
+        if (name == "attn_pool.attn.in_proj_bias") {
+            // The key part of the bias, b_k, has a gradient of exactly 0 (it adds q . b_k to every score of a row,
+            // which the softmax ignores): AdamW moves it by weight decay, then by the sign of rounding noise, which
+            // float32 and float64 draw differently. It changes no output; it is compared apart, to AdamW's bound.
+            const std::size_t E = g.config.embed_dim;
+            auto key = xt::range(E, 2 * E);
+            const xt::xarray<float> got_k = xt::view(got, key), want_k = xt::view(expected, key);
+            CHECK(xt::amax(xt::abs(got_k - want_k))() <= 2 * 10 * g.optimizer.lr);  // |update| <= lr per step
+            xt::view(got, key) = 0.0f;
+            xt::view(expected, key) = 0.0f;
+        }
+        const Comparison c = compare(got, expected, 1e-5, 1e-4);
+        INFO(name << ": " << describe(c, expected));
+        CHECK(c.ok());
+    }
+}
+
+TEST_CASE("training: the loss falls over the ten steps, and a step changes every parameter", "[training]") {
+    Golden g = load_golden();
+    AdamW optimizer{g.optimizer};
+    const NamedTensors before = trainable_parameters(g.weights, g.tail);
+    const double first = train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer).loss;
+    const NamedTensors after = trainable_parameters(g.weights, g.tail);
+    for (std::size_t i = 0; i < before.size(); ++i) {
+        INFO(before[i].first);
+        CHECK(xt::any(xt::not_equal(before[i].second, after[i].second)));
+    }
+    double last = first;
+    for (int step = 1; step < 10; ++step) last = train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer).loss;
+    CHECK(last < 0.5 * first);
+}
+
+TEST_CASE("training: mse_loss, clip_grad_norm and the learning-rate schedule by hand", "[training]") {
+    const Tensor3 y = {{{1.0f, 2.0f}}}, target = {{{0.0f, 4.0f}}};
+    const MseLoss l = mse_loss(y, target);
+    CHECK(l.loss == Approx(2.5));  // (1 + 4) / 2
+    CHECK(l.d_y(0, 0, 0) == Approx(1.0));  // 2 * 1 / 2
+    CHECK(l.d_y(0, 0, 1) == Approx(-2.0));
+    NamedTensors g = {{"a", xt::xarray<float>({3.0f})}, {"b", xt::xarray<float>({4.0f})}};
+    CHECK(clip_grad_norm(g, 1.0) == Approx(5.0));
+    CHECK(g[0].second(0) == Approx(0.6).epsilon(1e-5));
+    CHECK(g[1].second(0) == Approx(0.8).epsilon(1e-5));
+    NamedTensors small = {{"a", xt::xarray<float>({0.3f})}};
+    clip_grad_norm(small, 1.0);
+    CHECK(small[0].second(0) == 0.3f);  // under the bound: unchanged
+    AdamWConfig c;
+    c.lr = 1.0;
+    c.warmup_steps = 2;
+    c.total_steps = 6;
+    CHECK(learning_rate(0, c) == Approx(0.5));
+    CHECK(learning_rate(1, c) == Approx(1.0));
+    CHECK(learning_rate(2, c) == Approx(1.0));   // the cosine starts at the peak
+    CHECK(learning_rate(4, c) == Approx(0.5));   // half way down
+}
+
+TEST_CASE("training: init_upstream draws upstream's distributions", "[training]") {
+    AdapterConfig c;
+    c.embed_dim = 64;
+    c.kv_dim = 48;
+    c.n_queries = 16;
+    c.grid_q = 4;
+    c.num_heads = 4;
+    AdapterWeights w;
+    TowerTail tail;
+    init_upstream(w, tail, c, 1);
+    CHECK(derive_config(w, 4).embed_dim == 64);
+    auto std_of = [](const xt::xarray<float>& t) { return std::sqrt(xt::mean(xt::square(t))()); };
+    CHECK(std_of(w.query) == Approx(0.02).epsilon(0.1));
+    CHECK(std_of(w.kv_proj) == Approx(0.02).epsilon(0.1));
+    CHECK(std_of(w.out_proj_weight) == Approx(0.02).epsilon(0.1));
+    CHECK(std_of(tail.proj) == Approx(1.0 / 8).epsilon(0.1));
+    const double bound = std::sqrt(6.0 / (64 + 3 * 64));
+    CHECK(xt::amax(xt::abs(w.in_proj.w_k))() <= bound);
+    CHECK(std_of(w.in_proj.w_q) == Approx(bound / std::sqrt(3.0)).epsilon(0.1));  // uniform's std
+    CHECK(xt::all(xt::equal(w.in_proj.b_v, 0.0f)));
+    CHECK(xt::all(xt::equal(w.ln_q_weight, 1.0f)));
+    CHECK(w.pos_embed.size() == 0);
+}
