@@ -17,22 +17,31 @@ const xt::xarray<float>& find(const NamedTensors& named, const std::string& name
 }
 }  // namespace
 
+namespace {
+// The parameters, or their gradients (AdapterGradients and TailGradients name their fields as AdapterWeights and
+// TowerTail do), by checkpoint name in the fixtures' order; in_proj given packed.
+template <class Adapter, class Tail>
+NamedTensors by_checkpoint_name(const Adapter& a, const Matrix& in_proj_weight, const Vector& in_proj_bias, const Tail& t) {
+    NamedTensors named = {{"attn_pool.query", a.query},
+                          {"attn_pool.attn.in_proj_weight", in_proj_weight},
+                          {"attn_pool.attn.in_proj_bias", in_proj_bias},
+                          {"attn_pool.attn.out_proj.weight", a.out_proj_weight},
+                          {"attn_pool.attn.out_proj.bias", a.out_proj_bias},
+                          {"attn_pool.ln_q.weight", a.ln_q_weight},
+                          {"attn_pool.ln_q.bias", a.ln_q_bias},
+                          {"attn_pool.ln_kv.weight", a.ln_kv_weight},
+                          {"attn_pool.ln_kv.bias", a.ln_kv_bias},
+                          {"ln_post.weight", t.ln_post_weight},
+                          {"ln_post.bias", t.ln_post_bias},
+                          {"proj", t.proj}};
+    if (a.kv_proj.size()) named.push_back({"attn_pool.kv_proj.weight", a.kv_proj});
+    return named;
+}
+}  // namespace
+
 NamedTensors trainable_parameters(const AdapterWeights& w, const TowerTail& tail) {
     const PackedInProjection in_proj = pack_in_proj(w.in_proj);
-    NamedTensors p = {{"attn_pool.query", w.query},
-                      {"attn_pool.attn.in_proj_weight", in_proj.weight},
-                      {"attn_pool.attn.in_proj_bias", in_proj.bias},
-                      {"attn_pool.attn.out_proj.weight", w.out_proj_weight},
-                      {"attn_pool.attn.out_proj.bias", w.out_proj_bias},
-                      {"attn_pool.ln_q.weight", w.ln_q_weight},
-                      {"attn_pool.ln_q.bias", w.ln_q_bias},
-                      {"attn_pool.ln_kv.weight", w.ln_kv_weight},
-                      {"attn_pool.ln_kv.bias", w.ln_kv_bias},
-                      {"ln_post.weight", tail.ln_post_weight},
-                      {"ln_post.bias", tail.ln_post_bias},
-                      {"proj", tail.proj}};
-    if (w.kv_proj.size()) p.push_back({"attn_pool.kv_proj.weight", w.kv_proj});
-    return p;
+    return by_checkpoint_name(w, in_proj.weight, in_proj.bias, tail);
 }
 
 void set_trainable_parameters(const NamedTensors& p, AdapterWeights& w, TowerTail& tail) {
@@ -51,20 +60,7 @@ void set_trainable_parameters(const NamedTensors& p, AdapterWeights& w, TowerTai
 }
 
 NamedTensors named_gradients(const AdapterGradients& g, const TailGradients& t) {
-    NamedTensors named = {{"attn_pool.query", g.query},
-                          {"attn_pool.attn.in_proj_weight", g.in_proj_weight},
-                          {"attn_pool.attn.in_proj_bias", g.in_proj_bias},
-                          {"attn_pool.attn.out_proj.weight", g.out_proj_weight},
-                          {"attn_pool.attn.out_proj.bias", g.out_proj_bias},
-                          {"attn_pool.ln_q.weight", g.ln_q_weight},
-                          {"attn_pool.ln_q.bias", g.ln_q_bias},
-                          {"attn_pool.ln_kv.weight", g.ln_kv_weight},
-                          {"attn_pool.ln_kv.bias", g.ln_kv_bias},
-                          {"ln_post.weight", t.ln_post_weight},
-                          {"ln_post.bias", t.ln_post_bias},
-                          {"proj", t.proj}};
-    if (g.kv_proj.size()) named.push_back({"attn_pool.kv_proj.weight", g.kv_proj});
-    return named;
+    return by_checkpoint_name(g, g.in_proj_weight, g.in_proj_bias, t);
 }
 
 void init_upstream(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, unsigned seed) {
