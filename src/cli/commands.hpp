@@ -13,5 +13,6 @@ int info_command(const std::vector<std::string>& argv);    // cli/info.cpp
 int fuse_command(const std::vector<std::string>& argv);    // cli/fuse.cpp
 int golden_command(const std::vector<std::string>& argv);  // cli/golden.cpp
 int table_command(const std::vector<std::string>& argv);   // cli/table.cpp
+int train_command(const std::vector<std::string>& argv);   // cli/train.cpp
 
 }  // namespace qwenvl::cli

@@ -28,6 +28,7 @@ const char* kHelp =
     "  fuse     splice image features into token embeddings between <img> and </img>\n"
     "  golden   every stage of a JSON fixture against PyTorch\n"
     "  table    write the sin-cos position table, or its bicubic resize to a key grid\n"
+    "  train    train the adapter on the positions task (AdamW, the readable stages)\n"
     "\n"
     "run, golden and demo take --readable: the readable stages (src/stages/) instead of the fast path (src/fast/).\n"
     "`qwenvl-adapter COMMAND --help` describes a command. Exit codes: 0 ok, 1 bad input, 2 usage.\n";
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
         if (command == "fuse") return fuse_command(rest);
         if (command == "golden") return golden_command(rest);
         if (command == "table") return table_command(rest);
+        if (command == "train") return train_command(rest);
         throw UsageError("unknown command '" + command + "' (see --help)");
     } catch (const UsageError& e) {
         std::fprintf(stderr, "qwenvl-adapter: %s\n", e.what());

@@ -1,6 +1,9 @@
 #include "io/errors.hpp"
 
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <iterator>
@@ -44,6 +47,25 @@ std::vector<std::uint8_t> read_file(const std::string& path) {
     in.read(reinterpret_cast<char*>(bytes.data()), size);
     if (in.gcount() != size) throw InputError(path, "cannot read (the file changed size while being read)");
     return bytes;
+}
+
+void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write) {
+    const std::string temporary = path + ".partial-" + std::to_string(::getpid());
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
+        write(out);
+        out.close();
+        if (!out) {
+            std::remove(temporary.c_str());
+            throw InputError(path, "cannot write (the disk may be full)");
+        }
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+        const std::string reason = std::strerror(errno);
+        std::remove(temporary.c_str());
+        throw InputError(path, "cannot write (" + reason + ")");
+    }
 }
 
 }  // namespace qwenvl

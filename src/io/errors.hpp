@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,5 +34,9 @@ nlohmann::json read_json(const std::string& path);
 
 // A whole file's bytes; InputError naming it.
 std::vector<std::uint8_t> read_file(const std::string& path);
+
+// Writes a file atomically: `write` fills a temporary file beside `path`, which is then renamed over it, so that a
+// failure (or an interruption) leaves no partial output and any earlier file whole. InputError naming `path`.
+void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write);
 
 }  // namespace qwenvl

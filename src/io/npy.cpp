@@ -170,23 +170,10 @@ void write_npy(const std::string& path, const std::vector<std::size_t>& shape, c
     head += static_cast<char>(header.size() >> 8);
     head += header;
 
-    const std::string temporary = path + ".partial-" + std::to_string(::getpid());
-    {
-        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-        if (!out) throw InputError(path, std::string("cannot write (") + std::strerror(errno) + ")");
+    write_atomically(path, [&](std::ofstream& out) {
         out.write(head.data(), static_cast<std::streamsize>(head.size()));
         out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
-        out.close();
-        if (!out) {
-            std::remove(temporary.c_str());
-            throw InputError(path, "cannot write (the disk may be full)");
-        }
-    }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-        const std::string reason = std::strerror(errno);
-        std::remove(temporary.c_str());
-        throw InputError(path, "cannot write (" + reason + ")");
-    }
+    });
 }
 
 }  // namespace qwenvl

@@ -214,6 +214,7 @@ void WeightFiles::add_safetensors(const std::string& path) {
     }
     files_.push_back(path);
     sizes_[path] = static_cast<std::uint64_t>(size);
+    metadata_.push_back(header.metadata);
 }
 
 void WeightFiles::add_index(const std::string& path) {
@@ -282,6 +283,14 @@ const float* WeightFiles::float32_in_place(const std::string& name, std::size_t 
 }
 
 std::vector<std::string> WeightFiles::mapped_files() const { return mapped_order_; }
+
+std::string WeightFiles::metadata(const std::string& key) const {
+    for (const auto& entries : metadata_) {
+        const auto it = entries.find(key);
+        if (it != entries.end()) return it->second;
+    }
+    throw InputError(files_.empty() ? std::string("weights") : files_.front(), "no \"" + key + "\" in its __metadata__");
+}
 
 std::vector<TensorEntry> WeightFiles::entries() const {
     std::vector<TensorEntry> out;

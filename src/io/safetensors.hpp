@@ -82,6 +82,8 @@ public:
     std::vector<TensorEntry> entries() const;   // sorted by name
     std::vector<std::string> files() const { return files_; }
     std::vector<std::string> mapped_files() const;  // the files mapped so far, in the order they were mapped
+    // A "__metadata__" entry of the files (the first file that has it); InputError naming the file when none has.
+    std::string metadata(const std::string& key) const;
 
 private:
     void add_safetensors(const std::string& path);
@@ -91,6 +93,7 @@ private:
     std::map<std::string, TensorEntry> tensors_;
     std::vector<std::string> files_;
     std::map<std::string, std::uint64_t> sizes_;  // each file's size when its header was read
+    std::vector<std::map<std::string, std::string>> metadata_;  // each file's __metadata__, in files_' order
     mutable std::map<std::string, std::shared_ptr<const MappedFile>> mapped_;
     mutable std::vector<std::string> mapped_order_;
 };

@@ -168,4 +168,23 @@ StepResult train_step(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c
     return result;
 }
 
+TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng) {
+    require(grid_k >= grid_q && grid_q > 0, "positions_task", "the key grid must be at least the query grid");
+    const std::size_t L = grid_k * grid_k, Q = grid_q * grid_q;
+    TaskBatch b{Tensor3({batch, L, width}), xt::zeros<float>({batch, Q, width})};
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (auto& value : b.x) value = normal(rng);
+    std::vector<double> count(Q, 0.0);
+    for (std::size_t i = 0; i < grid_k; ++i)
+        for (std::size_t j = 0; j < grid_k; ++j) count[(i * grid_q / grid_k) * grid_q + j * grid_q / grid_k] += 1.0;
+    for (std::size_t n = 0; n < batch; ++n)
+        for (std::size_t i = 0; i < grid_k; ++i)
+            for (std::size_t j = 0; j < grid_k; ++j) {
+                const std::size_t cell = (i * grid_q / grid_k) * grid_q + j * grid_q / grid_k, patch = i * grid_k + j;
+                for (std::size_t c = 0; c < width; ++c)
+                    b.target(n, cell, c) += static_cast<float>(b.x(n, patch, c) / count[cell]);
+            }
+    return b;
+}
+
 }  // namespace qwenvl

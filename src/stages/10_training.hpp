@@ -11,6 +11,7 @@
 //   p <- AdamW(p, g, learning_rate(step))                      as torch.optim.AdamW
 #pragma once
 
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,5 +80,15 @@ struct StepResult {
 // One step of training on the batch x (N, L, Kv) towards target (N, Q, E), as in the header's equations.
 StepResult train_step(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, const Tensor3& x,
                       const Tensor3& target, AdamW& optimizer, const Matrix* mask = nullptr);
+
+// The positions task (docs/training.md): features x (N, L, E), every value standard normal, and as the target of
+// query r the mean of the features of the patches in query r's own cell: the G_k x G_k key grid cut into the
+// G_q x G_q grid of the queries, patch (i, j) in cell (i G_q / G_k, j G_q / G_k) (G_k >= G_q). Which cell a patch
+// lies in is told by its position alone: without the 2-D tables no key says where it is.
+struct TaskBatch {
+    Tensor3 x;       // (N, G_k^2, E)
+    Tensor3 target;  // (N, G_q^2, E)
+};
+TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng);
 
 }  // namespace qwenvl

@@ -1,15 +1,9 @@
-// tests/support/safetensors_writer.hpp: writing float32 tensors as a safetensors file, for the tests and the
-// benchmark (the library only reads safetensors; tests/reference/safetensors_io.py writes them from Python).
+// tests/support/safetensors_writer.hpp: the tests' and the benchmark's name for the library's safetensors writer
+// (src/io/safetensors_writer.hpp).
 #pragma once
 
-#include <map>
-#include <string>
-
-#include <xtensor/xarray.hpp>
+#include "io/safetensors_writer.hpp"
 
 namespace qwenvl_test {
-
-// Writes `tensors` as one safetensors file: names sorted, dtype F32. Throws qwenvl::InputError naming the file.
-void write_safetensors_f32(const std::string& path, const std::map<std::string, xt::xarray<float>>& tensors);
-
+using qwenvl::write_safetensors_f32;
 }  // namespace qwenvl_test
