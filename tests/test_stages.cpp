@@ -507,6 +507,15 @@ TEST_CASE("write_npy writes byte for byte the file numpy wrote: every float32 .n
     CHECK((bytes.size() - 5 * sizeof(float)) % 64 == 0);  // the header ends at a multiple of 64 bytes
 }
 
+TEST_CASE("npy: an array with an empty axis reads as an empty array (found by the fuzzer under UBSan)", "[io]") {
+    const std::filesystem::path file = std::filesystem::temp_directory_path() / "qwenvl-empty.npy";
+    write_npy(file.string(), {0, 4, 8}, nullptr);
+    const xt::xarray<float> empty = read_npy_float(file.string());
+    std::filesystem::remove(file);
+    CHECK((empty.shape() == std::vector<std::size_t>{0, 4, 8}));
+    CHECK(empty.size() == 0);
+}
+
 TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's features, by value", "[fusion]") {
     const std::vector<std::int64_t> ids = {7, kImageStart, 151859, 151859, kImageEnd, 9};
     const Matrix embeddings = xt::zeros<float>({std::size_t(6), std::size_t(2)});

@@ -113,7 +113,7 @@ xt::xarray<float> npy_values(const NpyArray& a) {
     xt::xarray<float> out = xt::xarray<float>::from_shape(a.shape);
     float* dst = out.data();
     if (a.descr == "<f4") {
-        std::memcpy(dst, a.data, 4 * a.count);
+        if (a.count) std::memcpy(dst, a.data, 4 * a.count);  // an empty array has no buffer: memcpy(nullptr) is UB
     } else if (a.descr == "<f8") {
         for (std::size_t i = 0; i < a.count; ++i) {
             double d;
@@ -172,7 +172,7 @@ void write_npy(const std::string& path, const std::vector<std::size_t>& shape, c
 
     write_atomically(path, [&](std::ofstream& out) {
         out.write(head.data(), static_cast<std::streamsize>(head.size()));
-        out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
+        if (count) out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
     });
 }
 

@@ -1,5 +1,6 @@
 #include "stages/05_projections.hpp"
 
+#include <xtensor/xnoalias.hpp>
 #include <xtensor/xreducer.hpp>
 #include <xtensor/xview.hpp>
 
@@ -11,9 +12,10 @@ Matrix matmul(const Matrix& a, const Matrix& b) {
     Matrix y = xt::zeros<float>({R, M});
     // Row i of y is the sum over k of a_ik times row k of b. Adding whole rows (the i-k-j order of the three
     // loops) reads memory in order and runs on vector instructions; each y_ij still sums its K products from
-    // k = 0 up, one after another, as the i-j-k order would.
+    // k = 0 up, one after another, as the i-j-k order would. (xt::noalias: y's row and b's row are different
+    // memory, so xtensor need not build the sum in a temporary first.)
     for (std::size_t i = 0; i < R; ++i)
-        for (std::size_t k = 0; k < K; ++k) xt::row(y, i) += a(i, k) * xt::row(b, k);
+        for (std::size_t k = 0; k < K; ++k) xt::noalias(xt::row(y, i)) += a(i, k) * xt::row(b, k);
     return y;
 }
 
