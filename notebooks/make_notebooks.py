@@ -233,7 +233,7 @@ plt.tight_layout(); plt.show()"""),
 2. `scores` has the largest magnitudes. Would scaling `k` instead of `q` by $1/\\sqrt{D_h}$ change the
    result in exact arithmetic? In float32?
 3. Run the same with `--adapter-only` and compare with `ref["out"]`.
-4. Run the same with `--readable` (the plain stages of `src/stages/`, about half a minute at this size) and compare
+4. Run the same with `--readable` (the plain stages of `src/stages/`, about 20 s at this size) and compare
    its trace with the fast path's and with PyTorch's: which of the three are closest, stage by stage?"""),
 ]
 
@@ -433,7 +433,7 @@ grid of 8 x 8 patches of random features, and each of the 16 queries (a 4 x 4 gr
 features of the 4 patches in its own cell. Which patches those are is told by their positions alone.
 
 Two runs of `qwenvl-adapter train`, the same in everything but the 2-D sin-cos tables: with them, and with
-`--no-positions` (both tables zero). About half a minute each."""),
+`--no-positions` (both tables zero). About 20 s each."""),
     ("code", SETUP),
     ("code", """\
 import time

@@ -31,7 +31,7 @@ const char* kRunHelp =
     "  --mask M       (Q, L) attn_mask: float32 added to the scores, or bool where true = masked\n"
     "  --trace DIR    also write every named intermediate to DIR/<name>.npy\n"
     "  --readable     run the readable stages (src/stages/) instead of the fast path (src/fast/):\n"
-    "                 the same results to float32 precision, about half a minute at Qwen-VL's full size\n";
+    "                 the same results to float32 precision, about 20 s at Qwen-VL's full size\n";
 
 void create_trace_folder(const std::string& dir) {
     std::error_code ec;

@@ -37,7 +37,7 @@ const char* kTrainHelp =
     "  --log-every S    print a progress line every S steps (default 25)\n"
     "  --until S        stop after step S, with its checkpoint written (the schedule is still --steps long)\n"
     "  --resume         continue the run in DIR from its last checkpoint (its seed and sizes), to --steps in all\n"
-    "About half a minute with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
+    "About 20 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
 
 const std::string kPrefix = "transformer.visual.";
 
