@@ -40,7 +40,7 @@ MUTATIONS = [
     ("ln-eps-outside", "LayerNorm's eps outside the square root", "src/stages/04_layernorm.cpp",
      "1.0 / std::sqrt(var + static_cast<double>(eps))", "1.0 / (std::sqrt(var) + static_cast<double>(eps))"),
     ("ln-affine-swapped", "LayerNorm's weight and bias swapped", "src/stages/04_layernorm.cpp",
-     "* rstd * gamma(c) + beta(c)", "* rstd * beta(c) + gamma(c)"),
+     "* row.rstd * gamma(c) + beta(c)", "* row.rstd * beta(c) + gamma(c)"),
     ("q-unscaled", "q not scaled by 1/sqrt(Dh)", "src/stages/06_attention.cpp",
      "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),
     ("q-over-dh", "q scaled by 1/Dh", "src/stages/06_attention.cpp",
