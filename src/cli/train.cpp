@@ -9,6 +9,7 @@
 #include "cli/commands.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors_writer.hpp"
+#include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/10_training.hpp"
 
@@ -39,12 +40,13 @@ const char* kTrainHelp =
     "  --resume         continue the run in DIR from its last checkpoint (its seed and sizes), to --steps in all\n"
     "About 20 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
 
-const std::string kPrefix = "transformer.visual.";
-
+// The side of the square grid of `count` positions (stage 01's grid_side), as a usage error naming the flag.
 std::size_t side_of(const std::string& flag, std::size_t count) {
-    const auto side = static_cast<std::size_t>(std::llround(std::sqrt(static_cast<double>(count))));
-    if (side * side != count) throw UsageError("train: " + flag + " " + std::to_string(count) + " is not a perfect square");
-    return side;
+    try {
+        return grid_side(count, ("train: " + flag).c_str());
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+    }
 }
 
 double parse_positive(const std::string& flag, const std::string& text) {
@@ -64,8 +66,8 @@ double parse_positive(const std::string& flag, const std::string& text) {
 // pos_embed (zeros with --no-positions), so that `run` computes what training computed.
 std::map<std::string, xt::xarray<float>> checkpoint_tensors(const AdapterWeights& w, const TowerTail& tail) {
     std::map<std::string, xt::xarray<float>> out;
-    for (const auto& [name, value] : trainable_parameters(w, tail)) out[kPrefix + name] = value;
-    out[kPrefix + "attn_pool.pos_embed"] = w.pos_embed;
+    for (const auto& [name, value] : trainable_parameters(w, tail)) out[kDefaultPrefix + name] = value;
+    out[std::string(kDefaultPrefix) + "attn_pool.pos_embed"] = w.pos_embed;
     return out;
 }
 
@@ -122,7 +124,7 @@ int train_command(const std::vector<std::string>& argv) {
         files.add(dir + "/adapter.safetensors");
         WeightFiles state;
         state.add(dir + "/adamw-state.safetensors");
-        const LoadedAdapter loaded = load_adapter(files, kPrefix, std::stoul(files.metadata("heads")), true);
+        const LoadedAdapter loaded = load_adapter(files, kDefaultPrefix, std::stoul(files.metadata("heads")), true);
         w = loaded.weights;
         tail = loaded.tail;
         c = loaded.config;

@@ -174,16 +174,18 @@ TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid
     TaskBatch b{Tensor3({batch, L, width}), xt::zeros<float>({batch, Q, width})};
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (auto& value : b.x) value = normal(rng);
+    // The cell of each patch (patches row-major over the key grid), and how many patches each cell holds.
+    std::vector<std::size_t> cell(L);
     std::vector<double> count(Q, 0.0);
     for (std::size_t i = 0; i < grid_k; ++i)
-        for (std::size_t j = 0; j < grid_k; ++j) count[(i * grid_q / grid_k) * grid_q + j * grid_q / grid_k] += 1.0;
+        for (std::size_t j = 0; j < grid_k; ++j) {
+            cell[i * grid_k + j] = (i * grid_q / grid_k) * grid_q + j * grid_q / grid_k;
+            count[cell[i * grid_k + j]] += 1.0;
+        }
     for (std::size_t n = 0; n < batch; ++n)
-        for (std::size_t i = 0; i < grid_k; ++i)
-            for (std::size_t j = 0; j < grid_k; ++j) {
-                const std::size_t cell = (i * grid_q / grid_k) * grid_q + j * grid_q / grid_k, patch = i * grid_k + j;
-                for (std::size_t c = 0; c < width; ++c)
-                    b.target(n, cell, c) += static_cast<float>(b.x(n, patch, c) / count[cell]);
-            }
+        for (std::size_t patch = 0; patch < L; ++patch)
+            for (std::size_t c = 0; c < width; ++c)
+                b.target(n, cell[patch], c) += static_cast<float>(b.x(n, patch, c) / count[cell[patch]]);
     return b;
 }
 
