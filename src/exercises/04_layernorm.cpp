@@ -1,0 +1,26 @@
+// Exercise 04-layernorm: write layer_norm (docs/course/README.md, lesson 4).
+//   check:     cmake --build --preset release --target check-04-layernorm
+//   read:      docs/stages/04-layernorm.md, notebooks/07_a_stage_in_numpy.ipynb
+//   solution:  src/stages/04_layernorm.cpp, the project's own stage (read it once you pass)
+//
+// x (R, E), gamma (E,), beta (E,) -> y (R, E). Each row of E values on its own:
+//   mean = (1/E) sum_c x_c
+//   var  = (1/E) sum_c (x_c - mean)^2
+//   y_c  = (x_c - mean) / sqrt(var + eps) * gamma_c + beta_c
+// The pitfalls: dividing the variance by E - 1 (numpy's ddof=1, torch.var's default) instead of E; eps outside
+// the square root. Keep the sums in double. check_shape (core/shapes.hpp) checks gamma and beta.
+#include <cmath>
+
+#include "stages/04_layernorm.hpp"
+
+namespace qwenvl {
+
+Matrix layer_norm(const Matrix& x, const Vector& gamma, const Vector& beta, float eps) {
+    // TODO: replace this placeholder with the normalisation.
+    (void)gamma;
+    (void)beta;
+    (void)eps;
+    return xt::zeros<float>(x.shape());
+}
+
+}  // namespace qwenvl

@@ -1,0 +1,34 @@
+// Exercise 05-projections: write matmul, linear and kv_projection (docs/course/README.md, lesson 4).
+//   check:     cmake --build --preset release --target check-05-projections
+//   read:      docs/stages/05-projections.md
+//   solution:  src/stages/05_projections.cpp, the project's own stage (read it once you pass)
+//
+// matmul:        a (R, K) @ b (K, M) -> (R, M),   y_ij = sum_k a_ik b_kj          (loop k from 0 up, in float)
+// linear:        x (R, in), W (out, in), b (out,) -> (R, out),   y = x W^T + b    (torch's F.linear)
+// kv_projection: x (L, Kv), W_kv (E, Kv) -> (L, E) = x W_kv^T, no bias; an EMPTY W_kv (size 0) is the
+//                reference's nn.Identity (used when Kv == E): return x unchanged.
+// The pitfall: an nn.Linear weight is stored (out, in), so y = x W^T, not x W. (The tower's `proj`, stage 08, is
+// the one weight used as x @ W.) check_shape (core/shapes.hpp) checks the shapes.
+#include <xtensor/xmanipulation.hpp>
+
+#include "stages/05_projections.hpp"
+
+namespace qwenvl {
+
+Matrix matmul(const Matrix& a, const Matrix& b) {
+    // TODO: replace this placeholder with the product.
+    return xt::zeros<float>({a.shape(0), b.shape(1)});
+}
+
+Matrix linear(const Matrix& x, const Matrix& weight, const Vector& bias) {
+    // TODO: replace this placeholder (use matmul).
+    (void)bias;
+    return xt::zeros<float>({x.shape(0), weight.shape(0)});
+}
+
+Matrix kv_projection(const Matrix& x, const Matrix& w_kv) {
+    // TODO: replace this placeholder.
+    return xt::zeros<float>({x.shape(0), w_kv.size() ? w_kv.shape(0) : x.shape(1)});
+}
+
+}  // namespace qwenvl
