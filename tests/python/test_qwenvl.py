@@ -1,0 +1,207 @@
+#!/usr/bin/python3
+"""`import qwenvl` against the golden fixtures (docs/python.md), run by ctest:
+
+    PYTHONPATH=build/release/python /usr/bin/python3 tests/python/test_qwenvl.py -v
+
+Every readable stage, both whole forward passes, the backward passes, the files and ten AdamW steps, through the
+Python module, against the values PyTorch wrote (data/fixtures/, data/fusion/, data/training/); and the module's
+errors: a shape error is a ValueError carrying the C++ stage's own message, a bad file a RuntimeError naming it.
+"""
+
+import glob
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+
+import qwenvl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA = os.path.join(REPO, "data")
+FIXTURES = [qwenvl.load_fixture(p) for p in sorted(glob.glob(os.path.join(DATA, "fixtures", "*.json")))]
+
+
+def close(test, got, want, atol, rtol, what):
+    """|got - want| <= atol + rtol |want| everywhere (torch.allclose's rule, want the expected value)."""
+    got, want = np.asarray(got), np.asarray(want)
+    test.assertEqual(got.shape, want.shape, what)
+    err = np.abs(got.astype(np.float64) - want)
+    bad = ~(err <= atol + rtol * np.abs(want))
+    test.assertFalse(bad.any(), "%s: %d of %d values differ, max |a-b| = %.3g" % (what, bad.sum(), bad.size, err.max()))
+
+
+class Stages(unittest.TestCase):
+    def test_fixtures_are_all_there(self):
+        self.assertGreaterEqual(len(FIXTURES), 8)
+
+    def test_each_stage_on_pytorchs_inputs(self):
+        for f in FIXTURES:
+            with self.subTest(fixture=f["name"]):
+                e, w, c, tol = f["expected"], f["weights"], f["config"], (f["atol"], f["rtol"])
+                close(self, qwenvl.sincos_2d(c.embed_dim, c.grid_q), e["pos_q"], *tol, "pos_q")
+                close(self, qwenvl.key_position_table(e["pos_q"], f["x"].shape[1]), e["pos_k"], *tol, "pos_k")
+                close(self, qwenvl.layer_norm(w.query, w.ln_q_weight, w.ln_q_bias, c.eps), e["ln_q"], *tol, "ln_q")
+                w_q, w_k, w_v = np.split(w.in_proj_weight, 3)
+                b_q, b_k, b_v = np.split(w.in_proj_bias, 3)
+                close(self, qwenvl.linear(e["query_in"], w_q, b_q), e["q"], *tol, "q")
+                for n in range(f["x"].shape[0]):
+                    close(self, qwenvl.kv_projection(f["x"][n], w.kv_proj), e["kv_proj"][n], *tol, "kv_proj")
+                    close(self, qwenvl.layer_norm(e["kv_proj"][n], w.ln_kv_weight, w.ln_kv_bias, c.eps), e["ln_kv"][n],
+                          *tol, "ln_kv")
+                    close(self, qwenvl.linear(e["key_in"][n], w_k, b_k), e["k"][n], *tol, "k")
+                    close(self, qwenvl.linear(e["ln_kv"][n], w_v, b_v), e["v"][n], *tol, "v")
+                    a = qwenvl.multi_head_attention(e["q"], e["k"][n], e["v"][n], c.num_heads, f["mask"])
+                    close(self, a["scores"], e["scores"][n], *tol, "scores")
+                    close(self, a["weights"], e["attn_weights"][n], *tol, "attn_weights")
+                    close(self, a["attended"], e["attended"][n], *tol, "attended")
+                    for h in range(c.num_heads):
+                        close(self, qwenvl.softmax_rows(e["scores"][n][h], f["mask"]), e["attn_weights"][n][h], *tol,
+                              "softmax_rows")
+                    close(self, qwenvl.linear(e["attended"][n], w.out_proj_weight, w.out_proj_bias), e["out"][n], *tol,
+                          "out")
+                close(self, qwenvl.tower_tail_forward(f["tail"], e["out"], c.eps), e["proj"], *tol, "proj")
+
+    def test_both_whole_forward_passes_record_every_intermediate(self):
+        for f in FIXTURES:
+            with self.subTest(fixture=f["name"]):
+                tol = (f["atol"], f["rtol"])
+                out, trace = qwenvl.adapter_forward(f["weights"], f["config"], f["x"], f["mask"], trace=True)
+                y, tail_trace = qwenvl.tower_tail_forward(f["tail"], out, f["config"].eps, trace=True)
+                trace.update(tail_trace)
+                y_fast, fast_trace = qwenvl.fast_forward(f["weights"], f["config"], f["x"], f["tail"], f["mask"],
+                                                         trace=True)
+                self.assertEqual(sorted(trace), sorted(f["expected"]))  # the same names (the file's order is PyTorch's)
+                self.assertEqual(list(fast_trace), list(trace))  # and the two paths record them in the same order
+                for name, want in f["expected"].items():
+                    close(self, trace[name], want, *tol, "readable " + name)
+                    close(self, fast_trace[name], want, *tol, "fast " + name)
+                close(self, y_fast, f["expected"]["proj"], *tol, "fast output")
+
+    def test_fusion_equals_pytorchs(self):
+        ids = json.load(open(os.path.join(DATA, "fusion", "ids.json")))
+        fused = qwenvl.fuse_image_features(ids, qwenvl.read_npy(os.path.join(DATA, "fusion", "embeddings.npy")),
+                                           qwenvl.read_npy(os.path.join(DATA, "fusion", "image_features.npy")))
+        np.testing.assert_array_equal(fused, qwenvl.read_npy(os.path.join(DATA, "fusion", "expected.npy")))
+        self.assertEqual(len(qwenvl.image_spans(ids)), 2)
+
+
+class Backward(unittest.TestCase):
+    ATOL, RTOL = 1e-5, 1e-4  # tests/test_gradients.cpp's
+
+    def test_each_backward_on_autograds_gradients(self):
+        for f in FIXTURES:
+            with self.subTest(fixture=f["name"]):
+                e, g, w, c = f["expected"], f["gradients"], f["weights"], f["config"]
+                tol = (self.ATOL, self.RTOL)
+                dq = 0
+                for n in range(f["x"].shape[0]):
+                    ln = qwenvl.layer_norm_backward(e["kv_proj"][n], w.ln_kv_weight, g["ln_kv"][n], c.eps)
+                    close(self, ln["dx"], g["kv_proj"][n], *tol, "dL/d kv_proj")
+                    for h in range(c.num_heads):
+                        close(self, qwenvl.softmax_rows_backward(e["attn_weights"][n][h], g["attn_weights"][n][h]),
+                              g["scores"][n][h], *tol, "dL/d scores")
+                    a = qwenvl.multi_head_attention_backward(e["q"], e["k"][n], e["v"][n], e["attn_weights"][n],
+                                                             g["attended"][n], c.num_heads)
+                    close(self, a["dk"], g["k"][n], *tol, "dL/d k")
+                    close(self, a["dv"], g["v"][n], *tol, "dL/d v")
+                    dq = dq + a["dq"]
+                close(self, dq, g["q"], *tol, "dL/d q")
+
+    def test_whole_backward_equals_autograd(self):
+        for f in FIXTURES:
+            with self.subTest(fixture=f["name"]):
+                tol = (self.ATOL, self.RTOL)
+                out, trace = qwenvl.adapter_forward(f["weights"], f["config"], f["x"], f["mask"], trace=True)
+                tail = qwenvl.tower_tail_backward(f["tail"], out, f["gradients"]["proj"], f["config"].eps)
+                params, grads = qwenvl.adapter_backward(f["weights"], f["config"], f["x"], trace, tail["d_out"])
+                for name in ("out", "attended", "q", "k", "v", "ln_kv", "kv_proj", "x"):
+                    want = f["gradients"][name]
+                    close(self, tail["d_out"] if name == "out" else grads[name], want, *tol, "dL/d " + name)
+                for name, want in f["param_gradients"].items():
+                    got = tail[name] if name in tail else params[name]
+                    if name == "attn_pool.attn.in_proj_bias":  # b_k's gradient is exactly 0 in exact arithmetic
+                        E = f["config"].embed_dim
+                        got, want = got.copy(), want.copy()
+                        got[E:2 * E] = want[E:2 * E] = 0
+                    close(self, got, want, *tol, "dL/d " + name)
+
+
+class Errors(unittest.TestCase):
+    def test_shape_errors_are_value_errors_with_the_stages_message(self):
+        with self.assertRaisesRegex(ValueError, r"^layer_norm: gamma has shape \(3,\), expected \(8,\)$"):
+            qwenvl.layer_norm(np.ones((2, 8)), np.ones(3), np.zeros(8))
+        with self.assertRaisesRegex(ValueError, r"^layer_norm: x has shape \(8,\), expected 2 axes$"):
+            qwenvl.layer_norm(np.ones(8), np.ones(8), np.zeros(8))
+        with self.assertRaisesRegex(ValueError, r"^linear: weight has shape \(4, 3\), expected \(\*, 5\)$"):
+            qwenvl.linear(np.ones((2, 5)), np.ones((4, 3)), np.zeros(4))
+        with self.assertRaisesRegex(ValueError, "1000 is not a perfect square"):
+            qwenvl.grid_side(1000, "L")
+        with self.assertRaisesRegex(ValueError, "num_heads 3 does not divide the width 8"):
+            qwenvl.multi_head_attention(np.ones((4, 8)), np.ones((9, 8)), np.ones((9, 8)), 3)
+        with self.assertRaisesRegex(ValueError, "NaN or infinite"):
+            qwenvl.as_feature_batch(np.full((4, 3), np.nan))
+
+    def test_bad_files_are_runtime_errors_naming_the_file(self):
+        with tempfile.TemporaryDirectory() as tmp:  # under TMPDIR: the build folder when ctest runs it
+            bad = os.path.join(tmp, "bad.npy")
+            with open(bad, "wb") as out:
+                out.write(b"not an npy file")
+            with self.assertRaisesRegex(RuntimeError, "^" + bad):
+                qwenvl.read_npy(bad)
+            with self.assertRaisesRegex(RuntimeError, "missing.safetensors"):
+                qwenvl.load_adapter(os.path.join(tmp, "missing.safetensors"))
+
+    def test_npy_round_trip_and_float64_input(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            values = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 7  # converted to float32
+            path = os.path.join(tmp, "v.npy")
+            qwenvl.write_npy(path, values)
+            np.testing.assert_array_equal(qwenvl.read_npy(path), values.astype(np.float32))
+            np.testing.assert_array_equal(np.load(path), values.astype(np.float32))
+
+
+class Files(unittest.TestCase):
+    def test_a_sharded_bf16_checkpoint_runs_as_the_command_line_does(self):
+        case = os.path.join(DATA, "cli", "batch3")
+        how = json.load(open(os.path.join(case, "case.json")))
+        weights, config, tail = qwenvl.load_adapter(os.path.join(case, "model.safetensors.index.json"),
+                                                    num_heads=how.get("heads", 0))
+        self.assertIsNotNone(tail)
+        y = qwenvl.fast_forward(weights, config, qwenvl.read_npy(os.path.join(case, "x.npy")), tail)
+        close(self, y, qwenvl.read_npy(os.path.join(case, "expected.npy")), how["tolerance"]["atol"],
+              how["tolerance"]["rtol"], "output")
+
+
+class Training(unittest.TestCase):
+    def test_ten_adamw_steps_equal_pytorchs(self):
+        golden = json.load(open(os.path.join(DATA, "training", "adamw_10_steps.json")))
+
+        def array(t):
+            return np.array(t["data"], dtype=np.float32).reshape(t["shape"])
+
+        cfg, opt = golden["config"], golden["optimizer"]
+        weights, tail = qwenvl.AdapterWeights(), qwenvl.TowerTail()
+        weights.kv_proj = np.zeros((cfg["embed_dim"], cfg["kv_dim"]), np.float32)
+        qwenvl.set_trainable_parameters({k: array(v) for k, v in golden["initial_params"].items()}, weights, tail)
+        config = qwenvl.derive_config(weights, cfg["num_heads"])
+        config.eps = cfg["eps"]
+        adamw = qwenvl.AdamWConfig()
+        adamw.lr, (adamw.beta1, adamw.beta2), adamw.eps = opt["lr"], opt["betas"], opt["eps"]
+        adamw.weight_decay, adamw.max_grad_norm = opt["weight_decay"], opt["max_grad_norm"]
+        adamw.warmup_steps, adamw.total_steps = opt["warmup_steps"], opt["total_steps"]
+        optimizer = qwenvl.AdamW(adamw)
+        x, target = array(golden["inputs"]["x"]), array(golden["inputs"]["target"])
+        for want in golden["steps"]:
+            got = qwenvl.train_step(weights, tail, config, x, target, optimizer)
+            self.assertLessEqual(abs(got["loss"] - want["loss"]), 1e-5 * want["loss"], "step %d" % want["step"])
+            self.assertLessEqual(abs(got["grad_norm"] - want["grad_norm"]), 1e-5 * want["grad_norm"])
+            self.assertAlmostEqual(got["lr"], want["lr"], delta=1e-12)
+        self.assertEqual(optimizer.step, 10)
+        params = qwenvl.trainable_parameters(weights, tail)
+        close(self, params["attn_pool.query"], array(golden["final_params"]["attn_pool.query"]), 1e-5, 1e-4, "query")
+
+
+if __name__ == "__main__":
+    unittest.main()
