@@ -495,6 +495,111 @@ the positions. Without them, every query spreads its attention evenly: there is 
    $W_q$; see [stage 07](../docs/stages/07-adapter.md).)"""),
 ]
 
+# ---------------------------------------------------------------------------------------------------------------
+NOTEBOOKS["07_a_stage_in_numpy.ipynb"] = [
+    ("md", """\
+# 7. A stage in numpy, beside the C++ and PyTorch
+
+Before writing a stage in C++ ([the course's exercises](../docs/course/README.md)), write it in numpy, where an
+experiment is one line. `import qwenvl` ([docs/python.md](../docs/python.md)) calls this project's C++ stages on
+numpy arrays, so three implementations of LayerNorm can sit side by side on the same inputs:
+
+- **yours**, in numpy, below;
+- **the C++ stage**, `qwenvl.layer_norm`: [`layer_norm`](../src/stages/04_layernorm.cpp) itself;
+- **PyTorch's**, `torch.nn.LayerNorm`, the reference the golden fixtures come from.
+
+The inputs are a golden fixture's: PyTorch's value of `kv_proj` goes in, PyTorch's `ln_kv` is what comes out."""),
+    ("code", """\
+import numpy as np
+import matplotlib.pyplot as plt
+import torch
+import qwenvl_nb as nb          # finds this project's build (notebooks/qwenvl_nb.py)
+import qwenvl                   # the C++ stages, on numpy arrays
+plt.rcParams["figure.dpi"] = 80
+
+f = qwenvl.load_fixture(nb.REPO + "/data/fixtures/batch3.json")
+x = f["expected"]["kv_proj"][0]                        # (L, E): image 0's keys before ln_kv, as PyTorch computed them
+gamma, beta, eps = f["weights"].ln_kv_weight, f["weights"].ln_kv_bias, f["config"].eps
+print("x", x.shape, " gamma", gamma.shape, " eps", eps)"""),
+    ("md", """\
+## Your LayerNorm
+
+Each row of E values: subtract the mean, divide by the square root of the variance plus eps, scale by gamma and
+shift by beta ([stage 04](../docs/stages/04-layernorm.md)). Edit `layer_norm_numpy` and re-run the cells below."""),
+    ("code", """\
+def layer_norm_numpy(x, gamma, beta, eps):
+    x = x.astype(np.float64)                         # the sums in double, as the C++ stage keeps them
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)   # biased: divide by E
+    return ((x - mean) / np.sqrt(var + eps) * gamma + beta).astype(np.float32)
+
+def layer_norm_torch(x, gamma, beta, eps):
+    ln = torch.nn.LayerNorm(x.shape[1], eps=eps)
+    with torch.no_grad():
+        ln.weight.copy_(torch.from_numpy(gamma)); ln.bias.copy_(torch.from_numpy(beta))
+        return ln(torch.from_numpy(x)).numpy()
+
+results = {
+    "numpy (yours)": layer_norm_numpy(x, gamma, beta, eps),
+    "C++ (qwenvl.layer_norm)": qwenvl.layer_norm(x, gamma, beta, eps),
+    "PyTorch (nn.LayerNorm, float32)": layer_norm_torch(x, gamma, beta, eps),
+}
+want = f["expected"]["ln_kv"][0]                      # the fixture's: float64 PyTorch, rounded to float32
+for name, got in results.items():
+    print("%-32s max |got - fixture| = %.2g" % (name, np.abs(got - want).max()))"""),
+    ("md", """\
+All three agree with the fixture to within a float32 rounding or two. The golden checks hold the C++ to
+`|got - want| <= atol + rtol |want|` with the fixture's tolerances; your numpy version passes the same rule:"""),
+    ("code", """\
+for name, got in results.items():
+    ok = np.all(np.abs(got - want) <= f["atol"] + f["rtol"] * np.abs(want))
+    print("%-32s within the fixture's tolerance: %s" % (name, ok))"""),
+    ("md", """\
+## The classic mistake, measured
+
+`np.var(x, ddof=1)` and `torch.var` by default divide by E - 1. With gamma = 1 and beta = 0 that multiplies every
+output by $\\sqrt{(E-1)/E}$: a 6.5% error at the fixture's E = 8, and 0.012% at Qwen-VL's E = 4096, small enough to
+pass a glance at the outputs and far beyond float32 rounding. Both implementations below are numpy; the C++
+stage is the reference line."""),
+    ("code", """\
+rng = np.random.default_rng(0)
+widths = [8, 16, 64, 256, 1024, 4096]
+errors = []
+for E in widths:
+    xs = rng.standard_normal((64, E)).astype(np.float32)
+    g, b = np.ones(E, np.float32), np.zeros(E, np.float32)
+    unbiased = ((xs - xs.mean(1, keepdims=True)) / np.sqrt(xs.var(1, ddof=1, keepdims=True) + 1e-6)).astype(np.float32)
+    errors.append(np.abs(unbiased - qwenvl.layer_norm(xs, g, b, 1e-6)).max())
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.loglog(widths, errors, "o-", label="max |unbiased - C++|")
+ax.loglog(widths, [3.0 / (2 * E) for E in widths], "k--", lw=0.8, label="3 / (2E)")
+ax.axhline(np.finfo(np.float32).eps * 3, color="gray", lw=0.8, label="a few float32 ulps of 3")
+ax.set_xlabel("E"); ax.set_ylabel("error"); ax.legend(); plt.show()
+print("at E = 4096: %.2g" % errors[-1])"""),
+    ("md", """\
+The error falls as 1/(2E) times the largest normalised value (3 to 5 here: more samples reach further into the
+tails), and stays hundreds of ulps above float32's rounding at every width: the golden tests see it at any size.
+
+## Shapes are checked in C++, and reported in Python
+
+The module raises the stage's own error message as a `ValueError`:"""),
+    ("code", """\
+try:
+    qwenvl.layer_norm(x, gamma[:3], beta, eps)
+except ValueError as error:
+    print("ValueError:", error)"""),
+    ("md", """\
+## Exercises
+
+1. Write `softmax_rows_numpy(scores, mask)` and compare it with `qwenvl.softmax_rows` and `torch.softmax` on the
+   fixture's `scores` (`f["expected"]["scores"][0][0]`) and the mask `f["mask"]` (try the `bool_mask` fixture).
+   Then remove the subtraction of the maximum and feed it scores of 100: what does each implementation return?
+2. Put eps outside the square root in `layer_norm_numpy`. Which rows of the `small_variance` fixture change most,
+   and why those?
+3. Now write the same stage in C++: [`src/exercises/04_layernorm.cpp`](../src/exercises/04_layernorm.cpp), and
+   `cmake --build --preset release --target check-04-layernorm`."""),
+]
+
 
 def main():
     for name, cells in NOTEBOOKS.items():

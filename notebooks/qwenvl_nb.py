@@ -24,6 +24,7 @@ BENCH = os.path.join(BIN, "qwenvl-bench")
 WORK = os.path.join(tempfile.gettempdir(), "qwenvl-notebooks")
 os.makedirs(WORK, exist_ok=True)
 
+sys.path.insert(0, os.path.join(BIN, "python"))  # `import qwenvl`: this build's module (docs/python.md)
 sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
 import make_fixtures as oracle  # noqa: E402  (PyTorch reference: reference_forward, sincos_2d, resize_table)
 import safetensors_io  # noqa: E402  (safetensors files from Python)

@@ -239,3 +239,45 @@ TEST_CASE("docs: every relative link resolves", "[docs]") {
     }
     CHECK(checked > 50);
 }
+
+TEST_CASE("docs: each lesson of the syllabus links an exercise and a notebook and a stage page and gives the check command",
+          "[docs][course]") {
+    const fs::path course = kRoot / "docs" / "course";
+    const std::regex link(R"(\[[^\]]*\]\(([^)\s#]+)(?:#[^)\s]*)?\))");
+    std::set<std::string> taught;  // the starters the lessons link
+    std::size_t lessons = 0;
+    for (const auto& e : fs::directory_iterator(course)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind("lesson-", 0) != 0) continue;
+        ++lessons;
+        INFO(name);
+        const std::string text = slurp(e.path());
+        std::size_t exercises = 0, notebooks = 0, stage_pages = 0;
+        for (auto it = std::sregex_iterator(text.begin(), text.end(), link); it != std::sregex_iterator(); ++it) {
+            const fs::path target = (e.path().parent_path() / (*it)[1].str()).lexically_normal();
+            const std::string relative = fs::relative(target, kRoot).string();
+            if (relative.rfind("src/exercises/", 0) == 0 && fs::exists(target)) {
+                ++exercises;
+                taught.insert(target.stem().string());
+                // the lesson gives the exercise's check command: check- and the file's name with hyphens
+                std::string check = "--target check-" + target.stem().string();
+                std::replace(check.begin() + 15, check.end(), '_', '-');
+                CHECK(text.find(check) != std::string::npos);
+            }
+            if (relative.rfind("notebooks/", 0) == 0 && target.extension() == ".ipynb" && fs::exists(target)) ++notebooks;
+            if (relative.rfind("docs/stages/", 0) == 0 && fs::exists(target)) ++stage_pages;
+        }
+        CHECK(exercises >= 1);
+        CHECK(notebooks >= 1);
+        CHECK(stage_pages >= 1);
+        for (const char* section : {"**Time:**", "**Paper:**", "## Goals", "## Read", "## Questions",
+                                    "## For the instructor: answers"})
+            CHECK(text.find(section) != std::string::npos);
+    }
+    CHECK(lessons >= 5);
+    CHECK(lessons <= 8);
+    for (const auto& e : fs::directory_iterator(kRoot / "src" / "exercises")) {
+        INFO("src/exercises/" << e.path().filename().string() << " is in no lesson");
+        CHECK(taught.count(e.path().stem().string()));
+    }
+}

@@ -1,14 +1,17 @@
 #!/usr/bin/python3
 """Break the code on purpose, one realistic bug at a time, and show which tests catch it.
 
-    /usr/bin/python3 tests/mutations/run.py [--only ID ...] [--list]
+    /usr/bin/python3 tests/mutations/run.py [--only ID ...] [--list] [--fullsize]
 
 Each mutation below is a bug a port of this adapter has made or could make (docs/testing.md lists them with the
 tests that catch each). For each one the script patches one source file (an exact text replacement, which must
 match once), rebuilds the library, `qwenvl-adapter` and the tests in their own build folder (build/mutations,
 Release), runs ctest without the full-size test, restores the file, and records which tests failed. A mutation
-that no test catches is reported as SURVIVED, and the script exits with 1. The report is also written to
-build/mutations/report.md. The source tree is restored after every mutation, also when the script is interrupted.
+that no test catches is reported as SURVIVED, and the script exits with 1; so does a change marked harmless (the
+same numbers up to rounding, which no test should reject) that a test rejects. The report is also written to
+build/mutations/report.md. With --fullsize, each mutation's error at Qwen-VL's size is measured too: the mutated
+readable path against the fast path on one full-size image (`qwenvl-bench --agree`), which is the mistake's own
+error for a mutation of src/stages/ (docs/course/break-it-and-see.md). The source tree is restored after every mutation, also when the script is interrupted.
 About 20 to 40 s per mutation on 2 cores.
 """
 
@@ -21,7 +24,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(REPO, "build", "mutations")
 
-# id, the bug, file, the correct text, the broken text
+# id, the bug, file, the correct text, the broken text[, "harmless": a change that is not a bug, expected to pass]
 MUTATIONS = [
     ("sincos-halves", "sin and cos halves swapped", "src/stages/02_sincos.cpp",
      "table(p, i) = std::sin(angle);\n            table(p, half + i) = std::cos(angle);",
@@ -35,12 +38,34 @@ MUTATIONS = [
      "constexpr float A = -0.75f;", "constexpr float A = -0.5f;"),
     ("bicubic-offset", "no half-pixel offset (align_corners=True-like source coordinate)", "src/stages/03_resize.cpp",
      "return scale * (static_cast<float>(j) + 0.5f) - 0.5f;", "return scale * static_cast<float>(j);"),
+    ("bicubic-align-corners", "the source coordinate of align_corners=True, j (in - 1) / (out - 1)",
+     "src/stages/03_resize.cpp",
+     "return scale * (static_cast<float>(j) + 0.5f) - 0.5f;",
+     "return out > 1 ? static_cast<float>(j) * static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.0f;"),
+    ("grid-int-sqrt", "int(sqrt(L)) accepted without checking that L is a perfect square",
+     "src/stages/01_feature_input.cpp",
+     "if (count == 0 || side * side != count)", "if (count == 0)"),
     ("ln-unbiased", "LayerNorm with the unbiased variance", "src/stages/04_layernorm.cpp",
      "var /= static_cast<double>(E);", "var /= static_cast<double>(E - 1);"),
     ("ln-eps-outside", "LayerNorm's eps outside the square root", "src/stages/04_layernorm.cpp",
      "1.0 / std::sqrt(var + static_cast<double>(eps))", "1.0 / (std::sqrt(var) + static_cast<double>(eps))"),
     ("ln-affine-swapped", "LayerNorm's weight and bias swapped", "src/stages/04_layernorm.cpp",
      "* row.rstd * gamma(c) + beta(c)", "* row.rstd * beta(c) + gamma(c)"),
+    ("q-over-sqrt-e", "q scaled by 1/sqrt(E), the whole width, not one head's", "src/stages/06_attention.cpp",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(E));"),
+    ("k-scaled", "k scaled by 1/sqrt(Dh) instead of q (the same scores up to rounding)", "src/stages/06_attention.cpp",
+     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q, not the scores\n"
+     "    for (std::size_t h = 0; h < H; ++h) {\n"
+     "        auto channels = xt::range(h * Dh, (h + 1) * Dh);  // this head's channels\n"
+     "        const Matrix q_h = xt::view(q_scaled, xt::all(), channels);  // (Q, Dh)\n"
+     "        const Matrix k_h = xt::view(k, xt::all(), channels);         // (L, Dh)\n",
+     "const Matrix q_scaled = q;\n"
+     "    for (std::size_t h = 0; h < H; ++h) {\n"
+     "        auto channels = xt::range(h * Dh, (h + 1) * Dh);  // this head's channels\n"
+     "        const Matrix q_h = xt::view(q_scaled, xt::all(), channels);  // (Q, Dh)\n"
+     "        const Matrix k_h = xt::view(k, xt::all(), channels) / std::sqrt(static_cast<float>(Dh));\n",
+     "harmless"),
     ("q-unscaled", "q not scaled by 1/sqrt(Dh)", "src/stages/06_attention.cpp",
      "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),
     ("q-over-dh", "q scaled by 1/Dh", "src/stages/06_attention.cpp",
@@ -109,8 +134,23 @@ def run(cmd, **kw):
 
 
 def build():
-    r = run(["cmake", "--build", BUILD, "-j2", "--target", "adapter_tests", "qwenvl-adapter"])
+    """Everything the tests use (the library, the programs, the tests, the Python module, the exercise checker)."""
+    r = run(["cmake", "--build", BUILD, "-j2"])
     return r.returncode == 0, r.stdout + r.stderr
+
+
+def fullsize_error():
+    """The mutated readable path against the fast path (unmutated when the mutation is in src/stages/) on one
+    full-size image, `qwenvl-bench --agree`: the largest difference of the output, its largest value, and the first
+    stage whose difference exceeds 1e-3 of its largest value (the stage where the mistake shows first)."""
+    r = run([os.path.join(BUILD, "qwenvl-bench"), "--agree"])
+    rows = re.findall(r"^  (\w+)\s+\(([\d, ]+)\)\s+(\S+)\s+(\S+)\s*$", r.stdout, re.M)
+    if not rows:
+        return "did not run: " + (r.stdout + r.stderr).strip().splitlines()[-1][:80]
+    first = next((name for name, _, diff, top in rows if not float(diff) <= 1e-3 * float(top)), None)
+    out = [row for row in rows if row[0] == "proj"][0]
+    return "%.3g (largest value %.3g)%s" % (float(out[2]), float(out[3]),
+                                            ", first at `%s`" % first if first else ", no stage beyond 1e-3")
 
 
 def failed_tests():
@@ -123,13 +163,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="run only these mutation ids")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--fullsize", action="store_true",
+                        help="also measure each mutation's error at Qwen-VL's size (qwenvl-bench --agree, ~30 s each)")
     args = parser.parse_args()
     if args.list:
         for m in MUTATIONS:
             print("%-22s %s (%s)" % (m[0], m[1], m[2]))
         return 0
     chosen = [m for m in MUTATIONS if not args.only or m[0] in args.only]
-    for mid, _, path, good, bad in chosen:  # every mutation must match its file exactly once, before anything runs
+    for mid, _, path, good, bad, *_ in chosen:  # every mutation must match its file exactly once, before anything runs
         count = open(os.path.join(REPO, path)).read().count(good)
         if count != 1:
             print("mutation %s: the text to break occurs %d times in %s" % (mid, count, path))
@@ -143,22 +185,30 @@ def main():
         print("the unmodified tree does not build or pass its tests in %s:\n%s" % (BUILD, log[-2000:]))
         return 2
     rows, survived = [], []
-    for mid, what, path, good, bad in chosen:
+    for mid, what, path, good, bad, *kind in chosen:
+        harmless = kind == ["harmless"]
         full = os.path.join(REPO, path)
         original = open(full).read()
         try:
             open(full, "w").write(original.replace(good, bad))
             ok, log = build()
             failures, _ = failed_tests() if ok else (["(does not compile)"], 1)
+            error = fullsize_error() if args.fullsize and ok else ""
         finally:
             open(full, "w").write(original)
-        caught = ", ".join("`%s`" % f for f in failures) if failures else "SURVIVED"
-        if not failures:
+        if harmless:
+            caught = "not a bug: " + (", ".join("`%s`" % f for f in failures) + " FAILED" if failures else "passes")
+        else:
+            caught = ", ".join("`%s`" % f for f in failures) if failures else "SURVIVED"
+        if bool(failures) == harmless:
             survived.append(mid)
-        rows.append("| `%s` | %s | `%s` | %d | %s |" % (mid, what, path, len(failures), caught))
-        print("%-22s %3d failing tests%s" % (mid, len(failures), "" if failures else "  SURVIVED"), flush=True)
+        rows.append("| `%s` | %s | `%s` | %d | %s |%s" % (mid, what, path, len(failures), caught,
+                                                          " %s |" % error if args.fullsize else ""))
+        print("%-22s %3d failing tests%s%s" % (mid, len(failures), "  SURVIVED" if bool(failures) == harmless else "",
+                                              "; at full size: " + error if error else ""), flush=True)
     build()  # the restored tree, so that the folder ends as it began
-    report = ["| mutation | the bug | file | tests failing | which |", "|---|---|---|---|---|"] + rows
+    header = "| mutation | the bug | file | tests failing | which |" + (" error at Qwen-VL's size |" if args.fullsize else "")
+    report = [header, "|" + "---|" * (header.count("|") - 1)] + rows
     os.makedirs(BUILD, exist_ok=True)
     with open(os.path.join(BUILD, "report.md"), "w") as f:
         f.write("\n".join(report) + "\n")
