@@ -248,23 +248,25 @@ its own place on the image. Here the weights are chosen to show exactly that: id
 W_v = I`, no biases), one head, queries whose learned part is zero, and `ln_kv` with a zero gain, so the keys hold
 nothing but positions. Then the position terms are removed (a stored `pos_embed` of zeros, which the C++ uses
 as stored), the keys get their content back, and the queries are set to resemble one feature of the image.
-Every attention map below is the C++'s (`run --trace`)."""),
-    ("code", SETUP),
+Every attention map below is the C++'s: the readable stages' `adapter_forward`, called through
+[`import qwenvl`](../docs/python.md) with `trace=True`, which returns every intermediate as a numpy array."""),
+    ("code", SETUP + """
+import qwenvl                   # the C++ stages on numpy arrays (docs/python.md)"""),
     ("code", """\
 E, Q, GK = 256, 256, 32
 rng = np.random.default_rng(0)
 eye, zero = np.eye(E, dtype=np.float32), np.zeros(E, np.float32)
-p = "transformer.visual.attn_pool."
 
 def weights(query, ln_kv_gain, pos_embed=None):
-    t = {p + "query": query,
-         p + "attn.in_proj_weight": np.concatenate([eye, eye, eye]), p + "attn.in_proj_bias": np.zeros(3 * E, np.float32),
-         p + "attn.out_proj.weight": eye, p + "attn.out_proj.bias": zero,
-         p + "ln_q.weight": np.ones(E, np.float32), p + "ln_q.bias": zero,
-         p + "ln_kv.weight": np.full(E, ln_kv_gain, np.float32), p + "ln_kv.bias": zero}
+    w = qwenvl.AdapterWeights()          # the fields are the checkpoint's tensors (attn_pool.*)
+    w.query = query
+    w.set_in_proj(np.concatenate([eye, eye, eye]), np.zeros(3 * E, np.float32))   # W_q = W_k = W_v = I
+    w.out_proj_weight, w.out_proj_bias = eye, zero
+    w.ln_q_weight, w.ln_q_bias = np.ones(E, np.float32), zero
+    w.ln_kv_weight, w.ln_kv_bias = np.full(E, ln_kv_gain, np.float32), zero
     if pos_embed is not None:
-        t[p + "pos_embed"] = pos_embed
-    return t
+        w.pos_embed = pos_embed
+    return w
 
 # Features: noise plus a bright blob in the lower right of the 32 x 32 patch grid, whose patches all carry
 # one feature direction `r` (Kv = E: no kv_proj).
@@ -272,19 +274,17 @@ hh, ww = np.mgrid[0:GK, 0:GK]
 blob = np.exp(-((hh - 24) ** 2 + (ww - 22) ** 2) / 20.0).reshape(-1, 1)
 r = rng.standard_normal(E).astype(np.float32)
 features = (rng.standard_normal((1, GK * GK, E)) * 0.3 + 3.0 * blob * r).astype(np.float32)
-np.save(nb.work("blob.npy"), features)
 
-def attention_maps(tensors, name):
-    path = nb.work(name + ".safetensors"); nb.write_safetensors(path, tensors)
-    nb.adapter("run", "--weights", path, "--input", nb.work("blob.npy"), "--output", nb.work(name + "-y.npy"),
-               "--heads", 1, "--adapter-only", "--trace", nb.work(name))
-    return np.load(nb.work(name) + "/attn_weights.npy")[0, 0].reshape(Q, GK, GK)   # (query, h, w)
+def attention_maps(w, num_heads=1):
+    config = qwenvl.derive_config(w, num_heads)
+    out, trace = qwenvl.adapter_forward(w, config, features, trace=True)
+    return trace["attn_weights"][0, 0].reshape(Q, GK, GK)   # image 0, head 0: (query, h, w)
 
 # A: learned part of the queries zero, keys without content: positions alone.
 # B: no position terms (pos_embed stored as zeros); queries that resemble the blob's feature, keys with content.
 looking_for_the_blob = (r + 0.5 * rng.standard_normal((Q, E))).astype(np.float32)
-positions_only = attention_maps(weights(np.zeros((Q, E), np.float32), 0.0), "positions-only")
-no_positions = attention_maps(weights(looking_for_the_blob, 1.0, np.zeros((Q, E), np.float32)), "no-positions")"""),
+positions_only = attention_maps(weights(np.zeros((Q, E), np.float32), 0.0))
+no_positions = attention_maps(weights(looking_for_the_blob, 1.0, np.zeros((Q, E), np.float32)))"""),
     ("code", """\
 chosen = [(2, 2), (2, 13), (8, 8), (13, 4)]             # (row, column) on the 16 x 16 query grid
 fig, axes = plt.subplots(2, len(chosen), figsize=(13, 6.4))
@@ -312,7 +312,7 @@ print("rows sum to 1:", np.allclose(positions_only.reshape(Q, -1).sum(1), 1, ato
 ## Exercises
 
 1. Make `ln_kv`'s gain 0.3 instead of 0 (positions and content at once). Where do the maps move?
-2. Use 4 heads (`--heads 4`): each head sees 64 channels. Which channels does head 0 get, and what does that do
+2. Use 4 heads (`attention_maps(w, num_heads=4)`): each head sees 64 channels. Which channels does head 0 get, and what does that do
    to its maps? (Hint: the table's channels come in four blocks of E/4 = 64: the sines of the column w, their
    cosines, the sines of the row h, their cosines. What can a head that sees only the first block tell about h?)
 3. Why is the map of a query at the border lopsided?"""),

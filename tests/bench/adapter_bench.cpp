@@ -16,6 +16,10 @@
 //       the two paths on the same random full-size input (one image): the readable stages (src/stages/) and
 //       the fast path (src/fast/), each timed once, and the largest difference between them at every traced
 //       stage. Exit code 1 when the output differs by more than the stated tolerance (a ctest in Release builds).
+//   qwenvl-bench --readable-trace DIR [--grid G]
+//       the readable path alone on the same full-size input (one image), every traced stage written as
+//       DIR/<stage>.npy: the mutation runner's --fullsize compares a mutated build's trace with the unmutated one's
+//       (tests/mutations/run.py, docs/course/break-it-and-see.md).
 //   qwenvl-bench --gains [--grid G] [--repeats R]
 //       each fast function against the readable function it replaces, on the same full-size input: the measured
 //       gains that docs/fast-path.md lists.
@@ -430,8 +434,10 @@ int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
     bool json = false, stages = false, agree = false, gain = false;
+    std::string readable_trace;  // --readable-trace DIR
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] [--json] | --agree [--grid G] | --gains [--repeats R] | --write-checkpoint DIR | "
+                        "[--repeats R] [--json] | --agree [--grid G] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
+                        "--write-checkpoint DIR | "
                         "--page-faults FILE\n";
     try {
         for (int i = 1; i < argc; ++i) {
@@ -443,6 +449,7 @@ int main(int argc, char** argv) {
             else if (a == "--stages") stages = true;
             else if (a == "--agree") agree = true;
             else if (a == "--gains") gain = true;
+            else if (a == "--readable-trace" && i + 1 < argc) readable_trace = argv[++i];
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
             else if (a == "--page-faults" && i + 1 < argc) return page_faults(argv[++i]);
             else {
@@ -467,6 +474,19 @@ int main(int argc, char** argv) {
 
     if (gain) return gains(w, tail, c, x, repeats);
     if (agree) return paths_agree(w, tail, c, Tensor3(xt::view(x, xt::range(0, 1))));
+    if (!readable_trace.empty()) {
+        Trace trace;
+        const Tensor3 x0 = xt::view(x, xt::range(0, 1));
+        tower_tail_forward(tail, adapter_forward(w, c, x0, nullptr, &trace), c.eps, &trace);
+        try {
+            for (const auto& name : trace.names()) write_npy(readable_trace + "/" + name + ".npy", trace.get(name));
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "qwenvl-bench: %s\n", e.what());
+            return 1;
+        }
+        std::printf("wrote %zu stages to %s\n", trace.names().size(), readable_trace.c_str());
+        return 0;
+    }
     GemmProbe gemm(rng);
     gemm.run();
     if (stages) {

@@ -79,7 +79,9 @@ std::string diagnose(const xt::xarray<float>& got, const xt::xarray<float>& want
         for (std::size_t r = 0; r < want.shape(0); ++r)
             for (std::size_t c = 0; c < want.shape(1); ++c)
                 err = std::max(err, std::fabs(double(got(r, c)) - want(r, (c + half) % want.shape(1))));
-        if (err < 1e-5) return "your first and second halves of the channels are PyTorch's second and first";
+        if (err < 1e-5)
+            return "your two halves of the channels are PyTorch's two halves swapped: w and h (the meshgrid pitfall), "
+                   "or sin and cos";
     }
     return "";
 }
@@ -364,7 +366,8 @@ std::vector<Exercise> exercises() {
     all.push_back({"06-attention", "src/exercises/06_attention.cpp", "06 attention (multi-head)", "docs/stages/06-attention.md",
                    "multi_head_attention",
                    {"PyTorch scales q by 1 / sqrt(Dh), Dh = E / H the width of ONE head, before the product; "
-                    "not 1 / sqrt(E), and not the scores by 1 / Dh.",
+                    "not 1 / sqrt(E), and not the scores by 1 / Dh. (Scaling k instead of q gives the same scores "
+                    "up to rounding: not the mistake.)",
                     "Head h owns the contiguous channels [h Dh, (h + 1) Dh) of q, k and v; its output goes back to "
                     "the same channels of `attended`.",
                     "scores are recorded before the mask and the softmax; weights after (one (Q, L) matrix per head)."},
