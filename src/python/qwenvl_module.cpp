@@ -38,26 +38,7 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// A numpy array (or anything numpy turns into one) as an xtensor of rank `Rank`, copied. A wrong rank is a
-// ShapeError (ValueError in Python) worded as the stages word theirs.
-template <std::size_t Rank>
-xt::xtensor<float, Rank> tensor(const py::handle& value, const char* function, const char* argument) {
-    const FloatArray array = FloatArray::ensure(value);
-    if (!array) throw py::type_error(std::string(function) + ": " + argument + " is not an array of numbers");
-    std::vector<std::size_t> shape(array.shape(), array.shape() + array.ndim());
-    if (shape.size() != Rank)
-        throw ShapeError(std::string(function) + ": " + argument + " has shape " + shape_string(shape) + ", expected " +
-                         std::to_string(Rank) + (Rank == 1 ? " axis" : " axes"));
-    std::array<std::size_t, Rank> fixed;
-    std::copy(shape.begin(), shape.end(), fixed.begin());
-    xt::xtensor<float, Rank> t(fixed);
-    std::copy(array.data(), array.data() + array.size(), t.data());
-    return t;
-}
-Vector vector(const py::handle& v, const char* f, const char* a) { return tensor<1>(v, f, a); }
-Matrix matrix(const py::handle& v, const char* f, const char* a) { return tensor<2>(v, f, a); }
-Tensor3 tensor3(const py::handle& v, const char* f, const char* a) { return tensor<3>(v, f, a); }
-
+// A numpy array (or anything numpy turns into one) as float32, copied.
 xt::xarray<float> any_rank(const py::handle& value, const char* function, const char* argument) {
     const FloatArray array = FloatArray::ensure(value);
     if (!array) throw py::type_error(std::string(function) + ": " + argument + " is not an array of numbers");
@@ -66,6 +47,20 @@ xt::xarray<float> any_rank(const py::handle& value, const char* function, const 
     std::copy(array.data(), array.data() + array.size(), t.data());
     return t;
 }
+
+// The same as an xtensor of rank `Rank`. A wrong rank is a ShapeError (ValueError in Python) worded as the stages
+// word theirs.
+template <std::size_t Rank>
+xt::xtensor<float, Rank> tensor(const py::handle& value, const char* function, const char* argument) {
+    const xt::xarray<float> t = any_rank(value, function, argument);
+    if (t.dimension() != Rank)
+        throw ShapeError(std::string(function) + ": " + argument + " has shape " + shape_string(shape_of(t)) +
+                         ", expected " + std::to_string(Rank) + (Rank == 1 ? " axis" : " axes"));
+    return t;
+}
+Vector vector(const py::handle& v, const char* f, const char* a) { return tensor<1>(v, f, a); }
+Matrix matrix(const py::handle& v, const char* f, const char* a) { return tensor<2>(v, f, a); }
+Tensor3 tensor3(const py::handle& v, const char* f, const char* a) { return tensor<3>(v, f, a); }
 
 // A tensor as a new numpy array (a copy: the array owns its memory).
 template <class Tensor>

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <exception>
 #include <functional>
 #include <string>
@@ -23,6 +22,7 @@
 #include <xtensor/xview.hpp>
 
 #include "core/compare.hpp"
+#include "fixture_files.hpp"
 #include "io/errors.hpp"
 #include "io/fixture.hpp"
 #include "io/npy.hpp"
@@ -138,12 +138,8 @@ private:
 
 const std::vector<Fixture>& fixtures() {
     static const std::vector<Fixture> loaded = [] {
-        std::vector<std::string> paths;  // every fixture, sorted by name
-        for (const auto& entry : std::filesystem::directory_iterator(kData + "/fixtures"))
-            if (entry.path().extension() == ".json") paths.push_back(entry.path().string());
-        std::sort(paths.begin(), paths.end());
         std::vector<Fixture> all;
-        for (const auto& path : paths) all.push_back(load_fixture(path));
+        for (const auto& path : qwenvl_test::fixture_paths(kData + "/fixtures")) all.push_back(load_fixture(path));
         return all;
     }();
     return loaded;

@@ -1,24 +1,13 @@
 // tests/support/golden.hpp: helpers shared by the golden tests.
 #pragma once
 
-#include <algorithm>
-#include <filesystem>
-
 #include <catch2/catch.hpp>
 
 #include "core/compare.hpp"
+#include "fixture_files.hpp"
 #include "io/fixture.hpp"
 
 namespace qwenvl_test {
-
-// The fixture files (*.json) in a folder, sorted by name.
-inline std::vector<std::string> fixture_paths(const std::string& folder) {
-    std::vector<std::string> paths;
-    for (const auto& entry : std::filesystem::directory_iterator(folder))
-        if (entry.path().extension() == ".json") paths.push_back(entry.path().string());
-    std::sort(paths.begin(), paths.end());
-    return paths;
-}
 
 inline std::vector<qwenvl::Fixture> all_fixtures() {
     std::vector<qwenvl::Fixture> fixtures;
