@@ -211,19 +211,24 @@ void check_whole_backward(Report& report) {
 
 struct Exercise {
     std::string name;       // the check target's name after "check-"
-    std::string file;       // the starter, relative to the repository
     std::string stage;      // the stage it replaces, as the failure names it
     std::string page;       // the stage page
     std::string writes;     // the functions the student writes
     std::vector<std::string> hints;
     std::function<void(Report&)> check;  // the stage's own checks
     bool backward = false;               // also run the whole backward pass
+    // The starter, relative to the repository: the name with underscores (tests/course/CMakeLists.txt's rule).
+    std::string file() const {
+        std::string f = name;
+        std::replace(f.begin(), f.end(), '-', '_');
+        return "src/exercises/" + f + ".cpp";
+    }
 };
 
 std::vector<Exercise> exercises() {
     std::vector<Exercise> all;
 
-    all.push_back({"01-grid-side", "src/exercises/01_grid_side.cpp", "01 feature input", "docs/stages/01-feature-input.md",
+    all.push_back({"01-grid-side", "01 feature input", "docs/stages/01-feature-input.md",
                    "grid_side",
                    {"int(math.sqrt(L)) is the reference's way, and it truncates: 1000 keys would silently become a "
                     "31 x 31 grid. Compute the side, then check side * side == count and throw std::invalid_argument "
@@ -260,7 +265,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"02-sincos", "src/exercises/02_sincos.cpp", "02 sin-cos tables", "docs/stages/02-sincos.md",
+    all.push_back({"02-sincos", "02 sin-cos tables", "docs/stages/02-sincos.md",
                    "sincos_1d, sincos_2d",
                    {"numpy.meshgrid(w, h) (indexing 'xy') puts the COLUMN index w in the half the reference calls h: "
                     "channels [0, E/2) encode w, [E/2, E) encode h. Swapping them is the classic mistake.",
@@ -273,7 +278,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"03-resize", "src/exercises/03_resize.cpp", "03 bicubic resize", "docs/stages/03-resize.md",
+    all.push_back({"03-resize", "03 bicubic resize", "docs/stages/03-resize.md",
                    "source_coordinate, resize_bicubic",
                    {"align_corners=False: s = (in / out) (j + 0.5) - 0.5, which is negative near the border; "
                     "align_corners=True's s = j (in - 1) / (out - 1) is a different convention.",
@@ -291,7 +296,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"04-layernorm", "src/exercises/04_layernorm.cpp", "04 LayerNorm", "docs/stages/04-layernorm.md",
+    all.push_back({"04-layernorm", "04 LayerNorm", "docs/stages/04-layernorm.md",
                    "layer_norm",
                    {"The variance divides by E (biased, as torch.nn.LayerNorm), not E - 1 (numpy's ddof=1, "
                     "torch.var's default).",
@@ -315,7 +320,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"05-projections", "src/exercises/05_projections.cpp", "05 projections", "docs/stages/05-projections.md",
+    all.push_back({"05-projections", "05 projections", "docs/stages/05-projections.md",
                    "matmul, linear, kv_projection",
                    {"An nn.Linear weight is stored (out, in): y = x W^T + b, so y_ij = sum_k x_ik W_jk.",
                     "kv_proj has no bias, and an empty weight means nn.Identity (Kv == E): return x unchanged.",
@@ -343,7 +348,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"06-softmax", "src/exercises/06_softmax.cpp", "06 attention (softmax)", "docs/stages/06-attention.md",
+    all.push_back({"06-softmax", "06 attention (softmax)", "docs/stages/06-attention.md",
                    "softmax_rows",
                    {"Softmax over each ROW (the L keys of one query), not over a column.",
                     "Add the mask first, then subtract the row's maximum before exp: exp(s - max) never overflows.",
@@ -359,7 +364,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"06-attention", "src/exercises/06_attention.cpp", "06 attention (multi-head)", "docs/stages/06-attention.md",
+    all.push_back({"06-attention", "06 attention (multi-head)", "docs/stages/06-attention.md",
                    "multi_head_attention",
                    {"PyTorch scales q by 1 / sqrt(Dh), Dh = E / H the width of ONE head, before the product; "
                     "not 1 / sqrt(E), and not the scores by 1 / Dh. (Scaling k instead of q gives the same scores "
@@ -385,7 +390,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"07-adapter", "src/exercises/07_adapter.cpp", "07 the adapter", "docs/stages/07-adapter.md",
+    all.push_back({"07-adapter", "07 the adapter", "docs/stages/07-adapter.md",
                    "adapter_forward",
                    {"The queries get the table P_q for their own G_q x G_q grid; the keys get it resized to the key "
                     "grid (key_position_table); the values get no position term at all.",
@@ -401,7 +406,7 @@ std::vector<Exercise> exercises() {
                        check_whole_forward(r);  // every intermediate, from the trace
                    }});
 
-    all.push_back({"08-tower-tail", "src/exercises/08_tower_tail.cpp", "08 the tower's tail", "docs/stages/08-tower-tail.md",
+    all.push_back({"08-tower-tail", "08 the tower's tail", "docs/stages/08-tower-tail.md",
                    "tower_tail_forward",
                    {"proj is used as x @ proj (a plain matmul), NOT as an nn.Linear weight (x proj^T).",
                     "ln_post normalises each image's (Q, E) rows with the tail's own gamma and beta (eps as given).",
@@ -415,7 +420,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"09-fusion", "src/exercises/09_fusion.cpp", "09 fusion", "docs/stages/09-fusion.md",
+    all.push_back({"09-fusion", "09 fusion", "docs/stages/09-fusion.md",
                    "fuse_image_features",
                    {"The image's Q rows go strictly BETWEEN <img> (position a) and </img> (position b): rows a + 1 "
                     "to b - 1. The two special tokens keep their own embeddings.",
@@ -441,7 +446,7 @@ std::vector<Exercise> exercises() {
                        });
                    }});
 
-    all.push_back({"04-layernorm-backward", "src/exercises/04_layernorm_backward.cpp", "04 LayerNorm (backward)",
+    all.push_back({"04-layernorm-backward", "04 LayerNorm (backward)",
                    "docs/stages/04-layernorm.md", "layer_norm_backward",
                    {"mean and var depend on every x of the row: dL/dx_c = (g_c - mean(g) - x_hat_c mean(g x_hat)) / "
                     "sqrt(var + eps), with g = dL/dy * gamma. Dropping either mean term is the classic mistake.",
@@ -468,7 +473,7 @@ std::vector<Exercise> exercises() {
                    },
                    true});
 
-    all.push_back({"06-softmax-backward", "src/exercises/06_softmax_backward.cpp", "06 attention (softmax backward)",
+    all.push_back({"06-softmax-backward", "06 attention (softmax backward)",
                    "docs/stages/06-attention.md", "softmax_rows_backward",
                    {"Every weight of a row depends on every score of the row: dL/ds_j = p_j (dL/dp_j - sum_i p_i dL/dp_i). "
                     "Without the sum you have the gradient of exp, not of softmax.",
@@ -485,7 +490,7 @@ std::vector<Exercise> exercises() {
                    },
                    true});
 
-    all.push_back({"06-attention-backward", "src/exercises/06_attention_backward.cpp", "06 attention (backward)",
+    all.push_back({"06-attention-backward", "06 attention (backward)",
                    "docs/stages/06-attention.md", "multi_head_attention_backward",
                    {"q was scaled before the product: dL/dq_h = dL/dS_h k_h / sqrt(Dh); dL/dk_h = dL/dS_h^T (q_h / sqrt(Dh)).",
                     "dL/dv_h = A_h^T dO_h and dL/dA_h = dO_h v_h^T; the softmax's backward turns dL/dA_h into dL/dS_h.",
@@ -525,7 +530,7 @@ int main(int argc, char** argv) {
     const std::vector<Exercise> all = exercises();
     if (name == "--list") {
         for (const Exercise& e : all)
-            std::printf("%-24s %-40s writes %s\n", e.name.c_str(), e.file.c_str(), e.writes.c_str());
+            std::printf("%-24s %-40s writes %s\n", e.name.c_str(), e.file().c_str(), e.writes.c_str());
         return 0;
     }
     const Exercise* chosen = nullptr;
@@ -542,7 +547,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     const Exercise& e = *chosen;
-    std::printf("exercise %s: %s (%s), stage %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file.c_str(),
+    std::printf("exercise %s: %s (%s), stage %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file().c_str(),
                 e.stage.c_str(), e.page.c_str());
     Report report(e.hints);
     e.check(report);
