@@ -1,9 +1,11 @@
 #include "cli/common.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
 
+#include "cli/args.hpp"
 #include "core/compare.hpp"
 #include "fast/adapter.hpp"
 #include "io/errors.hpp"
@@ -15,12 +17,24 @@ namespace qwenvl::cli {
 
 const std::string kDataDir = QWENVL_DATA_DIR;
 
-Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched) {
+Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched, bool square) {
     const xt::xarray<float> raw = read_npy_float(path);
     if (unbatched) *unbatched = raw.dimension() == 2;
     Tensor3 batch;
     try {
-        batch = as_feature_batch(raw);
+        if (square) {
+            batch = as_feature_batch(raw);
+        } else {  // as_feature_batch's checks but the square one: the grids say how the patches are laid out
+            require(raw.dimension() == 2 || raw.dimension() == 3, "read_features",
+                    "features have shape " + shape_string(shape_of(raw)) + ", expected (L, Kv) or (N, L, Kv)");
+            if (raw.dimension() == 2)
+                batch = xt::reshape_view(raw, {std::size_t(1), raw.shape(0), raw.shape(1)});
+            else
+                batch = raw;
+            require(batch.size() > 0, "read_features", "features have shape " + shape_string(shape_of(raw)) + " with an empty axis");
+            require(std::all_of(batch.begin(), batch.end(), [](float v) { return std::isfinite(v); }), "read_features",
+                    "features hold a NaN or infinite value");
+        }
     } catch (const std::invalid_argument& e) {
         throw InputError(path, e.what());
     }
@@ -28,6 +42,20 @@ Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatch
         throw InputError(path, "feature width " + std::to_string(batch.shape(2)) + " does not match the weights' Kv = " +
                                    std::to_string(kv_dim));
     return batch;
+}
+
+std::vector<Grid> parse_grids(const std::string& command, const std::string& flag, const std::string& text) {
+    std::vector<Grid> grids;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        const std::size_t end = std::min(text.find(',', start), text.size());
+        const std::string item = text.substr(start, end - start);
+        const std::size_t x = item.find('x');
+        if (x == std::string::npos) throw UsageError(command + ": " + flag + " takes HxW[,HxW...], got '" + text + "'");
+        grids.push_back(Grid{parse_count(command, flag, item.substr(0, x)), parse_count(command, flag, item.substr(x + 1))});
+        start = end + 1;
+    }
+    return grids;
 }
 
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
@@ -52,6 +80,7 @@ std::string describe_stage(const std::string& name) {
     static const std::map<std::string, std::string> what = {
         {"pos_q", "02  P_q: the 2D sin-cos table of the query grid"},
         {"pos_k", "03  P_k: P_q resized bicubically to the key grid"},
+        {"key_padding_mask", "11  MiniCPM-V: 1 where a key is padding"},
         {"ln_q", "04  LayerNorm of the learned queries (ln_q)"},
         {"query_in", "07  ln_q + P_q: the query before its projection"},
         {"q", "05  q = query_in W_q^T + b_q"},

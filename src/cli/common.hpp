@@ -4,9 +4,11 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
+#include "stages/01_feature_input.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
 
@@ -17,7 +19,11 @@ extern const std::string kDataDir;
 
 // Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was. The checks are as_feature_batch's
 // (rank, a square patch count, finite values) plus the width the weights expect, all reported with the file.
-Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr);
+// square = false drops the square check (non-square grids, MiniCPM-V's padded batches).
+Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr, bool square = true);
+
+// "3x5" or "2x3,3x3,1x2": one grid (h, w) per image, or one for every image. UsageError naming the flag.
+std::vector<Grid> parse_grids(const std::string& command, const std::string& flag, const std::string& text);
 
 // A (Q, L) mask from .npy: float32 added to the scores, or bool where true = masked. InputError naming the file.
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);

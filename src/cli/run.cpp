@@ -10,6 +10,7 @@
 #include "fast/adapter.hpp"
 #include "io/checkpoint.hpp"
 #include "io/npy.hpp"
+#include "stages/11_minicpmv.hpp"
 
 namespace qwenvl::cli {
 
@@ -17,19 +18,23 @@ namespace {
 const char* kRunHelp =
     "usage: qwenvl-adapter run --weights FILE.safetensors [--weights MORE.safetensors ...] --input X.npy\n"
     "                          --output Y.npy [--prefix P] [--heads H] [--adapter-only] [--mask M.npy]\n"
-    "                          [--trace DIR] [--readable]\n"
+    "                          [--trace DIR] [--readable] [--grids HxW[,HxW...]]\n"
     "\n"
-    "Runs Qwen-VL's adapter (attn_pool), then ln_post and proj when the weights have them, on ViT features.\n"
+    "Runs Qwen-VL's adapter (attn_pool), then ln_post and proj when the weights have them, on ViT features;\n"
+    "or MiniCPM-V 2.5/2.6's resampler when the checkpoint holds resampler.* (see `info`, docs/models.md).\n"
     "\n"
     "  --weights F    a .safetensors file (F32, F16 or BF16), repeatable for shards, or a\n"
     "                 model.safetensors.index.json whose shards lie beside it\n"
-    "  --input X      .npy float32 or float64, (L, Kv) or (N, L, Kv); L a perfect square\n"
+    "  --input X      .npy float32 or float64, (L, Kv) or (N, L, Kv); L a perfect square unless --grids\n"
     "  --output Y     .npy float32, (Q, E) or (N, Q, E) like the input; written only on success\n"
     "  --prefix P     tensor name prefix (default: transformer.visual.)\n"
     "  --heads H      attention heads (default: E / 128, Qwen-VL's rule); must divide E\n"
     "  --adapter-only stop after the adapter, before ln_post and proj\n"
     "  --mask M       (Q, L) attn_mask: float32 added to the scores, or bool where true = masked\n"
     "  --trace DIR    also write every named intermediate to DIR/<name>.npy\n"
+    "  --grids G      the key grid of h rows and w columns of patches, HxW: one for every image (Qwen-VL:\n"
+    "                 a non-square image, h*w = L) or one per image (MiniCPM-V: h*w <= L, the rest of\n"
+    "                 each image's rows padding); default: the square grid of L\n"
     "  --readable     run the readable stages (src/stages/) instead of the fast path (src/fast/):\n"
     "                 the same results to float32 precision, about 20 s at Qwen-VL's full size\n";
 
@@ -41,14 +46,14 @@ void create_trace_folder(const std::string& dir) {
 }  // namespace
 
 int run_command(const std::vector<std::string>& argv) {
-    const Args args = parse_args("run", argv, {"--weights", "--input", "--output", "--prefix", "--heads", "--mask", "--trace"},
+    const Args args = parse_args("run", argv, {"--weights", "--input", "--output", "--prefix", "--heads", "--mask", "--trace", "--grids"},
                                  {"--adapter-only", "--readable"});
     if (args.help) return std::printf("%s", kRunHelp), 0;
     if (!args.has("--weights")) throw UsageError("run: --weights is required (see run --help)");
     const std::string input = args.required("run", "--input");
     const std::string output = args.required("run", "--output");
     const std::size_t heads = args.has("--heads") ? parse_count("run", "--heads", args.get("--heads")) : 0;
-    const bool readable = args.flags.at("--readable");
+    bool readable = args.flags.at("--readable");
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
@@ -62,10 +67,33 @@ int run_command(const std::vector<std::string>& argv) {
     else
         mapped = map_adapter(files, prefix, heads, want_tail);
     const AdapterConfig& c = readable ? loaded.config : mapped.config;
+    if (!readable && mapped.config.model == Model::minicpm_v && args.has("--trace")) {
+        // MiniCPM-V's fast path records no trace (it drops the padding): the readable path records it.
+        loaded = load_adapter(files, prefix, heads, want_tail);
+        readable = true;
+    }
     const bool has_tail = readable ? loaded.has_tail : mapped.has_tail;
 
+    const bool minicpmv = c.model == Model::minicpm_v;
+    std::vector<Grid> grids;
+    if (args.has("--grids")) grids = parse_grids("run", "--grids", args.get("--grids"));
     bool unbatched = false;
-    const Tensor3 x = read_features(input, c.kv_dim, &unbatched);
+    const Tensor3 x = read_features(input, c.kv_dim, &unbatched, grids.empty());
+    const std::size_t N = x.shape(0), L = x.shape(1);
+    if (grids.empty()) grids.push_back(key_grid(L, Grid{}, "run: the patch count L"));
+    if (grids.size() == 1) grids.resize(N, grids[0]);
+    if (grids.size() != N)
+        throw UsageError("run: --grids gives " + std::to_string(grids.size()) + " grids for " + std::to_string(N) + " images");
+    for (const Grid& g : grids) {
+        if (!minicpmv && (g.h != grids[0].h || g.w != grids[0].w))
+            throw UsageError("run: Qwen-VL's adapter takes one key grid for the whole batch (--grids HxW)");
+        if (minicpmv ? g.cells() > L : g.cells() != L)
+            throw InputError(input, "a grid of " + std::to_string(g.h) + "x" + std::to_string(g.w) + " = " +
+                                        std::to_string(g.cells()) + " patches " + (minicpmv ? "exceeds" : "is not") +
+                                        " the features' L = " + std::to_string(L));
+    }
+    if (minicpmv && args.has("--mask"))
+        throw UsageError("run: MiniCPM-V takes no --mask: its key padding mask comes from --grids");
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
     const Matrix* m = args.has("--mask") ? &mask : nullptr;
@@ -76,11 +104,15 @@ int run_command(const std::vector<std::string>& argv) {
     Trace* t = trace_dir.empty() ? nullptr : &trace;
     Tensor3 y;
     if (readable) {
-        y = adapter_forward(loaded.weights, c, x, m, t);
+        y = minicpmv ? minicpmv_forward(loaded.weights, c, x, grids, kMiniCpmvMaxGrid, t)
+                     : adapter_forward(loaded.weights, c, x, grids[0], m, t);
         if (has_tail) y = tower_tail_forward(loaded.tail, y, c.eps, t);
+    } else if (minicpmv) {
+        y = fast::minicpmv_forward(mapped.weights, c, x, grids);
+        if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps);
     } else {
         // The query side does not depend on the images: computed once, for all of them.
-        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t);
+        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, L, t, grids[0]);
         y = fast::adapter_forward(mapped.weights, c, side, x, m, t);
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }
@@ -89,8 +121,9 @@ int run_command(const std::vector<std::string>& argv) {
     // Written straight from y's memory: (N, Q, E), or (Q, E) for an unbatched input (the same values).
     const std::vector<std::size_t> shape = unbatched ? std::vector<std::size_t>{y.shape(1), y.shape(2)} : shape_of(y);
     write_npy(output, shape, y.data());
-    std::printf("%s: %s float32, %s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
+    std::printf("%s: %s float32, %s%s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
                 shape_string(shape).c_str(), has_tail ? "after ln_post and proj" : "after the adapter",
+                minicpmv ? " of MiniCPM-V's resampler" : "",
                 x.shape(0), x.shape(1), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
                 trace_dir.empty() ? "" : ("; trace in " + trace_dir).c_str());
     return 0;

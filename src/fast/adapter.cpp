@@ -1,5 +1,7 @@
 #include "fast/adapter.hpp"
 
+#include <algorithm>
+
 #include <xtensor/xview.hpp>
 
 #include "fast/attention.hpp"
@@ -29,14 +31,15 @@ Matrix copy_of(const Block& b) {
 }
 }  // namespace
 
-QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace) {
+QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace, Grid keys) {
     const char* fn = "fast::prepare_query_side";
     check_shape(fn, "query", dims(w.query), {c.n_queries, c.embed_dim});
     if (!w.pos_embed.empty()) check_shape(fn, "pos_embed", dims(w.pos_embed), {c.n_queries, c.embed_dim});
     QuerySide side;
     // (Q, E), stage 02, or the stored table as query_position_table takes it (not hot: once per weights)
     side.pos_q = w.pos_embed.empty() ? sincos_2d(c.embed_dim, c.grid_q) : copy_of(w.pos_embed);
-    side.pos_k = key_position_table(side.pos_q, n_keys);       // (L, E), stage 03 (likewise)
+    keys = key_grid(n_keys, keys, "fast::prepare_query_side: the patch count L");
+    side.pos_k = key_position_table(side.pos_q, keys);         // (L, E), stage 03 (likewise)
     record(trace, "pos_q", side.pos_q);
     record(trace, "pos_k", side.pos_k);
     Matrix query_in = copy_of(w.query);                        // (Q, E)
@@ -93,7 +96,6 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
     const char* fn = "fast::adapter_forward";
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t L = x.shape(1), E = c.embed_dim, Q = c.n_queries;
-    grid_side(L, "fast::adapter_forward: the patch count L");
     check_shape(fn, "the prepared q", side.q, {Q, E});
     check_shape(fn, "the prepared pos_k", side.pos_k, {L, E});
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
@@ -102,6 +104,30 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
     record(trace, "attended", attended);
     Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
     record(trace, "out", out);
+    return out;
+}
+
+Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3& x, const std::vector<Grid>& grids) {
+    const char* fn = "fast::minicpmv_forward";
+    require(c.model == Model::minicpm_v, fn, "these are Qwen-VL's weights");
+    check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
+    const std::size_t N = x.shape(0), L = x.shape(1), Kv = c.kv_dim;
+    require(grids.size() == N, fn, "one grid per image");
+    // The query side, once: q = LN_q(query) W_q^T + b_q, no position term.
+    QuerySide side;
+    Matrix ln_q = copy_of(w.query);
+    layer_norm_in_place(ln_q, w.ln_q_weight, w.ln_q_bias, c.eps);
+    side.q = linear(ln_q, w.w_q, w.b_q);  // (Q, E)
+    Tensor3 out({N, c.n_queries, c.embed_dim});
+    for (std::size_t n = 0; n < N; ++n) {
+        const std::size_t L_n = grids[n].cells();
+        require(L_n > 0 && L_n <= L, fn, "an image grid does not fit in the batch's L keys");
+        side.pos_k = sincos_2d(c.embed_dim, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
+        Tensor3 image({1, L_n, Kv});                    // the image's own patches, without the padding
+        std::copy(x.data() + n * L * Kv, x.data() + n * L * Kv + L_n * Kv, image.data());
+        const Tensor3 out_n = adapter_forward(w, c, side, image);
+        xt::view(out, n) = xt::view(out_n, 0);
+    }
     return out;
 }
 

@@ -16,6 +16,7 @@
 #include "fast/gemm.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
+#include "stages/11_minicpmv.hpp"
 
 namespace qwenvl::fast {
 
@@ -49,8 +50,9 @@ struct QuerySide {
     Matrix q;
 };
 // Records pos_q, pos_k, ln_q, query_in and q in `trace` when given.
+// `keys`: the key grid (h, w) when it is not the square grid of n_keys cells (stages/07's adapter_forward with a Grid).
 QuerySide prepare_query_side(const Weights& weights, const AdapterConfig& config, std::size_t n_keys,
-                             Trace* trace = nullptr);
+                             Trace* trace = nullptr, Grid keys = {});
 
 // x += table, both (R, E), in place: replaces stages/07's `key_in = X + P_k` (a new (L, E) tensor). A plain loop:
 // xtensor's `x += table` would first build x + table in a temporary, to be safe in case the two overlapped.
@@ -60,6 +62,14 @@ void add_in_place(Matrix& x, const Matrix& table);
 // attention and out in `trace` when given.
 Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, const QuerySide& side,
                         const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr);
+
+// MiniCPM-V 2.5/2.6's resampler: replaces stages/11_minicpmv's `minicpmv_forward` (same arguments, the default
+// 70 x 70 table). Each image runs alone on its own L_n = h*w patches, rows [0, L_n) of x: no padding and no mask.
+// The readable path's padded keys get weights of exactly 0 (exp(-inf)), so both sum the same terms. Each image's
+// table is sin-cos of its own grid, the same values as the slice of a larger table. No trace: run --trace takes the
+// readable path for MiniCPM-V. Gain at MiniCPM-V 2.6's size: measured in docs/fast-path.md.
+Tensor3 minicpmv_forward(const Weights& weights, const AdapterConfig& config, const Tensor3& x,
+                         const std::vector<Grid>& grids);
 
 // out (N, Q, E) -> y (N, Q, E) = LN_post(out) @ proj. Records ln_post and proj. `out` is taken by value and
 // normalised in place: pass a temporary, or std::move it, and no copy is made.

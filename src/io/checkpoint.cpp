@@ -45,10 +45,27 @@ InProjection read_in_proj(const WeightFiles& files, const std::string& weight, c
 }
 }  // namespace
 
-LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail,
-                           Contents contents) {
+CheckpointLayout checkpoint_layout(const WeightFiles& files, const std::string& prefix) {
+    CheckpointLayout layout{Model::qwen_vl, prefix + "attn_pool.", prefix};
+    if (files.has(layout.adapter + "query")) return layout;
+    for (const std::string& resampler : {prefix, std::string("resampler.")}) {
+        if (!files.has(resampler + "query")) continue;
+        if (files.has(resampler + "pos_embed"))
+            throw InputError(files.entry(resampler + "query").file,
+                             "'" + resampler + "pos_embed' is stored: a MiniCPM-V 2.0 resampler (a table on the queries "
+                             "too, recomputed per slice), which this project does not implement; MiniCPM-V 2.5 and 2.6 "
+                             "have none");
+        return CheckpointLayout{Model::minicpm_v, resampler, resampler};
+    }
+    return layout;
+}
+
+LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix_given, std::size_t num_heads,
+                           bool want_tail, Contents contents) {
     const bool fill = contents == Contents::all;
-    const std::string a = prefix + "attn_pool.";
+    const CheckpointLayout layout = checkpoint_layout(files, prefix_given);
+    const std::string& a = layout.adapter;
+    const std::string& prefix = layout.tail;
     LoadedAdapter m;
     AdapterWeights& w = m.weights;
     w.query = read_rank<2>(files, a + "query", fill);
@@ -67,7 +84,7 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, 
         if (num_heads == 0 && E < 128)
             throw std::invalid_argument("the width E = " + std::to_string(E) +
                                         " gives no heads by Qwen-VL's rule H = E / 128; give --heads");
-        m.config = derive_config(w, num_heads);
+        m.config = derive_config(w, num_heads, layout.model);
         const bool has_proj = files.has(prefix + "proj");
         const bool has_ln_post = files.has(prefix + "ln_post.weight") && files.has(prefix + "ln_post.bias");
         if (want_tail && has_proj != has_ln_post)
@@ -121,16 +138,19 @@ fast::Values take_values(MappedAdapter& m, const std::string& name) {
 }
 }  // namespace
 
-MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail) {
+MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_given, std::size_t num_heads,
+                          bool want_tail) {
     MappedAdapter m;
     {
         // Every check of load_adapter, on the headers' shapes only (the tensors it allocates are never touched).
-        const LoadedAdapter shapes = load_adapter(files, prefix, num_heads, want_tail, Contents::shapes);
+        const LoadedAdapter shapes = load_adapter(files, prefix_given, num_heads, want_tail, Contents::shapes);
         m.config = shapes.config;
         m.has_tail = shapes.has_tail;
     }
     m.files = files;
-    const std::string a = prefix + "attn_pool.";
+    const CheckpointLayout layout = checkpoint_layout(files, prefix_given);
+    const std::string& a = layout.adapter;
+    const std::string& prefix = layout.tail;
     const std::size_t E = m.config.embed_dim;
     fast::Weights& w = m.weights;
     w.query = take_matrix(m, a + "query");

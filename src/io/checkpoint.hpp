@@ -21,6 +21,19 @@ namespace qwenvl {
 
 inline const char* kDefaultPrefix = "transformer.visual.";
 
+// Which model a checkpoint holds and where its tensors are, from the names alone:
+//   Qwen-VL:    P attn_pool.query ...        tail: P ln_post.*, P proj       (P = the prefix, transformer.visual.)
+//   MiniCPM-V:  resampler.query ...          tail: resampler.ln_post.*, resampler.proj, and no resampler.pos_embed
+//               (or P query ... when --prefix P names the resampler itself)
+// Qwen-VL is tried first; when neither query is found the layout is Qwen-VL's, and reading reports the missing
+// tensor. A resampler with a stored pos_embed is MiniCPM-V 2.0's (not supported): InputError naming the file.
+struct CheckpointLayout {
+    Model model = Model::qwen_vl;
+    std::string adapter;  // the adapter's names start with this
+    std::string tail;     // ln_post's and proj's
+};
+CheckpointLayout checkpoint_layout(const WeightFiles& files, const std::string& prefix);
+
 struct LoadedAdapter {
     AdapterWeights weights;
     AdapterConfig config;
@@ -33,7 +46,7 @@ struct LoadedAdapter {
 // milliseconds instead of reading the whole checkpoint) and the stored pos_embed.
 enum class Contents { all, shapes };
 
-// Reads and checks the adapter's tensors (and the tail's, when present and `want_tail`). num_heads = 0
+// Reads and checks the adapter's tensors (under checkpoint_layout's names) (and the tail's, when present and `want_tail`). num_heads = 0
 // applies Qwen-VL's rule H = E / 128. Throws InputError naming the file and the problem: a missing tensor,
 // a shape that does not fit the others, H not dividing E, E not divisible by 4.
 LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail,

@@ -58,29 +58,40 @@ Fixture load_fixture(const std::string& path) {
         f.atol = j.at("tolerance").at("atol").get<double>();
         f.rtol = j.at("tolerance").at("rtol").get<double>();
 
+        const auto& cfg = j.at("config");
+        const std::string model = cfg.value("model", "qwen_vl");
+        if (model != "qwen_vl" && model != "minicpm_v") throw std::invalid_argument("unknown model '" + model + "'");
+        const bool minicpmv = model == "minicpm_v";
+        // The checkpoint's names: MiniCPM-V keeps all of it under resampler., Qwen-VL its tail beside attn_pool.
+        const std::string a = minicpmv ? "resampler." : "attn_pool.", t = minicpmv ? "resampler." : "";
         const auto& p = j.at("params");
         auto mat = [&](const std::string& name) { return Matrix(tensor_from_json(p.at(name), name)); };
         auto vec = [&](const std::string& name) { return Vector(tensor_from_json(p.at(name), name)); };
         AdapterWeights& w = f.weights;
-        w.query = mat("attn_pool.query");
-        if (p.contains("attn_pool.kv_proj.weight")) w.kv_proj = mat("attn_pool.kv_proj.weight");
-        w.in_proj = split_in_proj(mat("attn_pool.attn.in_proj_weight"), vec("attn_pool.attn.in_proj_bias"));
-        w.out_proj_weight = mat("attn_pool.attn.out_proj.weight");
-        w.out_proj_bias = vec("attn_pool.attn.out_proj.bias");
-        w.ln_q_weight = vec("attn_pool.ln_q.weight");
-        w.ln_q_bias = vec("attn_pool.ln_q.bias");
-        w.ln_kv_weight = vec("attn_pool.ln_kv.weight");
-        w.ln_kv_bias = vec("attn_pool.ln_kv.bias");
-        f.tail.ln_post_weight = vec("ln_post.weight");
-        f.tail.ln_post_bias = vec("ln_post.bias");
-        f.tail.proj = mat("proj");
+        w.query = mat(a + "query");
+        if (p.contains(a + "kv_proj.weight")) w.kv_proj = mat(a + "kv_proj.weight");
+        w.in_proj = split_in_proj(mat(a + "attn.in_proj_weight"), vec(a + "attn.in_proj_bias"));
+        w.out_proj_weight = mat(a + "attn.out_proj.weight");
+        w.out_proj_bias = vec(a + "attn.out_proj.bias");
+        w.ln_q_weight = vec(a + "ln_q.weight");
+        w.ln_q_bias = vec(a + "ln_q.bias");
+        w.ln_kv_weight = vec(a + "ln_kv.weight");
+        w.ln_kv_bias = vec(a + "ln_kv.bias");
+        f.tail.ln_post_weight = vec(t + "ln_post.weight");
+        f.tail.ln_post_bias = vec(t + "ln_post.bias");
+        f.tail.proj = mat(t + "proj");
 
-        const auto& cfg = j.at("config");
-        f.config = derive_config(w, cfg.at("num_heads").get<std::size_t>());
+        f.config = derive_config(w, cfg.at("num_heads").get<std::size_t>(), minicpmv ? Model::minicpm_v : Model::qwen_vl);
+        if (cfg.contains("grids"))
+            for (const auto& g : cfg.at("grids")) f.grids.push_back(Grid{g.at(0).get<std::size_t>(), g.at(1).get<std::size_t>()});
+        if (cfg.contains("max_grid"))
+            f.max_grid = Grid{cfg.at("max_grid").at(0).get<std::size_t>(), cfg.at("max_grid").at(1).get<std::size_t>()};
         f.config.eps = cfg.at("eps").get<float>();
 
         const auto& inputs = j.at("inputs");
-        f.x = as_feature_batch(tensor_from_json(inputs.at("x"), "x"));
+        const xt::xarray<float> x = tensor_from_json(inputs.at("x"), "x");
+        require(x.dimension() == 3, "load_fixture", "x must be (N, L, Kv)");
+        f.x = minicpmv || !f.grids.empty() ? Tensor3(x) : as_feature_batch(x);  // L a square only for a square grid
         if (inputs.contains("attn_mask")) {
             const auto& m = inputs.at("attn_mask");
             f.has_mask = true;

@@ -1,7 +1,7 @@
 // io/fixture.hpp: the golden fixtures in data/fixtures/, written by tests/reference/make_fixtures.py.
 //
 // A fixture is JSON: config, seed, torch and numpy versions, tolerance, inputs (x, attn_mask),
-// every parameter under its checkpoint name, every intermediate of the forward pass (trace.hpp's names) as
+// every parameter under its checkpoint name (Qwen-VL's attn_pool.*, ln_post.*, proj; MiniCPM-V's resampler.*), every intermediate of the forward pass (trace.hpp's names) as
 // PyTorch computed them, and autograd's gradients of a seeded loss (gradients, param_gradients). A tensor is {"dtype": "float32" | "bool", "shape": [...], "data": [flat, row-major]}.
 #pragma once
 
@@ -33,6 +33,10 @@ struct Fixture {
     std::string description;
     AdapterConfig config;
     AdapterWeights weights;   // pos_embed left empty: the forward pass computes the sin-cos table itself
+    // data/fixtures/models/: the key grid of each image, (h, w) (Qwen-VL's, one for the batch, may be non-square;
+    // MiniCPM-V's, one per image, padded to the longest), and MiniCPM-V's table size. Empty for a square Qwen-VL case.
+    std::vector<Grid> grids;
+    Grid max_grid;
     TowerTail tail;
     Tensor3 x;                // (N, L, Kv)
     bool has_mask = false;

@@ -30,6 +30,7 @@
 #include "stages/08_tower_tail.hpp"
 #include "stages/09_fusion.hpp"
 #include "stages/10_training.hpp"
+#include "stages/11_minicpmv.hpp"
 
 namespace py = pybind11;
 using namespace qwenvl;
@@ -128,8 +129,12 @@ PYBIND11_MODULE(qwenvl, m) {
               "(docs/python.md). Arrays are numpy float32; shapes as in PyTorch (docs/shapes.md).";
 
     // --- the weights and the configuration ---
-    py::class_<AdapterConfig>(m, "AdapterConfig", "E, Kv, Q, G_q, H and the LayerNorms' eps (stage 07)")
+    py::enum_<Model>(m, "Model", "which resampler: Qwen-VL's (stage 07) or MiniCPM-V 2.5/2.6's (stage 11)")
+        .value("qwen_vl", Model::qwen_vl)
+        .value("minicpm_v", Model::minicpm_v);
+    py::class_<AdapterConfig>(m, "AdapterConfig", "the model, E, Kv, Q, G_q, H and the LayerNorms' eps (stage 07)")
         .def(py::init<>())
+        .def_readwrite("model", &AdapterConfig::model)
         .def_readwrite("embed_dim", &AdapterConfig::embed_dim)
         .def_readwrite("kv_dim", &AdapterConfig::kv_dim)
         .def_readwrite("n_queries", &AdapterConfig::n_queries)
@@ -169,7 +174,7 @@ PYBIND11_MODULE(qwenvl, m) {
     array_property(tail, "ln_post_bias", &TowerTail::ln_post_bias, "(E,)");
     array_property(tail, "proj", &TowerTail::proj, "(E, E), used as x @ proj");
 
-    m.def("derive_config", &derive_config, py::arg("weights"), py::arg("num_heads") = 0,
+    m.def("derive_config", &derive_config, py::arg("weights"), py::arg("num_heads") = 0, py::arg("model") = Model::qwen_vl,
           "The configuration the weights' shapes imply (stage 07); num_heads = 0 is Qwen-VL's E / 128.");
     m.def("count_parameters", [](const AdapterConfig& c) {
         const ParameterCount count = count_parameters(c);
@@ -231,13 +236,29 @@ PYBIND11_MODULE(qwenvl, m) {
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("num_heads"), py::arg("mask") = py::none(),
        "Stage 06: one image's attention; a dict of attended (Q, E), scores and weights (H, Q, L).");
     m.def("adapter_forward", [](const AdapterWeights& w, const AdapterConfig& c, const py::handle& x,
-                                const py::object& mask, bool trace) {
+                                const py::object& mask, bool trace, std::pair<std::size_t, std::size_t> grid) {
         const OptionalMask m_(mask, "adapter_forward");
         Trace t;
-        const Tensor3 out = adapter_forward(w, c, tensor3(x, "adapter_forward", "x"), m_.get(), trace ? &t : nullptr);
+        const Tensor3 out = adapter_forward(w, c, tensor3(x, "adapter_forward", "x"), Grid{grid.first, grid.second},
+                                            m_.get(), trace ? &t : nullptr);
         return trace ? py::object(py::make_tuple(numpy(out), trace_dict(t))) : py::object(numpy(out));
     }, py::arg("weights"), py::arg("config"), py::arg("x"), py::arg("mask") = py::none(), py::arg("trace") = false,
-       "Stage 07, readable: x (N, L, Kv) -> out (N, Q, E); with trace=True, (out, {name: intermediate}).");
+       py::arg("grid") = std::pair<std::size_t, std::size_t>{0, 0},
+       "Stage 07, readable: x (N, L, Kv) -> out (N, Q, E); grid=(h, w) for a non-square key grid (default: square);\n"
+       "with trace=True, (out, {name: intermediate}).");
+    m.def("minicpmv_forward", [](const AdapterWeights& w, const AdapterConfig& c, const py::handle& x,
+                                 const std::vector<std::pair<std::size_t, std::size_t>>& grids, bool trace,
+                                 std::pair<std::size_t, std::size_t> max_grid) {
+        Trace t;
+        std::vector<Grid> g;
+        for (const auto& [h, w_] : grids) g.push_back(Grid{h, w_});
+        const Tensor3 out = minicpmv_forward(w, c, tensor3(x, "minicpmv_forward", "x"), g,
+                                             Grid{max_grid.first, max_grid.second}, trace ? &t : nullptr);
+        return trace ? py::object(py::make_tuple(numpy(out), trace_dict(t))) : py::object(numpy(out));
+    }, py::arg("weights"), py::arg("config"), py::arg("x"), py::arg("grids"), py::arg("trace") = false,
+       py::arg("max_grid") = std::pair<std::size_t, std::size_t>{kMiniCpmvMaxGrid.h, kMiniCpmvMaxGrid.w},
+       "Stage 11, MiniCPM-V 2.5/2.6's resampler: x (N, L, Kv) padded, grids [(h, w)] per image -> out (N, Q, E)\n"
+       "before ln_post and proj; with trace=True, (out, {name: intermediate}).");
     m.def("tower_tail_forward", [](const TowerTail& tl, const py::handle& out, float eps, bool trace) {
         Trace t;
         const Tensor3 y = tower_tail_forward(tl, tensor3(out, "tower_tail_forward", "out"), eps, trace ? &t : nullptr);

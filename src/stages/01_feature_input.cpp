@@ -13,6 +13,17 @@ std::size_t grid_side(std::size_t count, const char* what) {
     return side;
 }
 
+Grid key_grid(std::size_t count, Grid requested, const char* what) {
+    if (requested.h == 0 && requested.w == 0) {
+        const std::size_t side = grid_side(count, what);
+        return {side, side};
+    }
+    if (requested.h == 0 || requested.w == 0 || requested.cells() != count)
+        throw std::invalid_argument(std::string(what) + ": a grid of " + std::to_string(requested.h) + " x " +
+                                    std::to_string(requested.w) + " does not hold " + std::to_string(count) + " cells");
+    return requested;
+}
+
 Tensor3 as_feature_batch(const xt::xarray<float>& features) {
     const char* fn = "as_feature_batch";
     require(features.dimension() == 2 || features.dimension() == 3, fn,

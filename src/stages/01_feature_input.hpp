@@ -11,6 +11,18 @@
 
 namespace qwenvl {
 
+// A grid of h rows and w columns of patches: h*w cells in row-major order (cell r = i*w + j for row i, column j).
+// Qwen-VL's key grids are square (32 x 32 at 448 pixels); MiniCPM-V gives each image its own (h, w), its
+// `tgt_size`.
+struct Grid {
+    std::size_t h = 0, w = 0;
+    std::size_t cells() const { return h * w; }
+};
+
+// The grid of `count` cells: `requested` when it has h, w > 0 (checked to hold `count` cells), else the square
+// grid (grid_side). Throws std::invalid_argument naming `what` otherwise.
+Grid key_grid(std::size_t count, Grid requested, const char* what);
+
 // Side G of a square grid holding `count` cells; throws std::invalid_argument naming `what`
 // when `count` is not a perfect square (the reference's int(math.sqrt(L)) would silently truncate).
 std::size_t grid_side(std::size_t count, const char* what);

@@ -21,21 +21,23 @@ Matrix sincos_1d(std::size_t dim, const std::vector<float>& positions) {
     return table;
 }
 
-Matrix sincos_2d(std::size_t embed_dim, std::size_t grid) {
+Matrix sincos_2d(std::size_t embed_dim, std::size_t grid) { return sincos_2d(embed_dim, Grid{grid, grid}); }
+
+Matrix sincos_2d(std::size_t embed_dim, Grid grid) {
     require(embed_dim > 0 && embed_dim % 4 == 0, "sincos_2d",
             "embed_dim " + std::to_string(embed_dim) + " must be divisible by 4 (two halves of sines and cosines)");
-    require(grid > 0, "sincos_2d", "grid must be positive");
-    std::vector<float> column(grid * grid), row(grid * grid);
-    for (std::size_t h = 0; h < grid; ++h)
-        for (std::size_t w = 0; w < grid; ++w) {
-            column[h * grid + w] = static_cast<float>(w);
-            row[h * grid + w] = static_cast<float>(h);
+    require(grid.h > 0 && grid.w > 0, "sincos_2d", "the grid's sides must be positive");
+    std::vector<float> column(grid.cells()), row(grid.cells());
+    for (std::size_t i = 0; i < grid.h; ++i)
+        for (std::size_t j = 0; j < grid.w; ++j) {
+            column[i * grid.w + j] = static_cast<float>(j);
+            row[i * grid.w + j] = static_cast<float>(i);
         }
     const std::size_t half = embed_dim / 2;
-    const Matrix by_column = sincos_1d(half, column);  // (G*G, E/2)
-    const Matrix by_row = sincos_1d(half, row);        // (G*G, E/2)
-    Matrix table({grid * grid, embed_dim});
-    for (std::size_t r = 0; r < grid * grid; ++r)
+    const Matrix by_column = sincos_1d(half, column);  // (h*w, E/2)
+    const Matrix by_row = sincos_1d(half, row);        // (h*w, E/2)
+    Matrix table({grid.cells(), embed_dim});
+    for (std::size_t r = 0; r < grid.cells(); ++r)
         for (std::size_t c = 0; c < half; ++c) {
             table(r, c) = by_column(r, c);
             table(r, half + c) = by_row(r, c);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/shapes.hpp"
+#include "stages/01_feature_input.hpp"
 
 namespace qwenvl {
 
@@ -23,5 +24,11 @@ Matrix sincos_1d(std::size_t dim, const std::vector<float>& positions);
 // (The reference's numpy.meshgrid uses 'xy' indexing, so the half it calls "h" holds w.)
 // Mirrors MAE's / Qwen-VL's get_2d_sincos_pos_embed(E, G).
 Matrix sincos_2d(std::size_t embed_dim, std::size_t grid);
+
+// 2D table of a grid of h rows and w columns, (h*w, E): row r = i*w + j holds column j's table in channels
+// [0, E/2) and row i's in [E/2, E), as above. Mirrors MiniCPM-V's get_2d_sincos_pos_embed(E, (h, w)), whose
+// (h, w, E) result is this table reshaped. Rows [:h', :w'] of the (h, w) table are the (h', w') table: each row
+// depends only on its own (i, j).
+Matrix sincos_2d(std::size_t embed_dim, Grid grid);
 
 }  // namespace qwenvl

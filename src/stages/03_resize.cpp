@@ -46,16 +46,20 @@ Taps taps_for(std::size_t in, std::size_t out, std::size_t j) {
 }  // namespace
 
 Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, std::size_t grid_out) {
+    return resize_bicubic(table, grid_in, Grid{grid_out, grid_out});
+}
+
+Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out) {
     const char* fn = "resize_bicubic";
-    require(grid_in > 0 && grid_out > 0, fn, "grid sides must be positive");
+    require(grid_in > 0 && out.h > 0 && out.w > 0, fn, "grid sides must be positive");
     check_shape(fn, "table", table, {grid_in * grid_in, ANY});
     const std::size_t channels = table.shape(1);
-    Matrix resized = xt::zeros<float>({grid_out * grid_out, channels});
-    for (std::size_t oy = 0; oy < grid_out; ++oy) {
-        const Taps ty = taps_for(grid_in, grid_out, oy);  // four source rows h
-        for (std::size_t ox = 0; ox < grid_out; ++ox) {
-            const Taps tx = taps_for(grid_in, grid_out, ox);  // four source columns w
-            auto value = xt::row(resized, oy * grid_out + ox);  // (C,): all channels of one output cell
+    Matrix resized = xt::zeros<float>({out.cells(), channels});
+    for (std::size_t oy = 0; oy < out.h; ++oy) {
+        const Taps ty = taps_for(grid_in, out.h, oy);  // four source rows h
+        for (std::size_t ox = 0; ox < out.w; ++ox) {
+            const Taps tx = taps_for(grid_in, out.w, ox);  // four source columns w
+            auto value = xt::row(resized, oy * out.w + ox);  // (C,): all channels of one output cell
             // Along w first, within each of the four source rows, then along h: the order PyTorch's CPU
             // kernel sums them in, so that the last bits agree too.
             for (int a = 0; a < 4; ++a) {
@@ -73,6 +77,12 @@ Matrix key_position_table(const Matrix& pos_q, std::size_t n_keys) {
     const std::size_t grid_k = grid_side(n_keys, "key_position_table: the key count L");
     if (grid_q == grid_k) return pos_q;
     return resize_bicubic(pos_q, grid_q, grid_k);
+}
+
+Matrix key_position_table(const Matrix& pos_q, Grid keys) {
+    if (keys.h == keys.w) return key_position_table(pos_q, keys.cells());  // the square grid, as upstream
+    const std::size_t grid_q = grid_side(pos_q.shape(0), "key_position_table: the query count Q");
+    return resize_bicubic(pos_q, grid_q, keys);
 }
 
 }  // namespace qwenvl

@@ -9,6 +9,7 @@
 #include <array>
 
 #include "core/shapes.hpp"
+#include "stages/01_feature_input.hpp"
 
 namespace qwenvl {
 
@@ -28,8 +29,16 @@ float source_coordinate(std::size_t in, std::size_t out, std::size_t j);
 // Mirrors F.interpolate(table.reshape(1, G_in, G_in, C).permute(0, 3, 1, 2), (G_out, G_out), 'bicubic').
 Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, std::size_t grid_out);
 
+// The same to a grid of out.h rows and out.w columns, (out.h*out.w, C): each axis with its own scale
+// (G_in / h down the rows, G_in / w along them). Mirrors F.interpolate(..., size=(h, w), mode='bicubic').
+Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out);
+
 // The key-side table P_k (L, E) from the query-side table P_q (Q, E): P_q itself when L == Q,
 // otherwise P_q resized bicubically to the key grid. Mirrors get_abs_pos(pos_embed, L).
 Matrix key_position_table(const Matrix& pos_q, std::size_t n_keys);
+
+// The same for a key grid of keys.h rows and keys.w columns (a non-square image), (keys.h*keys.w, E).
+// Upstream's get_abs_pos only knows square grids; this resizes as F.interpolate does to size=(h, w).
+Matrix key_position_table(const Matrix& pos_q, Grid keys);
 
 }  // namespace qwenvl

@@ -10,14 +10,17 @@
 
 namespace qwenvl {
 
-AdapterConfig derive_config(const AdapterWeights& w, std::size_t num_heads) {
+AdapterConfig derive_config(const AdapterWeights& w, std::size_t num_heads, Model model) {
     const char* fn = "derive_config";
     AdapterConfig c;
+    c.model = model;
     c.n_queries = w.query.shape(0);
     c.embed_dim = w.query.shape(1);
     const std::size_t E = c.embed_dim;
     require(c.n_queries > 0 && E > 0, fn, "query has shape " + shape_string(shape_of(w.query)) + ", expected (Q, E)");
-    c.grid_q = grid_side(c.n_queries, "derive_config: the query count Q");
+    if (model == Model::qwen_vl) c.grid_q = grid_side(c.n_queries, "derive_config: the query count Q");
+    require(model == Model::qwen_vl || w.pos_embed.size() == 0, fn,
+            "MiniCPM-V 2.5/2.6 has no stored pos_embed (a stored one is MiniCPM-V 2.0's, not supported)");
     require(E % 4 == 0, fn, "the width E = " + std::to_string(E) + " is not divisible by 4 (the 2D sin-cos table needs it)");
     c.num_heads = num_heads ? num_heads : E / 128;
     require(c.num_heads > 0 && E % c.num_heads == 0, fn,
@@ -33,21 +36,29 @@ AdapterConfig derive_config(const AdapterWeights& w, std::size_t num_heads) {
     return c;
 }
 
+const char* model_name(Model model) { return model == Model::qwen_vl ? "Qwen-VL" : "MiniCPM-V 2.5/2.6"; }
+
 Matrix query_position_table(const AdapterWeights& w, const AdapterConfig& c) {
     return w.pos_embed.size() ? w.pos_embed : sincos_2d(c.embed_dim, c.grid_q);
 }
 
 Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Tensor3& x, const Matrix* mask,
                         Trace* trace) {
+    return adapter_forward(w, c, x, Grid{}, mask, trace);  // Grid{}: the square grid of L cells
+}
+
+Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const Tensor3& x, Grid keys,
+                        const Matrix* mask, Trace* trace) {
     const char* fn = "adapter_forward";
+    require(c.model == Model::qwen_vl, fn, "these are MiniCPM-V's weights: minicpmv_forward runs them");
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim;
-    grid_side(L, "adapter_forward: the patch count L");
+    keys = key_grid(L, keys, "adapter_forward: the patch count L");
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
 
     // The position tables: the query grid's, and the same resized to the key grid.
-    const Matrix pos_q = query_position_table(w, c);   // (Q, E)
-    const Matrix pos_k = key_position_table(pos_q, L);  // (L, E)
+    const Matrix pos_q = query_position_table(w, c);     // (Q, E)
+    const Matrix pos_k = key_position_table(pos_q, keys);  // (L, E)
     record(trace, "pos_q", pos_q);
     record(trace, "pos_k", pos_k);
 
@@ -174,7 +185,7 @@ ParameterCount count_parameters(const AdapterConfig& c) {
     const std::size_t E = c.embed_dim, Q = c.n_queries, Kv = c.kv_dim;
     ParameterCount count;
     count.trainable = Q * E + (Kv != E ? E * Kv : 0) + 3 * E * E + 3 * E + E * E + E + 4 * E;
-    count.frozen = Q * E;
+    count.frozen = c.model == Model::qwen_vl ? Q * E : 0;
     return count;
 }
 

@@ -17,6 +17,7 @@
 
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
+#include "stages/01_feature_input.hpp"
 #include "stages/05_projections.hpp"
 
 namespace qwenvl {
@@ -33,19 +34,28 @@ struct AdapterWeights {
     Vector ln_kv_weight, ln_kv_bias;  // (E,) ln_kv
 };
 
+// Which resampler the weights are: Qwen-VL's (this stage) or MiniCPM-V 2.5 / 2.6's (stage 11, the same parameters
+// under other names, no position term on the queries, a key table per image grid).
+enum class Model { qwen_vl, minicpm_v };
+
 struct AdapterConfig {
+    Model model = Model::qwen_vl;
     std::size_t embed_dim = 0;  // E   (output_dim, 4096)
     std::size_t kv_dim = 0;     // Kv  (width, 1664)
     std::size_t n_queries = 0;  // Q   (n_queries, 256)
-    std::size_t grid_q = 0;     // G_q (sqrt of Q, 16)
+    std::size_t grid_q = 0;     // G_q (sqrt of Q, 16); 0 for MiniCPM-V, whose queries have no grid
     std::size_t num_heads = 0;  // H   (E / 128, 32)
     float eps = 1e-6f;          // the LayerNorms' eps
 };
 
 // The configuration implied by the weights' shapes: E and Q from `query`, Kv from kv_proj (E when it
-// is absent). num_heads = 0 picks Qwen-VL's rule H = E / 128. Checks every weight's shape, that H
-// divides E and that E is divisible by 4; throws ShapeError / std::invalid_argument otherwise.
-AdapterConfig derive_config(const AdapterWeights& weights, std::size_t num_heads = 0);
+// is absent). num_heads = 0 picks Qwen-VL's rule H = E / 128 (MiniCPM-V's too). Checks every weight's shape, that
+// H divides E, that E is divisible by 4 and, for Qwen-VL, that Q is a square (MiniCPM-V 2.5 has Q = 96) and, for
+// MiniCPM-V, that there is no stored pos_embed; throws ShapeError / std::invalid_argument otherwise.
+AdapterConfig derive_config(const AdapterWeights& weights, std::size_t num_heads = 0, Model model = Model::qwen_vl);
+
+// "Qwen-VL" or "MiniCPM-V 2.5/2.6", for messages.
+const char* model_name(Model model);
 
 // The query-side table P_q (Q, E): the stored pos_embed when the weights have one (as load_state_dict
 // would use it), else the sin-cos table computed for the G_q x G_q grid.
@@ -54,6 +64,11 @@ Matrix query_position_table(const AdapterWeights& weights, const AdapterConfig& 
 // The adapter on a batch: x (N, L, Kv) -> out (N, Q, E). L must be a perfect square. mask: (Q, L) additive
 // attention mask or nullptr. Records every intermediate in `trace` when given (core/trace.hpp's names).
 Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x,
+                        const Matrix* mask = nullptr, Trace* trace = nullptr);
+
+// The same for images of `keys.h` rows and `keys.w` columns of patches (L = h*w, row-major), for non-square
+// images: P_k is P_q resized to (h, w) (key_position_table). The function above is this one on the square grid.
+Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& config, const Tensor3& x, Grid keys,
                         const Matrix* mask = nullptr, Trace* trace = nullptr);
 
 // Backward (training): the gradients of a loss L with respect to every trainable parameter of the adapter and
@@ -82,7 +97,8 @@ AdapterGradients adapter_backward(const AdapterWeights& weights, const AdapterCo
 
 // Number of parameters of the adapter implied by its configuration: trainable ones (query Q*E, kv_proj E*Kv
 // when Kv != E, in_proj 3E*E + 3E, out_proj E*E + E, ln_q and ln_kv 4E) and the frozen pos_embed (Q*E).
-// Qwen-VL: 75,005,952 trainable (Table 1's 0.08B) + 1,048,576 frozen.
+// Qwen-VL: 75,005,952 trainable (Table 1's 0.08B) + 1,048,576 frozen. MiniCPM-V's table is a buffer, not a
+// parameter: frozen = 0.
 struct ParameterCount {
     std::size_t trainable = 0;
     std::size_t frozen = 0;

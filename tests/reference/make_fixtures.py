@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from safetensors_io import TORCH_DTYPES, write_safetensors  # noqa: E402  (beside this file)
+from resamplers import MiniCPMVResampler, QwenVLResampler, load_state, trace_resampler  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -110,7 +111,8 @@ def resize_table_exact(table, grid_in, grid_out):
     are simple fractions, and the exact value often falls halfway between two float32 numbers, where a float64 sum
     in one order or another rounds either way. F.interpolate's vectorised and scalar kernels do differ there; the
     exact value does not. Written for the fixtures' small tables (the notebooks use resize_table)."""
-    if grid_in == grid_out:
+    out_h, out_w = (grid_out, grid_out) if isinstance(grid_out, int) else grid_out   # an (h, w) grid too
+    if (out_h, out_w) == (grid_in, grid_in):
         return table
     A = Fraction(-3, 4)
 
@@ -118,8 +120,8 @@ def resize_table_exact(table, grid_in, grid_out):
         d = abs(d)
         return ((A + 2) * d - (A + 3)) * d * d + 1 if d <= 1 else ((A * d - 5 * A) * d + 8 * A) * d - 4 * A
 
-    def taps(j):  # the four clamped source indices and their weights for output index j (align_corners=False)
-        s = Fraction(grid_in, grid_out) * (j + Fraction(1, 2)) - Fraction(1, 2)
+    def taps(j, size):  # the four clamped source indices and weights of output index j of `size` (align_corners=False)
+        s = Fraction(grid_in, size) * (j + Fraction(1, 2)) - Fraction(1, 2)
         i0 = math.floor(s)
         t = s - i0
         weights = [cubic(t + 1), cubic(t), cubic(1 - t), cubic(2 - t)]
@@ -127,10 +129,10 @@ def resize_table_exact(table, grid_in, grid_out):
 
     values = [[Fraction(float(v)) for v in row] for row in table.double().tolist()]
     out = []
-    for oy in range(grid_out):
-        rows, wy = taps(oy)
-        for ox in range(grid_out):
-            cols, wx = taps(ox)
+    for oy in range(out_h):
+        rows, wy = taps(oy, out_h)
+        for ox in range(out_w):
+            cols, wx = taps(ox, out_w)
             out.append([float(sum(wy[a] * wx[b] * values[rows[a] * grid_in + cols[b]][c]
                                   for a in range(4) for b in range(4)))
                         for c in range(len(values[0]))])
@@ -152,22 +154,7 @@ def make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     gen = np.random.default_rng(seed)
     Q, L = Gq * Gq, Gk * Gk
     x = randn(gen, N, L, Kv)
-    params = {"attn_pool.query": randn(gen, Q, E)}
-    proj = randn(gen, E, E, scale=E ** -0.5)
-    if Kv != E:
-        params["attn_pool.kv_proj.weight"] = randn(gen, E, Kv, scale=Kv ** -0.5)
-    params["attn_pool.attn.in_proj_weight"] = randn(gen, 3 * E, E, scale=E ** -0.5)
-    params["attn_pool.attn.in_proj_bias"] = randn(gen, 3 * E, scale=0.1)
-    params["attn_pool.attn.out_proj.weight"] = randn(gen, E, E, scale=E ** -0.5)
-    params["attn_pool.attn.out_proj.bias"] = randn(gen, E, scale=0.1)
-    for ln in ("attn_pool.ln_q", "attn_pool.ln_kv", "ln_post"):
-        if affine:
-            params[ln + ".weight"] = 1.0 + randn(gen, E, scale=0.2)
-            params[ln + ".bias"] = randn(gen, E, scale=0.2)
-        else:
-            params[ln + ".weight"] = torch.ones(E)
-            params[ln + ".bias"] = torch.zeros(E)
-    params["proj"] = proj
+    params = {model_checkpoint_name("qwen_vl", n): v for n, v in draw_model_params(gen, E, Kv, Q, affine).items()}
 
     mask = None
     if mask_kind == "float":
@@ -369,6 +356,12 @@ def reference_backward(params, x, mask, H, upstream, name=""):
             {n: exact_zeros(g).float().contiguous() for n, g in param_grads.items()})
 
 
+def stamp(name, description, seed, oracle):
+    """What every fixture says of itself: its name, what it covers, who wrote it, the seed, the versions, the oracle."""
+    return {"name": name, "description": description, "generator": "tests/reference/make_fixtures.py", "seed": seed,
+            "torch_version": torch.__version__, "numpy_version": np.__version__, "oracle": oracle}
+
+
 def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     params, x, mask = make_case(E, H, Kv, Gq, Gk, N, mask_kind, affine, seed)
     if name in CASE_SCALES:
@@ -380,13 +373,7 @@ def build_case(name, description, E, H, Kv, Gq, Gk, N, mask_kind, affine, seed):
     if mask is not None:
         inputs["attn_mask"] = mask
     fixture = {
-        "name": name,
-        "description": description,
-        "generator": "tests/reference/make_fixtures.py",
-        "seed": seed,
-        "torch_version": torch.__version__,
-        "numpy_version": np.__version__,
-        "oracle": ORACLE,
+        **stamp(name, description, seed, ORACLE),
         "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk,
                    "n_queries": Gq * Gq, "n_keys": Gk * Gk, "batch": N, "eps": EPS, "mask": mask_kind or "none"},
         "tolerance": {"atol": ATOL, "rtol": RTOL},
@@ -685,6 +672,150 @@ def write_parameter_counts():
     with open(os.path.join(REPO, "data", "parameter_counts.json"), "w") as f:
         f.write(json.dumps(counts, indent=2) + "\n")
 
+# ---------------------------------------------------------------------------
+# The two models on their own grids (data/fixtures/models/): Qwen-VL's adapter on non-square key grids, and
+# MiniCPM-V 2.5 / 2.6's resampler on batches of images of different grids, padded, with a key padding mask. Computed
+# by the torch.nn modules of resamplers.py (written from upstream's code), their intermediates captured by forward
+# hooks, in float64 from the float32 parameters and inputs, rounded to float32.
+
+MODELS_DIR = os.path.join(OUT_DIR, "models")
+
+# name, description, model, E, H, Kv, Q, grids (h, w) per image, max_grid (MiniCPM-V's table size)
+MODEL_CASES = [
+    ("qwen_wide", "Qwen-VL's adapter on a 3 x 5 key grid (a wide image): the 2 x 2 query table resized to (3, 5); "
+     "two images", "qwen_vl", 8, 2, 6, 4, [(3, 5), (3, 5)], None),
+    ("qwen_tall", "Qwen-VL's adapter on a 4 x 2 key grid: the 3 x 3 table resized up along the rows and down along "
+     "the columns; Kv == E (no kv_proj)", "qwen_vl", 8, 2, 8, 9, [(4, 2)], None),
+    ("minicpmv_mixed", "MiniCPM-V: three images of 2 x 3, 3 x 3 and 1 x 2 patches padded to L = 9 (noise in the "
+     "padding), a key padding mask; Q = 3 queries (no grid); the 70 x 70 table", "minicpm_v", 8, 2, 6, 3,
+     [(2, 3), (3, 3), (1, 2)], (70, 70)),
+    ("minicpmv_grown", "MiniCPM-V: a 2 x 5 and a 4 x 2 image, wider and taller than a 3 x 3 table, which upstream "
+     "rebuilds at 4 x 5 before slicing; three heads; Kv == E", "minicpm_v", 12, 3, 12, 4, [(2, 5), (4, 2)], (3, 3)),
+    ("minicpmv_single", "MiniCPM-V: one 3 x 4 image (no padding), one head", "minicpm_v", 8, 1, 10, 5, [(3, 4)],
+     (70, 70)),
+]
+
+
+def model_checkpoint_name(model, name):
+    """The checkpoint's name of a module parameter: Qwen-VL's under attn_pool. (its tail's bare, the prefix
+    transformer.visual. dropped as in the other fixtures), MiniCPM-V's under resampler."""
+    if model == "minicpm_v":
+        return "resampler." + name
+    return name if name in ("ln_post.weight", "ln_post.bias", "proj") else "attn_pool." + name
+
+
+def draw_model_params(gen, E, Kv, Q, affine=True):
+    """Random parameters by the modules' own names (in_proj packed), in the order drawn: the query, proj, kv_proj
+    (when Kv != E), in_proj, out_proj, then the LayerNorms (at 1 and 0 unless `affine`)."""
+    params = {"query": randn(gen, Q, E), "proj": randn(gen, E, E, scale=E ** -0.5)}
+    if Kv != E:
+        params["kv_proj.weight"] = randn(gen, E, Kv, scale=Kv ** -0.5)
+    params["attn.in_proj_weight"] = randn(gen, 3 * E, E, scale=E ** -0.5)
+    params["attn.in_proj_bias"] = randn(gen, 3 * E, scale=0.1)
+    params["attn.out_proj.weight"] = randn(gen, E, E, scale=E ** -0.5)
+    params["attn.out_proj.bias"] = randn(gen, E, scale=0.1)
+    for ln in ("ln_q", "ln_kv", "ln_post"):
+        params[ln + ".weight"] = 1.0 + randn(gen, E, scale=0.2) if affine else torch.ones(E)
+        params[ln + ".bias"] = randn(gen, E, scale=0.2) if affine else torch.zeros(E)
+    return params
+
+
+def model_module(model, E, H, Kv, Q, max_grid, exact_resize=True):
+    """The module of `model` in float64; Qwen-VL's key table from the exact resize (so that its ties round the same
+    way on every CPU; checked against F.interpolate's)."""
+    if model == "minicpm_v":
+        return MiniCPMVResampler(Q, E, H, Kv, max_grid).double()
+    module = QwenVLResampler(Q, E, H, Kv).double()
+    if exact_resize:
+        def exact_key_table(n_keys, grid, module=module):
+            grid = tuple(grid or (math.isqrt(n_keys),) * 2)
+            exact = resize_table_exact(module.pos_embed.detach(), module.grid_q, grid)
+            assert torch.allclose(exact, module.__class__.key_table(module, n_keys, grid), rtol=0, atol=1e-12)
+            return exact
+        module.key_table = exact_key_table
+    return module
+
+
+def run_model(model, module, x, grids):
+    """{trace name: float64 tensor} of `module` on x (N, L, Kv)."""
+    if model == "minicpm_v":
+        return trace_resampler(module, x, tgt_sizes=torch.tensor(grids))
+    return trace_resampler(module, x, grid=grids[0])
+
+
+def build_model_case(name, description, model, E, H, Kv, Q, grids, max_grid, seed):
+    gen = np.random.default_rng(seed)
+    N, L = len(grids), max(h * w for h, w in grids)
+    x = randn(gen, N, L, Kv)
+    params = draw_model_params(gen, E, Kv, Q)
+    module = model_module(model, E, H, Kv, Q, max_grid)
+    load_state(module, {k: v.double() for k, v in params.items()})
+    intermediates = run_model(model, module, x.double(), grids)
+    config = {"model": model, "embed_dim": E, "num_heads": H, "kv_dim": Kv, "n_queries": Q,
+              "grids": [list(g) for g in grids], "n_keys": L, "batch": N, "eps": EPS}
+    if max_grid:
+        config["max_grid"] = list(max_grid)
+    names = {n: model_checkpoint_name(model, n) for n in params}
+    fixture = {
+        **stamp(name, description, seed,
+                "the torch.nn modules of tests/reference/resamplers.py (upstream's computation) in float64 on the "
+                "float32 parameters and inputs, intermediates captured by forward hooks, rounded to float32"),
+        "config": config,
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "inputs": {"x": tensor_json(x)},
+        "params": {names[k]: tensor_json(v) for k, v in params.items()},
+        "intermediates": {k: tensor_json(v.float().contiguous()) for k, v in intermediates.items()},
+    }
+    return fixture, params, x
+
+
+# Command-line cases of the two models (data/cli/<name>/), like CLI_CASES: the weights stored under the real
+# checkpoint's names, MiniCPM-V's beside tensors of other parts of the model that the reader must skip.
+MODEL_CLI_CASES = {
+    "qwen_wide": {"dtype": "F32"},
+    "minicpmv_mixed": {"dtype": "BF16", "others": {"vpm.post_layernorm.weight": (6,), "llm.lm_head.weight": (16, 8)}},
+}
+
+
+def write_model_cli_case(case, params, x):
+    name, model, E, H, Kv, Q, grids, max_grid = case[0], case[2], case[3], case[4], case[5], case[6], case[7], case[8]
+    how = MODEL_CLI_CASES[name]
+    folder = os.path.join(CLI_DIR, name)
+    os.makedirs(folder, exist_ok=True)
+    stored = {k: as_stored(v, how["dtype"]) for k, v in params.items()}
+    module = model_module(model, E, H, Kv, Q, max_grid)
+    load_state(module, {k: v.double() for k, v in stored.items()})
+    expected = run_model(model, module, x.double(), grids)["proj"].float()
+    prefix = "" if model == "minicpm_v" else PREFIX
+    tensors = {prefix + model_checkpoint_name(model, k): v for k, v in stored.items()}
+    gen = np.random.default_rng(99)
+    for other, shape in how.get("others", {}).items():
+        tensors[other] = randn(gen, *shape)
+    write_safetensors(os.path.join(folder, "weights.safetensors"), tensors, how["dtype"])
+    np.save(os.path.join(folder, "x.npy"), x.numpy())
+    np.save(os.path.join(folder, "expected.npy"), expected.numpy())
+    case_json = {"description": "command-line case written by tests/reference/make_fixtures.py from fixture " + name,
+                 "model": model, "dtype": how["dtype"], "heads": H, "adapter_only": False,
+                 "pos_embed_stored": False, "tolerance": {"atol": ATOL, "rtol": RTOL}, "oracle": ORACLE,
+                 "weights": ["weights.safetensors"], "input": "x.npy", "expected": "expected.npy",
+                 "grids": ",".join("%dx%d" % g for g in grids)}
+    with open(os.path.join(folder, "case.json"), "w") as f:
+        f.write(json.dumps(case_json, indent=2) + "\n")
+    print("wrote %s/" % os.path.relpath(folder, REPO))
+
+
+def write_model_fixtures():
+    os.makedirs(MODELS_DIR, exist_ok=True)
+    for index, case in enumerate(MODEL_CASES):
+        path = os.path.join(MODELS_DIR, case[0] + ".json")
+        fixture, params, x = build_model_case(*case, seed=4000 + index)
+        with open(path, "w") as f:
+            f.write(dumps(fixture))
+        print("wrote %s" % os.path.relpath(path, REPO))
+        if case[0] in MODEL_CLI_CASES:
+            write_model_cli_case(case, params, x)
+
+
 
 def main():
     torch.set_num_threads(1)
@@ -702,6 +833,7 @@ def main():
     write_demo()
     print("wrote data/demo/ and data/fusion/")
     print("wrote %s" % os.path.relpath(write_training_golden(), REPO))
+    write_model_fixtures()
     return 0
 
 
