@@ -14,5 +14,6 @@ int fuse_command(const std::vector<std::string>& argv);    // cli/fuse.cpp
 int golden_command(const std::vector<std::string>& argv);  // cli/golden.cpp
 int table_command(const std::vector<std::string>& argv);   // cli/table.cpp
 int train_command(const std::vector<std::string>& argv);   // cli/train.cpp
+int compare_command(const std::vector<std::string>& argv); // cli/compare.cpp
 
 }  // namespace qwenvl::cli

@@ -12,6 +12,7 @@
 #include "io/fixture.hpp"
 #include "io/npy.hpp"
 #include "stages/01_feature_input.hpp"
+#include "stages/11_minicpmv.hpp"
 
 namespace qwenvl::cli {
 
@@ -70,9 +71,12 @@ Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
 }
 
 Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConfig& c, const TowerTail& tail,
-                       const Tensor3& x, const Matrix* mask, Trace& trace) {
-    if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, mask, &trace), c.eps, &trace);
-    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace);
+                       const Tensor3& x, const Matrix* mask, Trace& trace, const std::vector<Grid>& grids) {
+    if (c.model == Model::minicpm_v)  // the readable path: the fast path records no trace for MiniCPM-V
+        return tower_tail_forward(tail, minicpmv_forward(w, c, x, grids, kMiniCpmvMaxGrid, &trace), c.eps, &trace);
+    const Grid keys = grids.empty() ? Grid{} : grids[0];
+    if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, keys, mask, &trace), c.eps, &trace);
+    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace, keys);
     return fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x, mask, &trace), c.eps, &trace);
 }
 

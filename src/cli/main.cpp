@@ -6,6 +6,7 @@
 //   qwenvl-adapter fuse     splice image features into token embeddings between <img> and </img>
 //   qwenvl-adapter golden   every stage of a JSON fixture against the values PyTorch wrote
 //   qwenvl-adapter table    the sin-cos position table, or its bicubic resize to a key grid
+//   qwenvl-adapter compare  another implementation's intermediates against this project's, stage by stage
 //
 // Exit codes: 0 success, 1 bad input or a failed comparison (one line on stderr naming the file), 2 usage.
 #include <cstdio>
@@ -27,6 +28,7 @@ const char* kHelp =
     "  info     the tensors, config and parameter count of a checkpoint\n"
     "  fuse     splice image features into token embeddings between <img> and </img>\n"
     "  golden   every stage of a JSON fixture against PyTorch\n"
+    "  compare  another implementation's intermediates against this project's, stage by stage\n"
     "  table    write the sin-cos position table, or its bicubic resize to a key grid\n"
     "  train    train the adapter on the positions task (AdamW, the readable stages)\n"
     "\n"
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
         if (command == "golden") return golden_command(rest);
         if (command == "table") return table_command(rest);
         if (command == "train") return train_command(rest);
+        if (command == "compare") return compare_command(rest);
         throw UsageError("unknown command '" + command + "' (see --help)");
     } catch (const UsageError& e) {
         std::fprintf(stderr, "qwenvl-adapter: %s\n", e.what());

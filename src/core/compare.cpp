@@ -1,7 +1,12 @@
 #include "core/compare.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
+#include <vector>
 
 #include "core/shapes.hpp"
 
@@ -25,6 +30,50 @@ Comparison compare(const xt::xarray<float>& actual, const xt::xarray<float>& exp
         }
     }
     return c;
+}
+
+namespace {
+// A float's position on the number line of float32 values: consecutive floats differ by 1, -0 and +0 are both 0.
+std::int64_t ordinal(float f) {
+    std::int32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits < 0 ? -static_cast<std::int64_t>(bits & 0x7fffffff) : static_cast<std::int64_t>(bits);
+}
+}  // namespace
+
+double ulp_distance(float a, float b) {
+    if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::quiet_NaN();
+    return static_cast<double>(std::llabs(ordinal(a) - ordinal(b)));
+}
+
+Agreement agreement(const xt::xarray<float>& actual, const xt::xarray<float>& expected) {
+    Agreement g;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    double dot = 0.0, norm_a = 0.0, norm_b = 0.0, largest = 0.0;
+    std::vector<double> ulps;
+    ulps.reserve(expected.size());
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+        const float a = actual.data()[i], b = expected.data()[i];
+        if (!std::isfinite(a) || !std::isfinite(b)) {
+            ++g.non_finite;
+            continue;
+        }
+        g.max_abs = std::max(g.max_abs, std::fabs(static_cast<double>(a) - b));
+        largest = std::max(largest, std::fabs(static_cast<double>(b)));
+        dot += static_cast<double>(a) * b;
+        norm_a += static_cast<double>(a) * a;
+        norm_b += static_cast<double>(b) * b;
+        ulps.push_back(ulp_distance(a, b));
+    }
+    if (g.non_finite) return Agreement{nan, nan, nan, nan, nan, g.non_finite};
+    g.max_rel = largest > 0 ? g.max_abs / largest : (g.max_abs > 0 ? nan : 0.0);
+    g.cosine = norm_a > 0 && norm_b > 0 ? dot / std::sqrt(norm_a * norm_b) : (norm_a == norm_b ? 1.0 : 0.0);
+    if (!ulps.empty()) {
+        std::nth_element(ulps.begin(), ulps.begin() + ulps.size() / 2, ulps.end());
+        g.ulp_median = ulps[ulps.size() / 2];
+        g.ulp_max = *std::max_element(ulps.begin(), ulps.end());
+    }
+    return g;
 }
 
 namespace {

@@ -1,0 +1,253 @@
+// qwenvl-adapter compare: another implementation's intermediates against this project's, stage by stage, naming the
+// first stage where they part and what usually causes a difference there (docs/compare.md).
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+#include <xtensor/xmanipulation.hpp>
+#include <xtensor/xview.hpp>
+
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "core/compare.hpp"
+#include "io/checkpoint.hpp"
+#include "io/errors.hpp"
+#include "io/npy.hpp"
+
+namespace qwenvl::cli {
+
+namespace {
+const char* kCompareHelp =
+    "usage: qwenvl-adapter compare --weights FILE [--weights MORE ...] --input X.npy --theirs DIR\n"
+    "                              [--names MAP.json] [--grids HxW[,HxW...]] [--heads H] [--prefix P]\n"
+    "                              [--mask M.npy] [--atol A] [--rtol R] [--readable]\n"
+    "\n"
+    "Runs this project's forward pass on the weights and features with every intermediate recorded, reads\n"
+    "another implementation's intermediates from DIR (one .npy per stage), and prints for each stage in order:\n"
+    "the largest |theirs - ours|, that relative to the largest |ours|, the cosine similarity, and the median and\n"
+    "largest distance in float32 ULPs. The first stage beyond |theirs - ours| <= atol + rtol |ours| is marked, with\n"
+    "the usual causes of a difference there. Exit status 0: every stage found matches; 1: a stage differs.\n"
+    "\n"
+    "  --theirs DIR   the other implementation's intermediates: DIR/<stage>.npy under this project's names\n"
+    "                 (pos_q, pos_k, ln_q, query_in, q, kv_proj, ln_kv, key_in, k, v, scores, attn_weights,\n"
+    "                 attended, out, ln_post, proj; MiniCPM-V: key_padding_mask), or as --names maps them;\n"
+    "                 a stage without a file is skipped\n"
+    "  --names MAP    JSON {\"stages\": {\"ln_kv\": \"their_name.npy\", \"key_in\": {\"file\": \"k_in.npy\",\n"
+    "                 \"layout\": \"LNE\"}}}: layout LNE is nn.MultiheadAttention's (L, N, E) order, permuted to\n"
+    "                 (N, L, E); a file may also drop or add a batch axis of one\n"
+    "  --atol A, --rtol R   the tolerance (default 1e-4 and 1e-3: float32 ports of the real checkpoint stay\n"
+    "                 inside it, a bf16-rounded table does not; docs/precision.md)\n"
+    "  the other options as for run: --grids for non-square or MiniCPM-V's grids, --readable for the readable\n"
+    "  stages (MiniCPM-V always runs them)\n";
+
+struct TheirFile {
+    std::string file;    // relative to --theirs
+    std::string layout;  // "" or "LNE"
+};
+
+// The name map: our stage -> their file and layout. Every stage defaults to DIR/<stage>.npy.
+std::map<std::string, TheirFile> read_name_map(const std::string& path) {
+    std::map<std::string, TheirFile> map;
+    if (path.empty()) return map;
+    std::ifstream in = open_input(path);
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw InputError(path, std::string("not valid JSON (") + e.what() + ")");
+    }
+    if (!j.is_object() || !j.contains("stages") || !j["stages"].is_object())
+        throw InputError(path, "expected {\"stages\": {\"<our stage>\": \"<file>.npy\" or {\"file\": ..., \"layout\": ...}}}");
+    for (const auto& [stage, value] : j["stages"].items()) {
+        TheirFile f;
+        if (value.is_string()) {
+            f.file = value.get<std::string>();
+        } else if (value.is_object() && value.contains("file") && value["file"].is_string()) {
+            f.file = value["file"].get<std::string>();
+            f.layout = value.value("layout", "");
+            if (f.layout != "" && f.layout != "LNE" && f.layout != "NLE")
+                throw InputError(path, "stage '" + stage + "': unknown layout '" + f.layout + "' (LNE or NLE)");
+        } else {
+            throw InputError(path, "stage '" + stage + "': expected a file name or {\"file\": ..., \"layout\": ...}");
+        }
+        if (describe_stage(stage).empty()) throw InputError(path, "'" + stage + "' is not one of this project's stages");
+        map[stage] = f;
+    }
+    return map;
+}
+
+// Their tensor in our layout: LNE permuted to NLE; then a batch axis of one dropped or added, or the same values
+// reshaped when only the shape's split differs. `note` says what was done; empty shape on failure.
+xt::xarray<float> to_our_layout(xt::xarray<float> theirs, const std::string& layout, const std::vector<std::size_t>& ours,
+                                std::string& note) {
+    if (layout == "LNE") {
+        if (theirs.dimension() != 3) return {};
+        theirs = xt::xarray<float>(xt::transpose(theirs, {1, 0, 2}));
+        note = "(L, N, E) permuted";
+    }
+    const std::vector<std::size_t> shape = shape_of(theirs);
+    if (shape == ours) return theirs;
+    std::size_t count = 1;
+    for (std::size_t d : ours) count *= d;
+    if (theirs.size() == count) {
+        note += std::string(note.empty() ? "" : ", ") + "reshaped from " + shape_string(shape);
+        return xt::xarray<float>(xt::reshape_view(theirs, ours));
+    }
+    // (N, Q, E) of the same query rows repeated per image (nn.MultiheadAttention's query): their first image
+    if (theirs.dimension() == ours.size() + 1 && std::vector<std::size_t>(shape.begin() + 1, shape.end()) == ours) {
+        note += std::string(note.empty() ? "" : ", ") + "their first of " + std::to_string(shape[0]);
+        return xt::xarray<float>(xt::view(theirs, 0));
+    }
+    return {};
+}
+
+// What usually makes a port differ at each stage (issues of llama.cpp, vLLM, OpenVINO and others; docs/compare.md).
+const std::map<std::string, std::vector<std::string>>& usual_causes() {
+    static const std::map<std::string, std::vector<std::string>> causes = {
+        {"pos_q",
+         {"the sines and cosines swapped or interleaved (MAE's table: all sines, then all cosines)",
+          "the w/h order of the two halves: with numpy's meshgrid 'xy' the FIRST half encodes the column w",
+          "a stored table rounded to bf16 (errors up to 2^-9 = 1.95e-3) or computed in float64",
+          "MiniCPM-V 2.5/2.6 has no query table: a port that adds one differs from q on"}},
+        {"pos_k",
+         {"the resize convention: bicubic with align_corners=False, A = -0.75, the half-pixel offset, no antialias",
+          "h and w exchanged for a non-square grid (F.interpolate's size is (h, w))",
+          "MiniCPM-V: the table sliced [:h, :w] by rows and columns, not its first h*w rows, and not resized",
+          "the table of the wrong image in a batch of mixed sizes"}},
+        {"key_padding_mask",
+         {"the mask inverted: PyTorch's key_padding_mask is TRUE where a key is padding and ignored",
+          "the lengths: image n has h*w patches, the rest of its rows are padding"}},
+        {"ln_q", {"LayerNorm eps (1e-6 here; nn.LayerNorm's default is 1e-5) or eps outside the square root",
+                  "the unbiased variance (divided by E - 1) instead of the biased one",
+                  "ln_q's weight and bias exchanged, or ln_kv's used"}},
+        {"query_in", {"the query table added to the queries or not (Qwen-VL adds the un-resized 16 x 16 table)",
+                      "the resized key table added instead of the query table"}},
+        {"q", {"in_proj split in the wrong order (rows [0, E) are W_q, [E, 2E) W_k, [2E, 3E) W_v)",
+               "the weight used untransposed (nn.Linear computes x W^T + b) or the bias left out",
+               "MiniCPM-V: a position table added to the queries"}},
+        {"kv_proj", {"kv_proj's weight untransposed (it is (E, Kv), applied as x W^T)",
+                     "kv_proj applied when Kv == E (it is nn.Identity there)", "the features of another image or layer"}},
+        {"ln_kv", {"LayerNorm eps or unbiased variance, as for ln_q", "ln_kv's parameters exchanged with ln_q's"}},
+        {"key_in", {"the key table missing, or added after the key projection instead of before it"}},
+        {"k", {"in_proj's rows [E, 2E) not the ones used", "the weight untransposed or the bias left out"}},
+        {"v", {"the position table added to the values too (only the keys get it)", "in_proj's rows [2E, 3E)"}},
+        {"scores",
+         {"q scaled by 1/sqrt(Dh) or not (PyTorch scales q before the product; Dh = E / H, not E)",
+          "the heads split wrongly: head h is channels [h Dh, (h+1) Dh) of q and k",
+          "a mask already added (this stage is before the mask)"}},
+        {"attn_weights",
+         {"the mask: inverted, added after the softmax, or for the wrong image",
+          "the softmax over the queries instead of the keys", "bf16 scores before the softmax"}},
+        {"attended", {"the heads concatenated in another order, or weights @ v transposed"}},
+        {"out", {"out_proj's weight untransposed or its bias left out"}},
+        {"ln_post", {"LayerNorm eps or unbiased variance, as for ln_q"}},
+        {"proj", {"proj used as an nn.Linear weight (x proj^T) instead of x @ proj: it is a bare parameter"}},
+    };
+    return causes;
+}
+
+double parse_tolerance(const Args& args, const std::string& flag, double fallback) {
+    if (!args.has(flag)) return fallback;
+    const std::string text = args.get(flag);
+    char* end = nullptr;
+    const double value = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !(value >= 0) || !std::isfinite(value))
+        throw UsageError("compare: " + flag + " takes a non-negative number, got '" + text + "'");
+    return value;
+}
+}  // namespace
+
+int compare_command(const std::vector<std::string>& argv) {
+    const Args args = parse_args("compare", argv,
+                                 {"--weights", "--input", "--theirs", "--names", "--grids", "--heads", "--prefix", "--mask",
+                                  "--atol", "--rtol"},
+                                 {"--readable"});
+    if (args.help) return std::printf("%s", kCompareHelp), 0;
+    if (!args.has("--weights")) throw UsageError("compare: --weights is required (see compare --help)");
+    const std::string input = args.required("compare", "--input");
+    const std::string theirs_dir = args.required("compare", "--theirs");
+    const double atol = parse_tolerance(args, "--atol", 1e-4), rtol = parse_tolerance(args, "--rtol", 1e-3);
+    const std::size_t heads = args.has("--heads") ? parse_count("compare", "--heads", args.get("--heads")) : 0;
+    if (!std::filesystem::is_directory(theirs_dir)) throw InputError(theirs_dir, "not a folder of .npy intermediates");
+    const std::map<std::string, TheirFile> names = read_name_map(args.get("--names"));
+
+    WeightFiles files;
+    for (const auto& path : args.values.at("--weights")) files.add(path);
+    const LoadedAdapter m = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, true);
+    const AdapterConfig& c = m.config;
+    std::vector<Grid> grids;
+    if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
+    const Tensor3 x = read_features(input, c.kv_dim, nullptr, grids.empty());
+    if (grids.size() == 1) grids.resize(x.shape(0), grids[0]);
+    if (c.model == Model::minicpm_v && grids.empty()) grids.resize(x.shape(0), key_grid(x.shape(1), Grid{}, "compare: L"));
+    Matrix mask;
+    if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
+    const bool readable = args.flags.at("--readable") || c.model == Model::minicpm_v;
+    Trace ours;
+    if (m.has_tail)
+        traced_forward(readable, m.weights, c, m.tail, x, args.has("--mask") ? &mask : nullptr, ours, grids);
+    else
+        throw InputError(files.files().front(), "has no ln_post and proj: compare needs the whole resampler");
+
+    std::printf("compare: %s's resampler on %s (%s path) against %s\n", model_name(c.model), input.c_str(),
+                readable ? "readable" : "fast", theirs_dir.c_str());
+    std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n\n", atol, rtol);
+    std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
+                "ULPs median/max", "");
+    std::string first_bad;
+    std::size_t found = 0, differ = 0;
+    for (const auto& stage : ours.names()) {
+        const xt::xarray<float>& mine = ours.get(stage);
+        const auto it = names.find(stage);
+        const TheirFile their = it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
+        const std::string path = theirs_dir + "/" + their.file;
+        if (!std::filesystem::exists(path)) {
+            std::printf("  %-17s %-16s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
+            continue;
+        }
+        ++found;
+        std::string note;
+        const xt::xarray<float> theirs = to_our_layout(read_npy_float(path), their.layout, shape_of(mine), note);
+        bool ok = false;
+        char line[160];
+        if (theirs.dimension() == 0) {
+            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(read_npy_float(path))).c_str(),
+                          their.file.c_str());
+        } else {
+            const Agreement g = agreement(theirs, mine);
+            ok = compare(theirs, mine, atol, rtol).ok();
+            if (g.non_finite)
+                std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
+            else
+                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %7.0f/%-8.0f", g.max_abs, g.max_rel, g.cosine,
+                              g.ulp_median, g.ulp_max);
+        }
+        const bool first = !ok && first_bad.empty();
+        if (!ok) ++differ;
+        if (first) first_bad = stage;
+        std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line,
+                    ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
+                    note.empty() ? "" : ("   [" + note + "]").c_str());
+    }
+    if (found == 0) throw InputError(theirs_dir, "holds none of the stages' files (see compare --help for the names)");
+    std::printf("\n");
+    if (first_bad.empty()) {
+        std::printf("MATCH: all %zu stages found agree within tolerance\n", found);
+        return 0;
+    }
+    std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
+                first_bad.c_str(), describe_stage(first_bad).c_str());
+    const auto causes = usual_causes().find(first_bad);
+    if (causes != usual_causes().end()) {
+        std::printf("usual causes of a difference at '%s':\n", first_bad.c_str());
+        for (const auto& cause : causes->second) std::printf("  - %s\n", cause.c_str());
+    }
+    std::printf("(every stage before it matched: the mistake is in this stage's own computation or its parameters)\n");
+    return 1;
+}
+
+}  // namespace qwenvl::cli
