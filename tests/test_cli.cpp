@@ -732,3 +732,67 @@ TEST_CASE("cli: train refuses bad flags and files with one line and writes nothi
     const Result resume = cli("train --out " + q(out) + " --resume");
     expect_rejected(resume, {out + "/adapter.safetensors"}, out + "/loss.csv", 1);
 }
+
+// --- compare: another implementation's intermediates against this project's (docs/compare.md) ---
+
+namespace {
+const std::string kQwenWide = "compare --weights " + q(kData + "/cli/qwen_wide/weights.safetensors") + " --heads 2 --input " +
+                              q(kData + "/cli/qwen_wide/x.npy") + " --grids 3x5";
+const std::string kMiniCpmv = "compare --weights " + q(kData + "/cli/minicpmv_mixed/weights.safetensors") +
+                              " --heads 2 --input " + q(kData + "/cli/minicpmv_mixed/x.npy") + " --grids 2x3,3x3,1x2";
+}  // namespace
+
+TEST_CASE("compare: PyTorch's own dump of both models matches, stage by stage", "[cli][compare]") {
+    for (const auto& [args, dump] : {std::pair{kQwenWide, std::string("qwen_wide")}, std::pair{kMiniCpmv, std::string("minicpmv_mixed")}}) {
+        DYNAMIC_SECTION(dump) {
+            const Result r = cli(args + " --theirs " + q(kData + "/compare/" + dump + "/pytorch"));
+            INFO(r.out << r.err);
+            CHECK(r.code == 0);
+            CHECK_THAT(r.out, Contains("MATCH: all 1"));
+            CHECK_THAT(r.out, Contains("cosine"));
+            CHECK_THAT(r.out, !Contains("DIFFERS"));
+        }
+    }
+}
+
+TEST_CASE("compare: a name map and nn.MultiheadAttention's (L, N, E) layout are followed", "[cli][compare]") {
+    const std::string dir = kData + "/compare/qwen_wide/renamed";
+    const Result mapped = cli(kQwenWide + " --theirs " + q(dir) + " --names " + q(dir + "/names.json"));
+    INFO(mapped.out << mapped.err);
+    CHECK(mapped.code == 0);
+    CHECK_THAT(mapped.out, Contains("MATCH: all 16 stages found"));  // five of them under their own names
+    CHECK_THAT(mapped.out, Contains("(L, N, E) permuted"));
+    // without the map, the renamed files are not found, and a layout left out makes key_in differ
+    TempDir tmp;
+    std::ofstream(tmp / "names.json") << R"({"stages": {"key_in": ")" << dir << R"(/attn.key.npy"}})";
+    const Result unpermuted = cli(kQwenWide + " --theirs / --names " + q(tmp / "names.json"));
+    CHECK(unpermuted.code == 1);
+    CHECK_THAT(unpermuted.out, Contains("the first is 'key_in'"));
+}
+
+TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
+    TempDir tmp;
+    std::ofstream(tmp / "bad.json") << "{\"stages\": {\"ln_kv\": 3}}";
+    std::ofstream(tmp / "unknown.json") << "{\"stages\": {\"ln_kvv\": \"x.npy\"}}";
+    std::ofstream(tmp / "broken.json") << "{\"stages\": ";
+    const std::string dump = " --theirs " + q(kData + "/compare/qwen_wide/pytorch");
+    const struct {
+        std::string args, message;
+        int code;
+    } cases[] = {
+        {kQwenWide + dump + " --names " + q(tmp / "bad.json"), "bad.json: stage 'ln_kv': expected a file name", 1},
+        {kQwenWide + dump + " --names " + q(tmp / "unknown.json"), "'ln_kvv' is not one of this project's stages", 1},
+        {kQwenWide + dump + " --names " + q(tmp / "broken.json"), "broken.json: not valid JSON", 1},
+        {kQwenWide + " --theirs " + q(tmp / "nowhere"), "nowhere: not a folder of .npy intermediates", 1},
+        {kQwenWide + " --theirs " + q(tmp.path.string()), "holds none of the stages' files", 1},
+        {kQwenWide + dump + " --atol -1", "--atol takes a non-negative number", 2},
+        {kQwenWide + " --grids 4x4" + dump, "x.npy: a grid of 4x4 = 16 patches is not the features' patch count L = 15", 1},
+    };
+    for (const auto& c : cases) {
+        const Result r = cli(c.args);
+        INFO(c.args << "\n" << r.err);
+        CHECK(r.code == c.code);
+        CHECK_THAT(r.err, Contains(c.message));
+        CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    }
+}

@@ -59,6 +59,26 @@ std::vector<Grid> parse_grids(const std::string& command, const std::string& fla
     return grids;
 }
 
+std::vector<Grid> batch_grids(const std::string& command, const std::string& input, std::vector<Grid> grids,
+                              const Tensor3& x, Model model) {
+    const std::size_t N = x.shape(0), L = x.shape(1);
+    const bool minicpmv = model == Model::minicpm_v;
+    if (grids.empty()) grids.push_back(key_grid(L, Grid{}, (command + ": the patch count L").c_str()));
+    if (grids.size() == 1) grids.resize(N, grids[0]);
+    if (grids.size() != N)
+        throw UsageError(command + ": --grids gives " + std::to_string(grids.size()) + " grids for " + std::to_string(N) +
+                         " images");
+    for (const Grid& g : grids) {
+        if (!minicpmv && (g.h != grids[0].h || g.w != grids[0].w))
+            throw UsageError(command + ": Qwen-VL's adapter takes one key grid for the whole batch (--grids HxW)");
+        if (minicpmv ? g.cells() > L : g.cells() != L)
+            throw InputError(input, "a grid of " + std::to_string(g.h) + "x" + std::to_string(g.w) + " = " +
+                                        std::to_string(g.cells()) + " patches " + (minicpmv ? "exceeds" : "is not") +
+                                        " the features' patch count L = " + std::to_string(L));
+    }
+    return grids;
+}
+
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
     bool is_bool = false;
     const xt::xarray<float> raw = read_npy(path, &is_bool);
@@ -83,7 +103,7 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConf
 std::string describe_stage(const std::string& name) {
     static const std::map<std::string, std::string> what = {
         {"pos_q", "02  P_q: the 2D sin-cos table of the query grid"},
-        {"pos_k", "03  P_k: P_q resized bicubically to the key grid"},
+        {"pos_k", "03  P_k: the key table (P_q resized; MiniCPM-V: sliced)"},
         {"key_padding_mask", "11  MiniCPM-V: 1 where a key is padding"},
         {"ln_q", "04  LayerNorm of the learned queries (ln_q)"},
         {"query_in", "07  ln_q + P_q: the query before its projection"},

@@ -25,6 +25,12 @@ Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatch
 // "3x5" or "2x3,3x3,1x2": one grid (h, w) per image, or one for every image. UsageError naming the flag.
 std::vector<Grid> parse_grids(const std::string& command, const std::string& flag, const std::string& text);
 
+// The grids of a batch x (N, L, Kv) from --grids: none = the square grid of L; one = the same for every image; else
+// one per image. Qwen-VL: one grid for the batch, of exactly L cells; MiniCPM-V: at most L cells each (the rest
+// padding). InputError naming `input` or UsageError otherwise.
+std::vector<Grid> batch_grids(const std::string& command, const std::string& input, std::vector<Grid> grids,
+                              const Tensor3& x, Model model);
+
 // A (Q, L) mask from .npy: float32 added to the scores, or bool where true = masked. InputError naming the file.
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);
 

@@ -182,8 +182,7 @@ int compare_command(const std::vector<std::string>& argv) {
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
     const Tensor3 x = read_features(input, c.kv_dim, nullptr, grids.empty());
-    if (grids.size() == 1) grids.resize(x.shape(0), grids[0]);
-    if (c.model == Model::minicpm_v && grids.empty()) grids.resize(x.shape(0), key_grid(x.shape(1), Grid{}, "compare: L"));
+    grids = batch_grids("compare", input, grids, x, c.model);
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
     const bool readable = args.flags.at("--readable") || c.model == Model::minicpm_v;

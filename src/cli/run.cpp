@@ -80,18 +80,7 @@ int run_command(const std::vector<std::string>& argv) {
     bool unbatched = false;
     const Tensor3 x = read_features(input, c.kv_dim, &unbatched, grids.empty());
     const std::size_t N = x.shape(0), L = x.shape(1);
-    if (grids.empty()) grids.push_back(key_grid(L, Grid{}, "run: the patch count L"));
-    if (grids.size() == 1) grids.resize(N, grids[0]);
-    if (grids.size() != N)
-        throw UsageError("run: --grids gives " + std::to_string(grids.size()) + " grids for " + std::to_string(N) + " images");
-    for (const Grid& g : grids) {
-        if (!minicpmv && (g.h != grids[0].h || g.w != grids[0].w))
-            throw UsageError("run: Qwen-VL's adapter takes one key grid for the whole batch (--grids HxW)");
-        if (minicpmv ? g.cells() > L : g.cells() != L)
-            throw InputError(input, "a grid of " + std::to_string(g.h) + "x" + std::to_string(g.w) + " = " +
-                                        std::to_string(g.cells()) + " patches " + (minicpmv ? "exceeds" : "is not") +
-                                        " the features' L = " + std::to_string(L));
-    }
+    grids = batch_grids("run", input, grids, x, c.model);
     if (minicpmv && args.has("--mask"))
         throw UsageError("run: MiniCPM-V takes no --mask: its key padding mask comes from --grids");
     Matrix mask;

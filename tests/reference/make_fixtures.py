@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from safetensors_io import TORCH_DTYPES, write_safetensors  # noqa: E402  (beside this file)
+from safetensors_io import TORCH_DTYPES, read_safetensors, write_safetensors  # noqa: E402  (beside this file)
 from resamplers import MiniCPMVResampler, QwenVLResampler, load_state, trace_resampler  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -817,6 +817,177 @@ def write_model_fixtures():
 
 
 
+# ---------------------------------------------------------------------------
+# `compare`'s proof (data/compare/): PyTorch's own dump of two shipped command-line cases (the modules of
+# resamplers.py, captured by trace_resampler as dump_pytorch.py captures a porter's), the same dump under other
+# names with a name map and nn.MultiheadAttention's (L, N, E) layout, and dumps of a "port" with one usual mistake
+# injected each, computed step by step below, with the stage where `compare` must see the first difference.
+
+COMPARE_DIR = os.path.join(REPO, "data", "compare")
+
+# case, mistake, the first stage it changes, what it is
+MISTAKES = [
+    ("qwen_wide", "sincos_halves", "pos_q", "each half of the table as cosines then sines"),
+    ("qwen_wide", "meshgrid_hw", "pos_q", "the first half encodes the row h, the second the column w"),
+    ("qwen_wide", "bf16_table", "pos_q", "the query table stored in bf16, as a bf16 checkpoint stores pos_embed"),
+    ("qwen_wide", "align_corners", "pos_k", "the key table resized with align_corners=True"),
+    ("qwen_wide", "resize_hw_swapped", "pos_k", "a non-square key grid resized to (w, h) instead of (h, w)"),
+    ("qwen_wide", "layernorm_unbiased", "ln_q", "every LayerNorm with the unbiased variance (divided by E - 1)"),
+    ("qwen_wide", "no_key_table", "key_in", "the key table left out of the keys"),
+    ("qwen_wide", "value_position", "v", "the key table added to the values too"),
+    ("qwen_wide", "q_unscaled", "scores", "q not scaled by 1/sqrt(Dh) before the product"),
+    ("qwen_wide", "proj_transposed", "proj", "proj used as an nn.Linear weight: x proj^T"),
+    ("minicpmv_mixed", "mask_inverted", "key_padding_mask", "the key padding mask inverted (true = a real patch)"),
+    ("minicpmv_mixed", "query_table", "q", "a position table added to the queries, as Qwen-VL and MiniCPM-V 2.0 do"),
+    ("minicpmv_mixed", "table_first_rows", "pos_k", "each image's table as the first h*w rows of the 70 x 70 table"),
+    ("minicpmv_mixed", "q_unscaled", "scores", "q not scaled by 1/sqrt(Dh) before the product"),
+]
+
+
+def port_table(E, h, w, mistake):
+    """A port's 2D sin-cos table of an h x w grid, (h*w, E) float64, with its mistake."""
+    columns, rows = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    first, second = (rows, columns) if mistake == "meshgrid_hw" else (columns, rows)
+    halves = [torch.from_numpy(sincos_1d(E // 2, first)), torch.from_numpy(sincos_1d(E // 2, second))]
+    if mistake == "sincos_halves":
+        halves = [torch.cat([t[:, E // 4:], t[:, :E // 4]], dim=1) for t in halves]
+    table = torch.cat(halves, dim=1).double()
+    return table.to(torch.bfloat16).double() if mistake == "bf16_table" else table
+
+
+def port_forward(model, p, x, grids, H, mistake=None):
+    """A port of either model, step by step in float64 on module-named parameters `p`, with one mistake injected
+    (None: none). Returns every intermediate under the trace's names."""
+    query = p["query"]
+    Q, E = query.shape
+    N, L, Kv = x.shape
+    Dh = E // H
+    t = {}
+
+    def ln(v, name):
+        if mistake == "layernorm_unbiased":
+            mean, var = v.mean(-1, keepdim=True), v.var(-1, unbiased=True, keepdim=True)
+            return (v - mean) / torch.sqrt(var + EPS) * p[name + ".weight"] + p[name + ".bias"]
+        return F.layer_norm(v, (E,), p[name + ".weight"], p[name + ".bias"], EPS)
+
+    if model == "qwen_vl":
+        Gq = math.isqrt(Q)
+        h, w = grids[0]
+        t["pos_q"] = port_table(E, Gq, Gq, mistake)
+        image = t["pos_q"].reshape(1, Gq, Gq, E).permute(0, 3, 1, 2)
+        size = (w, h) if mistake == "resize_hw_swapped" else (h, w)
+        if mistake == "align_corners":
+            resized = F.interpolate(image, size=size, mode="bicubic", align_corners=True)
+        else:
+            resized = resize_table_exact(t["pos_q"], Gq, size).reshape(1, size[0], size[1], E).permute(0, 3, 1, 2)
+        t["pos_k"] = resized.permute(0, 2, 3, 1).reshape(L, E)
+        pos_k = t["pos_k"].expand(N, L, E)
+    else:
+        tables, padding = torch.zeros(N, L, E, dtype=torch.float64), torch.zeros(N, L, dtype=torch.float64)
+        big = port_table(E, 70, 70, mistake)
+        for n, (h, w) in enumerate(grids):
+            if mistake == "table_first_rows":
+                tables[n, :h * w] = big[:h * w]
+            else:
+                tables[n, :h * w] = big.reshape(70, 70, E)[:h, :w].reshape(h * w, E)
+            padding[n, h * w:] = 1.0
+        if mistake == "mask_inverted":
+            padding = 1.0 - padding
+        pos_k = tables
+    t["ln_q"] = ln(query, "ln_q")
+    if model == "qwen_vl":
+        t["query_in"] = t["ln_q"] + t["pos_q"]
+        query_in = t["query_in"]
+    else:
+        query_in = t["ln_q"] + (port_table(E, 1, Q, None) if mistake == "query_table" else 0.0)
+    w_q, w_k, w_v = p["attn.in_proj_weight"].chunk(3)
+    b_q, b_k, b_v = p["attn.in_proj_bias"].chunk(3)
+    t["q"] = F.linear(query_in, w_q, b_q)
+    if model == "minicpm_v":
+        t["pos_k"], t["key_padding_mask"] = pos_k, padding
+    t["kv_proj"] = F.linear(x, p["kv_proj.weight"]) if "kv_proj.weight" in p else x * 1.0
+    t["ln_kv"] = ln(t["kv_proj"], "ln_kv")
+    t["key_in"] = t["ln_kv"] + (0.0 if mistake == "no_key_table" else pos_k)
+    t["k"] = F.linear(t["key_in"], w_k, b_k)
+    t["v"] = F.linear(t["ln_kv"] + (pos_k if mistake == "value_position" else 0.0), w_v, b_v)
+    scale = 1.0 if mistake == "q_unscaled" else 1.0 / math.sqrt(Dh)
+    qh = (t["q"] * scale).reshape(Q, H, Dh).permute(1, 0, 2)
+    kh = t["k"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    vh = t["v"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    t["scores"] = torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1))
+    masked = t["scores"]
+    if model == "minicpm_v":
+        masked = masked.masked_fill(t["key_padding_mask"].bool()[:, None, None, :], float("-inf"))
+    t["attn_weights"] = torch.softmax(masked, dim=-1)
+    t["attended"] = torch.matmul(t["attn_weights"], vh).permute(0, 2, 1, 3).reshape(N, Q, E)
+    t["out"] = F.linear(t["attended"], p["attn.out_proj.weight"], p["attn.out_proj.bias"])
+    t["ln_post"] = ln(t["out"], "ln_post")
+    t["proj"] = t["ln_post"] @ (p["proj"].T if mistake == "proj_transposed" else p["proj"])
+    return t
+
+
+def save_dump(folder, trace, names=None, layouts=()):
+    """Each intermediate as folder/<name>.npy in float32 (under names[stage] when given; stages in `layouts` in
+    nn.MultiheadAttention's (L, N, E) order)."""
+    os.makedirs(folder, exist_ok=True)
+    for stage, value in trace.items():
+        value = value.float()
+        if stage in layouts:
+            value = value.permute(1, 0, 2)
+        np.save(os.path.join(folder, (names or {}).get(stage, stage) + ".npy"), np.ascontiguousarray(value.numpy()))
+
+
+# How `compare` runs each case: its arguments but --theirs, relative to the repository.
+COMPARE_ARGUMENTS = {
+    "qwen_wide": "--weights data/cli/qwen_wide/weights.safetensors --heads 2 --input data/cli/qwen_wide/x.npy --grids 3x5",
+    "minicpmv_mixed": "--weights data/cli/minicpmv_mixed/weights.safetensors --heads 2 --input data/cli/minicpmv_mixed/x.npy "
+                      "--grids 2x3,3x3,1x2",
+}
+
+
+def write_compare_cases():
+    """The cases' stored weights (data/cli/<case>/), PyTorch's dump, the renamed dump and the mistakes."""
+    cases = {c[0]: c for c in MODEL_CASES}
+    listing = []
+    for name in ("qwen_wide", "minicpmv_mixed"):
+        case = cases[name]
+        model, E, H, Kv, Q, grids, max_grid = case[2], case[3], case[4], case[5], case[6], case[7], case[8]
+        stored = {k.split("attn_pool.")[-1].replace("resampler.", "").replace(PREFIX, ""): torch.from_numpy(v)
+                  for k, v in read_safetensors(os.path.join(CLI_DIR, name, "weights.safetensors")).items()
+                  if k.startswith(("resampler.", PREFIX))}
+        params = {k: v.double() for k, v in stored.items()}
+        x = torch.from_numpy(np.load(os.path.join(CLI_DIR, name, "x.npy"))).double()
+        module = model_module(model, E, H, Kv, Q, max_grid)
+        load_state(module, params)
+        reference = run_model(model, module, x, grids)
+        folder = os.path.join(COMPARE_DIR, name)
+        save_dump(os.path.join(folder, "pytorch"), reference)
+        port = port_forward(model, params, x, grids, H)
+        for stage, value in reference.items():      # the port without a mistake is PyTorch's computation
+            assert torch.allclose(port[stage], value, rtol=1e-9, atol=1e-12), (name, stage)
+        if name == "qwen_wide":                       # the same dump under a porter's names and layout
+            names = {"ln_kv": "resampler.ln_kv.out", "key_in": "attn.key", "v": "attn.v_proj",
+                     "out": "attn.out", "proj": "visual.output"}
+            save_dump(os.path.join(folder, "renamed"), reference, names, layouts=("key_in", "out"))
+            name_map = {"stages": {"ln_kv": "resampler.ln_kv.out.npy", "key_in": {"file": "attn.key.npy", "layout": "LNE"},
+                                   "v": "attn.v_proj.npy", "out": {"file": "attn.out.npy", "layout": "LNE"},
+                                   "proj": "visual.output.npy"}}
+            with open(os.path.join(folder, "renamed", "names.json"), "w") as f:
+                f.write(json.dumps(name_map, indent=2) + "\n")
+        for case_name, mistake, first, what in MISTAKES:
+            if case_name != name:
+                continue
+            trace = port_forward(model, params, x, grids, H, mistake)
+            save_dump(os.path.join(folder, "mistakes", mistake), trace)
+            listing.append({"case": name, "mistake": mistake, "first_stage": first, "what": what,
+                            "dump": "data/compare/%s/mistakes/%s" % (name, mistake),
+                            "arguments": COMPARE_ARGUMENTS[name]})
+    with open(os.path.join(COMPARE_DIR, "mistakes.json"), "w") as f:
+        f.write(json.dumps({"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
+                            "mistakes": listing}, indent=2) + "\n")
+    print("wrote data/compare/ (%d mistakes)" % len(listing))
+
+
 def main():
     torch.set_num_threads(1)
     write_parameter_counts()
@@ -834,6 +1005,7 @@ def main():
     print("wrote data/demo/ and data/fusion/")
     print("wrote %s" % os.path.relpath(write_training_golden(), REPO))
     write_model_fixtures()
+    write_compare_cases()
     return 0
 
 

@@ -1,0 +1,142 @@
+#!/usr/bin/python3
+"""Dump a resampler's intermediates from PyTorch, under this project's stage names, for `qwenvl-adapter compare`.
+
+    /usr/bin/python3 tests/reference/dump_pytorch.py --weights model.safetensors --input x.npy --out DIR
+        [--grids 24x32,32x24] [--heads H] [--module upstream/resampler.py] [--dtype float32|bfloat16|float16]
+
+Reads the checkpoint (safetensors, one file, several, or a model.safetensors.index.json), tells the model from its
+names as the C++ does (transformer.visual.attn_pool.* is Qwen-VL's adapter with the tower's ln_post and proj;
+resampler.* without a stored pos_embed is MiniCPM-V 2.5 / 2.6's resampler), builds the module, loads the weights,
+runs it on the features x (N, L, Kv) and writes DIR/<stage>.npy for every stage (float32), the names `compare`
+reads. The intermediates come from forward hooks and the attention's call (resamplers.trace_resampler).
+
+--module FILE uses upstream's own Resampler class from FILE instead of this project's restatement
+(tests/reference/resamplers.py), for MiniCPM-V: its resampler.py from the Hugging Face repository (the hooks find
+the same submodules). Its `transformers` import is stubbed when transformers is not installed (only
+is_deepspeed_zero3_enabled is used, and False is its answer off DeepSpeed). On a torch older than 2.0 (Debian 12
+has 1.13), upstream's MultiheadAttention subclass, which calls torch 2's private helpers, is replaced by
+nn.MultiheadAttention, the class it subclasses; the script says so. --dtype runs the module in bf16 or f16,
+as a low-precision deployment would (inputs and weights converted; the dump is written in float32).
+
+Then, with the same weights and features:
+
+    qwenvl-adapter compare --weights model.safetensors --input x.npy --grids ... --theirs DIR
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resamplers import MiniCPMVResampler, QwenVLResampler, load_state, trace_resampler  # noqa: E402
+from safetensors_io import read_safetensors  # noqa: E402
+
+
+def read_checkpoint(paths):
+    tensors = {}
+    for path in paths:
+        if path.endswith(".json"):
+            index = json.load(open(path))
+            folder = os.path.dirname(path)
+            for shard in sorted(set(index["weight_map"].values())):
+                tensors.update(read_safetensors(os.path.join(folder, shard)))
+        else:
+            tensors.update(read_safetensors(path))
+    return tensors
+
+
+def layout(tensors):
+    """(model, {module parameter name: tensor}) from the checkpoint's names."""
+    if "transformer.visual.attn_pool.query" in tensors:
+        params = {k[len("transformer.visual.attn_pool."):]: v for k, v in tensors.items()
+                  if k.startswith("transformer.visual.attn_pool.")}
+        for k in ("ln_post.weight", "ln_post.bias", "proj"):
+            params[k] = tensors["transformer.visual." + k]
+        return "qwen_vl", params
+    if "resampler.query" in tensors:
+        if "resampler.pos_embed" in tensors:
+            sys.exit("dump_pytorch.py: resampler.pos_embed is stored: MiniCPM-V 2.0's resampler, not supported")
+        return "minicpm_v", {k[len("resampler."):]: v for k, v in tensors.items() if k.startswith("resampler.")}
+    sys.exit("dump_pytorch.py: neither transformer.visual.attn_pool.query (Qwen-VL) nor resampler.query (MiniCPM-V) found")
+
+
+def upstream_class(path):
+    """The Resampler class of upstream's own file, with a stand-in for `transformers` when it is missing."""
+    try:
+        import transformers.integrations  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("transformers")
+        stub.integrations = types.ModuleType("transformers.integrations")
+        stub.integrations.is_deepspeed_zero3_enabled = lambda: False
+        sys.modules["transformers"] = stub
+        sys.modules["transformers.integrations"] = stub.integrations
+    spec = importlib.util.spec_from_file_location("upstream_resampler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Resampler
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", action="append", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--grids", default="")
+    parser.add_argument("--heads", type=int, default=0)
+    parser.add_argument("--module", default="")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    args = parser.parse_args()
+
+    model, params = layout(read_checkpoint(args.weights))
+    x = np.load(args.input)
+    if x.ndim == 2:
+        x = x[None]
+    N, L, Kv = x.shape
+    Q, E = params["query"].shape
+    H = args.heads or E // 128
+    grids = [tuple(int(v) for v in g.split("x")) for g in args.grids.split(",")] if args.grids else []
+    if len(grids) == 1:
+        grids = grids * N
+    if not grids:
+        grids = [(math.isqrt(L), math.isqrt(L))] * N
+    kv_dim = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
+    if args.module:
+        if model != "minicpm_v":
+            sys.exit("dump_pytorch.py: --module is for MiniCPM-V's resampler.py (Qwen-VL's tail lives outside it)")
+        module = upstream_class(args.module)(Q, E, H, kv_dim, adaptive=True)
+        if int(torch.__version__.split(".")[0]) < 2:
+            # MiniCPM-V 2.6's own MultiheadAttention subclass calls torch 2's private helpers (F._none_or_dtype,
+            # _canonical_mask). On an older torch its attention is replaced by torch's nn.MultiheadAttention, which
+            # it subclasses (same parameters, same computation); the rest of upstream's forward runs as written.
+            module.attn = torch.nn.MultiheadAttention(E, H)
+            print("dump_pytorch.py: torch %s: upstream's attention replaced by nn.MultiheadAttention" % torch.__version__)
+    elif model == "minicpm_v":
+        module = MiniCPMVResampler(Q, E, H, kv_dim)
+    else:
+        module = QwenVLResampler(Q, E, H, kv_dim)
+    dtype = getattr(torch, args.dtype)
+    module = module.to(dtype)
+    load_state(module, {k: torch.from_numpy(v) for k, v in params.items() if k != "pos_embed"})
+    if model == "qwen_vl" and "pos_embed" in params:      # a stored table replaces the computed one
+        load_state(module, {"pos_embed": torch.from_numpy(params["pos_embed"])})
+    features = torch.from_numpy(x).to(dtype)
+    if model == "minicpm_v":
+        trace = trace_resampler(module, features, tgt_sizes=torch.tensor(grids))
+    else:
+        trace = trace_resampler(module, features, grid=grids[0])
+    os.makedirs(args.out, exist_ok=True)
+    for stage, value in trace.items():
+        np.save(os.path.join(args.out, stage + ".npy"), np.ascontiguousarray(value.float().numpy()))
+    print("dump_pytorch.py: %s, %d stages in %s (N=%d, L=%d, Kv=%d, E=%d, H=%d, Q=%d, %s)"
+          % (model, len(trace), args.out, N, L, Kv, E, H, Q, args.dtype))
+
+
+if __name__ == "__main__":
+    main()
