@@ -601,6 +601,91 @@ except ValueError as error:
 ]
 
 
+NOTEBOOKS["08_a_ports_precision_budget.ipynb"] = [
+    ("md", """\
+# 8. A port's precision budget: rounding or a bug?
+
+A port of the resampler to another runtime compares its intermediates with this project's
+(`qwenvl-adapter compare`, [docs/compare.md](../docs/compare.md)) and sees differences. Which are rounding and
+which are mistakes? This notebook plots the budget measured at Qwen-VL's full size
+([docs/precision.md](../docs/precision.md)): each stage's largest error relative to the stage's largest value,
+against float32 PyTorch, for this project and for ports that store the weights or keep the activations in 16 bits.
+
+The numbers come from `data/precision/budget.json`, which
+`/usr/bin/python3 tests/reference/precision_budget.py` writes in about a minute (too long for this notebook: it
+builds a 360 MB checkpoint and runs the full-size forward pass six ways)."""),
+    ("code", """\
+import json
+import numpy as np
+import matplotlib.pyplot as plt
+import qwenvl_nb as nb
+plt.rcParams["figure.dpi"] = 80
+
+budget = json.load(open(nb.REPO + "/data/precision/budget.json"))
+stages = budget["stages"]
+print("config:", budget["config"], " reference:", budget["reference"])"""),
+    ("code", """\
+fig, ax = plt.subplots(figsize=(10, 4.5))
+for key, title in budget["scenarios"].items():
+    rel = [max(budget["errors"][key][s]["rel"], 1e-9) for s in stages]   # 0 drawn at 1e-9 on the log axis
+    ax.plot(range(len(stages)), rel, marker="o", label=title)
+ax.set_yscale("log")
+ax.set_xticks(range(len(stages)))
+ax.set_xticklabels(stages, rotation=60)
+ax.set_ylabel("max |error| / max |value|")
+ax.set_title("each stage against float32 PyTorch, Qwen-VL's full size")
+ax.legend(fontsize=8)
+plt.tight_layout()"""),
+    ("md", """\
+Three bands: this project's float32 path stays near $10^{-6}$ (the order of its sums differs from PyTorch's), f16
+storage or f16 activations near $10^{-3}$, bf16 near $10^{-2}$; the error grows through the softmax and the
+weighted sum (`attn_weights`, `attended`) and shrinks again after out_proj and the LayerNorm.
+
+## Mistakes are far above the budget
+
+`data/compare/` holds dumps of a small port with one usual mistake injected each (written by PyTorch, the proof
+that `compare` names the right stage). The same relative error at the stage each mistake first changes:"""),
+    ("code", """\
+mistakes = json.load(open(nb.REPO + "/data/compare/mistakes.json"))["mistakes"]
+names, errors = [], []
+for m in mistakes:
+    ours = np.load(nb.REPO + "/data/compare/%s/pytorch/%s.npy" % (m["case"], m["first_stage"]))
+    theirs = np.load(nb.REPO + "/" + m["dump"] + "/" + m["first_stage"] + ".npy")
+    with np.errstate(invalid="ignore"):
+        err = np.nanmax(np.abs(theirs - ours)) / np.abs(ours).max()
+    names.append("%s (%s)" % (m["mistake"], m["first_stage"]))
+    errors.append(err)
+fig, ax = plt.subplots(figsize=(10, 4))
+ax.barh(names, errors, color="tab:red")
+for key, color in (("bf16_port", "tab:brown"), ("cpp_f32", "tab:blue")):
+    worst = max(budget["errors"][key][s]["rel"] for s in stages)
+    ax.axvline(worst, color=color, linestyle="--", label="worst stage, " + budget["scenarios"][key])
+ax.set_xscale("log")
+ax.set_xlabel("max |error| / max |value| at the first stage that differs")
+ax.legend(fontsize=8)
+plt.tight_layout()
+for n, e in zip(names, errors):
+    print("%-40s %.3g" % (n, e))"""),
+    ("md", """\
+Most mistakes lie one to two orders of magnitude above even the bf16 port's worst stage. Two do not:
+
+- the **bf16-stored table** (`bf16_table`) *is* bf16 rounding, the size of the budget's bf16 columns;
+- the **unbiased variance** is an effect of order $1/E$: large here at $E = 8$, but at Qwen-VL's $E = 4096$ it
+  moves the output by $2.9 \\times 10^{-4}$ of its largest value ([break it and
+  see](../docs/course/break-it-and-see.md)), inside an f16 port's budget.
+
+Against a float32 port (budget near $10^{-6}$) both stand out; against a 16-bit port, no comparison of values can
+tell them from rounding, and `compare`'s hints for the stage are the place to look.
+
+## Exercises
+
+1. Which stage amplifies a bf16 port's error most, and why does the softmax do that? (Hint: the scores' largest
+   values, and $e^{s}$'s relative error for an absolute error in $s$.)
+2. From the table in [docs/precision.md](../docs/precision.md), what `--rtol` would you give `compare` for a port
+   with F16 weights and float32 activations?"""),
+]
+
+
 def main():
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])

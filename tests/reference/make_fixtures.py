@@ -855,14 +855,29 @@ def port_table(E, h, w, mistake):
     return table.to(torch.bfloat16).double() if mistake == "bf16_table" else table
 
 
-def port_forward(model, p, x, grids, H, mistake=None):
-    """A port of either model, step by step in float64 on module-named parameters `p`, with one mistake injected
-    (None: none). Returns every intermediate under the trace's names."""
+class Rounded(dict):
+    """A dict that rounds every value stored in it with `rounding` (none when None): a port that keeps each stage's
+    output in a lower precision."""
+
+    def __init__(self, rounding):
+        super().__init__()
+        self.rounding = rounding
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, self.rounding(value) if self.rounding else value)
+
+
+def port_forward(model, p, x, grids, H, mistake=None, exact_resize=True, rounding=None):
+    """A port of either model, step by step on module-named parameters `p` in their dtype (float64 for the fixtures,
+    float32 for the precision budget), with one mistake injected (None: none), each stage's output rounded by
+    `rounding` when given. Returns every intermediate under the trace's names. exact_resize: Qwen-VL's key table
+    by resize_table_exact (the fixtures' way), else F.interpolate (full size)."""
     query = p["query"]
     Q, E = query.shape
     N, L, Kv = x.shape
     Dh = E // H
-    t = {}
+    dtype = query.dtype
+    t = Rounded(rounding)
 
     def ln(v, name):
         if mistake == "layernorm_unbiased":
@@ -873,18 +888,18 @@ def port_forward(model, p, x, grids, H, mistake=None):
     if model == "qwen_vl":
         Gq = math.isqrt(Q)
         h, w = grids[0]
-        t["pos_q"] = port_table(E, Gq, Gq, mistake)
+        t["pos_q"] = port_table(E, Gq, Gq, mistake).to(dtype)
         image = t["pos_q"].reshape(1, Gq, Gq, E).permute(0, 3, 1, 2)
         size = (w, h) if mistake == "resize_hw_swapped" else (h, w)
-        if mistake == "align_corners":
-            resized = F.interpolate(image, size=size, mode="bicubic", align_corners=True)
+        if mistake == "align_corners" or not exact_resize:
+            resized = F.interpolate(image, size=size, mode="bicubic", align_corners=mistake == "align_corners")
         else:
             resized = resize_table_exact(t["pos_q"], Gq, size).reshape(1, size[0], size[1], E).permute(0, 3, 1, 2)
         t["pos_k"] = resized.permute(0, 2, 3, 1).reshape(L, E)
         pos_k = t["pos_k"].expand(N, L, E)
     else:
-        tables, padding = torch.zeros(N, L, E, dtype=torch.float64), torch.zeros(N, L, dtype=torch.float64)
-        big = port_table(E, 70, 70, mistake)
+        tables, padding = torch.zeros(N, L, E, dtype=dtype), torch.zeros(N, L, dtype=dtype)
+        big = port_table(E, 70, 70, mistake).to(dtype)
         for n, (h, w) in enumerate(grids):
             if mistake == "table_first_rows":
                 tables[n, :h * w] = big[:h * w]
@@ -899,7 +914,7 @@ def port_forward(model, p, x, grids, H, mistake=None):
         t["query_in"] = t["ln_q"] + t["pos_q"]
         query_in = t["query_in"]
     else:
-        query_in = t["ln_q"] + (port_table(E, 1, Q, None) if mistake == "query_table" else 0.0)
+        query_in = t["ln_q"] + (port_table(E, 1, Q, None).to(dtype) if mistake == "query_table" else 0.0)
     w_q, w_k, w_v = p["attn.in_proj_weight"].chunk(3)
     b_q, b_k, b_v = p["attn.in_proj_bias"].chunk(3)
     t["q"] = F.linear(query_in, w_q, b_q)
