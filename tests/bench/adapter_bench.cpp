@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include <xtensor/xsort.hpp>
 #include <xtensor/xview.hpp>
 
 #include "core/compare.hpp"
@@ -58,6 +59,7 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "io/npy.hpp"
+#include "stages/11_minicpmv.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/07_adapter.hpp"
@@ -94,31 +96,32 @@ void fill_normal(T& t, float scale, std::mt19937& rng) {
     for (auto& v : t) v = normal(rng);
 }
 
-AdapterWeights random_weights(std::mt19937& rng) {
+// Qwen-VL's sizes by default; MiniCPM-V 2.6's for --minicpmv.
+AdapterWeights random_weights(std::mt19937& rng, std::size_t E = kE, std::size_t Kv = kKv, std::size_t Q = kGridQ * kGridQ) {
     AdapterWeights w;
-    const float e = 1.0f / std::sqrt(float(kE)), kv = 1.0f / std::sqrt(float(kKv));
-    w.query = Matrix::from_shape({kGridQ * kGridQ, kE});
+    const float e = 1.0f / std::sqrt(float(E)), kv = 1.0f / std::sqrt(float(Kv));
+    w.query = Matrix::from_shape({Q, E});
     fill_normal(w.query, 0.02f, rng);
-    w.kv_proj = Matrix::from_shape({kE, kKv});
+    w.kv_proj = Matrix::from_shape({E, Kv});
     fill_normal(w.kv_proj, kv, rng);
     for (Matrix* m : {&w.in_proj.w_q, &w.in_proj.w_k, &w.in_proj.w_v, &w.out_proj_weight}) {
-        *m = Matrix::from_shape({kE, kE});
+        *m = Matrix::from_shape({E, E});
         fill_normal(*m, e, rng);
     }
     for (Vector* v : {&w.in_proj.b_q, &w.in_proj.b_k, &w.in_proj.b_v, &w.out_proj_bias, &w.ln_q_bias, &w.ln_kv_bias}) {
-        *v = Vector::from_shape({kE});
+        *v = Vector::from_shape({E});
         fill_normal(*v, 0.02f, rng);
     }
-    for (Vector* v : {&w.ln_q_weight, &w.ln_kv_weight}) *v = xt::ones<float>({kE});
+    for (Vector* v : {&w.ln_q_weight, &w.ln_kv_weight}) *v = xt::ones<float>({E});
     return w;
 }
 
-TowerTail random_tail(std::mt19937& rng) {
+TowerTail random_tail(std::mt19937& rng, std::size_t E = kE) {
     TowerTail t;
-    t.ln_post_weight = xt::ones<float>({kE});
-    t.ln_post_bias = xt::zeros<float>({kE});
-    t.proj = Matrix::from_shape({kE, kE});
-    fill_normal(t.proj, 1.0f / std::sqrt(float(kE)), rng);
+    t.ln_post_weight = xt::ones<float>({E});
+    t.ln_post_bias = xt::zeros<float>({E});
+    t.proj = Matrix::from_shape({E, E});
+    fill_normal(t.proj, 1.0f / std::sqrt(float(E)), rng);
     return t;
 }
 
@@ -430,6 +433,39 @@ int write_checkpoint(const std::string& dir) {
 
 }  // namespace
 
+// MiniCPM-V 2.6's resampler at its size (E = 3584, Q = 64, H = 28, Kv = 1152) on two slices of 32 x 32 and
+// 24 x 40 patches padded to L = 1024: the readable minicpmv_forward (padded, masked) against fast::minicpmv_forward
+// (each image on its own patches), the tail included, and how far apart their outputs are.
+int minicpmv_gain(int repeats) {
+    std::mt19937 rng(11);
+    const std::size_t E = 3584, Kv = 1152, Q = 64;
+    const AdapterWeights w = random_weights(rng, E, Kv, Q);
+    const TowerTail tail = random_tail(rng, E);
+    const AdapterConfig c = derive_config(w, 0, Model::minicpm_v);
+    const std::vector<Grid> grids{{32, 32}, {24, 40}};
+    Tensor3 x = Tensor3::from_shape({2, 1024, Kv});
+    fill_normal(x, 1.0f, rng);
+    const fast::Weights fw(w);
+    const fast::TailWeights ft(tail);
+    auto start = Clock::now();
+    const Tensor3 readable = tower_tail_forward(tail, minicpmv_forward(w, c, x, grids), c.eps);
+    const double readable_s = seconds_since(start);
+    std::vector<double> times;
+    Tensor3 fast_y;
+    for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up
+        start = Clock::now();
+        fast_y = fast::tower_tail_forward(ft, fast::minicpmv_forward(fw, c, x, grids), c.eps);
+        if (r > 0) times.push_back(seconds_since(start));
+    }
+    const double fast_s = median(times);
+    const double largest = xt::amax(xt::abs(readable))(), diff = xt::amax(xt::abs(fast_y - readable))();
+    std::printf("MiniCPM-V 2.6 size (E=%zu, Q=%zu, H=%zu, Kv=%zu), 2 images of 32x32 and 24x40 patches padded to "
+                "1024:\n  readable minicpmv_forward + tail: %.2f s\n  fast::minicpmv_forward + tail: %.3f s (median of "
+                "%d)\n  gain %.0fx; max |fast - readable| = %.3g (largest |y| %.3g); peak RSS %.0f MiB\n",
+                E, Q, c.num_heads, Kv, readable_s, fast_s, repeats, readable_s / fast_s, diff, largest, peak_rss_mib());
+    return 0;
+}
+
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
@@ -437,6 +473,7 @@ int main(int argc, char** argv) {
     std::string readable_trace;  // --readable-trace DIR
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
                         "[--repeats R] [--json] | --agree [--grid G] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
+                        "[--repeats R] --minicpmv | "
                         "--write-checkpoint DIR | "
                         "--page-faults FILE\n";
     try {
@@ -449,6 +486,7 @@ int main(int argc, char** argv) {
             else if (a == "--stages") stages = true;
             else if (a == "--agree") agree = true;
             else if (a == "--gains") gain = true;
+            else if (a == "--minicpmv") return minicpmv_gain(repeats);
             else if (a == "--readable-trace" && i + 1 < argc) readable_trace = argv[++i];
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
             else if (a == "--page-faults" && i + 1 < argc) return page_faults(argv[++i]);
