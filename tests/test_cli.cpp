@@ -796,3 +796,60 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
         CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
     }
 }
+
+// --- the second model and any grid (docs/models.md) ---
+
+TEST_CASE("cli: info names the model from the checkpoint's names", "[cli][models]") {
+    const Result qwen = cli("info --weights " + q(kCase + "/weights.safetensors") + " --heads 2");
+    REQUIRE(qwen.code == 0);
+    CHECK_THAT(qwen.out, Contains("model: Qwen-VL (tensors under transformer.visual.attn_pool.)"));
+    const Result minicpmv = cli("info --weights " + q(kData + "/cli/minicpmv_mixed/weights.safetensors") + " --heads 2");
+    REQUIRE(minicpmv.code == 0);
+    CHECK_THAT(minicpmv.out, Contains("model: MiniCPM-V 2.5/2.6 (tensors under resampler.)"));
+    CHECK_THAT(minicpmv.out, Contains("Q (n_queries) = 3, no position term on the queries"));
+    CHECK_THAT(minicpmv.out, Contains("adapter, frozen pos_embed: 0"));
+}
+
+TEST_CASE("cli: MiniCPM-V 2.0 (a stored resampler.pos_embed) is refused in one line", "[cli][models]") {
+    TempDir tmp;
+    std::vector<std::pair<std::string, std::vector<std::size_t>>> t;
+    for (const auto& [name, shape] : adapter_tensors(8, 6, 4)) t.push_back({"resampler." + name.substr(29), shape});
+    t.push_back({"resampler.pos_embed", {4, 8}});
+    write_f32_tensors(tmp / "v20.safetensors", t);
+    const Result r = cli("info --weights " + q(tmp / "v20.safetensors") + " --heads 2");
+    CHECK(r.code == 1);
+    CHECK_THAT(r.err, Contains("v20.safetensors: 'resampler.pos_embed' is stored: a MiniCPM-V 2.0 resampler"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+}
+
+TEST_CASE("cli: run --grids checks the grids against the features, one line each", "[cli][models]") {
+    TempDir tmp;
+    const std::string m = "run --weights " + q(kData + "/cli/minicpmv_mixed/weights.safetensors") + " --heads 2 --input " +
+                          q(kData + "/cli/minicpmv_mixed/x.npy") + " --output " + q(tmp / "y.npy");
+    const std::string w = "run --weights " + q(kData + "/cli/qwen_wide/weights.safetensors") + " --heads 2 --input " +
+                          q(kData + "/cli/qwen_wide/x.npy") + " --output " + q(tmp / "y.npy");
+    const struct {
+        std::string args, message;
+        int code;
+    } cases[] = {
+        {m + " --grids 2x3,3x3", "--grids gives 2 grids for 3 images", 2},
+        {m + " --grids 2x3,3x4,1x2", "x.npy: a grid of 3x4 = 12 patches exceeds the features' patch count L = 9", 1},
+        {m + " --grids 2by3", "--grids takes HxW[,HxW...], got '2by3'", 2},
+        {m + " --grids 0x3,3x3,1x2", "--grids", 2},
+        {m + " --grids 2x3,3x3,1x2 --mask " + q(kData + "/cli/float_mask/mask.npy"), "MiniCPM-V takes no --mask", 2},
+        {w, "not a perfect square", 1},
+        {w + " --grids 3x5,3x5", "--grids gives 2 grids for 2 images", 0},  // one per image, all the same: fine
+        {w + " --grids 3x5,5x3", "Qwen-VL's adapter takes one key grid for the whole batch", 2},
+    };
+    for (const auto& c : cases) {
+        const Result r = cli(c.args);
+        INFO(c.args << "\n" << r.err);
+        CHECK(r.code == c.code);
+        if (c.code != 0) {
+            CHECK_THAT(r.err, Contains(c.message));
+            CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+            CHECK_FALSE(fs::exists(tmp / "y.npy"));
+        }
+        fs::remove(tmp / "y.npy");
+    }
+}

@@ -361,6 +361,10 @@ PYBIND11_MODULE(qwenvl, m) {
         d["expected"] = trace_dict(f.expected);
         d["gradients"] = trace_dict(f.gradients);
         d["param_gradients"] = trace_dict(f.param_gradients);
+        py::list grids;
+        for (const Grid& g : f.grids) grids.append(py::make_tuple(g.h, g.w));
+        d["grids"] = grids;  // data/fixtures/models/: each image's (h, w); empty for a square Qwen-VL case
+        d["max_grid"] = py::make_tuple(f.max_grid.h, f.max_grid.w);
         return d;
     }, py::arg("path"), "A golden fixture (data/fixtures/*.json) as a dict: weights, tail, config, x, mask, expected, ...");
 

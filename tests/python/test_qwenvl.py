@@ -21,6 +21,7 @@ import qwenvl
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(REPO, "data")
 FIXTURES = [qwenvl.load_fixture(p) for p in sorted(glob.glob(os.path.join(DATA, "fixtures", "*.json")))]
+MODEL_FIXTURES = [qwenvl.load_fixture(p) for p in sorted(glob.glob(os.path.join(DATA, "fixtures", "models", "*.json")))]
 
 
 def close(test, got, want, atol, rtol, what):
@@ -30,6 +31,31 @@ def close(test, got, want, atol, rtol, what):
     err = np.abs(got.astype(np.float64) - want)
     bad = ~(err <= atol + rtol * np.abs(want))
     test.assertFalse(bad.any(), "%s: %d of %d values differ, max |a-b| = %.3g" % (what, bad.sum(), bad.size, err.max()))
+
+
+class Models(unittest.TestCase):
+    """MiniCPM-V's resampler and Qwen-VL's non-square grids (data/fixtures/models/, docs/models.md)."""
+
+    def test_both_models_every_intermediate(self):
+        self.assertGreaterEqual(len(MODEL_FIXTURES), 5)
+        for f in MODEL_FIXTURES:
+            with self.subTest(fixture=f["name"]):
+                c = f["config"]
+                if c.model == qwenvl.Model.minicpm_v:
+                    out, trace = qwenvl.minicpmv_forward(f["weights"], c, f["x"], f["grids"], trace=True,
+                                                         max_grid=f["max_grid"])
+                else:
+                    out, trace = qwenvl.adapter_forward(f["weights"], c, f["x"], trace=True, grid=f["grids"][0])
+                y, tail_trace = qwenvl.tower_tail_forward(f["tail"], out, c.eps, trace=True)
+                trace.update(tail_trace)
+                self.assertEqual(sorted(trace), sorted(f["expected"]))
+                for name, want in f["expected"].items():
+                    close(self, trace[name], want, f["atol"], f["rtol"], name)
+
+    def test_a_wrong_grid_is_a_value_error(self):
+        f = next(f for f in MODEL_FIXTURES if f["config"].model == qwenvl.Model.minicpm_v)
+        with self.assertRaisesRegex(ValueError, "does not fit"):
+            qwenvl.minicpmv_forward(f["weights"], f["config"], f["x"], [(100, 100)] * f["x"].shape[0])
 
 
 class Stages(unittest.TestCase):
