@@ -7,7 +7,8 @@
 //   kv_proj (N, L, E)  ln_kv (N, L, E)  key_in (N, L, E)  k (N, L, E)  v (N, L, E)
 //   scores (N, H, Q, L)  attn_weights (N, H, Q, L)  attended (N, Q, E)  out (N, Q, E)
 //   ln_post (N, Q, E)  proj (N, Q, E)
-// docs/shapes.md lists them with the stage each belongs to.
+// MiniCPM-V's resampler (stages/11_minicpmv) records ln_q, q, then pos_k (N, L, E) and key_padding_mask (N, L), then
+// the names from kv_proj on. docs/shapes.md lists them with the stage each belongs to.
 #pragma once
 
 #include <string>
