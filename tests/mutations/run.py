@@ -103,6 +103,18 @@ MUTATIONS = [
      "*biases[part] = take_values(m, in_b, in_proj_offset(part, E), E);", "*biases[part] = take_values(m, in_b, 0, E);"),
     ("npy-fortran", "written .npy headers say Fortran order", "src/io/npy.cpp",
      "'fortran_order': False", "'fortran_order': True"),
+    # The second model (stage 11) and non-square grids.
+    ("minicpmv-mask-inverted", "MiniCPM-V's key padding mask inverted (true on the real patches)",
+     "src/stages/11_minicpmv.cpp", "for (std::size_t l = image.cells(); l < n_keys; ++l) padding(l) = true;",
+     "for (std::size_t l = 0; l < image.cells(); ++l) padding(l) = true;"),
+    ("minicpmv-slice-flat", "MiniCPM-V's table taken as the first h*w rows of the large table, not [:h, :w]",
+     "src/stages/11_minicpmv.cpp", "xt::row(slice, i * image.w + j) = xt::row(table, i * table_grid.w + j);",
+     "xt::row(slice, i * image.w + j) = xt::row(table, i * image.w + j);"),
+    ("minicpmv-query-table", "a position table added to MiniCPM-V's queries (as Qwen-VL does)",
+     "src/stages/11_minicpmv.cpp", "const Matrix q = linear(ln_q, w.in_proj.w_q, w.in_proj.b_q);",
+     "const Matrix q = linear(Matrix(ln_q + sincos_2d(E, Grid{1, Q})), w.in_proj.w_q, w.in_proj.b_q);"),
+    ("resize-hw-swapped", "a non-square key grid resized with h and w exchanged", "src/stages/03_resize.cpp",
+     "const Taps ty = taps_for(grid_in, out.h, oy);", "const Taps ty = taps_for(grid_in, out.w, oy);"),
     # Training: the backward passes and the optimiser.
     ("ln-backward-no-variance-term", "LayerNorm's backward without the variance's share", "src/stages/04_layernorm.cpp",
      "(g[c] - mean_g - x_hat[c] * mean_g_x_hat) * rstd", "(g[c] - mean_g) * rstd"),
