@@ -11,8 +11,8 @@ for:
   - PyTorch in float32 on the weights stored in F16 and BF16 (pos_embed too, as a checkpoint stores it);
   - a port that rounds every stage's output to f16 or bf16 and computes in float32 (port_forward's rounding);
   - a whole bf16 port: BF16 weights and every stage rounded to bf16.
-Writes data/precision/budget.json and the table in docs/precision.md (between its markers). Takes about a minute
-and some 1.2 GB of memory; the weights file (360 MB) and the trace go to a temporary folder.
+Writes data/precision/budget.json and the table in docs/precision.md (between its markers). Takes about 40 s on 2
+cores; the weights file (360 MB) and the trace go to a temporary folder.
 """
 
 import argparse
