@@ -768,6 +768,7 @@ TEST_CASE("compare: a name map and nn.MultiheadAttention's (L, N, E) layout are 
     const Result unpermuted = cli(kQwenWide + " --theirs / --names " + q(tmp / "names.json"));
     CHECK(unpermuted.code == 1);
     CHECK_THAT(unpermuted.out, Contains("the first is 'key_in'"));
+    CHECK_THAT(unpermuted.out, Contains("give the stage \"layout\": \"LNE\" in --names"));  // the hint
 }
 
 TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
@@ -775,6 +776,7 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
     std::ofstream(tmp / "bad.json") << "{\"stages\": {\"ln_kv\": 3}}";
     std::ofstream(tmp / "unknown.json") << "{\"stages\": {\"ln_kvv\": \"x.npy\"}}";
     std::ofstream(tmp / "broken.json") << "{\"stages\": ";
+    std::ofstream(tmp / "typo.json") << "{\"stages\": {\"ln_kv\": \"ln_kv_out.npy\"}}";
     const std::string dump = " --theirs " + q(kData + "/compare/qwen_wide/pytorch");
     const struct {
         std::string args, message;
@@ -787,6 +789,7 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
         {kQwenWide + " --theirs " + q(tmp.path.string()), "holds none of the stages' files", 1},
         {kQwenWide + dump + " --atol -1", "--atol takes a non-negative number", 2},
         {kQwenWide + " --grids 4x4" + dump, "x.npy: a grid of 4x4 = 16 patches is not the features' patch count L = 15", 1},
+        {kQwenWide + dump + " --names " + q(tmp / "typo.json"), "typo.json: stage 'ln_kv' maps to 'ln_kv_out.npy', which is not in", 1},
     };
     for (const auto& c : cases) {
         const Result r = cli(c.args);
@@ -835,9 +838,11 @@ TEST_CASE("cli: run --grids checks the grids against the features, one line each
         {m + " --grids 2x3,3x3", "--grids gives 2 grids for 3 images", 2},
         {m + " --grids 2x3,3x4,1x2", "x.npy: a grid of 3x4 = 12 patches exceeds the features' patch count L = 9", 1},
         {m + " --grids 2by3", "--grids takes HxW[,HxW...], got '2by3'", 2},
+        {m + " --grids 2x3x1", "--grids takes HxW[,HxW...], got '2x3x1'", 2},
+        {m, "MiniCPM-V's resampler needs each image's grid of patches: --grids", 2},
         {m + " --grids 0x3,3x3,1x2", "--grids", 2},
         {m + " --grids 2x3,3x3,1x2 --mask " + q(kData + "/cli/float_mask/mask.npy"), "MiniCPM-V takes no --mask", 2},
-        {w, "not a perfect square", 1},
+        {w, "not a perfect square (the positions form a square grid); for a non-square image give its grid: --grids HxW", 1},
         {w + " --grids 3x5,3x5", "--grids gives 2 grids for 2 images", 0},  // one per image, all the same: fine
         {w + " --grids 3x5,5x3", "Qwen-VL's adapter takes one key grid for the whole batch", 2},
     };

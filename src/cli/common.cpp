@@ -24,7 +24,13 @@ Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatch
     Tensor3 batch;
     try {
         if (square) {
-            batch = as_feature_batch(raw);
+            try {
+                batch = as_feature_batch(raw);
+            } catch (const std::invalid_argument& e) {
+                const std::string what = e.what();
+                if (what.find("perfect square") == std::string::npos) throw;
+                throw std::invalid_argument(what + "; for a non-square image give its grid: --grids HxW");
+            }
         } else {  // as_feature_batch's checks but the square one: the grids say how the patches are laid out
             require(raw.dimension() == 2 || raw.dimension() == 3, "read_features",
                     "features have shape " + shape_string(shape_of(raw)) + ", expected (L, Kv) or (N, L, Kv)");
@@ -52,7 +58,8 @@ std::vector<Grid> parse_grids(const std::string& command, const std::string& fla
         const std::size_t end = std::min(text.find(',', start), text.size());
         const std::string item = text.substr(start, end - start);
         const std::size_t x = item.find('x');
-        if (x == std::string::npos) throw UsageError(command + ": " + flag + " takes HxW[,HxW...], got '" + text + "'");
+        if (x == std::string::npos || item.find('x', x + 1) != std::string::npos)
+            throw UsageError(command + ": " + flag + " takes HxW[,HxW...], got '" + text + "'");
         grids.push_back(Grid{parse_count(command, flag, item.substr(0, x)), parse_count(command, flag, item.substr(x + 1))});
         start = end + 1;
     }
@@ -63,6 +70,8 @@ std::vector<Grid> batch_grids(const std::string& command, const std::string& inp
                               const Tensor3& x, Model model) {
     const std::size_t N = x.shape(0), L = x.shape(1);
     const bool minicpmv = model == Model::minicpm_v;
+    if (grids.empty() && minicpmv)
+        throw UsageError(command + ": MiniCPM-V's resampler needs each image's grid of patches: --grids HxW[,HxW...]");
     if (grids.empty()) grids.push_back(key_grid(L, Grid{}, (command + ": the patch count L").c_str()));
     if (grids.size() == 1) grids.resize(N, grids[0]);
     if (grids.size() != N)
@@ -103,7 +112,7 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConf
 std::string describe_stage(const std::string& name) {
     static const std::map<std::string, std::string> what = {
         {"pos_q", "02  P_q: the 2D sin-cos table of the query grid"},
-        {"pos_k", "03  P_k: the key table (P_q resized; MiniCPM-V: sliced)"},
+        {"pos_k", "03  P_k: key table (P_q resized; MiniCPM-V: sliced)"},
         {"key_padding_mask", "11  MiniCPM-V: 1 where a key is padding"},
         {"ln_q", "04  LayerNorm of the learned queries (ln_q)"},
         {"query_in", "07  ln_q + P_q: the query before its projection"},

@@ -150,6 +150,13 @@ const std::map<std::string, std::vector<std::string>>& usual_causes() {
     return causes;
 }
 
+// A ULP count in at most 8 characters: "12", "1.07e+09".
+std::string ulps(double count) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, count < 1e6 ? "%.0f" : "%.2e", count);
+    return buf;
+}
+
 double parse_tolerance(const Args& args, const std::string& flag, double fallback) {
     if (!args.has(flag)) return fallback;
     const std::string text = args.get(flag);
@@ -197,7 +204,7 @@ int compare_command(const std::vector<std::string>& argv) {
     std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n\n", atol, rtol);
     std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
-    std::string first_bad;
+    std::string first_bad, first_note;
     std::size_t found = 0, differ = 0;
     for (const auto& stage : ours.names()) {
         const xt::xarray<float>& mine = ours.get(stage);
@@ -205,6 +212,9 @@ int compare_command(const std::vector<std::string>& argv) {
         const TheirFile their = it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
         const std::string path = theirs_dir + "/" + their.file;
         if (!std::filesystem::exists(path)) {
+            if (it != names.end())  // a stage the map names must be there: a typo would skip it silently
+                throw InputError(args.get("--names"), "stage '" + stage + "' maps to '" + their.file + "', which is not in " +
+                                                          theirs_dir);
             std::printf("  %-17s %-16s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
             continue;
         }
@@ -221,13 +231,18 @@ int compare_command(const std::vector<std::string>& argv) {
             ok = compare(theirs, mine, atol, rtol).ok();
             if (g.non_finite)
                 std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
+            else if (stage == "key_padding_mask")  // 0s and 1s: a distance in ULPs means nothing there
+                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine, "-");
             else
-                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %7.0f/%-8.0f", g.max_abs, g.max_rel, g.cosine,
-                              g.ulp_median, g.ulp_max);
+                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine,
+                              (ulps(g.ulp_median) + "/" + ulps(g.ulp_max)).c_str());
         }
         const bool first = !ok && first_bad.empty();
         if (!ok) ++differ;
-        if (first) first_bad = stage;
+        if (first) {
+            first_bad = stage;
+            first_note = note;
+        }
         std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line,
                     ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
@@ -243,6 +258,9 @@ int compare_command(const std::vector<std::string>& argv) {
     const auto causes = usual_causes().find(first_bad);
     if (causes != usual_causes().end()) {
         std::printf("usual causes of a difference at '%s':\n", first_bad.c_str());
+        if (first_note.find("reshaped") != std::string::npos)
+            std::printf("  - the layout: their file had another shape and was only reshaped; if it is nn.MultiheadAttention's\n"
+                        "    (L, N, E) order, give the stage \"layout\": \"LNE\" in --names\n");
         for (const auto& cause : causes->second) std::printf("  - %s\n", cause.c_str());
     }
     std::printf("(every stage before it matched: the mistake is in this stage's own computation or its parameters)\n");

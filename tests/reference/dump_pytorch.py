@@ -83,17 +83,29 @@ def upstream_class(path):
     return module.Resampler
 
 
+def fail(message):
+    sys.exit("dump_pytorch.py: " + message)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", action="append", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--grids", default="")
-    parser.add_argument("--heads", type=int, default=0)
-    parser.add_argument("--module", default="")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--weights", action="append", required=True,
+                        help="a .safetensors file (repeatable) or a model.safetensors.index.json")
+    parser.add_argument("--input", required=True, help=".npy features, (L, Kv) or (N, L, Kv)")
+    parser.add_argument("--out", required=True, help="the folder for <stage>.npy")
+    parser.add_argument("--grids", default="", help="HxW[,HxW...]: Qwen-VL's key grid, or MiniCPM-V's per image")
+    parser.add_argument("--heads", type=int, default=0, help="attention heads (default E / 128; small cases need it)")
+    parser.add_argument("--module", default="", help="upstream's own MiniCPM-V resampler.py")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="the precision the module runs in")
     args = parser.parse_args()
+    try:
+        dump(args)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, json.JSONDecodeError) as e:
+        fail("%s: %s" % (type(e).__name__, e))
 
+
+def dump(args):
     model, params = layout(read_checkpoint(args.weights))
     x = np.load(args.input)
     if x.ndim == 2:
@@ -101,11 +113,26 @@ def main():
     N, L, Kv = x.shape
     Q, E = params["query"].shape
     H = args.heads or E // 128
-    grids = [tuple(int(v) for v in g.split("x")) for g in args.grids.split(",")] if args.grids else []
+    if H == 0 or E % H:
+        fail("E = %d gives %d heads by the rule E / 128: give --heads (a divisor of E)" % (E, H))
+    try:
+        grids = [tuple(int(v) for v in g.split("x")) for g in args.grids.split(",")] if args.grids else []
+    except ValueError:
+        fail("--grids takes HxW[,HxW...], got '%s'" % args.grids)
     if len(grids) == 1:
         grids = grids * N
+    if not grids and model == "minicpm_v":
+        fail("MiniCPM-V's resampler needs each image's grid of patches: --grids HxW[,HxW...]")
     if not grids:
+        if math.isqrt(L) ** 2 != L:
+            fail("%d patches are not a square grid: give --grids HxW" % L)
         grids = [(math.isqrt(L), math.isqrt(L))] * N
+    if len(grids) != N or any(min(g) < 1 for g in grids):
+        fail("--grids gives %d grids for %d images" % (len(grids), N))
+    if model == "qwen_vl" and (len(set(grids)) != 1 or grids[0][0] * grids[0][1] != L):
+        fail("Qwen-VL's adapter takes one key grid of L = %d patches for the batch" % L)
+    if model == "minicpm_v" and max(h * w for h, w in grids) > L:
+        fail("a grid holds more patches than the features' L = %d" % L)
     kv_dim = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
     if args.module:
         if model != "minicpm_v":
