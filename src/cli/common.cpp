@@ -23,25 +23,7 @@ Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatch
     if (unbatched) *unbatched = raw.dimension() == 2;
     Tensor3 batch;
     try {
-        if (square) {
-            try {
-                batch = as_feature_batch(raw);
-            } catch (const std::invalid_argument& e) {
-                const std::string what = e.what();
-                if (what.find("perfect square") == std::string::npos) throw;
-                throw std::invalid_argument(what + "; for a non-square image give its grid: --grids HxW");
-            }
-        } else {  // as_feature_batch's checks but the square one: the grids say how the patches are laid out
-            require(raw.dimension() == 2 || raw.dimension() == 3, "read_features",
-                    "features have shape " + shape_string(shape_of(raw)) + ", expected (L, Kv) or (N, L, Kv)");
-            if (raw.dimension() == 2)
-                batch = xt::reshape_view(raw, {std::size_t(1), raw.shape(0), raw.shape(1)});
-            else
-                batch = raw;
-            require(batch.size() > 0, "read_features", "features have shape " + shape_string(shape_of(raw)) + " with an empty axis");
-            require(std::all_of(batch.begin(), batch.end(), [](float v) { return std::isfinite(v); }), "read_features",
-                    "features hold a NaN or infinite value");
-        }
+        batch = as_feature_batch(raw, square);
     } catch (const std::invalid_argument& e) {
         throw InputError(path, e.what());
     }
@@ -72,7 +54,13 @@ std::vector<Grid> batch_grids(const std::string& command, const std::string& inp
     const bool minicpmv = model == Model::minicpm_v;
     if (grids.empty() && minicpmv)
         throw UsageError(command + ": MiniCPM-V's resampler needs each image's grid of patches: --grids HxW[,HxW...]");
-    if (grids.empty()) grids.push_back(key_grid(L, Grid{}, (command + ": the patch count L").c_str()));
+    if (grids.empty()) {
+        try {
+            grids.push_back(key_grid(L, Grid{}, (command + ": the patch count L").c_str()));
+        } catch (const std::invalid_argument& e) {
+            throw InputError(input, std::string(e.what()) + "; for a non-square image give its grid: --grids HxW");
+        }
+    }
     if (grids.size() == 1) grids.resize(N, grids[0]);
     if (grids.size() != N)
         throw UsageError(command + ": --grids gives " + std::to_string(grids.size()) + " grids for " + std::to_string(N) +

@@ -19,13 +19,14 @@ extern const std::string kDataDir;
 
 // Reads (L, Kv) or (N, L, Kv) features; `unbatched` tells which it was. The checks are as_feature_batch's
 // (rank, a square patch count, finite values) plus the width the weights expect, all reported with the file.
-// square = false drops the square check (non-square grids, MiniCPM-V's padded batches).
+// square = false drops the square check (run and compare: batch_grids checks the grids against L).
 Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched = nullptr, bool square = true);
 
 // "3x5" or "2x3,3x3,1x2": one grid (h, w) per image, or one for every image. UsageError naming the flag.
 std::vector<Grid> parse_grids(const std::string& command, const std::string& flag, const std::string& text);
 
-// The grids of a batch x (N, L, Kv) from --grids: none = the square grid of L; one = the same for every image; else
+// The grids of a batch x (N, L, Kv) from --grids: none = the square grid of L (Qwen-VL; an error suggesting --grids
+// when L is not a square); one = the same for every image; else
 // one per image. Qwen-VL: one grid for the batch, of exactly L cells; MiniCPM-V: at most L cells each (the rest
 // padding). InputError naming `input` or UsageError otherwise.
 std::vector<Grid> batch_grids(const std::string& command, const std::string& input, std::vector<Grid> grids,

@@ -188,7 +188,7 @@ int compare_command(const std::vector<std::string>& argv) {
     const AdapterConfig& c = m.config;
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
-    const Tensor3 x = read_features(input, c.kv_dim, nullptr, grids.empty());
+    const Tensor3 x = read_features(input, c.kv_dim, nullptr, false);  // batch_grids checks the grids against L
     grids = batch_grids("compare", input, grids, x, c.model);
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
@@ -220,11 +220,12 @@ int compare_command(const std::vector<std::string>& argv) {
         }
         ++found;
         std::string note;
-        const xt::xarray<float> theirs = to_our_layout(read_npy_float(path), their.layout, shape_of(mine), note);
+        const xt::xarray<float> raw = read_npy_float(path);
+        const xt::xarray<float> theirs = to_our_layout(raw, their.layout, shape_of(mine), note);
         bool ok = false;
         char line[160];
         if (theirs.dimension() == 0) {
-            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(read_npy_float(path))).c_str(),
+            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(raw)).c_str(),
                           their.file.c_str());
         } else {
             const Agreement g = agreement(theirs, mine);

@@ -46,12 +46,11 @@ int info_command(const std::vector<std::string>& argv) {
 
     const LoadedAdapter m = load_adapter(files, prefix, heads, true, Contents::shapes);  // headers, and pos_embed
     const AdapterConfig& c = m.config;
-    const CheckpointLayout layout = checkpoint_layout(files, prefix);
     const bool minicpmv = c.model == Model::minicpm_v;
     std::string version;  // MiniCPM-V's two published sizes
     if (minicpmv && c.embed_dim == 4096 && c.n_queries == 96) version = ", the sizes of MiniCPM-Llama3-V 2.5";
     if (minicpmv && c.embed_dim == 3584 && c.n_queries == 64) version = ", the sizes of MiniCPM-V 2.6";
-    std::printf("model: %s (tensors under %s%s)\n", model_name(c.model), layout.adapter.c_str(), version.c_str());
+    std::printf("model: %s (tensors under %s%s)\n", model_name(c.model), m.layout.adapter.c_str(), version.c_str());
     char queries[96];
     if (minicpmv)
         std::snprintf(queries, sizeof queries, "%zu, no position term on the queries", c.n_queries);

@@ -53,12 +53,14 @@ int run_command(const std::vector<std::string>& argv) {
     const std::string input = args.required("run", "--input");
     const std::string output = args.required("run", "--output");
     const std::size_t heads = args.has("--heads") ? parse_count("run", "--heads", args.get("--heads")) : 0;
-    bool readable = args.flags.at("--readable");
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
     const std::string prefix = args.get("--prefix", kDefaultPrefix);
     const bool want_tail = !args.flags.at("--adapter-only");
+    // MiniCPM-V's fast path records no trace (it drops the padding): with --trace its readable path runs.
+    const bool minicpmv = checkpoint_layout(files, prefix).model == Model::minicpm_v;
+    const bool readable = args.flags.at("--readable") || (minicpmv && args.has("--trace"));
     // The readable path reads the weights into tensors; the fast path reads them in place from the mapped files.
     LoadedAdapter loaded;
     MappedAdapter mapped;
@@ -67,19 +69,12 @@ int run_command(const std::vector<std::string>& argv) {
     else
         mapped = map_adapter(files, prefix, heads, want_tail);
     const AdapterConfig& c = readable ? loaded.config : mapped.config;
-    if (!readable && mapped.config.model == Model::minicpm_v && args.has("--trace")) {
-        // MiniCPM-V's fast path records no trace (it drops the padding): the readable path records it.
-        loaded = load_adapter(files, prefix, heads, want_tail);
-        readable = true;
-    }
     const bool has_tail = readable ? loaded.has_tail : mapped.has_tail;
 
-    const bool minicpmv = c.model == Model::minicpm_v;
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("run", "--grids", args.get("--grids"));
     bool unbatched = false;
-    const Tensor3 x = read_features(input, c.kv_dim, &unbatched, grids.empty());
-    const std::size_t N = x.shape(0), L = x.shape(1);
+    const Tensor3 x = read_features(input, c.kv_dim, &unbatched, false);  // the grids are checked against L below
     grids = batch_grids("run", input, grids, x, c.model);
     if (minicpmv && args.has("--mask"))
         throw UsageError("run: MiniCPM-V takes no --mask: its key padding mask comes from --grids");
@@ -101,7 +96,7 @@ int run_command(const std::vector<std::string>& argv) {
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps);
     } else {
         // The query side does not depend on the images: computed once, for all of them.
-        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, L, t, grids[0]);
+        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t, grids[0]);
         y = fast::adapter_forward(mapped.weights, c, side, x, m, t);
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }

@@ -63,10 +63,10 @@ CheckpointLayout checkpoint_layout(const WeightFiles& files, const std::string& 
 LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix_given, std::size_t num_heads,
                            bool want_tail, Contents contents) {
     const bool fill = contents == Contents::all;
-    const CheckpointLayout layout = checkpoint_layout(files, prefix_given);
-    const std::string& a = layout.adapter;
-    const std::string& prefix = layout.tail;
     LoadedAdapter m;
+    m.layout = checkpoint_layout(files, prefix_given);
+    const std::string& a = m.layout.adapter;
+    const std::string& prefix = m.layout.tail;
     AdapterWeights& w = m.weights;
     w.query = read_rank<2>(files, a + "query", fill);
     if (files.has(a + "pos_embed")) w.pos_embed = read_rank<2>(files, a + "pos_embed", true);  // info compares it
@@ -84,7 +84,7 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix_g
         if (num_heads == 0 && E < 128)
             throw std::invalid_argument("the width E = " + std::to_string(E) +
                                         " gives no heads by Qwen-VL's rule H = E / 128; give --heads");
-        m.config = derive_config(w, num_heads, layout.model);
+        m.config = derive_config(w, num_heads, m.layout.model);
         const bool has_proj = files.has(prefix + "proj");
         const bool has_ln_post = files.has(prefix + "ln_post.weight") && files.has(prefix + "ln_post.bias");
         if (want_tail && has_proj != has_ln_post)
@@ -141,14 +141,15 @@ fast::Values take_values(MappedAdapter& m, const std::string& name) {
 MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_given, std::size_t num_heads,
                           bool want_tail) {
     MappedAdapter m;
+    CheckpointLayout layout;
     {
         // Every check of load_adapter, on the headers' shapes only (the tensors it allocates are never touched).
         const LoadedAdapter shapes = load_adapter(files, prefix_given, num_heads, want_tail, Contents::shapes);
         m.config = shapes.config;
         m.has_tail = shapes.has_tail;
+        layout = shapes.layout;
     }
     m.files = files;
-    const CheckpointLayout layout = checkpoint_layout(files, prefix_given);
     const std::string& a = layout.adapter;
     const std::string& prefix = layout.tail;
     const std::size_t E = m.config.embed_dim;

@@ -35,6 +35,7 @@ struct CheckpointLayout {
 CheckpointLayout checkpoint_layout(const WeightFiles& files, const std::string& prefix);
 
 struct LoadedAdapter {
+    CheckpointLayout layout;  // where the tensors were found, and so which model
     AdapterWeights weights;
     AdapterConfig config;
     bool has_tail = false;  // ln_post and proj were found

@@ -91,7 +91,7 @@ Fixture load_fixture(const std::string& path) {
         const auto& inputs = j.at("inputs");
         const xt::xarray<float> x = tensor_from_json(inputs.at("x"), "x");
         require(x.dimension() == 3, "load_fixture", "x must be (N, L, Kv)");
-        f.x = minicpmv || !f.grids.empty() ? Tensor3(x) : as_feature_batch(x);  // L a square only for a square grid
+        f.x = as_feature_batch(x, f.grids.empty());  // L a square only when no grids are given
         if (inputs.contains("attn_mask")) {
             const auto& m = inputs.at("attn_mask");
             f.has_mask = true;

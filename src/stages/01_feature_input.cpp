@@ -24,7 +24,7 @@ Grid key_grid(std::size_t count, Grid requested, const char* what) {
     return requested;
 }
 
-Tensor3 as_feature_batch(const xt::xarray<float>& features) {
+Tensor3 as_feature_batch(const xt::xarray<float>& features, bool square_grid) {
     const char* fn = "as_feature_batch";
     require(features.dimension() == 2 || features.dimension() == 3, fn,
             "features have shape " + shape_string(shape_of(features)) + ", expected (L, Kv) or (N, L, Kv)");
@@ -35,7 +35,7 @@ Tensor3 as_feature_batch(const xt::xarray<float>& features) {
         batch = features;
     require(batch.shape(0) > 0 && batch.shape(2) > 0, fn,
             "features have shape " + shape_string(shape_of(features)) + " with an empty axis");
-    grid_side(batch.shape(1), "as_feature_batch: the patch count L");
+    if (square_grid) grid_side(batch.shape(1), "as_feature_batch: the patch count L");
     const bool all_finite = std::all_of(batch.begin(), batch.end(), [](float value) { return std::isfinite(value); });
     require(all_finite, fn, "features hold a NaN or infinite value");
     return batch;

@@ -28,7 +28,8 @@ Grid key_grid(std::size_t count, Grid requested, const char* what);
 std::size_t grid_side(std::size_t count, const char* what);
 
 // Patch features as a batch: (L, Kv) becomes (1, L, Kv); (N, L, Kv) is kept.
-// Checks: rank 2 or 3, L > 0 a perfect square, Kv > 0, every value finite.
-Tensor3 as_feature_batch(const xt::xarray<float>& features);
+// Checks: rank 2 or 3, L > 0 a perfect square, Kv > 0, every value finite. square_grid = false drops the
+// perfect-square check, for features whose grids are given (a non-square image, MiniCPM-V's padded batch).
+Tensor3 as_feature_batch(const xt::xarray<float>& features, bool square_grid = true);
 
 }  // namespace qwenvl
