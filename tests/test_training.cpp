@@ -20,6 +20,7 @@ struct Golden {
     AdapterConfig config;
     AdamWConfig optimizer;
     Tensor3 x, target;
+    Matrix readout;  // the query-count ablation's read-out (adamw_10_steps_readout.json); empty: the plain loss
     nlohmann::ordered_json steps;
     NamedTensors final_params;
 };
@@ -30,8 +31,8 @@ NamedTensors named(const nlohmann::ordered_json& j) {
     return out;
 }
 
-Golden load_golden() {
-    const nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_json(QWENVL_DATA_DIR "/training/adamw_10_steps.json").dump());
+Golden load_golden(const std::string& file = "adamw_10_steps.json") {
+    const nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_json(QWENVL_DATA_DIR "/training/" + file).dump());
     Golden g;
     const auto& cfg = j.at("config");
     g.weights.kv_proj = Matrix::from_shape({cfg.at("embed_dim").get<std::size_t>(), cfg.at("kv_dim").get<std::size_t>()});
@@ -49,6 +50,7 @@ Golden load_golden() {
     g.optimizer.total_steps = o.at("total_steps");
     g.x = tensor_from_json(j.at("inputs").at("x"), "x");
     g.target = tensor_from_json(j.at("inputs").at("target"), "target");
+    if (cfg.at("readout").get<bool>()) g.readout = readout_matrix(cfg.at("grid_q"), cfg.at("grid_k"));
     g.steps = j.at("steps");
     g.final_params = named(j.at("final_params"));
     return g;
@@ -57,11 +59,16 @@ Golden load_golden() {
 
 TEST_CASE("training: ten AdamW steps equal PyTorch's, every step's loss, gradient norm and rate, and the final parameters",
           "[training]") {
-    Golden g = load_golden();
+    // The plain loss on the tower's output, and the query-count ablation's loss through the read-out.
+    const std::string file = GENERATE(std::string("adamw_10_steps.json"), std::string("adamw_10_steps_readout.json"));
+    INFO(file);
+    Golden g = load_golden(file);
+    REQUIRE((g.readout.size() > 0) == (file == "adamw_10_steps_readout.json"));
     AdamW optimizer{g.optimizer};
     REQUIRE(g.steps.size() == 10);
     for (const auto& want : g.steps) {
-        const StepResult got = train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer);
+        const StepResult got = g.readout.size() ? readout_train_step(g.weights, g.tail, g.config, g.x, g.readout, g.target, optimizer)
+                                                : train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer);
         INFO("step " << want.at("step") << ": loss " << got.loss << " (PyTorch " << want.at("loss").get<double>()
                      << "), gradient norm " << got.grad_norm << " (" << want.at("grad_norm").get<double>() << ")");
         CHECK(std::abs(got.loss - want.at("loss").get<double>()) <= 1e-5 * want.at("loss").get<double>());
@@ -151,4 +158,56 @@ TEST_CASE("training: init_upstream draws upstream's distributions", "[training]"
     CHECK(xt::all(xt::equal(w.in_proj.b_v, 0.0f)));
     CHECK(xt::all(xt::equal(w.ln_q_weight, 1.0f)));
     CHECK(w.pos_embed.size() == 0);
+}
+
+TEST_CASE("training: the read-out, its loss and its backward equal PyTorch's F.interpolate and autograd", "[training]") {
+    // data/training/readout.json: a 2 x 2 grid of outputs read out to 3 x 3, 3 x 3 to 2 x 2 (more queries than
+    // patches), 4 x 4 to 7 x 7, and 3 x 3 to itself (the identity).
+    const nlohmann::json j = read_json(QWENVL_DATA_DIR "/training/readout.json");
+    REQUIRE(j.at("cases").size() == 4);
+    for (const auto& c : j.at("cases")) {
+        const std::size_t grid_q = c.at("grid_q"), grid_out = c.at("grid_out");
+        INFO(grid_q << " x " << grid_q << " -> " << grid_out << " x " << grid_out);
+        const Tensor3 y = tensor_from_json(c.at("y"), "y"), target = tensor_from_json(c.at("target"), "target");
+        const Matrix readout = readout_matrix(grid_q, grid_out);
+        CHECK((shape_of(readout) == std::vector<std::size_t>{grid_out * grid_out, grid_q * grid_q}));
+        const Tensor3 z = grid_readout(readout, y);
+        const Comparison cz = compare(z, tensor_from_json(c.at("z"), "z"), 1e-6, 1e-5);
+        INFO("z: " << describe(cz, tensor_from_json(c.at("z"), "z")));
+        CHECK(cz.ok());
+        const MseLoss loss = mse_loss(z, target);
+        CHECK(std::abs(loss.loss - c.at("loss").get<double>()) <= 1e-5 * c.at("loss").get<double>());
+        const Tensor3 want_dy = tensor_from_json(c.at("d_y"), "d_y");
+        const Comparison cd = compare(grid_readout_backward(readout, loss.d_y), want_dy, 1e-6, 1e-5);
+        INFO("d_y: " << describe(cd, want_dy));
+        CHECK(cd.ok());
+    }
+}
+
+TEST_CASE("training: the reconstruct task's patches are normalised, smooth across the grid, and their own target",
+          "[training]") {
+    std::mt19937 rng(7);
+    const TaskBatch b = reconstruct_task(4, 16, 32, rng);
+    REQUIRE((shape_of(b.x) == std::vector<std::size_t>{4, 256, 32}));
+    CHECK(bool(xt::all(xt::equal(b.x, b.target))));
+    double largest_mean = 0.0, largest_variance_error = 0.0, neighbours = 0.0, apart = 0.0;
+    for (std::size_t n = 0; n < 4; ++n)
+        for (std::size_t p = 0; p < 256; ++p) {
+            double mean = 0.0, square = 0.0;
+            for (std::size_t c = 0; c < 32; ++c) {
+                mean += b.x(n, p, c) / 32.0;
+                square += b.x(n, p, c) * b.x(n, p, c) / 32.0;
+                if (p % 16 != 15) neighbours += b.x(n, p, c) * b.x(n, p + 1, c);          // its right neighbour
+                if (p % 16 < 8) apart += b.x(n, p, c) * b.x(n, p + 8, c);                  // 8 patches along the row
+            }
+            largest_mean = std::max(largest_mean, std::abs(mean));
+            largest_variance_error = std::max(largest_variance_error, std::abs(square - mean * mean - 1.0));
+        }
+    CHECK(largest_mean < 1e-5);
+    CHECK(largest_variance_error < 1e-4);
+    // Correlation of a channel between neighbours (about 0.8) and between patches 8 apart (about 0).
+    const double r_near = neighbours / (4.0 * 16 * 15 * 32), r_far = apart / (4.0 * 16 * 8 * 32);
+    INFO("neighbours " << r_near << ", 8 apart " << r_far);
+    CHECK(r_near > 0.5);
+    CHECK(std::abs(r_far) < 0.2);
 }

@@ -1,4 +1,5 @@
-// qwenvl-adapter train: train the adapter and the tower's tail on the positions task (stage 10, docs/training.md).
+// qwenvl-adapter train: train the adapter and the tower's tail on the positions task or the query-count ablation's
+// reconstruction task (stage 10, docs/training.md).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,14 +18,18 @@ namespace qwenvl::cli {
 
 namespace {
 const char* kTrainHelp =
-    "usage: qwenvl-adapter train --out DIR [--steps S] [--batch B] [--lr LR] [--warmup W] [--seed N]\n"
-    "                            [--width E] [--heads H] [--queries Q] [--keys L] [--no-positions]\n"
+    "usage: qwenvl-adapter train --out DIR [--task positions|reconstruct] [--steps S] [--batch B] [--lr LR]\n"
+    "                            [--warmup W] [--seed N] [--width E] [--heads H] [--queries Q] [--keys L]\n"
+    "                            [--no-positions]\n"
     "                            [--save-every S] [--log-every S] [--until S] [--resume]\n"
     "\n"
-    "Trains the adapter and the tower's tail (the readable stages, src/stages/) on the positions task: every\n"
-    "query must give the mean of the patch features in its own cell of the key grid (docs/training.md), with\n"
-    "AdamW (betas 0.9 and 0.98, weight decay 0.05), gradient-norm clipping at 1.0 and a cosine schedule with\n"
-    "linear warm-up, from upstream's initialisation.\n"
+    "Trains the adapter and the tower's tail (the readable stages, src/stages/) with AdamW (betas 0.9 and 0.98,\n"
+    "weight decay 0.05), gradient-norm clipping at 1.0 and a cosine schedule with linear warm-up, from upstream's\n"
+    "initialisation, on one of two tasks (docs/training.md):\n"
+    "  positions    (the default) every query must give the mean of the patch features in its own cell of the key\n"
+    "               grid; needs --keys >= --queries\n"
+    "  reconstruct  the query-count ablation's task: the Q outputs, resized bicubically from their grid to the key\n"
+    "               grid, must give back the patches; the loss means the same for every Q (--queries may exceed --keys)\n"
     "\n"
     "  --out DIR        where the checkpoint goes: DIR/adapter.safetensors (the checkpoint's tensor names: `run`,\n"
     "                   `info` and `--trace` read it), DIR/adamw-state.safetensors (the optimiser's moments) and\n"
@@ -79,8 +84,9 @@ std::map<std::string, xt::xarray<float>> optimiser_tensors(const AdamW& opt) {
 }
 
 void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail, const AdamW& opt, bool positions,
-          unsigned seed, std::size_t heads) {
+          unsigned seed, std::size_t heads, const std::string& task) {
     const std::map<std::string, std::string> meta = {{"step", std::to_string(opt.step)},
+                                                      {"task", task},
                                                       {"seed", std::to_string(seed)},
                                                       {"heads", std::to_string(heads)},
                                                       {"positions", positions ? "yes" : "no"},
@@ -94,7 +100,7 @@ void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail
 
 int train_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("train", argv,
-                                 {"--out", "--steps", "--batch", "--lr", "--warmup", "--seed", "--width", "--heads",
+                                 {"--out", "--task", "--steps", "--batch", "--lr", "--warmup", "--seed", "--width", "--heads",
                                   "--queries", "--keys", "--save-every", "--log-every", "--until"},
                                  {"--no-positions", "--resume"});
     if (args.help) return std::printf("%s", kTrainHelp), 0;
@@ -107,10 +113,14 @@ int train_command(const std::vector<std::string>& argv) {
     const std::size_t save_every = count("--save-every", 100), log_every = count("--log-every", 25);
     auto seed = static_cast<unsigned>(count("--seed", 1));
     const double lr = args.has("--lr") ? parse_positive("--lr", args.get("--lr")) : 1e-2;
-    const bool positions = !args.flags.at("--no-positions"), resume = args.flags.at("--resume");
+    bool positions = !args.flags.at("--no-positions");
+    const bool resume = args.flags.at("--resume");
     if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
     if (until > steps) throw UsageError("train: --until must not exceed --steps");
     const std::size_t n_keys = count("--keys", 64), grid_k = side_of("--keys", n_keys);
+    std::string task = args.has("--task") ? args.get("--task") : "positions";
+    if (task != "positions" && task != "reconstruct")
+        throw UsageError("train: --task is positions or reconstruct, not '" + task + "'");
 
     AdapterWeights w;
     TowerTail tail;
@@ -141,6 +151,11 @@ int train_command(const std::vector<std::string>& argv) {
             throw InputError(dir, "adapter.safetensors (step " + files.metadata("step") + ") and adamw-state.safetensors (step " +
                                       state.metadata("step") + ") are from different steps");
         seed = static_cast<unsigned>(std::stoul(files.metadata("seed")));
+        const std::string saved_task = files.metadata("task");
+        if (args.has("--task") && task != saved_task)
+            throw UsageError("train: the run in " + dir + " trains the " + saved_task + " task, not " + task);
+        task = saved_task;
+        positions = files.metadata("positions") == "yes";
         if (optimiser.step >= steps) throw UsageError("train: the run in " + dir + " is already at step " +
                                                       std::to_string(optimiser.step) + " of --steps " + std::to_string(steps));
     } else {
@@ -153,7 +168,8 @@ int train_command(const std::vector<std::string>& argv) {
         init_upstream(w, tail, c, seed);
         w.pos_embed = positions ? sincos_2d(c.embed_dim, c.grid_q) : Matrix(xt::zeros<float>({c.n_queries, c.embed_dim}));
     }
-    if (grid_k < c.grid_q) throw UsageError("train: --keys must be at least --queries (one cell per query)");
+    if (task == "positions" && grid_k < c.grid_q)
+        throw UsageError("train: --keys must be at least --queries (one cell per query)");
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (!std::filesystem::is_directory(dir)) throw InputError(dir, "cannot be made a folder (" + ec.message() + ")");
@@ -161,16 +177,23 @@ int train_command(const std::vector<std::string>& argv) {
     std::ofstream log(dir + "/loss.csv", resume ? std::ios::app : std::ios::trunc);
     if (!log) throw InputError(dir + "/loss.csv", "cannot write");
     if (!resume) log << "step,loss,lr,grad_norm,seconds\n";
-    std::printf("training on the positions task %s the 2-D position tables: E = %zu, H = %zu, %zu queries, %zu keys, "
-                "batch %zu, steps %zu to %zu\n", positions ? "with" : "WITHOUT", c.embed_dim, c.num_heads, c.n_queries,
+    std::printf("training on the %s task %s the 2-D position tables: E = %zu, H = %zu, %zu queries, %zu keys, "
+                "batch %zu, steps %zu to %zu\n", task.c_str(), positions ? "with" : "WITHOUT", c.embed_dim, c.num_heads, c.n_queries,
                 n_keys, batch, optimiser.step, steps);
+    const Matrix readout = readout_matrix(c.grid_q, grid_k);  // the reconstruct task's read-out, (L, Q)
     const auto start = std::chrono::steady_clock::now();
     const std::size_t first = optimiser.step;
     while (optimiser.step < until) {
         const std::size_t step = optimiser.step;
         std::mt19937 rng(seed * 1000003u + static_cast<unsigned>(step));  // the batch of a step, also on resume
-        const TaskBatch b = positions_task(batch, grid_k, c.grid_q, c.embed_dim, rng);
-        const StepResult r = train_step(w, tail, c, b.x, b.target, optimiser);
+        StepResult r;
+        if (task == "positions") {
+            const TaskBatch b = positions_task(batch, grid_k, c.grid_q, c.embed_dim, rng);
+            r = train_step(w, tail, c, b.x, b.target, optimiser);
+        } else {
+            const TaskBatch b = reconstruct_task(batch, grid_k, c.embed_dim, rng);
+            r = readout_train_step(w, tail, c, b.x, readout, b.target, optimiser);
+        }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         log << step << ',' << r.loss << ',' << r.lr << ',' << r.grad_norm << ',' << seconds << '\n';
         if (optimiser.step % log_every == 0 || optimiser.step == until) {
@@ -182,7 +205,7 @@ int train_command(const std::vector<std::string>& argv) {
         }
         if (optimiser.step % save_every == 0 || optimiser.step == until) {
             log.flush();
-            save(dir, w, tail, optimiser, positions, seed, c.num_heads);
+            save(dir, w, tail, optimiser, positions, seed, c.num_heads, task);
         }
     }
     std::printf("wrote %s/adapter.safetensors, %s/adamw-state.safetensors and %s/loss.csv\n", dir.c_str(), dir.c_str(),

@@ -387,6 +387,21 @@ PYBIND11_MODULE(qwenvl, m) {
         return py::make_tuple(numpy(b.x), numpy(b.target));
     }, py::arg("batch"), py::arg("grid_k"), py::arg("grid_q"), py::arg("width"), py::arg("seed"),
        "(x, target) of the positions task (docs/training.md).");
+    m.def("reconstruct_task", [](std::size_t batch, std::size_t grid_k, std::size_t width, unsigned seed) {
+        std::mt19937 rng(seed);
+        const TaskBatch b = reconstruct_task(batch, grid_k, width, rng);
+        return py::make_tuple(numpy(b.x), numpy(b.target));
+    }, py::arg("batch"), py::arg("grid_k"), py::arg("width"), py::arg("seed"),
+       "(x, target) of the query-count ablation's reconstruct task (docs/training.md).");
+    m.def("readout_matrix", [](std::size_t grid_q, std::size_t grid_out) { return numpy(readout_matrix(grid_q, grid_out)); },
+          py::arg("grid_q"), py::arg("grid_out"), "R (grid_out^2, grid_q^2): the read-out's bicubic resize as a matrix.");
+    m.def("grid_readout", [](const py::handle& readout, const py::handle& y) {
+        return numpy(grid_readout(matrix(readout, "grid_readout", "readout"), tensor3(y, "grid_readout", "y")));
+    }, py::arg("readout"), py::arg("y"), "z_n = R y_n for every image: (N, Q, E) -> (N, G^2, E).");
+    m.def("grid_readout_backward", [](const py::handle& readout, const py::handle& d_z) {
+        return numpy(grid_readout_backward(matrix(readout, "grid_readout_backward", "readout"),
+                                           tensor3(d_z, "grid_readout_backward", "d_z")));
+    }, py::arg("readout"), py::arg("d_z"), "dL/dy_n = R^T dL/dz_n.");
     py::class_<AdamWConfig>(m, "AdamWConfig")
         .def(py::init<>())
         .def_readwrite("lr", &AdamWConfig::lr)
@@ -410,4 +425,12 @@ PYBIND11_MODULE(qwenvl, m) {
         return py::dict(py::arg("loss") = r.loss, py::arg("grad_norm") = r.grad_norm, py::arg("lr") = r.lr);
     }, py::arg("weights"), py::arg("tail"), py::arg("config"), py::arg("x"), py::arg("target"), py::arg("optimizer"),
        py::arg("mask") = py::none(), "One step of training, in place: {loss, grad_norm, lr}.");
+    m.def("readout_train_step", [](AdapterWeights& w, TowerTail& tl, const AdapterConfig& c, const py::handle& x,
+                                   const py::handle& readout, const py::handle& target, AdamW& optimizer) {
+        const StepResult r = readout_train_step(w, tl, c, tensor3(x, "readout_train_step", "x"),
+                                                matrix(readout, "readout_train_step", "readout"),
+                                                tensor3(target, "readout_train_step", "target"), optimizer);
+        return py::dict(py::arg("loss") = r.loss, py::arg("grad_norm") = r.grad_norm, py::arg("lr") = r.lr);
+    }, py::arg("weights"), py::arg("tail"), py::arg("config"), py::arg("x"), py::arg("readout"), py::arg("target"),
+       py::arg("optimizer"), "One step of training on the read-out's loss, in place: {loss, grad_norm, lr}.");
 }

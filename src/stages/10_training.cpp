@@ -1,10 +1,14 @@
 #include "stages/10_training.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
+#include <xtensor/xbuilder.hpp>
+#include <xtensor/xmanipulation.hpp>
 #include <xtensor/xview.hpp>
 
+#include "stages/03_resize.hpp"
 #include "stages/05_projections.hpp"
 
 namespace qwenvl {
@@ -148,24 +152,70 @@ void AdamW::update(NamedTensors& params, const NamedTensors& gradients, double l
     }
 }
 
-StepResult train_step(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
-                      const Tensor3& target, AdamW& optimizer, const Matrix* mask) {
-    Trace forward;
-    const Tensor3 out = adapter_forward(w, c, x, mask, &forward);
-    const Tensor3 y = tower_tail_forward(tail, out, c.eps);
-    const MseLoss loss = mse_loss(y, target);
-    const TailGradients tail_grads = tower_tail_backward(tail, out, loss.d_y, c.eps);
+namespace {
+// The part of a step after the loss: the backward from dL/dy, the clipping and AdamW's update.
+StepResult update_from_loss(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                            const Trace& forward, const Tensor3& out, double loss, const Tensor3& d_y, AdamW& optimizer) {
+    const TailGradients tail_grads = tower_tail_backward(tail, out, d_y, c.eps);
     const AdapterGradients adapter_grads = adapter_backward(w, c, x, forward, tail_grads.d_out);
 
     NamedTensors gradients = named_gradients(adapter_grads, tail_grads);
     StepResult result;
-    result.loss = loss.loss;
+    result.loss = loss;
     result.grad_norm = clip_grad_norm(gradients, optimizer.config.max_grad_norm);
     result.lr = learning_rate(optimizer.step, optimizer.config);
     NamedTensors params = trainable_parameters(w, tail);
     optimizer.update(params, gradients, result.lr);
     set_trainable_parameters(params, w, tail);
     return result;
+}
+}  // namespace
+
+StepResult train_step(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                      const Tensor3& target, AdamW& optimizer, const Matrix* mask) {
+    Trace forward;
+    const Tensor3 out = adapter_forward(w, c, x, mask, &forward);
+    const Tensor3 y = tower_tail_forward(tail, out, c.eps);
+    const MseLoss loss = mse_loss(y, target);
+    return update_from_loss(w, tail, c, x, forward, out, loss.loss, loss.d_y, optimizer);
+}
+
+Matrix readout_matrix(std::size_t grid_q, std::size_t grid_out) {
+    const Matrix one_hot = xt::eye<float>(grid_q * grid_q);  // row i: the table e_i, one channel per query
+    return resize_bicubic(one_hot, grid_q, grid_out);        // (G^2, Q): column i, the resize of e_i
+}
+
+Tensor3 grid_readout(const Matrix& readout, const Tensor3& y) {
+    const std::size_t N = y.shape(0), Q = y.shape(1), E = y.shape(2), G2 = readout.shape(0);
+    check_shape("grid_readout", "readout", readout, {G2, Q});
+    Tensor3 z({N, G2, E});
+    for (std::size_t n = 0; n < N; ++n) {
+        const Matrix y_n = xt::view(y, n);         // (Q, E)
+        xt::view(z, n) = matmul(readout, y_n);     // (G^2, E)
+    }
+    return z;
+}
+
+Tensor3 grid_readout_backward(const Matrix& readout, const Tensor3& d_z) {
+    const std::size_t N = d_z.shape(0), G2 = readout.shape(0), Q = readout.shape(1), E = d_z.shape(2);
+    check_shape("grid_readout_backward", "d_z", d_z, {N, G2, E});
+    const Matrix readout_t = xt::transpose(readout);  // (Q, G^2)
+    Tensor3 d_y({N, Q, E});
+    for (std::size_t n = 0; n < N; ++n) {
+        const Matrix d_z_n = xt::view(d_z, n);       // (G^2, E)
+        xt::view(d_y, n) = matmul(readout_t, d_z_n);  // (Q, E)
+    }
+    return d_y;
+}
+
+StepResult readout_train_step(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                              const Matrix& readout, const Tensor3& target, AdamW& optimizer) {
+    Trace forward;
+    const Tensor3 out = adapter_forward(w, c, x, nullptr, &forward);
+    const Tensor3 y = tower_tail_forward(tail, out, c.eps);
+    const Tensor3 z = grid_readout(readout, y);
+    const MseLoss loss = mse_loss(z, target);
+    return update_from_loss(w, tail, c, x, forward, out, loss.loss, grid_readout_backward(readout, loss.d_y), optimizer);
 }
 
 TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng) {
@@ -186,6 +236,34 @@ TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid
         for (std::size_t patch = 0; patch < L; ++patch)
             for (std::size_t c = 0; c < width; ++c)
                 b.target(n, cell[patch], c) += static_cast<float>(b.x(n, patch, c) / count[cell[patch]]);
+    return b;
+}
+
+TaskBatch reconstruct_task(std::size_t batch, std::size_t grid_k, std::size_t width, std::mt19937& rng) {
+    require(grid_k > 0 && width > 1, "reconstruct_task", "a key grid and at least two features");
+    const std::size_t L = grid_k * grid_k;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    TaskBatch b{xt::zeros<float>({batch, L, width}), Tensor3()};
+    for (std::size_t n = 0; n < batch; ++n) {
+        // Three octaves of noise, each drawn on a coarser grid and resized bicubically (stage 03) to the key grid:
+        // G_k / 4 with amplitude 1, G_k / 2 with 1/sqrt(2), G_k with 1/2: each finer octave half the energy.
+        Matrix image = xt::zeros<float>({L, width});
+        const std::size_t grids[3] = {std::max<std::size_t>(grid_k / 4, 1), std::max<std::size_t>(grid_k / 2, 1), grid_k};
+        const float amplitudes[3] = {1.0f, 1.0f / std::sqrt(2.0f), 0.5f};
+        for (int octave = 0; octave < 3; ++octave) {
+            Matrix noise = Matrix::from_shape({grids[octave] * grids[octave], width});
+            for (auto& value : noise) value = normal(rng);
+            image += amplitudes[octave] * resize_bicubic(noise, grids[octave], grid_k);
+        }
+        // Each patch normalised to mean 0 and variance 1 over its channels.
+        for (std::size_t p = 0; p < L; ++p) {
+            double mean = 0.0, variance = 0.0;
+            for (std::size_t c = 0; c < width; ++c) mean += image(p, c) / static_cast<double>(width);
+            for (std::size_t c = 0; c < width; ++c) variance += (image(p, c) - mean) * (image(p, c) - mean) / static_cast<double>(width);
+            for (std::size_t c = 0; c < width; ++c) b.x(n, p, c) = static_cast<float>((image(p, c) - mean) / std::sqrt(variance));
+        }
+    }
+    b.target = b.x;
     return b;
 }
 

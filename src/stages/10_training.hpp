@@ -91,4 +91,26 @@ struct TaskBatch {
 };
 TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng);
 
+// The query-count ablation (paper, Appendix E.2; docs/training.md#the-query-count-ablation) needs a loss that means
+// the same for every Q. The read-out: the Q outputs of an image, seen as their G_q x G_q grid, resized bicubically
+// (stage 03, as F.interpolate) to the G x G grid of the patches, z = R y, whatever Q is. The resize is linear in
+// the table it resizes, so R (G^2, Q) is a matrix: its column i is the resize of the one-hot table e_i.
+Matrix readout_matrix(std::size_t grid_q, std::size_t grid_out);
+// z_n = R y_n for every image n: y (N, Q, E) -> z (N, G^2, E).
+Tensor3 grid_readout(const Matrix& readout, const Tensor3& y);
+// Its backward: dL/dy_n = R^T dL/dz_n.
+Tensor3 grid_readout_backward(const Matrix& readout, const Tensor3& d_z);
+
+// One step of training on the read-out: L = mean((R y - target)^2) over z's entries, dL/dz = 2 (z - target) / count
+// (mse_loss), dL/dy = R^T dL/dz (grid_readout_backward), then the backward, clipping and AdamW as train_step.
+StepResult readout_train_step(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, const Tensor3& x,
+                              const Matrix& readout, const Tensor3& target, AdamW& optimizer);
+
+// The reconstruction task of the ablation: features x (N, G_k^2, E), each patch's E values drawn standard normal and
+// then normalised to mean 0 and variance 1 (so that the tail's LayerNorm can give a patch back exactly), and the
+// target the features themselves: through the read-out, query r must give back the patches at its place in the
+// grid. Q tokens read out through R span at most min(Q, G_k^2) of the G_k^2 dimensions of an image's channel, so
+// no adapter with Q < G_k^2 queries gets below a mean squared error of about 1 - Q / G_k^2.
+TaskBatch reconstruct_task(std::size_t batch, std::size_t grid_k, std::size_t width, std::mt19937& rng);
+
 }  // namespace qwenvl

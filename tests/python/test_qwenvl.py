@@ -202,7 +202,26 @@ class Files(unittest.TestCase):
 
 class Training(unittest.TestCase):
     def test_ten_adamw_steps_equal_pytorchs(self):
-        golden = json.load(open(os.path.join(DATA, "training", "adamw_10_steps.json")))
+        for name in ("adamw_10_steps.json", "adamw_10_steps_readout.json"):
+            with self.subTest(name):
+                self.ten_steps(json.load(open(os.path.join(DATA, "training", name))))
+
+    def test_the_readout_equals_pytorchs(self):
+        golden = json.load(open(os.path.join(DATA, "training", "readout.json")))
+        for case in golden["cases"]:
+            y, target = (np.array(case[k]["data"], np.float32).reshape(case[k]["shape"]) for k in ("y", "target"))
+            readout = qwenvl.readout_matrix(case["grid_q"], case["grid_out"])
+            z = qwenvl.grid_readout(readout, y)
+            close(self, z, np.array(case["z"]["data"], np.float32).reshape(case["z"]["shape"]), 1e-6, 1e-5, "z")
+            loss, d_z = qwenvl.mse_loss(z, target)
+            self.assertLessEqual(abs(loss - case["loss"]), 1e-5 * case["loss"])
+            close(self, qwenvl.grid_readout_backward(readout, d_z),
+                  np.array(case["d_y"]["data"], np.float32).reshape(case["d_y"]["shape"]), 1e-6, 1e-5, "d_y")
+        x, target = qwenvl.reconstruct_task(2, 4, 8, 1)
+        self.assertEqual(x.shape, (2, 16, 8))
+        np.testing.assert_array_equal(x, target)
+
+    def ten_steps(self, golden):
 
         def array(t):
             return np.array(t["data"], dtype=np.float32).reshape(t["shape"])
@@ -219,8 +238,12 @@ class Training(unittest.TestCase):
         adamw.warmup_steps, adamw.total_steps = opt["warmup_steps"], opt["total_steps"]
         optimizer = qwenvl.AdamW(adamw)
         x, target = array(golden["inputs"]["x"]), array(golden["inputs"]["target"])
+        readout = qwenvl.readout_matrix(cfg["grid_q"], cfg["grid_k"]) if cfg["readout"] else None
         for want in golden["steps"]:
-            got = qwenvl.train_step(weights, tail, config, x, target, optimizer)
+            if readout is None:
+                got = qwenvl.train_step(weights, tail, config, x, target, optimizer)
+            else:
+                got = qwenvl.readout_train_step(weights, tail, config, x, readout, target, optimizer)
             self.assertLessEqual(abs(got["loss"] - want["loss"]), 1e-5 * want["loss"], "step %d" % want["step"])
             self.assertLessEqual(abs(got["grad_norm"] - want["grad_norm"]), 1e-5 * want["grad_norm"])
             self.assertAlmostEqual(got["lr"], want["lr"], delta=1e-12)

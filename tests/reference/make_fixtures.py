@@ -548,17 +548,57 @@ def learning_rate_factor(step):
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
-def write_training_golden(seed=3000):
+def grid_readout(y, grid_q, grid_out):
+    """The query-count ablation's read-out (docs/training.md): each image's Q outputs (N, Q, E), seen as their
+    grid_q x grid_q grid of E channels, resized by F.interpolate (bicubic, align_corners=False) to grid_out x grid_out:
+    (N, grid_out^2, E)."""
+    N, Q, E = y.shape
+    image = y.reshape(N, grid_q, grid_q, E).permute(0, 3, 1, 2)
+    resized = F.interpolate(image, size=(grid_out, grid_out), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(N, grid_out * grid_out, E)
+
+
+def write_readout_golden(seed=3100):
+    """The read-out alone, by autograd: for an upsampling, a downsampling (more queries than patches) and an equal
+    grid, random outputs y and target, z = grid_readout(y), L = mean((z - target)^2) and dL/dy, in float64 from
+    float32 values, rounded to float32."""
+    gen = np.random.default_rng(seed)
+    cases = []
+    for grid_q, grid_out, N, E in ((2, 3, 2, 5), (3, 2, 2, 4), (4, 7, 1, 3), (3, 3, 1, 2)):
+        y = randn(gen, N, grid_q * grid_q, E)
+        target = randn(gen, N, grid_out * grid_out, E)
+        y64 = y.double().requires_grad_(True)
+        z = grid_readout(y64, grid_q, grid_out)
+        loss = F.mse_loss(z, target.double())
+        loss.backward()
+        cases.append({"grid_q": grid_q, "grid_out": grid_out, "y": tensor_json(y), "target": tensor_json(target),
+                      "z": tensor_json(z.detach().float()), "loss": float(np.float32(loss.item())),
+                      "d_y": tensor_json(y64.grad.float())})
+    golden = {"name": "readout", "description": "the query-count ablation's read-out (bicubic resize of the query grid "
+              "to the patch grid) and the mean squared error's gradient through it",
+              "generator": "tests/reference/make_fixtures.py", "seed": seed, "torch_version": torch.__version__,
+              "numpy_version": np.__version__,
+              "oracle": "F.interpolate (bicubic, align_corners=False) and F.mse_loss by autograd in float64 on float32 "
+                        "values, rounded to float32", "cases": cases}
+    path = os.path.join(TRAINING_DIR, "readout.json")
+    with open(path, "w") as f:
+        f.write(dumps(golden))
+    return path
+
+
+def write_training_golden(seed=3000, readout=False):
     """Ten steps of torch.optim.AdamW (the paper's betas (0.9, 0.98) and weight decay 0.05), gradient-norm clipping
     at 1.0 (clip_grad_norm_) and a cosine schedule with linear warm-up (LambdaLR), on the mean squared error between
     the tower's output and a fixed random target, from upstream's initialisation. In float64 from the float32
-    initial values; every step's loss, gradient norm and learning rate, and the final parameters rounded to float32."""
+    initial values; every step's loss, gradient norm and learning rate, and the final parameters rounded to float32.
+    With `readout`, the loss is the query-count ablation's: the outputs' 2 x 2 grid read out to the 3 x 3 patch grid
+    (grid_readout) against a target of the patches' shape."""
     E, H, Kv, Gq, Gk, N = 8, 2, 6, 2, 3, 2
     Q, L = Gq * Gq, Gk * Gk
     gen = np.random.default_rng(seed)
     initial = upstream_init(E, Kv, Q, gen)
     x = randn(gen, N, L, Kv)
-    target = randn(gen, N, Q, E)
+    target = randn(gen, N, L if readout else Q, E)
     params = {k: v.double().clone().requires_grad_(True) for k, v in initial.items()}
     ordered = [params[k] for k in sorted(params, key=PARAM_ORDER.index)]
     pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()
@@ -578,7 +618,8 @@ def write_training_golden(seed=3000):
     steps = []
     for step in range(ADAMW["total_steps"]):
         optimizer.zero_grad()
-        loss = F.mse_loss(explicit_forward(params, x.double(), None, H, pos_q, pos_k), target.double())
+        y = explicit_forward(params, x.double(), None, H, pos_q, pos_k)
+        loss = F.mse_loss(grid_readout(y, Gq, Gk) if readout else y, target.double())
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(ordered, ADAMW["max_grad_norm"])
         lr = optimizer.param_groups[0]["lr"]
@@ -587,9 +628,11 @@ def write_training_golden(seed=3000):
         # float64 values rounded to float32: their last float64 bits depend on the CPU's kernels
         steps.append({"step": step, "loss": float(np.float32(loss.item())), "grad_norm": float(np.float32(norm.item())),
                       "lr": lr})
+    name = "adamw_10_steps_readout" if readout else "adamw_10_steps"
     golden = {
-        "name": "adamw_10_steps",
-        "description": "ten AdamW steps on the mean squared error to a fixed target, from upstream's initialisation",
+        "name": name,
+        "description": "ten AdamW steps on the mean squared error to a fixed target, from upstream's initialisation" +
+                       (", through the query-count ablation's read-out (grid_readout, 2 x 2 -> 3 x 3)" if readout else ""),
         "generator": "tests/reference/make_fixtures.py",
         "seed": seed,
         "torch_version": torch.__version__,
@@ -597,7 +640,7 @@ def write_training_golden(seed=3000):
         "oracle": "torch.optim.AdamW, clip_grad_norm_ and LambdaLR in float64 on the float32 initial values, the key "
                   "bias's gradient at its exact value 0; losses, norms and final parameters rounded to float32",
         "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk, "n_queries": Q,
-                   "n_keys": L, "batch": N, "eps": EPS},
+                   "n_keys": L, "batch": N, "eps": EPS, "readout": readout},
         "optimizer": ADAMW,
         "inputs": {"x": tensor_json(x), "target": tensor_json(target)},
         "initial_params": {k: tensor_json(initial[k]) for k in sorted(initial, key=PARAM_ORDER.index)},
@@ -605,7 +648,7 @@ def write_training_golden(seed=3000):
         "final_params": {k: tensor_json(params[k].detach().float()) for k in sorted(params, key=PARAM_ORDER.index)},
     }
     os.makedirs(TRAINING_DIR, exist_ok=True)
-    path = os.path.join(TRAINING_DIR, "adamw_10_steps.json")
+    path = os.path.join(TRAINING_DIR, name + ".json")
     with open(path, "w") as f:
         f.write(dumps(golden))
     return path
@@ -1019,6 +1062,8 @@ def main():
     write_demo()
     print("wrote data/demo/ and data/fusion/")
     print("wrote %s" % os.path.relpath(write_training_golden(), REPO))
+    print("wrote %s" % os.path.relpath(write_training_golden(seed=3001, readout=True), REPO))
+    print("wrote %s" % os.path.relpath(write_readout_golden(), REPO))
     write_model_fixtures()
     write_compare_cases()
     return 0
