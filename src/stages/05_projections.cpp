@@ -14,8 +14,10 @@ Matrix matmul(const Matrix& a, const Matrix& b) {
     // loops) reads memory in order and runs on vector instructions; each y_ij still sums its K products from
     // k = 0 up, one after another, as the i-j-k order would. (xt::noalias: y's row and b's row are different
     // memory, so xtensor need not build the sum in a temporary first.)
-    for (std::size_t i = 0; i < R; ++i)
-        for (std::size_t k = 0; k < K; ++k) xt::noalias(xt::row(y, i)) += a(i, k) * xt::row(b, k);
+    for (std::size_t i = 0; i < R; ++i) {
+        auto y_i = xt::row(y, i);  // a view: row i of y itself, not a copy
+        for (std::size_t k = 0; k < K; ++k) xt::noalias(y_i) += a(i, k) * xt::row(b, k);
+    }
     return y;
 }
 
