@@ -125,6 +125,13 @@ MUTATIONS = [
     ("adamw-no-bias-correction", "AdamW without its bias corrections", "src/stages/10_training.cpp",
      "value -= lr / correction1 * first / (std::sqrt(second) / std::sqrt(correction2) + config.eps);",
      "value -= lr * first / (std::sqrt(second) + config.eps);"),
+    ("reconstruct-unnormalised", "the ablation's task: patches not normalised", "src/stages/10_training.cpp",
+     "b.x(n, p, c) = static_cast<float>((image(p, c) - mean) / std::sqrt(variance));",
+     "b.x(n, p, c) = static_cast<float>(image(p, c) - mean);"),
+    ("readout-backward-unscaled", "the read-out's backward: each output's gradient summed over its patches, not weighted",
+     "src/stages/10_training.cpp",
+     "const Matrix readout_t = xt::transpose(readout);  // (Q, G^2)",
+     "const Matrix readout_t = xt::transpose(xt::ceil(xt::abs(readout)));  // (Q, G^2)"),
     # The fast path's own copies of the numerics.
     ("fast-q-unscaled", "fast path: q not scaled by 1/sqrt(Dh)", "src/fast/attention.cpp",
      "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),

@@ -548,7 +548,7 @@ def learning_rate_factor(step):
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
-def grid_readout(y, grid_q, grid_out):
+def interpolate_readout(y, grid_q, grid_out):
     """The query-count ablation's read-out (docs/training.md): each image's Q outputs (N, Q, E), seen as their
     grid_q x grid_q grid of E channels, resized by F.interpolate (bicubic, align_corners=False) to grid_out x grid_out:
     (N, grid_out^2, E)."""
@@ -558,28 +558,55 @@ def grid_readout(y, grid_q, grid_out):
     return resized.permute(0, 2, 3, 1).reshape(N, grid_out * grid_out, E)
 
 
+def readout_matrix(grid_q, grid_out):
+    """The same read-out as a matrix R (grid_out^2, grid_q^2), float64: column i the resize of the one-hot table e_i
+    in exact arithmetic (resize_table_exact). F.interpolate's float64 kernels differ in their last bits from one CPU
+    to another (their vectorised and scalar paths), enough to round a float32 value the other way; R does not."""
+    return resize_table_exact(torch.eye(grid_q * grid_q, dtype=torch.float64), grid_q, grid_out)
+
+
+def grid_readout(y, grid_q, grid_out):
+    """z_n = R y_n, float64 (the read-out of the goldens); equal to interpolate_readout (checked where it is used)."""
+    return torch.matmul(readout_matrix(grid_q, grid_out), y)
+
+
+def exact_product(a, b):
+    """a @ b for float64 matrices in exact rational arithmetic, rounded once to float64: a sum whose order no CPU's
+    kernels change."""
+    A = [[Fraction(float(v)) for v in row] for row in a.tolist()]
+    B = [[Fraction(float(v)) for v in row] for row in b.tolist()]
+    return torch.tensor([[float(sum(A[i][k] * B[k][j] for k in range(len(B)) if A[i][k]))
+                          for j in range(len(B[0]))] for i in range(len(A))], dtype=torch.float64)
+
+
 def write_readout_golden(seed=3100):
     """The read-out alone, by autograd: for an upsampling, a downsampling (more queries than patches) and an equal
-    grid, random outputs y and target, z = grid_readout(y), L = mean((z - target)^2) and dL/dy, in float64 from
-    float32 values, rounded to float32."""
+    grid, random outputs y and target, z = the read-out of y, L = mean((z - target)^2) and dL/dy, in float64 from
+    float32 values, rounded to float32. Autograd through F.interpolate gives them; the file holds the same values
+    computed in exact arithmetic (R y and R^T dL/dz, exact_product), checked equal to autograd's to 1e-12."""
     gen = np.random.default_rng(seed)
     cases = []
     for grid_q, grid_out, N, E in ((2, 3, 2, 5), (3, 2, 2, 4), (4, 7, 1, 3), (3, 3, 1, 2)):
         y = randn(gen, N, grid_q * grid_q, E)
         target = randn(gen, N, grid_out * grid_out, E)
         y64 = y.double().requires_grad_(True)
-        z = grid_readout(y64, grid_q, grid_out)
+        z = interpolate_readout(y64, grid_q, grid_out)
         loss = F.mse_loss(z, target.double())
         loss.backward()
+        R = readout_matrix(grid_q, grid_out)
+        z_exact = torch.stack([exact_product(R, y.double()[n]) for n in range(N)])
+        d_z = 2.0 * (z_exact - target.double()) / z_exact.numel()
+        d_y_exact = torch.stack([exact_product(R.t(), d_z[n]) for n in range(N)])
+        assert (z_exact - z.detach()).abs().max() < 1e-12 and (d_y_exact - y64.grad).abs().max() < 1e-12
         cases.append({"grid_q": grid_q, "grid_out": grid_out, "y": tensor_json(y), "target": tensor_json(target),
-                      "z": tensor_json(z.detach().float()), "loss": float(np.float32(loss.item())),
-                      "d_y": tensor_json(y64.grad.float())})
+                      "z": tensor_json(z_exact.float()), "loss": float(np.float32(loss.item())),
+                      "d_y": tensor_json(d_y_exact.float())})
     golden = {"name": "readout", "description": "the query-count ablation's read-out (bicubic resize of the query grid "
               "to the patch grid) and the mean squared error's gradient through it",
               "generator": "tests/reference/make_fixtures.py", "seed": seed, "torch_version": torch.__version__,
               "numpy_version": np.__version__,
               "oracle": "F.interpolate (bicubic, align_corners=False) and F.mse_loss by autograd in float64 on float32 "
-                        "values, rounded to float32", "cases": cases}
+                        "values; the same in exact arithmetic (to 1e-12), rounded to float32", "cases": cases}
     path = os.path.join(TRAINING_DIR, "readout.json")
     with open(path, "w") as f:
         f.write(dumps(golden))
@@ -619,6 +646,8 @@ def write_training_golden(seed=3000, readout=False):
     for step in range(ADAMW["total_steps"]):
         optimizer.zero_grad()
         y = explicit_forward(params, x.double(), None, H, pos_q, pos_k)
+        if readout and step == 0:  # the matrix read-out is F.interpolate's
+            assert (grid_readout(y, Gq, Gk) - interpolate_readout(y, Gq, Gk)).abs().max() < 1e-12
         loss = F.mse_loss(grid_readout(y, Gq, Gk) if readout else y, target.double())
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(ordered, ADAMW["max_grad_norm"])
