@@ -644,7 +644,7 @@ double last_losses(const std::string& csv, std::size_t count) {
 }  // namespace
 
 TEST_CASE("cli: train on the positions task: with the 2-D tables the loss falls below what no position can reach",
-          "[cli][training][slow-in-debug]") {
+          "[cli][training][slow-in-debug][long-training]") {
     // 4 queries on 16 keys: each target is the mean of 4 patches (variance 1/4). Without positions a query cannot
     // tell its cell's patches from the others, and the best it can do is the mean of all 16, whose expected squared
     // error is 1/4 - 1/16 = 0.1875. With the tables the loss goes well below that (0.103 after 300 steps; 0.086 to
@@ -688,7 +688,7 @@ TEST_CASE("cli: train on the positions task: with the 2-D tables the loss falls 
 }
 
 TEST_CASE("cli: train on the reconstruct task: more queries reach a lower loss, and nothing without positions",
-          "[cli][training][slow-in-debug]") {
+          "[cli][training][slow-in-debug][long-training]") {
     // The query-count ablation's task in miniature: 16 keys (4 x 4), the outputs' grid read out to the key grid.
     // 16 queries can give every patch back; 4 queries (2 x 2) cannot hold the finest octave; without the tables no
     // query knows where its outputs go. Over seeds 1 to 4, the mean of the last 50 of 300 steps: 0.014 to 0.036 with
@@ -738,6 +738,23 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     const Result other_task = cli("train --out " + q(tmp / "straight") + " --steps 80 --task reconstruct --resume");
     CHECK(other_task.code == 2);
     CHECK_THAT(other_task.err, Contains("trains the positions task, not reconstruct"));
+    // The run's keys, batch, warm-up and learning rate come from its checkpoint: a resumed run without them is the
+    // same run (above, they were repeated), and a different value is refused.
+    const Result other_keys = cli("train --out " + q(tmp / "straight") + " --steps 80 --keys 64 --resume");
+    CHECK(other_keys.code == 2);
+    CHECK_THAT(other_keys.err, Contains("has --keys 16; give the same or leave it out"));
+    TempDir again;
+    REQUIRE(cli("train --out " + q(again / "r") + common + " --until 20").code == 0);
+    REQUIRE(cli("train --out " + q(again / "r") + " --steps 40 --resume").code == 0);
+    CHECK(slurp(again / "r/adapter.safetensors") == slurp(tmp / "straight/adapter.safetensors"));
+    // The reconstruct task's short run, and its resume (the sanitizer build runs this test, not the long ones).
+    REQUIRE(cli("train --out " + q(again / "rec") + " --task reconstruct --steps 12 --warmup 2 --width 16 --heads 2 "
+                "--queries 16 --keys 9 --batch 2 --until 6").code == 0);
+    const Result rec = cli("train --out " + q(again / "rec") + " --steps 12 --resume");
+    INFO(rec.out << rec.err);
+    CHECK(rec.code == 0);
+    CHECK_THAT(rec.out, Contains("training on the reconstruct task"));
+    CHECK_THAT(rec.out, Contains("step    12/12"));
 
     const Result info = cli("info --weights " + q(tmp / "straight/adapter.safetensors") + " --heads 2");
     CHECK(info.code == 0);

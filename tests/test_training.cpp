@@ -72,7 +72,10 @@ TEST_CASE("training: ten AdamW steps equal PyTorch's, every step's loss, gradien
         INFO("step " << want.at("step") << ": loss " << got.loss << " (PyTorch " << want.at("loss").get<double>()
                      << "), gradient norm " << got.grad_norm << " (" << want.at("grad_norm").get<double>() << ")");
         CHECK(std::abs(got.loss - want.at("loss").get<double>()) <= 1e-5 * want.at("loss").get<double>());
-        CHECK(std::abs(got.grad_norm - want.at("grad_norm").get<double>()) <= 1e-5 * want.at("grad_norm").get<double>());
+        // The read-out's run is more sensitive (its gradient norm jumps from 2.2 to 8.1 at step 7): measured, its
+        // norms within 9.3e-6 relative, the plain run's within 1.6e-6.
+        const double norm_rtol = g.readout.size() ? 3e-5 : 1e-5;
+        CHECK(std::abs(got.grad_norm - want.at("grad_norm").get<double>()) <= norm_rtol * want.at("grad_norm").get<double>());
         CHECK(std::abs(got.lr - want.at("lr").get<double>()) <= 1e-12);
     }
     const NamedTensors params = trainable_parameters(g.weights, g.tail);

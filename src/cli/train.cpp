@@ -31,7 +31,7 @@ const char* kTrainHelp =
     "  positions    (the default) every query must give the mean of the patch features in its own cell of the key\n"
     "               grid; needs --keys >= --queries\n"
     "  reconstruct  the query-count ablation's task: the Q outputs, resized bicubically from their grid to the key\n"
-    "               grid, must give back the patches; the loss means the same for every Q (--queries may exceed --keys)\n"
+    "               grid, must give back the patches: one target of one shape for every Q (--queries may exceed --keys)\n"
     "\n"
     "  --out DIR        where the checkpoint goes: DIR/adapter.safetensors (the checkpoint's tensor names: `run`,\n"
     "                   `info` and `--trace` read it), DIR/adamw-state.safetensors (the optimiser's moments) and\n"
@@ -44,7 +44,8 @@ const char* kTrainHelp =
     "  --save-every S   write the checkpoint every S steps (default 100) and at the end\n"
     "  --log-every S    print a progress line every S steps (default 25)\n"
     "  --until S        stop after step S, with its checkpoint written (the schedule is still --steps long)\n"
-    "  --resume         continue the run in DIR from its last checkpoint (its seed and sizes), to --steps in all\n"
+    "  --resume         continue the run in DIR from its last checkpoint, to --steps in all: its task, seed, sizes,\n"
+    "                   positions, batch, warm-up and learning rate come from the checkpoint (a flag may repeat them)\n"
     "About 5 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
 
 // The side of the square grid of `count` positions (stage 01's grid_side), as a usage error naming the flag.
@@ -85,14 +86,11 @@ std::map<std::string, xt::xarray<float>> optimiser_tensors(const AdamW& opt) {
     return out;
 }
 
-void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail, const AdamW& opt, bool positions,
-          unsigned seed, std::size_t heads, const std::string& task) {
-    const std::map<std::string, std::string> meta = {{"step", std::to_string(opt.step)},
-                                                      {"task", task},
-                                                      {"seed", std::to_string(seed)},
-                                                      {"heads", std::to_string(heads)},
-                                                      {"positions", positions ? "yes" : "no"},
-                                                      {"generator", "qwenvl-adapter train"}};
+// `run`: the run's settings (seed, heads, task, positions, keys, batch, warm-up, learning rate), which --resume reads.
+void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail, const AdamW& opt,
+          std::map<std::string, std::string> meta) {
+    meta["step"] = std::to_string(opt.step);
+    meta["generator"] = "qwenvl-adapter train";
     // The optimiser's state first, then the weights: each file is replaced whole (write_safetensors_f32 renames a
     // complete temporary file), and resume checks that both come from the same step.
     write_safetensors_f32(dir + "/adamw-state.safetensors", optimiser_tensors(opt), meta);
@@ -117,16 +115,16 @@ int train_command(const std::vector<std::string>& argv) {
     auto count = [&](const std::string& flag, std::size_t fallback) {
         return args.has(flag) ? parse_count("train", flag, args.get(flag)) : fallback;
     };
-    const std::size_t steps = count("--steps", 600), batch = count("--batch", 16), warmup = count("--warmup", 50);
+    const std::size_t steps = count("--steps", 600);
+    std::size_t batch = count("--batch", 16), warmup = count("--warmup", 50);
     const std::size_t until = count("--until", steps);
     const std::size_t save_every = count("--save-every", 100), log_every = count("--log-every", 25);
     auto seed = static_cast<unsigned>(count("--seed", 1));
-    const double lr = args.has("--lr") ? parse_positive("--lr", args.get("--lr")) : 1e-2;
+    double lr = args.has("--lr") ? parse_positive("--lr", args.get("--lr")) : 1e-2;
     bool positions = !args.flags.at("--no-positions");
     const bool resume = args.flags.at("--resume");
-    if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
     if (until > steps) throw UsageError("train: --until must not exceed --steps");
-    const std::size_t n_keys = count("--keys", 64), grid_k = side_of("--keys", n_keys);
+    std::size_t n_keys = count("--keys", 64), grid_k = side_of("--keys", n_keys);
     std::string task = args.has("--task") ? args.get("--task") : "positions";
     if (task != "positions" && task != "reconstruct")
         throw UsageError("train: --task is positions or reconstruct, not '" + task + "'");
@@ -135,9 +133,6 @@ int train_command(const std::vector<std::string>& argv) {
     TowerTail tail;
     AdapterConfig c;
     AdamW optimiser;
-    optimiser.config.lr = lr;
-    optimiser.config.warmup_steps = warmup;
-    optimiser.config.total_steps = steps;
     if (resume) {
         WeightFiles files;
         files.add(dir + "/adapter.safetensors");
@@ -165,6 +160,24 @@ int train_command(const std::vector<std::string>& argv) {
             throw UsageError("train: the run in " + dir + " trains the " + saved_task + " task, not " + task);
         task = saved_task;
         positions = files.metadata("positions") == "yes";
+        if (args.flags.at("--no-positions") && positions)
+            throw UsageError("train: the run in " + dir + " trains with the position tables; leave out --no-positions");
+        // The run's keys, batch, warm-up and learning rate come from its checkpoint; a flag may repeat them.
+        auto saved_count = [&](const std::string& flag, const std::string& key, std::size_t& value) {
+            const std::size_t saved = parse_count("train", flag, files.metadata(key));
+            if (args.has(flag) && value != saved)
+                throw UsageError("train: the run in " + dir + " has " + flag + " " + std::to_string(saved) +
+                                 "; give the same or leave it out");
+            value = saved;
+        };
+        saved_count("--keys", "keys", n_keys);
+        grid_k = side_of("--keys", n_keys);
+        saved_count("--batch", "batch", batch);
+        saved_count("--warmup", "warmup", warmup);
+        const double saved_lr = parse_positive("--lr", files.metadata("lr"));
+        if (args.has("--lr") && lr != saved_lr)
+            throw UsageError("train: the run in " + dir + " has --lr " + files.metadata("lr") + "; give the same or leave it out");
+        lr = saved_lr;
         if (optimiser.step >= steps) throw UsageError("train: the run in " + dir + " is already at step " +
                                                       std::to_string(optimiser.step) + " of --steps " + std::to_string(steps));
     } else {
@@ -177,6 +190,16 @@ int train_command(const std::vector<std::string>& argv) {
         init_upstream(w, tail, c, seed);
         w.pos_embed = positions ? sincos_2d(c.embed_dim, c.grid_q) : Matrix(xt::zeros<float>({c.n_queries, c.embed_dim}));
     }
+    if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
+    optimiser.config.lr = lr;
+    optimiser.config.warmup_steps = warmup;
+    optimiser.config.total_steps = steps;
+    char lr_text[32];
+    std::snprintf(lr_text, sizeof lr_text, "%.17g", lr);
+    const std::map<std::string, std::string> settings = {
+        {"task", task}, {"seed", std::to_string(seed)}, {"heads", std::to_string(c.num_heads)},
+        {"positions", positions ? "yes" : "no"}, {"keys", std::to_string(n_keys)}, {"batch", std::to_string(batch)},
+        {"warmup", std::to_string(warmup)}, {"lr", lr_text}};
     if (task == "positions" && grid_k < c.grid_q)
         throw UsageError("train: --keys must be at least --queries (one cell per query)");
     std::error_code ec;
@@ -214,7 +237,7 @@ int train_command(const std::vector<std::string>& argv) {
         }
         if (optimiser.step % save_every == 0 || optimiser.step == until) {
             log.flush();
-            save(dir, w, tail, optimiser, positions, seed, c.num_heads, task);
+            save(dir, w, tail, optimiser, settings);
         }
     }
     std::printf("wrote %s/adapter.safetensors, %s/adamw-state.safetensors and %s/loss.csv\n", dir.c_str(), dir.c_str(),

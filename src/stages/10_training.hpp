@@ -91,10 +91,11 @@ struct TaskBatch {
 };
 TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng);
 
-// The query-count ablation (paper, Appendix E.2; docs/training.md#the-query-count-ablation) needs a loss that means
-// the same for every Q. The read-out: the Q outputs of an image, seen as their G_q x G_q grid, resized bicubically
-// (stage 03, as F.interpolate) to the G x G grid of the patches, z = R y, whatever Q is. The resize is linear in
-// the table it resizes, so R (G^2, Q) is a matrix: its column i is the resize of the one-hot table e_i.
+// The query-count ablation (paper, Appendix E.2; docs/training.md#the-query-count-ablation) compares runs with
+// different Q on one target of one shape. The read-out: the Q outputs of an image, seen as their G_q x G_q grid,
+// resized bicubically (stage 03, as F.interpolate) to the G x G grid of the patches, z = R y, whatever Q is. The
+// resize is linear in the table it resizes, so R (G^2, Q) is a matrix: its column i is the resize of the one-hot
+// table e_i. (R is the identity when G_q = G: the read-out favours one query per patch.)
 Matrix readout_matrix(std::size_t grid_q, std::size_t grid_out);
 // z_n = R y_n for every image n: y (N, Q, E) -> z (N, G^2, E).
 Tensor3 grid_readout(const Matrix& readout, const Tensor3& y);
@@ -106,11 +107,13 @@ Tensor3 grid_readout_backward(const Matrix& readout, const Tensor3& d_z);
 StepResult readout_train_step(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, const Tensor3& x,
                               const Matrix& readout, const Tensor3& target, AdamW& optimizer);
 
-// The reconstruction task of the ablation: features x (N, G_k^2, E), each patch's E values drawn standard normal and
-// then normalised to mean 0 and variance 1 (so that the tail's LayerNorm can give a patch back exactly), and the
-// target the features themselves: through the read-out, query r must give back the patches at its place in the
-// grid. Q tokens read out through R span at most min(Q, G_k^2) of the G_k^2 dimensions of an image's channel, so
-// no adapter with Q < G_k^2 queries gets below a mean squared error of about 1 - Q / G_k^2.
+// The reconstruction task of the ablation: features x (N, G_k^2, E), each image three octaves of noise (drawn on
+// grids of G_k / 4, G_k / 2 and G_k, resized bicubically to G_k, amplitudes 1, 1/sqrt(2) and 1/2), each patch then
+// normalised to mean 0 and variance 1 over its E values (so that the tail's LayerNorm can give a patch back
+// exactly); the target is the features themselves: through the read-out, query r must give back the patches at its
+// place in the grid. An image's channel read out through R lies in the span of R's Q columns, so with Q < G_k^2 the
+// error cannot fall below the part of the target outside that span (for white noise 1 - Q / G_k^2; for these
+// smoother images less: 0.144 with 64 queries on 16 x 16 patches, 0.082 with 144).
 TaskBatch reconstruct_task(std::size_t batch, std::size_t grid_k, std::size_t width, std::mt19937& rng);
 
 }  // namespace qwenvl

@@ -245,7 +245,8 @@ class Training(unittest.TestCase):
             else:
                 got = qwenvl.readout_train_step(weights, tail, config, x, readout, target, optimizer)
             self.assertLessEqual(abs(got["loss"] - want["loss"]), 1e-5 * want["loss"], "step %d" % want["step"])
-            self.assertLessEqual(abs(got["grad_norm"] - want["grad_norm"]), 1e-5 * want["grad_norm"])
+            norm_rtol = 1e-5 if readout is None else 3e-5   # as tests/test_training.cpp
+            self.assertLessEqual(abs(got["grad_norm"] - want["grad_norm"]), norm_rtol * want["grad_norm"])
             self.assertAlmostEqual(got["lr"], want["lr"], delta=1e-12)
         self.assertEqual(optimizer.step, 10)
         params = qwenvl.trainable_parameters(weights, tail)
