@@ -6,6 +6,9 @@
 #include <map>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <xtensor/xrandom.hpp>
@@ -17,6 +20,7 @@
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "fast/threads.hpp"
 #include "io/fixture.hpp"
 #include "io/checkpoint.hpp"
 #include "io/npy.hpp"
@@ -526,4 +530,68 @@ TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's fe
     CHECK((image_spans(ids) == std::vector<std::pair<std::size_t, std::size_t>>{{1, 4}}));
     CHECK_THROWS_WITH(fuse_image_features({kImageStart, 0, kImageEnd}, Matrix(xt::zeros<float>({3, 2})), features),
                       Contains("holds 1 positions, expected 2"));
+}
+
+// --- the fast path's own threads (fast/threads.hpp) ---
+
+extern "C" void openblas_set_num_threads(int);
+
+TEST_CASE("fast threads: products and LayerNorm and the attention split over two threads equal them whole bit for bit",
+          "[fast][threads]") {
+    CHECK(fast::thread_count() == 1);  // outside a scope nothing splits
+    xt::random::seed(11);
+    const Matrix a = xt::random::randn<float>({300, 600}), b = xt::random::randn<float>({700, 600});
+    const Matrix b_t = xt::transpose(b);
+    // The products whole, by single-threaded sgemm: a block of columns is the same sums. (OpenBLAS's own two
+    // threads sum in another order: 5.7e-5 apart here.)
+    openblas_set_num_threads(1);
+    Matrix whole_t({300, 700}), whole_n({300, 700});
+    fast::gemm_block(fast::whole(a), fast::whole(b), true, whole_t.data(), 700);    // 126M multiply-adds: split in scope
+    fast::gemm_block(fast::whole(a), fast::whole(b_t), false, whole_n.data(), 700);
+    openblas_set_num_threads(2);  // as on a 2-core machine, whatever this one has
+    Matrix x = xt::random::randn<float>({512, 256});
+    const Vector gamma = xt::random::randn<float>({256}), beta = xt::random::randn<float>({256});
+    Matrix x_whole = x;
+    fast::layer_norm_in_place(x_whole, gamma, beta, 1e-6f);
+    const Matrix q = xt::random::randn<float>({16, 64}), k = xt::random::randn<float>({40, 64}), v = xt::random::randn<float>({40, 64});
+    const AttentionOutput att_whole = fast::multi_head_attention(q, fast::whole(k), fast::whole(v), 4, nullptr, true);
+    {
+        const fast::OwnThreads own;
+        CHECK(fast::thread_count() == 2);
+        Matrix split_t({300, 700}), split_n({300, 700});
+        fast::gemm_block(fast::whole(a), fast::whole(b), true, split_t.data(), 700);
+        fast::gemm_block(fast::whole(a), fast::whole(b_t), false, split_n.data(), 700);
+        CHECK(bool(xt::all(xt::equal(split_t, whole_t))));
+        CHECK(bool(xt::all(xt::equal(split_n, whole_n))));
+        fast::layer_norm_in_place(x, gamma, beta, 1e-6f);
+        CHECK(bool(xt::all(xt::equal(x, x_whole))));
+        const AttentionOutput att = fast::multi_head_attention(q, fast::whole(k), fast::whole(v), 4, nullptr, true);
+        CHECK(bool(xt::all(xt::equal(att.attended, att_whole.attended))));
+        CHECK(bool(xt::all(xt::equal(att.weights, att_whole.weights))));
+    }
+    CHECK(fast::thread_count() == 1);  // the scope gave OpenBLAS its threads back
+}
+
+TEST_CASE("fast threads: parallel_for runs every index once on two threads and passes an exception on",
+          "[fast][threads]") {
+    openblas_set_num_threads(2);
+    const fast::OwnThreads own;
+    std::vector<int> seen(1000, 0);
+    std::set<std::thread::id> threads;
+    std::mutex lock;
+    fast::parallel_for(1000, 1, [&](std::size_t begin, std::size_t end) {
+        CHECK(fast::thread_count() == 1);  // inside a part nothing splits again
+        for (std::size_t i = begin; i < end; ++i) ++seen[i];
+        const std::lock_guard<std::mutex> guard(lock);
+        threads.insert(std::this_thread::get_id());
+    });
+    CHECK(std::count(seen.begin(), seen.end(), 1) == 1000);
+    CHECK(threads.size() == 2);
+    std::size_t parts = 0;
+    fast::parallel_for(3, 2, [&](std::size_t, std::size_t) { ++parts; });  // 3 indices, at least 2 each: one part
+    CHECK(parts == 1);
+    CHECK_THROWS_WITH(fast::parallel_for(10, 1, [](std::size_t begin, std::size_t) {
+                          if (begin > 0) throw std::invalid_argument("from the second thread");
+                      }),
+                      "from the second thread");
 }

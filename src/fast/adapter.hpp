@@ -6,7 +6,9 @@
 //  - each image's key and value side runs in place: v is projected first, so that X can then become key_in
 //    without a second (L, E) tensor, and the next image reuses the memory (N = 16, 32x32 keys: peak
 //    1413 -> 710 MiB, 0.521 -> 0.477 s per image);
-//  - ln_post runs in place on the adapter's output.
+//  - ln_post runs in place on the adapter's output;
+//  - the query side, the key and value side and the attention run on the fast path's own threads, OpenBLAS
+//    single-threaded (fast/threads.hpp; the attention of one full-size image 51-63 -> 42-47 ms).
 // Records the same trace names as the readable path, in the same order. Measured gain of the whole forward pass
 // with the tail, one full-size image: 29x (23.2 s -> 0.80 s, `qwenvl-bench --gains`, docs/fast-path.md).
 #pragma once

@@ -7,6 +7,7 @@
 #include <xtensor/xview.hpp>
 
 #include "fast/lanes.hpp"
+#include "fast/threads.hpp"
 
 namespace qwenvl::fast {
 
@@ -85,16 +86,19 @@ AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Bloc
         result.weights = Tensor3({H, Q, L});
     }
     const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q before the product
-    // One (Q, L) buffer serves every head: the scores, then, in place, the weights. A fresh 1 MB tensor per head
-    // (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
-    Matrix scores({Q, L});
-    for (std::size_t h = 0; h < H; ++h) {
-        gemm_block(head_block(whole(q_scaled), h, H), head_block(k, h, H), true, scores.data(), L);  // q_h k_h^T
-        if (keep_per_head) xt::view(result.scores, h) = scores;
-        softmax_rows_in_place(scores, mask);  // now the weights A_h
-        gemm_block(whole(scores), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
-        if (keep_per_head) xt::view(result.weights, h) = scores;
-    }
+    // The heads are split over the fast path's threads (fast/threads.hpp), each product single-threaded. Each
+    // thread's one (Q, L) buffer serves all its heads: the scores, then, in place, the weights. A fresh 1 MB tensor
+    // per head (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
+    parallel_for(H, 1, [&](std::size_t first, std::size_t end) {
+        Matrix scores({Q, L});
+        for (std::size_t h = first; h < end; ++h) {
+            gemm_block(head_block(whole(q_scaled), h, H), head_block(k, h, H), true, scores.data(), L);  // q_h k_h^T
+            if (keep_per_head) xt::view(result.scores, h) = scores;
+            softmax_rows_in_place(scores, mask);  // now the weights A_h
+            gemm_block(whole(scores), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
+            if (keep_per_head) xt::view(result.weights, h) = scores;
+        }
+    });
     return result;
 }
 

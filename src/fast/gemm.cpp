@@ -4,6 +4,8 @@
 
 #include <xtensor-blas/xblas.hpp>
 
+#include "fast/threads.hpp"
+
 namespace qwenvl::fast {
 
 Block::Block(const Matrix& m) : Block(m.data(), m.shape(0), m.shape(1), m.shape(1)) {}
@@ -20,12 +22,25 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
         for (std::size_t r = 0; r < a.rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
         return;
     }
-    using index = xt::blas_index_t;
-    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
-                         transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
-                         static_cast<index>(a.rows), static_cast<index>(M), static_cast<index>(K), 1.0f, a.data,
-                         static_cast<index>(a.stride), b.data, static_cast<index>(b.stride), accumulate ? 1.0f : 0.0f, out,
-                         static_cast<index>(out_stride));
+    // Inside an OwnThreads scope (fast/threads.hpp), a large product is split into blocks of output columns, one
+    // per thread, each a single-threaded sgemm on its own rows of b^T (columns of b): every output value is the
+    // same sum as one single-threaded sgemm of the whole (OpenBLAS's own threads sum in another order). Blocks are multiples of 64 columns, and a product of fewer than 2^24 multiply-adds
+    // stays whole (a thread's start costs about as much as 2^20).
+    auto columns = [&](std::size_t begin, std::size_t end) {
+        const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
+        if (c0 >= c1) return;
+        const Block part = transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
+                                       : Block{b.data + c0, b.rows, c1 - c0, b.stride};
+        using index = xt::blas_index_t;
+        cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
+                             transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                             static_cast<index>(a.rows), static_cast<index>(c1 - c0), static_cast<index>(K), 1.0f, a.data,
+                             static_cast<index>(a.stride), part.data, static_cast<index>(part.stride),
+                             accumulate ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
+    };
+    const std::size_t blocks = (M + 63) / 64;
+    if (static_cast<double>(a.rows) * static_cast<double>(M) * static_cast<double>(K) < double(1 << 24)) return columns(0, blocks);
+    parallel_for(blocks, 1, columns);
 }
 
 namespace {

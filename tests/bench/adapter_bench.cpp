@@ -43,6 +43,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -56,6 +58,7 @@
 #include "core/compare.hpp"
 #include "fast/adapter.hpp"
 #include "fast/attention.hpp"
+#include "fast/threads.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "io/npy.hpp"
@@ -150,10 +153,14 @@ struct GemmProbe {
         fast::gemm_block(fast::whole(a), fast::whole(b), true, c.data(), c.shape(1));
         return c;
     }
+    // The product with OpenBLAS's own threads (outside the fast path's OwnThreads scope). Then 250 ms of rest:
+    // OpenBLAS's threads spin for about 0.1 s after a call before they sleep, and the forward pass that follows
+    // runs on threads of its own (fast/threads.hpp), as in a process that has not just called sgemm.
     void run() {
         const auto start = Clock::now();
         const Matrix c = product();
         seconds.push_back(seconds_since(start));
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
     double gflops() const { return 2.0 * 1024 * kE * kE / median(seconds) / 1e9; }
 };
@@ -181,6 +188,8 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
     std::vector<double> softmax_ms;  // inside "attention": the softmax alone, H rows of (Q, L)
     Tensor3 y;
     for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up and is not counted
+        std::optional<fast::OwnThreads> own;  // the key side and the attention as fast::adapter_forward runs them
+        own.emplace();
         std::vector<double> lap(stages.size(), 0.0);
         auto start = Clock::now();
         auto stop = [&](std::size_t stage) {
@@ -199,6 +208,7 @@ int stage_times(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
         stop(4);
         const AttentionOutput a = fast::multi_head_attention(side.q, fast::whole(k), fast::whole(v), H, nullptr, false);
         stop(5);
+        own.reset();  // out_proj and the tail on OpenBLAS's threads, as fast::adapter_forward runs them
         Tensor3 out = fast::linear(Tensor3(xt::reshape_view(a.attended, {std::size_t(1), Q, E})), w.out_proj_weight,
                                          w.out_proj_bias);
         stop(6);

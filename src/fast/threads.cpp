@@ -1,0 +1,64 @@
+#include "fast/threads.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+// OpenBLAS's thread controls, when the BLAS is OpenBLAS (weak: another BLAS leaves them null, and nothing splits).
+extern "C" {
+void openblas_set_num_threads(int) __attribute__((weak));
+int openblas_get_num_threads() __attribute__((weak));
+}
+
+namespace qwenvl::fast {
+
+namespace {
+std::mutex scope_lock;
+int scopes = 0;                       // open OwnThreads scopes, guarded by scope_lock
+int blas_threads = 1;                 // OpenBLAS's thread count when the outermost scope opened
+std::atomic<std::size_t> own_count{1};  // thread_count() inside a scope
+thread_local bool inside_part = false;
+}  // namespace
+
+OwnThreads::OwnThreads() {
+    std::lock_guard<std::mutex> guard(scope_lock);
+    if (scopes++ > 0) return;
+    blas_threads = openblas_get_num_threads ? std::max(openblas_get_num_threads(), 1) : 1;
+    if (blas_threads > 1 && openblas_set_num_threads) openblas_set_num_threads(1);
+    own_count = static_cast<std::size_t>(blas_threads);
+}
+
+OwnThreads::~OwnThreads() {
+    std::lock_guard<std::mutex> guard(scope_lock);
+    if (--scopes > 0) return;
+    own_count = 1;
+    if (blas_threads > 1 && openblas_set_num_threads) openblas_set_num_threads(blas_threads);
+}
+
+std::size_t thread_count() { return inside_part ? 1 : own_count.load(); }
+
+void parallel_for(std::size_t n, std::size_t grain, const std::function<void(std::size_t, std::size_t)>& part) {
+    const std::size_t parts = std::min(thread_count(), std::max<std::size_t>(n / std::max<std::size_t>(grain, 1), 1));
+    if (parts <= 1) return part(0, n);
+    std::vector<std::exception_ptr> failed(parts);
+    auto run = [&](std::size_t i) {
+        inside_part = true;
+        try {
+            part(n * i / parts, n * (i + 1) / parts);
+        } catch (...) {
+            failed[i] = std::current_exception();  // rethrown on the calling thread, below
+        }
+        inside_part = false;
+    };
+    std::vector<std::thread> others;
+    for (std::size_t i = 1; i < parts; ++i) others.emplace_back(run, i);
+    run(0);
+    for (std::thread& t : others) t.join();
+    for (const std::exception_ptr& e : failed)
+        if (e) std::rethrow_exception(e);
+}
+
+}  // namespace qwenvl::fast
