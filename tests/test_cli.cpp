@@ -743,6 +743,15 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     const Result other_keys = cli("train --out " + q(tmp / "straight") + " --steps 80 --keys 64 --resume");
     CHECK(other_keys.code == 2);
     CHECK_THAT(other_keys.err, Contains("has --keys 16; give the same or leave it out"));
+    for (const auto& [flag, message] : {std::pair<std::string, std::string>{" --batch 4", "has --batch 8"},
+                                        {" --warmup 6", "has --warmup 5"},
+                                        {" --lr 0.5", "has --lr 0.01"},
+                                        {" --no-positions", "trains with the position tables"}}) {
+        const Result refused = cli("train --out " + q(tmp / "straight") + " --steps 80 --resume" + flag);
+        INFO(flag);
+        CHECK(refused.code == 2);
+        CHECK_THAT(refused.err, Contains(message));
+    }
     TempDir again;
     REQUIRE(cli("train --out " + q(again / "r") + common + " --until 20").code == 0);
     REQUIRE(cli("train --out " + q(again / "r") + " --steps 40 --resume").code == 0);
