@@ -86,7 +86,7 @@ std::map<std::string, xt::xarray<float>> optimiser_tensors(const AdamW& opt) {
     return out;
 }
 
-// `run`: the run's settings (seed, heads, task, positions, keys, batch, warm-up, learning rate), which --resume reads.
+// `meta`: the run's settings (seed, heads, task, positions, keys, batch, warm-up, learning rate), which --resume reads.
 void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail, const AdamW& opt,
           std::map<std::string, std::string> meta) {
     meta["step"] = std::to_string(opt.step);
@@ -163,21 +163,21 @@ int train_command(const std::vector<std::string>& argv) {
         if (args.flags.at("--no-positions") && positions)
             throw UsageError("train: the run in " + dir + " trains with the position tables; leave out --no-positions");
         // The run's keys, batch, warm-up and learning rate come from its checkpoint; a flag may repeat them.
-        auto saved_count = [&](const std::string& flag, const std::string& key, std::size_t& value) {
-            const std::size_t saved = parse_count("train", flag, files.metadata(key));
+        auto from_checkpoint = [&](const std::string& flag, const std::string& key, auto& value, auto parse) {
+            const std::string text = files.metadata(key);
+            const auto saved = parse(text);
             if (args.has(flag) && value != saved)
-                throw UsageError("train: the run in " + dir + " has " + flag + " " + std::to_string(saved) +
-                                 "; give the same or leave it out");
+                throw UsageError("train: the run in " + dir + " has " + flag + " " + text + "; give the same or leave it out");
             value = saved;
         };
-        saved_count("--keys", "keys", n_keys);
+        auto as_count = [](const std::string& flag) {
+            return [flag](const std::string& text) { return parse_count("train", flag, text); };
+        };
+        from_checkpoint("--keys", "keys", n_keys, as_count("--keys"));
         grid_k = side_of("--keys", n_keys);
-        saved_count("--batch", "batch", batch);
-        saved_count("--warmup", "warmup", warmup);
-        const double saved_lr = parse_positive("--lr", files.metadata("lr"));
-        if (args.has("--lr") && lr != saved_lr)
-            throw UsageError("train: the run in " + dir + " has --lr " + files.metadata("lr") + "; give the same or leave it out");
-        lr = saved_lr;
+        from_checkpoint("--batch", "batch", batch, as_count("--batch"));
+        from_checkpoint("--warmup", "warmup", warmup, as_count("--warmup"));
+        from_checkpoint("--lr", "lr", lr, [](const std::string& text) { return parse_positive("--lr", text); });
         if (optimiser.step >= steps) throw UsageError("train: the run in " + dir + " is already at step " +
                                                       std::to_string(optimiser.step) + " of --steps " + std::to_string(steps));
     } else {
@@ -212,7 +212,8 @@ int train_command(const std::vector<std::string>& argv) {
     std::printf("training on the %s task %s the 2-D position tables: E = %zu, H = %zu, %zu queries, %zu keys, "
                 "batch %zu, steps %zu to %zu\n", task.c_str(), positions ? "with" : "WITHOUT", c.embed_dim, c.num_heads, c.n_queries,
                 n_keys, batch, optimiser.step, steps);
-    const Matrix readout = readout_matrix(c.grid_q, grid_k);  // the reconstruct task's read-out, (L, Q)
+    // The reconstruct task's read-out, (L, Q), made once for the run.
+    const Matrix readout = task == "reconstruct" ? readout_matrix(c.grid_q, grid_k) : Matrix();
     const auto start = std::chrono::steady_clock::now();
     const std::size_t first = optimiser.step;
     while (optimiser.step < until) {

@@ -24,8 +24,9 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     }
     // Inside an OwnThreads scope (fast/threads.hpp), a large product is split into blocks of output columns, one
     // per thread, each a single-threaded sgemm on its own rows of b^T (columns of b): every output value is the
-    // same sum as one single-threaded sgemm of the whole (OpenBLAS's own threads sum in another order). Blocks are multiples of 64 columns, and a product of fewer than 2^24 multiply-adds
-    // stays whole (a thread's start costs about as much as 2^20).
+    // same sum as one single-threaded sgemm of the whole (OpenBLAS's own threads sum in another order). Blocks are
+    // multiples of 64 columns, and a product of fewer than 2^24 multiply-adds stays whole (a thread's start costs
+    // about as much as 2^20).
     auto columns = [&](std::size_t begin, std::size_t end) {
         const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
         if (c0 >= c1) return;
