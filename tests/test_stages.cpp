@@ -1,5 +1,6 @@
 // Invariants and error paths of each stage, on both paths where both have the function. These hold whatever the
 // fixtures say; the golden values are in test_golden.cpp.
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,8 @@
 #include <mutex>
 #include <set>
 #include <thread>
+
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <xtensor/xrandom.hpp>
@@ -462,6 +465,67 @@ TEST_CASE("map_adapter reads F32 weights in place, in_proj's three parts include
         std::filesystem::resize_file(file, std::filesystem::file_size(file) - 4);
         CHECK_THROWS_WITH(map_adapter(later, prefix, 2, true),
                           Contains(file.string()) && Contains("changed since its header was read"));
+    }
+    std::filesystem::remove(file);
+}
+
+namespace {
+// This process's resident set, in pages (/proc/self/statm's second field: anonymous and file pages alike).
+long resident_pages() {
+    long size = 0, resident = 0;
+    std::ifstream("/proc/self/statm") >> size >> resident;
+    return resident;
+}
+}  // namespace
+
+TEST_CASE("release frees a converted weight or drops a mapped one's pages, and empties the block", "[io]") {
+    const std::string prefix = kDefaultPrefix;
+    const std::filesystem::path file = std::filesystem::temp_directory_path() / "qwenvl-release.safetensors";
+    SECTION("converted: its memory is freed, and a released W_q is refused by shape, not read") {
+        qwenvl_test::write_safetensors_f32(file.string(), small_checkpoint(prefix));
+        pad_header(file, 2);  // data not 4-byte aligned: every tensor converted
+        WeightFiles files;
+        files.add(file.string());
+        MappedAdapter mapped = map_adapter(files, prefix, 2, true);
+        const float* w_q = mapped.weights.w_q.data;
+        const auto held = [&](const float* p) {
+            return std::any_of(mapped.converted.begin(), mapped.converted.end(), [&](const auto& c) { return c.get() == p; });
+        };
+        REQUIRE(held(w_q));
+        release(mapped, mapped.weights.w_q);
+        CHECK(mapped.weights.w_q.empty());
+        CHECK_FALSE(held(w_q));
+        CHECK(held(mapped.weights.w_k.data));  // the others untouched
+        CHECK_THROWS_WITH(fast::prepare_query_side(mapped.weights, mapped.config, 4), Contains("w_q") || Contains("weight"));
+    }
+    SECTION("in place: its whole pages leave the resident set, the file's bytes stay") {
+        // E = 1024, Kv = E (no kv_proj), no tail: W_q is 4 MiB of the mapping, 1024 pages of 4 KiB.
+        const std::size_t E = 1024, Q = 4;
+        const std::string a = prefix + "attn_pool.";
+        std::map<std::string, xt::xarray<float>> t;
+        t[a + "query"] = xt::zeros<float>({Q, E});
+        t[a + "attn.in_proj_weight"] = xt::ones<float>({3 * E, E});
+        t[a + "attn.out_proj.weight"] = xt::zeros<float>({E, E});
+        for (const char* v : {"attn.in_proj_bias", "attn.out_proj.bias", "ln_q.weight", "ln_q.bias", "ln_kv.weight", "ln_kv.bias"})
+            t[a + v] = xt::zeros<float>({std::string(v) == "attn.in_proj_bias" ? 3 * E : E});
+        qwenvl_test::write_safetensors_f32(file.string(), t);
+        t.clear();
+        WeightFiles files;
+        files.add(file.string());
+        MappedAdapter mapped = map_adapter(files, prefix, 8, false);
+        REQUIRE(mapped.converted.empty());
+        const fast::Block w_q = mapped.weights.w_q;
+        double sum = 0;
+        for (std::size_t i = 0; i < E * E; ++i) sum += w_q.data[i];  // every page of W_q read: resident
+        CHECK(sum == double(E * E));
+        const long before = resident_pages();
+        release(mapped, mapped.weights.w_q);
+        const long after = resident_pages();
+        const long pages = long(E * E * sizeof(float)) / ::sysconf(_SC_PAGESIZE);
+        INFO("resident pages " << before << " -> " << after << "; W_q is " << pages);
+        CHECK(mapped.weights.w_q.empty());
+        CHECK(before - after >= pages - 1);  // all but a page cut by the block's start
+        CHECK(w_q.data[E * E - 1] == 1.0f);  // still the file's bytes, mapped again on reading
     }
     std::filesystem::remove(file);
 }

@@ -97,6 +97,10 @@ int run_command(const std::vector<std::string>& argv) {
     } else {
         // The query side does not depend on the images: computed once, for all of them.
         const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t, grids[0]);
+        // ... after which the query and W_q are not read again (full size, one image: peak 453 -> 393 MiB with BF16
+        // weights, 401 -> 333 MiB with F32).
+        release(mapped, mapped.weights.query);
+        release(mapped, mapped.weights.w_q);
         y = fast::adapter_forward(mapped.weights, c, side, x, m, t);
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }

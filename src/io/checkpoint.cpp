@@ -178,4 +178,16 @@ MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_gi
     return m;
 }
 
+void release(MappedAdapter& m, fast::Block& block) {
+    if (block.empty()) return;
+    const float* first = block.data;
+    const auto owner = std::find_if(m.converted.begin(), m.converted.end(),
+                                    [&](const std::unique_ptr<float[]>& p) { return p.get() == first; });
+    if (owner != m.converted.end())
+        owner->reset();  // converted for this block alone (take): its memory goes back
+    else
+        drop_pages(first, ((block.rows - 1) * block.stride + block.cols) * sizeof(float));
+    block = fast::Block();
+}
+
 }  // namespace qwenvl

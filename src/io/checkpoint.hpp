@@ -69,4 +69,11 @@ struct MappedAdapter {
 
 MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail);
 
+// Lets go of one of `m`'s weights that the forward pass no longer needs, and empties `block`: memory this struct
+// converted it into is freed; a tensor read in place has its whole pages dropped from the process's resident set
+// (madvise(MADV_DONTNEED): they stay in the page cache, and reading them again would map them again). `run`
+// releases the query and W_q once fast::prepare_query_side has used them: at full size W_q alone is 64 MiB of
+// the peak. (Not pos_embed: an empty pos_embed means "compute the sin-cos table".)
+void release(MappedAdapter& m, fast::Block& block);
+
 }  // namespace qwenvl

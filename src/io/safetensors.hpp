@@ -98,4 +98,8 @@ private:
     mutable std::vector<std::string> mapped_order_;
 };
 
+// Drops the whole pages inside [first, first + bytes) of a mapped file from this process's resident set
+// (madvise(MADV_DONTNEED)). They stay in the page cache; reading them again maps them again, with the same bytes.
+void drop_pages(const void* first, std::size_t bytes);
+
 }  // namespace qwenvl
