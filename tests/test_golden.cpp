@@ -220,6 +220,14 @@ TEST_CASE("golden: the whole forward pass, every recorded intermediate, on both 
                 return fast::tower_tail_forward(f.tail, fast::adapter_forward(f.weights, c, side, f.x, mask, &t), c.eps, &t);
             });
         }
+        DYNAMIC_SECTION("fast, with a workspace the fixtures before it used, " << f.name) {
+            static fast::Workspace kept;  // static: kept from one fixture (of other sizes) to the next
+            check_forward(f, [&](Trace& t) {
+                const fast::QuerySide side = fast::prepare_query_side(f.weights, c, f.x.shape(1), &t);
+                return fast::tower_tail_forward(f.tail, fast::adapter_forward(f.weights, c, side, f.x, mask, &t, &kept),
+                                                c.eps, &t);
+            });
+        }
     }
 }
 
@@ -229,7 +237,11 @@ TEST_CASE("golden, fast: a query side prepared once per set of weights serves ev
             const fast::QuerySide side = fast::prepare_query_side(f.weights, f.config, f.x.shape(1));
             const Matrix* mask = f.has_mask ? &f.mask : nullptr;
             check_stage(f, "out", fast::adapter_forward(f.weights, f.config, side, f.x, mask));
-            check_stage(f, "out", fast::adapter_forward(f.weights, f.config, side, f.x, mask));  // reusable
+            const Tensor3 out = fast::adapter_forward(f.weights, f.config, side, f.x, mask);
+            check_stage(f, "out", out);  // reusable
+            fast::Workspace kept;  // as the benchmark keeps one: the second call finds the first one's buffers
+            CHECK(bool(fast::adapter_forward(f.weights, f.config, side, f.x, mask, nullptr, &kept) == out));
+            CHECK(bool(fast::adapter_forward(f.weights, f.config, side, f.x, mask, nullptr, &kept) == out));  // bit for bit
             const fast::QuerySide other = fast::prepare_query_side(f.weights, f.config, 4 * f.x.shape(1));
             CHECK_THROWS_AS(fast::adapter_forward(f.weights, f.config, other, f.x, mask), ShapeError);
         }

@@ -64,20 +64,27 @@ void add_in_place(Matrix& x, const Matrix& table) {
 }
 
 namespace {
-// The key and value side, then the attention, one image at a time: x (N, L, Kv) -> attended (N, Q, E). Each
-// image's tensors are (L, E), 16 MB at full size; the three buffers are made once and every image overwrites
-// them, so that their pages are touched once. They are freed on return, before out_proj's weights are first read
-// (kept alive past it, they had raised run's peak from 397 to 450 MiB).
-Tensor3 attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
-                          const Matrix* mask, Trace* trace) {
+template <class T>
+void ensure_shape(T& buffer, const typename T::shape_type& shape) {
+    if (buffer.shape() != shape) buffer = T(shape);
+}
+
+// The key and value side, then the attention, one image at a time: x (N, L, Kv) -> ws.attended (N, Q, E). Each
+// image's tensors are (L, E), 16 MB at full size; the three buffers serve every image, which overwrites them, so
+// that their pages are touched once (once per call, or once in all with a Workspace kept by the caller).
+void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+                       const Matrix* mask, Trace* trace, Workspace& ws) {
     const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
     // The key and value side and the attention run on the fast path's own threads, OpenBLAS single-threaded
     // (fast/threads.hpp): the heads' small products gain (at full size, one image: attention 63 -> 47 ms). out_proj
     // and the tail's proj, 256 rows per image, run faster on OpenBLAS's own threads (70 -> 62 ms for out_proj)
     // and are left to them, after the scope.
     const OwnThreads own;
-    Tensor3 attended({N, Q, E});
-    Matrix X({L, E}), v({L, E}), k({L, E});
+    ensure_shape(ws.attended, {N, Q, E});
+    for (Matrix* buffer : {&ws.X, &ws.v, &ws.k}) ensure_shape(*buffer, {L, E});
+    Matrix &X = ws.X, &v = ws.v, &k = ws.k;
+    Tensor3 scores, weights;  // (H, Q, L), for the trace only
+    if (trace) scores = weights = Tensor3({H, Q, L});
     for (std::size_t n = 0; n < N; ++n) {
         const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
         kv_projection_into(image, w.kv_proj, X);                                // (L, E)
@@ -91,17 +98,17 @@ Tensor3 attend_each_image(const Weights& w, const AdapterConfig& c, const QueryS
         linear_into(X, w.w_k, w.b_k, k);  // (L, E)
         record_item(trace, "k", n, N, k);
         record_item(trace, "v", n, N, v);
-        const AttentionOutput a = multi_head_attention(side.q, whole(k), whole(v), H, mask, trace != nullptr);
-        xt::view(attended, n) = a.attended;  // (Q, E)
-        record_item(trace, "scores", n, N, a.scores);         // (H, Q, L)
-        record_item(trace, "attn_weights", n, N, a.weights);  // (H, Q, L)
+        // (Q, E), written in its place in the batch
+        attend_into(side.q, whole(k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention,
+                    trace ? &scores : nullptr, trace ? &weights : nullptr);
+        record_item(trace, "scores", n, N, scores);         // (H, Q, L)
+        record_item(trace, "attn_weights", n, N, weights);  // (H, Q, L)
     }
-    return attended;
 }
 }  // namespace
 
 Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
-                        const Matrix* mask, Trace* trace) {
+                        const Matrix* mask, Trace* trace, Workspace* workspace) {
     const char* fn = "fast::adapter_forward";
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t L = x.shape(1), E = c.embed_dim, Q = c.n_queries;
@@ -109,9 +116,14 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
     check_shape(fn, "the prepared pos_k", side.pos_k, {L, E});
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
 
-    const Tensor3 attended = attend_each_image(w, c, side, x, mask, trace);  // (N, Q, E)
-    record(trace, "attended", attended);
-    Tensor3 out = linear(attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
+    Workspace own;
+    Workspace& ws = workspace ? *workspace : own;
+    attend_each_image(w, c, side, x, mask, trace, ws);  // ws.attended (N, Q, E)
+    // Without a caller's workspace, the (L, E) buffers go before out_proj's weights are first read (kept alive past
+    // it, they had raised run's peak from 397 to 450 MiB).
+    if (!workspace) own.X = own.v = own.k = Matrix(), own.attention = AttentionBuffers();
+    record(trace, "attended", ws.attended);
+    Tensor3 out = linear(ws.attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
     record(trace, "out", out);
     return out;
 }

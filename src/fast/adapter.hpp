@@ -8,13 +8,15 @@
 //    1413 -> 710 MiB, 0.521 -> 0.477 s per image);
 //  - ln_post runs in place on the adapter's output;
 //  - the query side, the key and value side and the attention run on the fast path's own threads, OpenBLAS
-//    single-threaded (fast/threads.hpp; the attention of one full-size image 51-63 -> 42-47 ms).
+//    single-threaded (fast/threads.hpp; the attention of one full-size image 51-63 -> 42-47 ms);
+//  - a caller that runs many batches can keep the buffers from call to call (Workspace, below).
 // Records the same trace names as the readable path, in the same order. Measured gain of the whole forward pass
 // with the tail, one full-size image: 29x (23.2 s -> 0.80 s, `qwenvl-bench --gains`, docs/fast-path.md).
 #pragma once
 
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
+#include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
@@ -60,10 +62,23 @@ QuerySide prepare_query_side(const Weights& weights, const AdapterConfig& config
 // xtensor's `x += table` would first build x + table in a temporary, to be safe in case the two overlapped.
 void add_in_place(Matrix& x, const Matrix& table);
 
+// The buffers adapter_forward can keep from one call to the next: one image's three (L, E) tensors (16 MiB each
+// at full size), the attention's buffers, and the attended batch (N, Q, E). Without one, each call makes them and
+// frees them, and every page of them is touched fresh, call after call (about 2 us a page on this project's
+// machines: 0.03 to 0.05 s a call at full size). A caller that runs many batches, as the benchmark does, keeps one
+// Workspace and passes it to every call; `run`, which calls once, passes none, and the buffers are freed before
+// out_proj's weights are first read (peak memory). Sized on first use, and again when a size changes.
+struct Workspace {
+    Matrix X, v, k;              // (L, E): kv_proj and ln_kv, then key_in in place; the values; the keys
+    AttentionBuffers attention;  // q / sqrt(Dh) and each thread's (Q, L) buffer
+    Tensor3 attended;            // (N, Q, E)
+};
+
 // x (N, L, Kv) -> out (N, Q, E), with the query side prepared for L = n_keys. Records the key side, the
 // attention and out in `trace` when given.
 Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, const QuerySide& side,
-                        const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr);
+                        const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr,
+                        Workspace* workspace = nullptr);
 
 // MiniCPM-V 2.5/2.6's resampler: replaces stages/11_minicpmv's `minicpmv_forward` (same arguments, the default
 // 70 x 70 table). Each image runs alone on its own L_n = h*w patches, rows [0, L_n) of x: no padding and no mask.

@@ -1,5 +1,6 @@
 #include "fast/attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -70,35 +71,53 @@ Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
     return p;
 }
 
-AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
-                                     const Matrix* mask, bool keep_per_head) {
+void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads, const Matrix* mask,
+                 float* out, std::size_t out_stride, AttentionBuffers& buffers, Tensor3* scores, Tensor3* weights) {
     const char* fn = "fast::multi_head_attention";
     const std::size_t Q = q.shape(0), E = q.shape(1), L = k.rows;
     const std::size_t H = num_heads, Dh = head_dim(fn, E, H);
     check_shape(fn, "k", std::vector<std::size_t>{k.rows, k.cols}, {L, E});
     check_shape(fn, "v", std::vector<std::size_t>{v.rows, v.cols}, {L, E});
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
+    require(out_stride >= E, fn, "the output's row stride is less than E");
+    if (scores) check_shape(fn, "scores", *scores, {H, Q, L});
+    if (weights) check_shape(fn, "weights", *weights, {H, Q, L});
 
+    // PyTorch scales q before the product.
+    if (shape_of(buffers.q_scaled) != std::vector<std::size_t>{Q, E}) buffers.q_scaled = Matrix({Q, E});
+    const float scale = std::sqrt(static_cast<float>(Dh));
+    for (std::size_t i = 0; i < Q * E; ++i) buffers.q_scaled.data()[i] = q.data()[i] / scale;
+    // The heads are split over the fast path's threads (fast/threads.hpp), each product single-threaded. Each
+    // thread's one (Q, L) buffer serves all its heads: the scores, then, in place, the weights. A fresh 1 MB tensor
+    // per head (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
+    const std::size_t parts = parallel_parts(H, 1);
+    buffers.scores.resize(std::max(buffers.scores.size(), parts));
+    for (std::size_t i = 0; i < parts; ++i)
+        if (shape_of(buffers.scores[i]) != std::vector<std::size_t>{Q, L}) buffers.scores[i] = Matrix({Q, L});
+    parallel_for_parts(H, 1, [&](std::size_t part, std::size_t first, std::size_t end) {
+        Matrix& s = buffers.scores[part];
+        for (std::size_t h = first; h < end; ++h) {
+            gemm_block(head_block(whole(buffers.q_scaled), h, H), head_block(k, h, H), true, s.data(), L);  // q_h k_h^T
+            if (scores) xt::view(*scores, h) = s;
+            softmax_rows_in_place(s, mask);  // now the weights A_h
+            gemm_block(whole(s), head_block(v, h, H), false, out + h * Dh, out_stride);  // A_h v_h
+            if (weights) xt::view(*weights, h) = s;
+        }
+    });
+}
+
+AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads,
+                                     const Matrix* mask, bool keep_per_head) {
+    const std::size_t Q = q.shape(0), E = q.shape(1), L = k.rows, H = num_heads;
     AttentionOutput result;
     result.attended = Matrix({Q, E});
     if (keep_per_head) {
         result.scores = Tensor3({H, Q, L});
         result.weights = Tensor3({H, Q, L});
     }
-    const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));  // PyTorch scales q before the product
-    // The heads are split over the fast path's threads (fast/threads.hpp), each product single-threaded. Each
-    // thread's one (Q, L) buffer serves all its heads: the scores, then, in place, the weights. A fresh 1 MB tensor
-    // per head (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
-    parallel_for(H, 1, [&](std::size_t first, std::size_t end) {
-        Matrix scores({Q, L});
-        for (std::size_t h = first; h < end; ++h) {
-            gemm_block(head_block(whole(q_scaled), h, H), head_block(k, h, H), true, scores.data(), L);  // q_h k_h^T
-            if (keep_per_head) xt::view(result.scores, h) = scores;
-            softmax_rows_in_place(scores, mask);  // now the weights A_h
-            gemm_block(whole(scores), head_block(v, h, H), false, result.attended.data() + h * Dh, E);  // A_h v_h
-            if (keep_per_head) xt::view(result.weights, h) = scores;
-        }
-    });
+    AttentionBuffers buffers;
+    attend_into(q, k, v, num_heads, mask, result.attended.data(), E, buffers, keep_per_head ? &result.scores : nullptr,
+                keep_per_head ? &result.weights : nullptr);
     return result;
 }
 

@@ -12,6 +12,8 @@
 //    per head cost 64 x 256 first touches of fresh pages per image (attention 83 -> 61 ms at full size).
 #pragma once
 
+#include <vector>
+
 #include "core/shapes.hpp"
 #include "fast/gemm.hpp"
 #include "stages/06_attention.hpp"
@@ -29,6 +31,21 @@ float exp_nonpositive(float x);
 Matrix softmax_rows(const Matrix& scores, const Matrix* mask);
 // The same, overwriting x: how multi_head_attention turns each head's scores into its weights in one buffer.
 void softmax_rows_in_place(Matrix& x, const Matrix* mask);
+
+// What attend_into reuses from one call to the next: q / sqrt(Dh) (Q, E) and one (Q, L) buffer per thread, each
+// serving its heads' scores and then, in place, their weights. Sized on first use, and again when a size changes.
+struct AttentionBuffers {
+    Matrix q_scaled;
+    std::vector<Matrix> scores;
+};
+
+// One image's attention written into `out`, its (Q, E) rows with row stride out_stride; `scores` and `weights`
+// (H, Q, L), when not null, receive every head's scores and weights. multi_head_attention below is this with
+// buffers of its own; the forward pass (adapter.hpp's Workspace) passes its own, kept from image to image and
+// from call to call, and writes each image's heads straight into its place in the batch.
+void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads, const Matrix* mask,
+                 float* out, std::size_t out_stride, AttentionBuffers& buffers, Tensor3* scores = nullptr,
+                 Tensor3* weights = nullptr);
 
 // One image: q (Q, E), k and v (L, E) blocks (whole matrices, or image n of an (N, L, E) batch read in place);
 // mask (Q, L) or nullptr. With keep_per_head false, scores and weights are left empty (saves memory at full size).

@@ -40,14 +40,23 @@ OwnThreads::~OwnThreads() {
 
 std::size_t thread_count() { return inside_part ? 1 : own_count.load(); }
 
+std::size_t parallel_parts(std::size_t n, std::size_t grain) {
+    return std::min(thread_count(), std::max<std::size_t>(n / std::max<std::size_t>(grain, 1), 1));
+}
+
 void parallel_for(std::size_t n, std::size_t grain, const std::function<void(std::size_t, std::size_t)>& part) {
-    const std::size_t parts = std::min(thread_count(), std::max<std::size_t>(n / std::max<std::size_t>(grain, 1), 1));
-    if (parts <= 1) return part(0, n);
+    parallel_for_parts(n, grain, [&](std::size_t, std::size_t begin, std::size_t end) { part(begin, end); });
+}
+
+void parallel_for_parts(std::size_t n, std::size_t grain,
+                        const std::function<void(std::size_t, std::size_t, std::size_t)>& part) {
+    const std::size_t parts = parallel_parts(n, grain);
+    if (parts <= 1) return part(0, 0, n);
     std::vector<std::exception_ptr> failed(parts);
     auto run = [&](std::size_t i) {
         inside_part = true;
         try {
-            part(n * i / parts, n * (i + 1) / parts);
+            part(i, n * i / parts, n * (i + 1) / parts);
         } catch (...) {
             failed[i] = std::current_exception();  // rethrown on the calling thread, below
         }

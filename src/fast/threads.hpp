@@ -35,4 +35,10 @@ std::size_t thread_count();
 // thread_count() is 1: nothing splits twice.
 void parallel_for(std::size_t n, std::size_t grain, const std::function<void(std::size_t begin, std::size_t end)>& part);
 
+// The same, telling each part which one it is: part(i, begin, end) for i in [0, parallel_parts(n, grain)), slice i
+// being [n*i/parts, n*(i+1)/parts). A part can then use buffers of its own, made before the call.
+std::size_t parallel_parts(std::size_t n, std::size_t grain);
+void parallel_for_parts(std::size_t n, std::size_t grain,
+                        const std::function<void(std::size_t i, std::size_t begin, std::size_t end)>& part);
+
 }  // namespace qwenvl::fast
