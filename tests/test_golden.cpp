@@ -8,6 +8,7 @@
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "fast/resize.hpp"
 #include "golden.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
@@ -47,7 +48,12 @@ TEST_CASE("golden: sincos_2d equals numpy's table (pos_q)", "[golden][sincos]") 
 TEST_CASE("golden: key_position_table equals F.interpolate bicubic (pos_k)", "[golden][resize]") {
     for (const auto& f : fixtures()) {
         DYNAMIC_SECTION(f.name) {
-            check_stage(f, "pos_k", key_position_table(Matrix(f.expect("pos_q")), f.x.shape(1)));
+            const Matrix readable = key_position_table(Matrix(f.expect("pos_q")), f.x.shape(1));
+            check_stage(f, "pos_k", readable);
+            const std::size_t side = grid_side(f.x.shape(1), "L");
+            const Matrix fast = fast::key_position_table(Matrix(f.expect("pos_q")), Grid{side, side});
+            check_stage(f, "pos_k", fast);
+            CHECK(bool(fast == readable));  // the same sums in the same order
         }
     }
 }

@@ -23,6 +23,7 @@
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "fast/resize.hpp"
 #include "fast/threads.hpp"
 #include "io/fixture.hpp"
 #include "io/checkpoint.hpp"
@@ -99,6 +100,20 @@ TEST_CASE("bicubic: weights sum to 1, a constant grid stays constant, equal grid
     const Matrix table = sincos_2d(8, 3);
     CHECK((key_position_table(table, 9) == table));
     CHECK_THROWS(key_position_table(table, 10));
+}
+
+TEST_CASE("bicubic, fast: equal to the readable resize bit for bit, up, down and to non-square grids", "[resize][fast]") {
+    xt::random::seed(5);
+    for (std::size_t C : {std::size_t(4), std::size_t(13), std::size_t(64)}) {
+        const Matrix table = xt::random::randn<float>({std::size_t(16), C});  // a 4 x 4 grid of C channels
+        for (const Grid out : {Grid{7, 7}, Grid{2, 2}, Grid{3, 9}, Grid{5, 1}, Grid{4, 4}}) {
+            INFO("C " << C << ", to " << out.h << " x " << out.w);
+            CHECK(bool(fast::resize_bicubic(table, 4, out) == resize_bicubic(table, 4, out)));
+            CHECK(bool(fast::key_position_table(table, out) == key_position_table(table, out)));
+        }
+    }
+    CHECK_THROWS_WITH(fast::key_position_table(Matrix(xt::zeros<float>({std::size_t(10), std::size_t(4)})), Grid{2, 2}),
+                      Contains("query count Q"));
 }
 
 namespace {

@@ -7,10 +7,10 @@
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "fast/resize.hpp"
 #include "fast/threads.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
-#include "stages/03_resize.hpp"
 
 namespace qwenvl::fast {
 
@@ -41,7 +41,7 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     // (Q, E), stage 02, or the stored table as query_position_table takes it (not hot: once per weights)
     side.pos_q = w.pos_embed.empty() ? sincos_2d(c.embed_dim, c.grid_q) : copy_of(w.pos_embed);
     keys = key_grid(n_keys, keys, "fast::prepare_query_side: the patch count L");
-    side.pos_k = key_position_table(side.pos_q, keys);         // (L, E), stage 03 (likewise)
+    side.pos_k = fast::key_position_table(side.pos_q, keys);   // (L, E), fast/resize (stage 03's arithmetic)
     record(trace, "pos_q", side.pos_q);
     record(trace, "pos_k", side.pos_k);
     Matrix query_in = copy_of(w.query);                        // (Q, E)

@@ -134,7 +134,11 @@ MUTATIONS = [
      "const Matrix readout_t = xt::transpose(xt::ceil(xt::abs(readout)));  // (Q, G^2)"),
     # The fast path's own copies of the numerics.
     ("fast-q-unscaled", "fast path: q not scaled by 1/sqrt(Dh)", "src/fast/attention.cpp",
-     "const Matrix q_scaled = q / std::sqrt(static_cast<float>(Dh));", "const Matrix q_scaled = q;"),
+     "buffers.q_scaled.data()[i] = q.data()[i] / scale;", "buffers.q_scaled.data()[i] = q.data()[i];"),
+    ("fast-resize-mirrored", "fast path: the bicubic weights taken at 1 - t (mirrored taps)", "src/fast/resize.cpp",
+     "taps[j].weight = cubic_weights(s - first);", "taps[j].weight = cubic_weights(1.0f - (s - first));"),
+    ("fast-workspace-not-resized", "fast path: a kept workspace not remade when the sizes change", "src/fast/adapter.cpp",
+     "if (buffer.shape() != shape) buffer = T(shape);", "if (buffer.size() == 0) buffer = T(shape);"),
     ("fast-softmax-no-max", "fast path: softmax without the row maximum", "src/fast/attention.cpp",
      "const float top = lane_max(out, cols);", "const float top = 0.0f;"),
     ("fast-mask-sign", "fast path: the float mask subtracted", "src/fast/attention.cpp",
