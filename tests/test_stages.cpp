@@ -651,6 +651,33 @@ TEST_CASE("fast threads: products and LayerNorm and the attention split over two
     CHECK(fast::thread_count() == 1);  // the scope gave OpenBLAS its threads back
 }
 
+namespace {
+// This process's threads, from /proc/self/task.
+std::size_t process_threads() {
+    return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                                                  std::filesystem::directory_iterator{}));
+}
+}  // namespace
+
+TEST_CASE("fast threads: a scope stops OpenBLAS's idle threads, and its next threaded product starts them again",
+          "[fast][threads]") {
+    openblas_set_num_threads(2);
+    xt::random::seed(12);
+    const Matrix a = xt::random::randn<float>({256, 512}), b = xt::random::randn<float>({512, 512});
+    Matrix before({256, 512}), after({256, 512});
+    fast::gemm_block(fast::whole(a), fast::whole(b), false, before.data(), 512);  // OpenBLAS's two threads
+    const std::size_t with_pool = process_threads();
+    std::size_t in_scope = 0;
+    {
+        const fast::OwnThreads own;
+        in_scope = process_threads();
+    }
+    CHECK(in_scope < with_pool);  // its workers joined: nothing of OpenBLAS's left to spin beside ours
+    fast::gemm_block(fast::whole(a), fast::whole(b), false, after.data(), 512);
+    CHECK(process_threads() > in_scope);  // started again by the threaded product
+    CHECK(bool(xt::all(xt::equal(after, before))));  // and the same sums in the same order
+}
+
 TEST_CASE("fast threads: parallel_for runs every index once on two threads and passes an exception on",
           "[fast][threads]") {
     openblas_set_num_threads(2);

@@ -11,6 +11,7 @@
 extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
 int openblas_get_num_threads() __attribute__((weak));
+int blas_thread_shutdown_() __attribute__((weak));  // OpenBLAS's pool: joined; made again by its next threaded call
 }
 
 namespace qwenvl::fast {
@@ -28,6 +29,10 @@ OwnThreads::OwnThreads() {
     if (scopes++ > 0) return;
     blas_threads = openblas_get_num_threads ? std::max(openblas_get_num_threads(), 1) : 1;
     if (blas_threads > 1 && openblas_set_num_threads) openblas_set_num_threads(1);
+    // OpenBLAS's idle threads spin for about 0.1 s after their last call, and after the library starts: beside
+    // ours they take a core. Its next threaded call (out_proj, after the scope) starts them again (0.1 ms).
+    // Measured: the query side's product in a fresh `run` process 87-111 -> 55-65 ms (docs/performance.md).
+    if (blas_threads > 1 && blas_thread_shutdown_) blas_thread_shutdown_();
     own_count = static_cast<std::size_t>(blas_threads);
 }
 

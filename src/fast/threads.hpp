@@ -17,7 +17,10 @@ namespace qwenvl::fast {
 
 // While one exists (on any thread; scopes nest), OpenBLAS computes on the calling thread only and
 // thread_count() is the number of threads OpenBLAS was set to use; on destruction of the outermost scope,
-// OpenBLAS gets its threads back.
+// OpenBLAS gets its threads back. The outermost scope also stops OpenBLAS's idle worker threads
+// (blas_thread_shutdown_), which would otherwise spin beside ours for about 0.1 s after their last call and after
+// the library starts; OpenBLAS's next threaded call starts them again. Nothing else may call OpenBLAS from another
+// thread while a scope opens.
 class OwnThreads {
 public:
     OwnThreads();
