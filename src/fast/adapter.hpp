@@ -64,8 +64,8 @@ void add_in_place(Matrix& x, const Matrix& table);
 
 // The buffers adapter_forward can keep from one call to the next: one image's three (L, E) tensors (16 MiB each
 // at full size), the attention's buffers, and the attended batch (N, Q, E). Without one, each call makes them and
-// frees them, and every page of them is touched fresh, call after call (about 2 us a page on this project's
-// machines: 0.03 to 0.05 s a call at full size). A caller that runs many batches, as the benchmark does, keeps one
+// frees them, and every page of them is touched fresh, call after call (at full size about 15,000 pages, at about
+// 2.5 us a page on this project's machines, `qwenvl-bench --page-faults`). A caller that runs many batches, as the benchmark does, keeps one
 // Workspace and passes it to every call; `run`, which calls once, passes none, and the buffers are freed before
 // out_proj's weights are first read (peak memory). Sized on first use, and again when a size changes.
 struct Workspace {

@@ -31,7 +31,7 @@ OwnThreads::OwnThreads() {
     if (blas_threads > 1 && openblas_set_num_threads) openblas_set_num_threads(1);
     // OpenBLAS's idle threads spin for about 0.1 s after their last call, and after the library starts: beside
     // ours they take a core. Its next threaded call (out_proj, after the scope) starts them again (0.1 ms).
-    // Measured: the query side's product in a fresh `run` process 87-111 -> 55-65 ms (docs/performance.md).
+    // Measured: the query side's product in a fresh `run` process 87-111 -> 63-69 ms (docs/performance.md).
     if (blas_threads > 1 && blas_thread_shutdown_) blas_thread_shutdown_();
     own_count = static_cast<std::size_t>(blas_threads);
 }
