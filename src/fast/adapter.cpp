@@ -64,11 +64,6 @@ void add_in_place(Matrix& x, const Matrix& table) {
 }
 
 namespace {
-template <class T>
-void ensure_shape(T& buffer, const typename T::shape_type& shape) {
-    if (buffer.shape() != shape) buffer = T(shape);
-}
-
 // The key and value side, then the attention, one image at a time: x (N, L, Kv) -> ws.attended (N, Q, E). Each
 // image's tensors are (L, E), 16 MB at full size; the three buffers serve every image, which overwrites them, so
 // that their pages are touched once (once per call, or once in all with a Workspace kept by the caller).

@@ -84,7 +84,7 @@ void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t nu
     if (weights) check_shape(fn, "weights", *weights, {H, Q, L});
 
     // PyTorch scales q before the product.
-    if (shape_of(buffers.q_scaled) != std::vector<std::size_t>{Q, E}) buffers.q_scaled = Matrix({Q, E});
+    ensure_shape(buffers.q_scaled, {Q, E});
     const float scale = std::sqrt(static_cast<float>(Dh));
     for (std::size_t i = 0; i < Q * E; ++i) buffers.q_scaled.data()[i] = q.data()[i] / scale;
     // The heads are split over the fast path's threads (fast/threads.hpp), each product single-threaded. Each
@@ -92,8 +92,7 @@ void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t nu
     // per head (two, scores and weights) cost 64 x 256 first touches of fresh pages per image at full size.
     const std::size_t parts = parallel_parts(H, 1);
     buffers.scores.resize(std::max(buffers.scores.size(), parts));
-    for (std::size_t i = 0; i < parts; ++i)
-        if (shape_of(buffers.scores[i]) != std::vector<std::size_t>{Q, L}) buffers.scores[i] = Matrix({Q, L});
+    for (std::size_t i = 0; i < parts; ++i) ensure_shape(buffers.scores[i], {Q, L});
     parallel_for_parts(H, 1, [&](std::size_t part, std::size_t first, std::size_t end) {
         Matrix& s = buffers.scores[part];
         for (std::size_t h = first; h < end; ++h) {

@@ -30,6 +30,12 @@ Block whole(const Matrix& m);
 // The block's shape {rows, cols}, for check_shape.
 std::vector<std::size_t> dims(const Block& b);
 
+// A buffer kept from call to call (fast/adapter.hpp's Workspace): made anew with `shape` unless it has it already.
+template <class Tensor>
+void ensure_shape(Tensor& buffer, const typename Tensor::shape_type& shape) {
+    if (buffer.shape() != shape) buffer = Tensor(shape);
+}
+
 // A run of `size` floats read in place: a bias, or a LayerNorm's weight or bias. A Vector converts to all of it.
 struct Values {
     const float* data = nullptr;
