@@ -72,8 +72,9 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
     const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
     // The key and value side and the attention run on the fast path's own threads, OpenBLAS single-threaded
     // (fast/threads.hpp): the heads' small products gain (at full size, one image: attention 63 -> 47 ms). out_proj
-    // and the tail's proj, 256 rows per image, run faster on OpenBLAS's own threads (70 -> 62 ms for out_proj)
-    // and are left to them, after the scope.
+    // and the tail's proj, 256 rows per image, are left to OpenBLAS's own threads, after the scope: split by ours
+    // they ran slower (70 -> 62 ms for out_proj) while OpenBLAS's idle threads still spun beside them, and no
+    // faster once the scope stopped those (docs/performance.md#the-whole-run).
     const OwnThreads own;
     ensure_shape(ws.attended, {N, Q, E});
     for (Matrix* buffer : {&ws.X, &ws.v, &ws.k}) ensure_shape(*buffer, {L, E});
@@ -116,7 +117,10 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
     attend_each_image(w, c, side, x, mask, trace, ws);  // ws.attended (N, Q, E)
     // Without a caller's workspace, the (L, E) buffers go before out_proj's weights are first read (kept alive past
     // it, they had raised run's peak from 397 to 450 MiB).
-    if (!workspace) own.X = own.v = own.k = Matrix(), own.attention = AttentionBuffers();
+    if (!workspace) {
+        own.X = own.v = own.k = Matrix();
+        own.attention = AttentionBuffers();
+    }
     record(trace, "attended", ws.attended);
     Tensor3 out = linear(ws.attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
     record(trace, "out", out);
