@@ -27,15 +27,20 @@ double lane_sum(const float* x, std::size_t n, Term term) {
     return sum;
 }
 
-// max_i x[i] for i in [0, n); -inf for n = 0.
+// max_i x[i] for i in [0, n); -inf for n = 0. Wider than the sums: GCC 12 does not vectorise a float maximum kept
+// in 8 partial results (it unrolls the 8 and keeps them in scalar registers), but it does vectorise a loop over 64.
+// In the softmax (256 x 1024 scores a head) the row maxima took 1.9 ms of a thread's 32 heads this way, 0.3 ms so.
+constexpr std::size_t kMaxLanes = 64;
+
 inline float lane_max(const float* x, std::size_t n) {
-    const std::size_t whole = n - n % kLanes;
-    float lane[kLanes];
-    std::fill(lane, lane + kLanes, -std::numeric_limits<float>::infinity());
-    for (std::size_t i = 0; i < whole; i += kLanes)
-        for (std::size_t j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-    float top = *std::max_element(lane, lane + kLanes);
-    for (std::size_t i = whole; i < n; ++i) top = std::max(top, x[i]);
+    const std::size_t whole = n - n % kMaxLanes;
+    float lane[kMaxLanes];
+    std::fill(lane, lane + kMaxLanes, -std::numeric_limits<float>::infinity());
+    for (std::size_t i = 0; i < whole; i += kMaxLanes)
+        for (std::size_t j = 0; j < kMaxLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float top = -std::numeric_limits<float>::infinity();
+    for (float v : lane) top = v > top ? v : top;
+    for (std::size_t i = whole; i < n; ++i) top = x[i] > top ? x[i] : top;
     return top;
 }
 

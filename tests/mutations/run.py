@@ -134,7 +134,7 @@ MUTATIONS = [
      "const Matrix readout_t = xt::transpose(xt::ceil(xt::abs(readout)));  // (Q, G^2)"),
     # The fast path's own copies of the numerics.
     ("fast-q-unscaled", "fast path: q not scaled by 1/sqrt(Dh)", "src/fast/attention.cpp",
-     "buffers.q_scaled.data()[i] = q.data()[i] / scale;", "buffers.q_scaled.data()[i] = q.data()[i];"),
+     "scaled[c] = row[c] / scale;", "scaled[c] = row[c];"),
     ("fast-resize-mirrored", "fast path: the bicubic weights taken at 1 - t (mirrored taps)", "src/fast/resize.cpp",
      "taps[j].weight = cubic_weights(s - first);", "taps[j].weight = cubic_weights(1.0f - (s - first));"),
     ("fast-workspace-not-resized", "fast path: a kept workspace not remade when the sizes change", "src/fast/gemm.hpp",
@@ -144,7 +144,7 @@ MUTATIONS = [
     ("fast-mask-sign", "fast path: the float mask subtracted", "src/fast/attention.cpp",
      "for (std::size_t c = 0; c < cols; ++c) out[c] += m[c];", "for (std::size_t c = 0; c < cols; ++c) out[c] -= m[c];"),
     ("fast-exp-taylor", "fast path: the exponential's r^6 term dropped", "src/fast/attention.cpp",
-     "r * (1.0f / 120 + r * (1.0f / 720))", "r * (1.0f / 120)"),
+     "mul_add(1.0f / 720, r, 1.0f / 120)", "(1.0f / 120)"),
     ("fast-ln-unbiased", "fast path: LayerNorm with the unbiased variance", "src/fast/layernorm.cpp",
      "[mean](float v) { return (v - mean) * (v - mean); }) / static_cast<double>(E);",
      "[mean](float v) { return (v - mean) * (v - mean); }) / static_cast<double>(E - 1);"),
