@@ -8,8 +8,10 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "fast/adapter.hpp"
 #include "fast/attention.hpp"
 #include "fast/gemm.hpp"
+#include "fast/lanes.hpp"
 #include "fast/layernorm.hpp"
 #include "fast/resize.hpp"
 #include "fast/threads.hpp"
@@ -187,6 +190,32 @@ TEST_CASE("softmax: rows sum to 1, masked places get 0, a fully masked row is Na
         const Matrix unmasked = softmax(s, nullptr), readable = softmax_rows(s, nullptr);
         CHECK(compare(unmasked, readable, 1e-7, 1e-6).ok());  // the two paths agree
     }
+}
+
+TEST_CASE("lanes: lane_max finds the largest value at every place for every length to 200, lane_sum equals a plain sum", "[attention]") {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 10.0f);
+    CHECK(fast::lane_max(nullptr, 0) == -std::numeric_limits<float>::infinity());
+    for (std::size_t n = 1; n <= 200; ++n) {
+        std::vector<float> x(n);
+        for (float& v : x) v = normal(rng);
+        double plain = 0.0;
+        for (float v : x) plain += v;
+        CHECK(fast::lane_sum(x.data(), n, [](float v) { return double(v); }) == Approx(plain).margin(1e-9));
+        for (std::size_t at = 0; at < n; ++at) {  // the largest value in each place in turn: every lane and the tail
+            std::vector<float> y = x;
+            y[at] = 1000.0f;
+            if (fast::lane_max(y.data(), n) != 1000.0f) FAIL_CHECK("n = " << n << ", largest at " << at);
+        }
+    }
+    const std::vector<float> low(130, -std::numeric_limits<float>::infinity());
+    CHECK(fast::lane_max(low.data(), low.size()) == -std::numeric_limits<float>::infinity());
+}
+
+TEST_CASE("softmax: fast rows of 1000 (64-lane maxima and their tail) agree with the readable softmax", "[attention]") {
+    xt::random::seed(13);
+    const Matrix s = xt::random::randn<float>({3, 1000}) * 4.0f;
+    CHECK(compare(fast::softmax_rows(s, nullptr), softmax_rows(s, nullptr), 1e-7, 1e-6).ok());
 }
 
 TEST_CASE("softmax's exponential: within 3e-7 of std::exp on [-87, 0], 0 far below and at -inf, NaN stays NaN", "[attention]") {

@@ -83,7 +83,8 @@ void softmax_rows_in_place(Matrix& x, const Matrix* mask) {
         const float top = lane_max(out, cols);
         for (std::size_t c = 0; c < cols; ++c) out[c] = exp_of_nonpositive(out[c] - top);
         const float sum = static_cast<float>(lane_sum(out, cols, [](float v) { return double(v); }));
-        const float inverse = 1.0f / sum;  // one division a row; PyTorch's CPU softmax also multiplies by 1 / sum
+        // One division a row, as PyTorch's CPU softmax does (_vec_softmax_lastdim in ATen's SoftMaxKernel.cpp).
+        const float inverse = 1.0f / sum;
         for (std::size_t c = 0; c < cols; ++c) out[c] *= inverse;
     }
 }

@@ -29,7 +29,7 @@ double lane_sum(const float* x, std::size_t n, Term term) {
 
 // max_i x[i] for i in [0, n); -inf for n = 0. Wider than the sums: GCC 12 does not vectorise a float maximum kept
 // in 8 partial results (it unrolls the 8 and keeps them in scalar registers), but it does vectorise a loop over 64.
-// In the softmax (256 x 1024 scores a head) the row maxima took 1.9 ms of a thread's 32 heads this way, 0.3 ms so.
+// The row maxima of 32 heads of (256, 1024) scores, on one thread: 1.4 to 1.9 ms with 8, 0.7 to 0.9 ms with 64.
 constexpr std::size_t kMaxLanes = 64;
 
 inline float lane_max(const float* x, std::size_t n) {

@@ -141,6 +141,8 @@ MUTATIONS = [
      "if (buffer.shape() != shape) buffer = Tensor(shape);", "if (buffer.size() == 0) buffer = Tensor(shape);"),
     ("fast-softmax-no-max", "fast path: softmax without the row maximum", "src/fast/attention.cpp",
      "const float top = lane_max(out, cols);", "const float top = 0.0f;"),
+    ("fast-max-first-lane", "fast path: the row maximum taken from the first of its 64 partial maxima",
+     "src/fast/lanes.hpp", "    for (float v : lane) top = v > top ? v : top;", "    top = lane[0];"),
     ("fast-mask-sign", "fast path: the float mask subtracted", "src/fast/attention.cpp",
      "for (std::size_t c = 0; c < cols; ++c) out[c] += m[c];", "for (std::size_t c = 0; c < cols; ++c) out[c] -= m[c];"),
     ("fast-exp-taylor", "fast path: the exponential's r^6 term dropped", "src/fast/attention.cpp",
