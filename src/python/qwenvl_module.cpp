@@ -39,10 +39,43 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// A numpy array (or anything numpy turns into one) as float32, copied.
+// What `value` is as numpy sees it, its dtype checked: bool (when `allow_bool`, for masks), integer or floating
+// point. Anything else (complex, object, strings, dates, or a value numpy cannot make an array of) is refused with
+// a ValueError naming the function and the argument, not cast: numpy would drop an imaginary part with a warning
+// and turn True into 1.0.
+py::array checked_array(const py::handle& value, const char* function, const char* argument, bool allow_bool) {
+    py::array array;
+    try {
+        array = py::array::ensure(value);
+    } catch (const py::error_already_set&) {
+    }
+    if (!array) throw ShapeError(std::string(function) + ": " + argument + " is not an array of numbers");
+    const char kind = array.dtype().kind();
+    if (kind == 'b' && !allow_bool)
+        throw ShapeError(std::string(function) + ": " + argument + " is an array of booleans; it takes numbers");
+    if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')
+        throw ShapeError(std::string(function) + ": " + argument + " has dtype " + std::string(py::str(array.dtype())) +
+                         "; it takes integer or floating-point numbers");
+    return array;
+}
+
+// A 2-D boolean array, copied in row-major order whatever its strides.
+xt::xtensor<bool, 2> boolean_matrix(const py::handle& value, const char* function, const char* argument) {
+    using BoolArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+    const BoolArray masked = BoolArray::ensure(value);
+    if (!masked || masked.ndim() != 2)
+        throw ShapeError(std::string(function) + ": " + argument + " has shape " +
+                         shape_string(std::vector<std::size_t>(masked.shape(), masked.shape() + masked.ndim())) +
+                         ", expected 2 axes");
+    xt::xtensor<bool, 2> b({static_cast<std::size_t>(masked.shape(0)), static_cast<std::size_t>(masked.shape(1))});
+    std::copy(masked.data(), masked.data() + masked.size(), b.data());
+    return b;
+}
+
+// A numpy array (or anything numpy turns into one) of integers or floating-point numbers as float32, copied into
+// row-major order whatever its strides.
 xt::xarray<float> any_rank(const py::handle& value, const char* function, const char* argument) {
-    const FloatArray array = FloatArray::ensure(value);
-    if (!array) throw py::type_error(std::string(function) + ": " + argument + " is not an array of numbers");
+    const FloatArray array = FloatArray::ensure(checked_array(value, function, argument, false));
     std::vector<std::size_t> shape(array.shape(), array.shape() + array.ndim());
     xt::xarray<float> t = xt::xarray<float>::from_shape(shape);
     std::copy(array.data(), array.data() + array.size(), t.data());
@@ -99,13 +132,19 @@ Trace trace_from(const py::dict& d, const char* function) {
     return trace;
 }
 
-// An optional (Q, L) additive mask.
+// An optional (Q, L) mask, as PyTorch's attention takes one: a boolean array is True where a key is masked (stage
+// 06's additive_mask turns it into -inf and 0), an array of numbers is added to the scores.
 struct OptionalMask {
     Matrix value;
     bool given = false;
     OptionalMask(const py::object& mask, const char* function) {
         if (mask.is_none()) return;
-        value = matrix(mask, function, "mask");
+        const py::array array = checked_array(mask, function, "mask", true);
+        if (array.dtype().kind() == 'b') {
+            value = additive_mask(boolean_matrix(array, function, "mask"));
+        } else {
+            value = matrix(array, function, "mask");
+        }
         given = true;
     }
     const Matrix* get() const { return given ? &value : nullptr; }
@@ -217,14 +256,10 @@ PYBIND11_MODULE(qwenvl, m) {
         const OptionalMask m_(mask, "softmax_rows");
         return numpy(softmax_rows(matrix(scores, "softmax_rows", "scores"), m_.get()));
     }, py::arg("scores"), py::arg("mask") = py::none(), "Stage 06: softmax over each row of scores + mask.");
-    m.def("additive_mask", [](const py::array_t<bool, py::array::c_style | py::array::forcecast>& masked) {
-        if (masked.ndim() != 2)
-            throw ShapeError("additive_mask: masked has shape " +
-                             shape_string(std::vector<std::size_t>(masked.shape(), masked.shape() + masked.ndim())) +
-                             ", expected 2 axes");
-        xt::xtensor<bool, 2> b({static_cast<std::size_t>(masked.shape(0)), static_cast<std::size_t>(masked.shape(1))});
-        std::copy(masked.data(), masked.data() + masked.size(), b.data());
-        return numpy(additive_mask(b));
+    m.def("additive_mask", [](const py::handle& masked) {
+        const py::array array = checked_array(masked, "additive_mask", "masked", true);
+        if (array.dtype().kind() != 'b') throw ShapeError("additive_mask: masked is not an array of booleans");
+        return numpy(additive_mask(boolean_matrix(array, "additive_mask", "masked")));
     }, py::arg("masked"), "Stage 06: True (masked) -> -inf, False -> 0.");
     m.def("multi_head_attention", [](const py::handle& q, const py::handle& k, const py::handle& v, std::size_t H,
                                      const py::object& mask) {

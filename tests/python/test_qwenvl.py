@@ -11,6 +11,7 @@ errors: a shape error is a ValueError carrying the C++ stage's own message, a ba
 import glob
 import json
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -198,6 +199,123 @@ class Files(unittest.TestCase):
         y = qwenvl.fast_forward(weights, config, qwenvl.read_npy(os.path.join(case, "x.npy")), tail)
         close(self, y, qwenvl.read_npy(os.path.join(case, "expected.npy")), how["tolerance"]["atol"],
               how["tolerance"]["rtol"], "output")
+
+
+CLI = os.environ.get("QWENVL_CLI", os.path.join(REPO, "build", "release", "qwenvl-adapter"))
+
+# Every dtype docs/python.md accepts for an array of numbers (converted to float32), and the values each holds exactly.
+ACCEPTED_DTYPES = [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                   np.uint32, np.uint64]
+
+
+def layouts(values):
+    """The same values in other memory layouts: C order, Fortran order, reversed strides, a strided view."""
+    reversed_ = np.ascontiguousarray(values[::-1])[::-1]              # negative stride on axis 0
+    padded = np.zeros(values.shape[:-1] + (2 * values.shape[-1],), values.dtype)
+    padded[..., ::2] = values                                         # every other column: stride 2 on the last axis
+    return {"C": values, "Fortran": np.asfortranarray(values), "reversed": reversed_, "strided": padded[..., ::2]}
+
+
+class AgainstTheCommandLine(unittest.TestCase):
+    """The module and `qwenvl-adapter run` on the same random inputs give the same bytes, whatever the arrays'
+    dtype or strides and whatever the mask's kind; seeded, each case's seed in its failure message."""
+
+    def run_cli(self, case, how, x, mask, grids, readable, tmp):
+        x_path, out_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
+        np.save(x_path, x)
+        argv = [CLI, "run", "--input", x_path, "--output", out_path, "--heads", str(how["heads"])]
+        for w in how["weights"]:
+            argv += ["--weights", os.path.join(case, w)]
+        if grids:
+            argv += ["--grids", ",".join("%dx%d" % g for g in grids)]
+        if mask is not None:
+            np.save(os.path.join(tmp, "m.npy"), mask)
+            argv += ["--mask", os.path.join(tmp, "m.npy")]
+        if readable:
+            argv.append("--readable")
+        done = subprocess.run(argv, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return np.load(out_path)
+
+    def module_forward(self, weights, config, tail, x, mask, grids, readable):
+        if config.model == qwenvl.Model.minicpm_v:
+            return qwenvl.tower_tail_forward(tail, qwenvl.minicpmv_forward(weights, config, x, grids), config.eps)
+        if readable or grids:
+            out = qwenvl.adapter_forward(weights, config, x, mask, grid=grids[0] if grids else (0, 0))
+            return qwenvl.tower_tail_forward(tail, out, config.eps)
+        return qwenvl.fast_forward(weights, config, x, tail, mask)
+
+    def test_random_inputs_every_dtype_layout_and_mask_kind(self):
+        cases = sorted(d for d in glob.glob(os.path.join(DATA, "cli", "*")) if os.path.isdir(d))
+        self.assertGreaterEqual(len(cases), 8)
+        for case in cases:
+            with open(os.path.join(case, "case.json")) as f:
+                how = json.load(f)
+            if how["adapter_only"]:
+                continue
+            weights, config, tail = qwenvl.load_adapter([os.path.join(case, w) for w in how["weights"]],
+                                                        num_heads=how["heads"])
+            L = np.load(os.path.join(case, how["input"])).shape[-2]
+            grids = [tuple(int(v) for v in g.split("x")) for g in how["grids"].split(",")] if how.get("grids") else []
+            for seed in range(3):
+                rng = np.random.default_rng(1000 * len(case) + seed)
+                n = len(grids) if config.model == qwenvl.Model.minicpm_v else int(rng.integers(1, 6))
+                if grids and config.model == qwenvl.Model.qwen_vl:
+                    grids = grids[:1] * n
+                # integers from -8 to 8: every accepted dtype holds them exactly (unsigned ones: 0 to 8)
+                x = rng.integers(-8, 9, size=(n, L, config.kv_dim)).astype(np.float32) / 4
+                mask = None
+                kind = ("none", "bool", "float")[seed] if config.model == qwenvl.Model.qwen_vl else "none"
+                if kind != "none":
+                    masked = rng.random((config.n_queries, L)) < 0.3
+                    masked[:, int(rng.integers(0, L))] = False     # every query keeps a key
+                    mask = masked if kind == "bool" else np.where(masked, -np.inf, 0).astype(np.float32)
+                where = "case %s seed %d (N %d, mask %s)" % (os.path.basename(case), seed, n, kind)
+                # the module has the fast path for Qwen-VL's square grids only (fast_forward); the readable one always
+                paths = (True,) if grids else (False, True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    for readable in paths:
+                        want = self.run_cli(case, how, x, mask, grids, readable, tmp)
+                        got = self.module_forward(weights, config, tail, x, mask, grids, readable)
+                        np.testing.assert_array_equal(got, want, where + (" readable" if readable else " fast"))
+                want = self.module_forward(weights, config, tail, x, mask, grids, False)
+                for layout, values in layouts(x).items():
+                    got = self.module_forward(weights, config, tail, values, mask, grids, False)
+                    np.testing.assert_array_equal(got, want, where + " layout " + layout)
+                for dtype in ACCEPTED_DTYPES:
+                    exact = x * 4 if np.issubdtype(dtype, np.integer) else x   # integers: x * 4 is -32..32
+                    if np.issubdtype(dtype, np.unsignedinteger):
+                        exact = np.abs(exact)
+                    want = self.module_forward(weights, config, tail, exact.astype(np.float32), mask, grids, False)
+                    got = self.module_forward(weights, config, tail, exact.astype(dtype), mask, grids, False)
+                    np.testing.assert_array_equal(got, want, where + " dtype " + np.dtype(dtype).name)
+
+    def test_a_boolean_mask_is_true_where_masked_as_in_pytorch(self):
+        scores = np.zeros((2, 3))
+        masked = np.array([[False, True, False], [True, True, False]])
+        np.testing.assert_array_equal(qwenvl.softmax_rows(scores, masked), [[0.5, 0, 0.5], [0, 0, 1]])
+        np.testing.assert_array_equal(qwenvl.softmax_rows(scores, masked),
+                                      qwenvl.softmax_rows(scores, np.where(masked, -np.inf, 0)))
+        f = next(f for f in FIXTURES if f["name"] == "bool_mask")
+        as_bool = np.isneginf(f["mask"])
+        for fn in (qwenvl.adapter_forward, qwenvl.fast_forward):
+            np.testing.assert_array_equal(fn(f["weights"], f["config"], f["x"], mask=as_bool),
+                                          fn(f["weights"], f["config"], f["x"], mask=f["mask"]), fn.__name__)
+        q = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+        k = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+        got = qwenvl.multi_head_attention(q, k, k, 2, masked)["weights"]
+        np.testing.assert_array_equal(got[:, masked], 0)
+
+    def test_a_refused_dtype_is_a_value_error_naming_the_argument(self):
+        for bad in (np.zeros((2, 8), np.complex64), np.array([["a"] * 8] * 2), np.zeros((2, 8), object),
+                    np.zeros((2, 8), "datetime64[s]")):
+            with self.subTest(dtype=str(bad.dtype)):
+                with self.assertRaisesRegex(ValueError, "^layer_norm: x "):
+                    qwenvl.layer_norm(bad, np.ones(8), np.zeros(8))
+                with self.assertRaisesRegex(ValueError, "^softmax_rows: mask "):
+                    qwenvl.softmax_rows(np.zeros((2, 8)), bad)
+        with self.assertRaisesRegex(ValueError, "^linear: weight is an array of booleans"):
+            qwenvl.linear(np.ones((2, 3)), np.ones((4, 3), bool), np.zeros(4))
 
 
 class Training(unittest.TestCase):
