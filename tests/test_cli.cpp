@@ -735,31 +735,28 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     };
     CHECK(without_seconds(slurp(tmp / "resumed/loss.csv")) == without_seconds(slurp(tmp / "straight/loss.csv")));
 
-    const Result other_task = cli("train --out " + q(tmp / "straight") + " --steps 80 --task reconstruct --resume");
-    CHECK(other_task.code == 2);
-    CHECK_THAT(other_task.err, Contains("trains the positions task, not reconstruct"));
-    // The run's keys, batch, warm-up and learning rate come from its checkpoint: a resumed run without them is the
-    // same run (above, they were repeated), and a different value is refused.
-    const Result other_keys = cli("train --out " + q(tmp / "straight") + " --steps 80 --keys 64 --resume");
-    CHECK(other_keys.code == 2);
-    CHECK_THAT(other_keys.err, Contains("has --keys 16; give the same or leave it out"));
-    for (const auto& [flag, message] : {std::pair<std::string, std::string>{" --batch 4", "has --batch 8"},
-                                        {" --warmup 6", "has --warmup 5"},
-                                        {" --lr 0.5", "has --lr 0.01"},
-                                        {" --no-positions", "trains with the position tables"}}) {
-        const Result refused = cli("train --out " + q(tmp / "straight") + " --steps 80 --resume" + flag);
-        INFO(flag);
+    // Every setting the checkpoint records comes from it: a flag that repeats it is taken, one that differs is
+    // refused with the checkpoint's value.
+    const std::pair<std::string, std::string> differing[] = {
+        {" --task reconstruct", "has --task positions"}, {" --seed 2", "has --seed 1"}, {" --width 32", "has --width 16"},
+        {" --heads 4", "has --heads 2"}, {" --queries 16", "has --queries 4"}, {" --keys 64", "has --keys 16"},
+        {" --batch 4", "has --batch 8"}, {" --warmup 6", "has --warmup 5"}, {" --lr 0.5", "has --lr 0.01"},
+        {" --min-lr 0", "has --min-lr 5.0000000000000002e-05"}, {" --steps 80", "has --steps 40"},
+        {" --no-positions", "trains with the position tables; leave out --no-positions"}};
+    for (const auto& [flag, message] : differing) {
+        const Result refused = cli("train --out " + q(tmp / "straight") + " --resume --until 30" + flag);
+        INFO(flag << ": " << refused.err);
         CHECK(refused.code == 2);
         CHECK_THAT(refused.err, Contains(message));
     }
     TempDir again;
     REQUIRE(cli("train --out " + q(again / "r") + common + " --until 20").code == 0);
-    REQUIRE(cli("train --out " + q(again / "r") + " --steps 40 --resume").code == 0);
+    REQUIRE(cli("train --out " + q(again / "r") + " --resume").code == 0);
     CHECK(slurp(again / "r/adapter.safetensors") == slurp(tmp / "straight/adapter.safetensors"));
     // The reconstruct task's short run, and its resume (the sanitizer build runs this test, not the long ones).
     REQUIRE(cli("train --out " + q(again / "rec") + " --task reconstruct --steps 12 --warmup 2 --width 16 --heads 2 "
                 "--queries 16 --keys 9 --batch 2 --until 6").code == 0);
-    const Result rec = cli("train --out " + q(again / "rec") + " --steps 12 --resume");
+    const Result rec = cli("train --out " + q(again / "rec") + " --resume");
     INFO(rec.out << rec.err);
     CHECK(rec.code == 0);
     CHECK_THAT(rec.out, Contains("training on the reconstruct task"));
@@ -774,6 +771,68 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     INFO(run.err);
     CHECK(run.code == 0);
     CHECK((qwenvl::read_npy_float(tmp / "y.npy").shape() == std::vector<std::size_t>{3, 4, 16}));
+}
+
+TEST_CASE("cli: a resumed run equals the straight run byte for byte with every recorded setting off its default, "
+          "on both tasks", "[cli][training][slow-in-debug]") {
+    // Each run sets every setting the checkpoint records to a value that is not its default; the resume gives none
+    // of them. A setting not restored from the checkpoint would take its default and change the bytes.
+    TempDir tmp;
+    const std::string runs[] = {
+        " --task positions --seed 7 --width 12 --heads 3 --queries 4 --keys 9 --batch 3 --warmup 3 --lr 0.02 "
+        "--min-lr 0.001 --steps 14",
+        " --task reconstruct --seed 9 --width 8 --heads 4 --queries 9 --keys 4 --batch 2 --warmup 2 --lr 0.005 "
+        "--min-lr 0 --steps 12 --no-positions"};
+    for (std::size_t i = 0; i < 2; ++i) {
+        const std::string straight = tmp / ("straight" + std::to_string(i)), resumed = tmp / ("resumed" + std::to_string(i));
+        REQUIRE(cli("train --out " + q(straight) + runs[i]).code == 0);
+        REQUIRE(cli("train --out " + q(resumed) + runs[i] + " --until 5").code == 0);
+        const Result r = cli("train --out " + q(resumed) + " --resume");
+        INFO(runs[i] << "\n" << r.out << r.err);
+        REQUIRE(r.code == 0);
+        CHECK(slurp(resumed + "/adapter.safetensors") == slurp(straight + "/adapter.safetensors"));
+    }
+}
+
+TEST_CASE("cli: train keeps a run's folder: a new run into a non-empty one is refused without --force, a killed "
+          "run's partial files go, and a resume cuts loss.csv back to its checkpoint", "[cli][training]") {
+    TempDir tmp;
+    const std::string dir = tmp / "run", common = " --steps 12 --warmup 2" + kSmallTraining;
+    REQUIRE(cli("train --out " + q(dir) + common + " --until 4").code == 0);
+    const std::string checkpoint = slurp(dir + "/adapter.safetensors");
+    // a fresh run into it: refused, one line, nothing touched
+    const Result again = cli("train --out " + q(dir) + common);
+    CHECK(again.code == 2);
+    CHECK(std::count(again.err.begin(), again.err.end(), '\n') == 1);
+    CHECK_THAT(again.err, Contains(dir + " is not empty; continue its run with --resume, or replace it with --force"));
+    CHECK(slurp(dir + "/adapter.safetensors") == checkpoint);
+    CHECK(cli("train --out " + q(dir) + common + " --resume --force").code == 2);
+    // what a run killed after step 6 leaves: its rows of steps 4 to 6, a torn row, and a temporary file
+    {
+        std::ofstream log(dir + "/loss.csv", std::ios::app);
+        log << "4,0.5,0.01,1,0.1\n5,0.5,0.01,1,0.1\n6,0.5,0.01,1,0.1\n7,0.";
+        std::ofstream(dir + "/adapter.safetensors.partial-99999") << "half a checkpoint";
+    }
+    const Result resumed = cli("train --out " + q(dir) + " --resume");
+    INFO(resumed.out << resumed.err);
+    REQUIRE(resumed.code == 0);
+    CHECK_FALSE(fs::exists(dir + "/adapter.safetensors.partial-99999"));
+    std::istringstream rows(slurp(dir + "/loss.csv"));
+    std::string line;
+    std::getline(rows, line);
+    CHECK(line == "step,loss,lr,grad_norm,seconds");
+    for (std::size_t step = 0; step < 12; ++step) {
+        REQUIRE(std::getline(rows, line));
+        CHECK(line.substr(0, line.find(',')) == std::to_string(step));  // each step once, in order
+        CHECK(line.find(",0.5,0.01,1,0.1") == std::string::npos);      // not the killed run's rows
+    }
+    CHECK_FALSE(std::getline(rows, line));
+    // --force replaces the run
+    const Result forced = cli("train --out " + q(dir) + common + " --force --until 3");
+    INFO(forced.err);
+    REQUIRE(forced.code == 0);
+    CHECK(std::count(std::istreambuf_iterator<char>(*std::make_unique<std::ifstream>(dir + "/loss.csv")),
+                     std::istreambuf_iterator<char>(), '\n') == 4);  // the header and steps 0 to 2
 }
 
 TEST_CASE("cli: train refuses bad flags and files with one line and writes nothing", "[cli][bad-input][training]") {

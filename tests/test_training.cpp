@@ -9,6 +9,7 @@
 #include "core/compare.hpp"
 #include "io/errors.hpp"
 #include "io/fixture.hpp"
+#include "stages/06_attention.hpp"
 #include "stages/10_training.hpp"
 
 using namespace qwenvl;
@@ -21,6 +22,8 @@ struct Golden {
     AdamWConfig optimizer;
     Tensor3 x, target;
     Matrix readout;  // the query-count ablation's read-out (adamw_10_steps_readout.json); empty: the plain loss
+    Matrix mask;     // the additive mask of adamw_10_steps_masked.json
+    bool has_mask = false;
     nlohmann::ordered_json steps;
     NamedTensors final_params;
 };
@@ -41,6 +44,7 @@ Golden load_golden(const std::string& file = "adamw_10_steps.json") {
     g.config.eps = cfg.at("eps").get<float>();
     const auto& o = j.at("optimizer");
     g.optimizer.lr = o.at("lr");
+    g.optimizer.min_lr = o.at("min_lr");
     g.optimizer.beta1 = o.at("betas")[0];
     g.optimizer.beta2 = o.at("betas")[1];
     g.optimizer.eps = o.at("eps");
@@ -50,6 +54,11 @@ Golden load_golden(const std::string& file = "adamw_10_steps.json") {
     g.optimizer.total_steps = o.at("total_steps");
     g.x = tensor_from_json(j.at("inputs").at("x"), "x");
     g.target = tensor_from_json(j.at("inputs").at("target"), "target");
+    if (j.at("inputs").contains("mask")) {  // 1 where a key is masked: PyTorch's boolean mask
+        const Matrix masked = tensor_from_json(j.at("inputs").at("mask"), "mask");
+        g.mask = additive_mask(xt::xtensor<bool, 2>(xt::equal(masked, 1.0f)));
+        g.has_mask = true;
+    }
     if (cfg.at("readout").get<bool>()) g.readout = readout_matrix(cfg.at("grid_q"), cfg.at("grid_k"));
     g.steps = j.at("steps");
     g.final_params = named(j.at("final_params"));
@@ -60,7 +69,8 @@ Golden load_golden(const std::string& file = "adamw_10_steps.json") {
 TEST_CASE("training: ten AdamW steps equal PyTorch's, every step's loss, gradient norm and rate, and the final parameters",
           "[training]") {
     // The plain loss on the tower's output, and the query-count ablation's loss through the read-out.
-    const std::string file = GENERATE(std::string("adamw_10_steps.json"), std::string("adamw_10_steps_readout.json"));
+    const std::string file = GENERATE(std::string("adamw_10_steps.json"), std::string("adamw_10_steps_readout.json"),
+                                      std::string("adamw_10_steps_masked.json"));
     INFO(file);
     Golden g = load_golden(file);
     REQUIRE((g.readout.size() > 0) == (file == "adamw_10_steps_readout.json"));
@@ -68,7 +78,8 @@ TEST_CASE("training: ten AdamW steps equal PyTorch's, every step's loss, gradien
     REQUIRE(g.steps.size() == 10);
     for (const auto& want : g.steps) {
         const StepResult got = g.readout.size() ? readout_train_step(g.weights, g.tail, g.config, g.x, g.readout, g.target, optimizer)
-                                                : train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer);
+                                                : train_step(g.weights, g.tail, g.config, g.x, g.target, optimizer,
+                                                             g.has_mask ? &g.mask : nullptr);
         INFO("step " << want.at("step") << ": loss " << got.loss << " (PyTorch " << want.at("loss").get<double>()
                      << "), gradient norm " << got.grad_norm << " (" << want.at("grad_norm").get<double>() << ")");
         CHECK(std::abs(got.loss - want.at("loss").get<double>()) <= 1e-5 * want.at("loss").get<double>());

@@ -1,6 +1,7 @@
 // qwenvl-adapter train: train the adapter and the tower's tail on the positions task or the query-count ablation's
 // reconstruction task (stage 10, docs/training.md).
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -21,32 +22,44 @@ namespace qwenvl::cli {
 namespace {
 const char* kTrainHelp =
     "usage: qwenvl-adapter train --out DIR [--task positions|reconstruct] [--steps S] [--batch B] [--lr LR]\n"
-    "                            [--warmup W] [--seed N] [--width E] [--heads H] [--queries Q] [--keys L]\n"
-    "                            [--no-positions]\n"
-    "                            [--save-every S] [--log-every S] [--until S] [--resume]\n"
+    "                            [--min-lr LR] [--warmup W] [--seed N] [--width E] [--heads H] [--queries Q]\n"
+    "                            [--keys L] [--no-positions] [--save-every S] [--log-every S] [--until S]\n"
+    "                            [--resume] [--force]\n"
     "\n"
-    "Trains the adapter and the tower's tail (the readable stages, src/stages/) with AdamW (betas 0.9 and 0.98,\n"
-    "weight decay 0.05), gradient-norm clipping at 1.0 and a cosine schedule with linear warm-up, from upstream's\n"
-    "initialisation, on one of two tasks (docs/training.md):\n"
+    "Trains the adapter and the tower's tail (the readable stages, src/stages/) with the paper's optimiser (Qwen-VL,\n"
+    "appendix: AdamW with betas 0.9 and 0.98, eps 1e-6, weight decay 0.05, gradient-norm clipping at 1.0, a linear\n"
+    "warm-up, then a cosine decay to a minimum learning rate), from upstream's initialisation, on one of two tasks\n"
+    "(docs/training.md):\n"
     "  positions    (the default) every query must give the mean of the patch features in its own cell of the key\n"
     "               grid; needs --keys >= --queries\n"
     "  reconstruct  the query-count ablation's task: the Q outputs, resized bicubically from their grid to the key\n"
     "               grid, must give back the patches: one target of one shape for every Q (--queries may exceed --keys)\n"
     "\n"
-    "  --out DIR        where the checkpoint goes: DIR/adapter.safetensors (the checkpoint's tensor names: `run`,\n"
-    "                   `info` and `--trace` read it), DIR/adamw-state.safetensors (the optimiser's moments) and\n"
-    "                   DIR/loss.csv (step, loss, lr, grad_norm, seconds); both files rewritten atomically\n"
+    "  --out DIR        the run's folder: DIR/adapter.safetensors, the checkpoint (the weights under the checkpoint's\n"
+    "                   names, which `run`, `info` and `--trace` read, with the optimiser's moments and the run's\n"
+    "                   settings: one file, replaced whole and synced to the disk at each save) and DIR/loss.csv\n"
+    "                   (step, loss, lr, grad_norm, seconds). A new run needs an empty or new DIR, or --force\n"
     "  --steps S        total steps (default 600)       --batch B   images per step (default 16)\n"
     "  --lr LR          peak learning rate (default 1e-2)   --warmup W  warm-up steps (default 50)\n"
+    "  --min-lr LR      where the cosine ends (default LR / 200, the paper's stage-1 ratio 1e-6 / 2e-4)\n"
     "  --seed N         initialisation and data (default 1)\n"
     "  --width E        E = Kv (default 32)   --heads H (default 4)   --queries Q (default 16)   --keys L (default 64)\n"
     "  --no-positions   train without the 2-D position tables (both zero)\n"
     "  --save-every S   write the checkpoint every S steps (default 100) and at the end\n"
     "  --log-every S    print a progress line every S steps (default 25)\n"
     "  --until S        stop after step S, with its checkpoint written (the schedule is still --steps long)\n"
-    "  --resume         continue the run in DIR from its last checkpoint, to --steps in all: its task, seed, sizes,\n"
-    "                   positions, batch, warm-up and learning rate come from the checkpoint (a flag may repeat them)\n"
+    "  --resume         continue the run in DIR from its checkpoint: every setting above except --save-every,\n"
+    "                   --log-every and --until comes from the checkpoint; a flag may repeat one, and a flag that\n"
+    "                   differs is refused. loss.csv is cut back to the checkpoint's step\n"
+    "  --force          start a new run in DIR even though DIR holds files (the run's files there are replaced)\n"
+    "Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, the checkpoint is written, exit status 130.\n"
     "About 5 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
+
+// The settings a run's checkpoint records (its metadata), by flag; --resume takes them from there.
+const std::vector<std::pair<std::string, std::string>> kSettings = {
+    {"--task", "task"},   {"--seed", "seed"},   {"--width", "width"},   {"--heads", "heads"},
+    {"--queries", "queries"}, {"--keys", "keys"}, {"--no-positions", "positions"}, {"--batch", "batch"},
+    {"--warmup", "warmup"}, {"--lr", "lr"},     {"--min-lr", "min_lr"}, {"--steps", "steps"}};
 
 // The side of the square grid of `count` positions (stage 01's grid_side), as a usage error naming the flag.
 std::size_t side_of(const std::string& flag, std::size_t count) {
@@ -57,7 +70,8 @@ std::size_t side_of(const std::string& flag, std::size_t count) {
     }
 }
 
-double parse_positive(const std::string& flag, const std::string& text) {
+// A number for `flag`: positive, or also 0 when `zero_ok`; UsageError otherwise.
+double parse_number(const std::string& flag, const std::string& text, bool zero_ok = false) {
     std::size_t used = 0;
     double value = 0.0;
     try {
@@ -65,44 +79,113 @@ double parse_positive(const std::string& flag, const std::string& text) {
     } catch (const std::exception&) {
         used = 0;
     }
-    if (used != text.size() || !(value > 0.0) || !std::isfinite(value))
-        throw UsageError("train: " + flag + " takes a positive number, not '" + text + "'");
+    if (used != text.size() || !(value > 0.0 || (zero_ok && value == 0.0)) || !std::isfinite(value))
+        throw UsageError("train: " + flag + " takes a " + (zero_ok ? "non-negative" : "positive") + " number, not '" +
+                         text + "'");
     return value;
 }
 
-// The checkpoint: every trainable tensor under its checkpoint name, and the position table the run used as
-// pos_embed (zeros with --no-positions), so that `run` computes what training computed.
-std::map<std::string, xt::xarray<float>> checkpoint_tensors(const AdapterWeights& w, const TowerTail& tail) {
+std::string number_text(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", value);
+    return text;
+}
+
+// A flag's value as the checkpoint records it, so that "1e-2" and "0.01" are the same setting.
+std::string canonical(const Args& args, const std::string& flag) {
+    if (flag == "--no-positions") return "no";
+    const std::string text = args.get(flag);
+    if (flag == "--task") {
+        if (text != "positions" && text != "reconstruct")
+            throw UsageError("train: --task is positions or reconstruct, not '" + text + "'");
+        return text;
+    }
+    if (flag == "--lr") return number_text(parse_number(flag, text));
+    if (flag == "--min-lr") return number_text(parse_number(flag, text, true));
+    return std::to_string(parse_count("train", flag, text));
+}
+
+bool given(const Args& args, const std::string& flag) {
+    return flag == "--no-positions" ? args.flags.at(flag) : args.has(flag);
+}
+
+// The checkpoint: every trainable tensor under its checkpoint name, the position table the run used as pos_embed
+// (zeros with --no-positions), so that `run` computes what training computed, and AdamW's moments as
+// adamw.m.<name> and adamw.v.<name> (names no reader of the adapter looks for).
+std::map<std::string, xt::xarray<float>> checkpoint_tensors(const AdapterWeights& w, const TowerTail& tail,
+                                                            const AdamW& opt) {
     std::map<std::string, xt::xarray<float>> out;
     for (const auto& [name, value] : trainable_parameters(w, tail)) out[kDefaultPrefix + name] = value;
     out[std::string(kDefaultPrefix) + "attn_pool.pos_embed"] = w.pos_embed;
+    for (const auto& [name, value] : opt.m) out["adamw.m." + name] = value;
+    for (const auto& [name, value] : opt.v) out["adamw.v." + name] = value;
     return out;
 }
 
-std::map<std::string, xt::xarray<float>> optimiser_tensors(const AdamW& opt) {
-    std::map<std::string, xt::xarray<float>> out;
-    for (const auto& [name, value] : opt.m) out["m." + name] = value;
-    for (const auto& [name, value] : opt.v) out["v." + name] = value;
-    return out;
-}
-
-// `meta`: the run's settings (seed, heads, task, positions, keys, batch, warm-up, learning rate), which --resume reads.
+// One file, written whole beside its old self, synced, then renamed over it (write_atomically): a kill at any
+// moment leaves the previous checkpoint or this one, never a mixture.
 void save(const std::string& dir, const AdapterWeights& w, const TowerTail& tail, const AdamW& opt,
           std::map<std::string, std::string> meta) {
     meta["step"] = std::to_string(opt.step);
     meta["generator"] = "qwenvl-adapter train";
-    // The optimiser's state first, then the weights: each file is replaced whole (write_safetensors_f32 renames a
-    // complete temporary file), and resume checks that both come from the same step.
-    write_safetensors_f32(dir + "/adamw-state.safetensors", optimiser_tensors(opt), meta);
-    write_safetensors_f32(dir + "/adapter.safetensors", checkpoint_tensors(w, tail), meta);
+    write_safetensors_f32(dir + "/adapter.safetensors", checkpoint_tensors(w, tail, opt), meta);
 }
+
+// A killed run's temporary files (NAME.partial-PID, write_atomically's) in DIR.
+void remove_partial_files(const std::string& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.find(".partial-") != std::string::npos) std::filesystem::remove(entry.path(), ec);
+    }
+}
+
+// loss.csv holds a row per step done; after a kill, rows of steps past the checkpoint. They are done again on
+// resume, so the log is cut back to the rows of steps before `step` (the header kept).
+void cut_loss_log(const std::string& path, std::size_t step) {
+    std::ifstream in(path);
+    std::string text, line;
+    if (!std::getline(in, line)) line = "step,loss,lr,grad_norm,seconds";
+    text = line + "\n";
+    while (std::getline(in, line)) {
+        const std::size_t comma = line.find(',');
+        std::size_t row_step = 0;
+        try {
+            row_step = std::stoul(line.substr(0, comma));
+        } catch (const std::exception&) {
+            break;  // a row cut short by the kill: the last one
+        }
+        if (comma == std::string::npos || row_step >= step) break;
+        text += line + "\n";
+    }
+    write_atomically(path, [&](std::ofstream& out) { out << text; });
+}
+
+// SIGINT and SIGTERM ask the loop to stop after the step under way; the handlers are the default ones again when
+// this goes.
+volatile std::sig_atomic_t stop_signal = 0;
+struct StopOnSignal {
+    struct sigaction old_int {}, old_term {};
+    StopOnSignal() {
+        stop_signal = 0;
+        struct sigaction ask {};
+        ask.sa_handler = [](int signal) { stop_signal = signal; };
+        sigemptyset(&ask.sa_mask);
+        sigaction(SIGINT, &ask, &old_int);
+        sigaction(SIGTERM, &ask, &old_term);
+    }
+    ~StopOnSignal() {
+        sigaction(SIGINT, &old_int, nullptr);
+        sigaction(SIGTERM, &old_term, nullptr);
+    }
+};
 }  // namespace
 
 int train_command(const std::vector<std::string>& argv) {
-    const Args args = parse_args("train", argv,
-                                 {"--out", "--task", "--steps", "--batch", "--lr", "--warmup", "--seed", "--width", "--heads",
-                                  "--queries", "--keys", "--save-every", "--log-every", "--until"},
-                                 {"--no-positions", "--resume"});
+    std::vector<std::string> options = {"--out", "--save-every", "--log-every", "--until"};
+    for (const auto& [flag, key] : kSettings)
+        if (flag != "--no-positions") options.push_back(flag);
+    const Args args = parse_args("train", argv, options, {"--no-positions", "--resume", "--force"});
     if (args.help) return std::printf("%s", kTrainHelp), 0;
     // Every step allocates and frees the same tensors, some of 128 KiB and more (a batch of 16 images of 64 x 32
     // features is 128 KiB). glibc's malloc would map each such block afresh and unmap it on free, and give the top of
@@ -112,108 +195,118 @@ int train_command(const std::vector<std::string>& argv) {
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     const std::string dir = args.required("train", "--out");
-    auto count = [&](const std::string& flag, std::size_t fallback) {
-        return args.has(flag) ? parse_count("train", flag, args.get(flag)) : fallback;
-    };
-    const std::size_t steps = count("--steps", 600);
-    std::size_t batch = count("--batch", 16), warmup = count("--warmup", 50);
-    const std::size_t until = count("--until", steps);
-    const std::size_t save_every = count("--save-every", 100), log_every = count("--log-every", 25);
-    auto seed = static_cast<unsigned>(count("--seed", 1));
-    double lr = args.has("--lr") ? parse_positive("--lr", args.get("--lr")) : 1e-2;
-    bool positions = !args.flags.at("--no-positions");
+    const std::string checkpoint = dir + "/adapter.safetensors";
     const bool resume = args.flags.at("--resume");
+    if (resume && args.flags.at("--force")) throw UsageError("train: --resume continues a run, --force replaces it: give one");
+
+    // The run's settings, as the checkpoint records them: from the flags and the defaults for a new run, from the
+    // checkpoint on --resume (where a flag that says otherwise is refused).
+    std::map<std::string, std::string> settings;
+    WeightFiles files;
+    if (resume) {
+        if (!std::filesystem::exists(checkpoint)) throw InputError(checkpoint, "not found: there is no run to resume");
+        files.add(checkpoint);
+        for (const auto& [flag, key] : kSettings) {
+            std::string saved;
+            try {
+                saved = files.metadata(key);
+            } catch (const InputError&) {
+                throw InputError(checkpoint, "records no '" + key + "' setting: not a checkpoint of this train");
+            }
+            if (given(args, flag) && canonical(args, flag) != saved)
+                throw UsageError("train: the run in " + dir + (flag == "--no-positions"
+                                                                   ? std::string(" trains with the position tables; leave out --no-positions")
+                                                                   : " has " + flag + " " + saved + "; give the same or leave it out"));
+            settings[key] = saved;
+        }
+    } else {
+        const std::map<std::string, std::string> defaults = {
+            {"task", "positions"}, {"seed", "1"}, {"width", "32"}, {"heads", "4"}, {"queries", "16"}, {"keys", "64"},
+            {"positions", "yes"}, {"batch", "16"}, {"warmup", "50"}, {"lr", number_text(1e-2)}, {"steps", "600"}};
+        for (const auto& [flag, key] : kSettings)
+            if (given(args, flag)) settings[key] = canonical(args, flag);
+            else if (key != "min_lr") settings[key] = defaults.at(key);
+        if (!settings.count("min_lr")) settings["min_lr"] = number_text(std::stod(settings["lr"]) / 200.0);
+    }
+    auto count = [&](const std::string& key) { return parse_count("train", "the " + key, settings.at(key)); };
+    const std::string task = settings.at("task");
+    const auto seed = static_cast<unsigned>(count("seed"));
+    const bool positions = settings.at("positions") == "yes";
+    const std::size_t steps = count("steps"), batch = count("batch"), warmup = count("warmup");
+    const std::size_t n_keys = count("keys"), grid_k = side_of("--keys", n_keys);
+    const double lr = std::stod(settings.at("lr")), min_lr = std::stod(settings.at("min_lr"));
+    const std::size_t until = args.has("--until") ? parse_count("train", "--until", args.get("--until")) : steps;
+    const std::size_t save_every = args.has("--save-every") ? parse_count("train", "--save-every", args.get("--save-every")) : 100;
+    const std::size_t log_every = args.has("--log-every") ? parse_count("train", "--log-every", args.get("--log-every")) : 25;
     if (until > steps) throw UsageError("train: --until must not exceed --steps");
-    std::size_t n_keys = count("--keys", 64), grid_k = side_of("--keys", n_keys);
-    std::string task = args.has("--task") ? args.get("--task") : "positions";
-    if (task != "positions" && task != "reconstruct")
-        throw UsageError("train: --task is positions or reconstruct, not '" + task + "'");
+    if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
+    if (min_lr > lr) throw UsageError("train: --min-lr must not exceed --lr");
+
+    AdapterConfig c;
+    c.embed_dim = c.kv_dim = count("width");
+    c.num_heads = count("heads");
+    c.n_queries = count("queries");
+    c.grid_q = side_of("--queries", c.n_queries);
+    if (c.embed_dim % 4 != 0) throw UsageError("train: --width must be divisible by 4 (the sin-cos table)");
+    if (c.embed_dim % c.num_heads != 0) throw UsageError("train: --heads must divide --width");
+    if (task == "positions" && grid_k < c.grid_q)
+        throw UsageError("train: --keys must be at least --queries (one cell per query)");
 
     AdapterWeights w;
     TowerTail tail;
-    AdapterConfig c;
     AdamW optimiser;
     if (resume) {
-        WeightFiles files;
-        files.add(dir + "/adapter.safetensors");
-        WeightFiles state;
-        state.add(dir + "/adamw-state.safetensors");
-        const LoadedAdapter loaded = load_adapter(files, kDefaultPrefix, std::stoul(files.metadata("heads")), true);
+        const LoadedAdapter loaded = load_adapter(files, kDefaultPrefix, c.num_heads, true);
+        if (loaded.config.embed_dim != c.embed_dim || loaded.config.n_queries != c.n_queries)
+            throw InputError(checkpoint, "its tensors' shapes do not match its recorded width and queries");
         w = loaded.weights;
         tail = loaded.tail;
         c = loaded.config;
         for (const auto& [name, value] : trainable_parameters(w, tail)) {
             for (const char* moment : {"m.", "v."}) {
-                const TensorEntry& e = state.entry(moment + name);
+                const std::string stored = std::string("adamw.") + moment + name;
+                const TensorEntry& e = files.entry(stored);
+                if (e.shape != shape_of(value)) throw InputError(checkpoint, stored + " does not have its parameter's shape");
                 xt::xarray<float> t = xt::xarray<float>::from_shape(e.shape);
-                state.read_into(moment + name, 0, t.size(), t.data());
+                files.read_into(stored, 0, t.size(), t.data());
                 (moment[0] == 'm' ? optimiser.m : optimiser.v).push_back({name, t});
             }
         }
-        optimiser.step = static_cast<std::size_t>(std::stoul(state.metadata("step")));
-        if (files.metadata("step") != state.metadata("step"))
-            throw InputError(dir, "adapter.safetensors (step " + files.metadata("step") + ") and adamw-state.safetensors (step " +
-                                      state.metadata("step") + ") are from different steps");
-        seed = static_cast<unsigned>(std::stoul(files.metadata("seed")));
-        const std::string saved_task = files.metadata("task");
-        if (args.has("--task") && task != saved_task)
-            throw UsageError("train: the run in " + dir + " trains the " + saved_task + " task, not " + task);
-        task = saved_task;
-        positions = files.metadata("positions") == "yes";
-        if (args.flags.at("--no-positions") && positions)
-            throw UsageError("train: the run in " + dir + " trains with the position tables; leave out --no-positions");
-        // The run's keys, batch, warm-up and learning rate come from its checkpoint; a flag may repeat them.
-        auto from_checkpoint = [&](const std::string& flag, const std::string& key, auto& value, auto parse) {
-            const std::string text = files.metadata(key);
-            const auto saved = parse(text);
-            if (args.has(flag) && value != saved)
-                throw UsageError("train: the run in " + dir + " has " + flag + " " + text + "; give the same or leave it out");
-            value = saved;
-        };
-        auto as_count = [](const std::string& flag) {
-            return [flag](const std::string& text) { return parse_count("train", flag, text); };
-        };
-        from_checkpoint("--keys", "keys", n_keys, as_count("--keys"));
-        grid_k = side_of("--keys", n_keys);
-        from_checkpoint("--batch", "batch", batch, as_count("--batch"));
-        from_checkpoint("--warmup", "warmup", warmup, as_count("--warmup"));
-        from_checkpoint("--lr", "lr", lr, [](const std::string& text) { return parse_positive("--lr", text); });
-        if (optimiser.step >= steps) throw UsageError("train: the run in " + dir + " is already at step " +
-                                                      std::to_string(optimiser.step) + " of --steps " + std::to_string(steps));
+        optimiser.step = parse_count("train", "the checkpoint's step", files.metadata("step"));
+        if (optimiser.step >= steps)
+            throw UsageError("train: the run in " + dir + " is already at step " + std::to_string(optimiser.step) + " of " +
+                             std::to_string(steps));
+        if (optimiser.step >= until)
+            throw UsageError("train: the run in " + dir + " is already at step " + std::to_string(optimiser.step) +
+                             "; --until must be later");
     } else {
-        c.embed_dim = c.kv_dim = count("--width", 32);
-        c.num_heads = count("--heads", 4);
-        c.n_queries = count("--queries", 16);
-        c.grid_q = side_of("--queries", c.n_queries);
-        if (c.embed_dim % 4 != 0) throw UsageError("train: --width must be divisible by 4 (the sin-cos table)");
-        if (c.embed_dim % c.num_heads != 0) throw UsageError("train: --heads must divide --width");
+        std::error_code ec;
+        if (std::filesystem::is_directory(dir) && !std::filesystem::is_empty(dir, ec) && !args.flags.at("--force"))
+            throw UsageError("train: " + dir + " is not empty; continue its run with --resume, or replace it with --force");
         init_upstream(w, tail, c, seed);
         w.pos_embed = positions ? sincos_2d(c.embed_dim, c.grid_q) : Matrix(xt::zeros<float>({c.n_queries, c.embed_dim}));
     }
-    if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
     optimiser.config.lr = lr;
+    optimiser.config.min_lr = min_lr;
     optimiser.config.warmup_steps = warmup;
     optimiser.config.total_steps = steps;
-    char lr_text[32];
-    std::snprintf(lr_text, sizeof lr_text, "%.17g", lr);
-    const std::map<std::string, std::string> settings = {
-        {"task", task}, {"seed", std::to_string(seed)}, {"heads", std::to_string(c.num_heads)},
-        {"positions", positions ? "yes" : "no"}, {"keys", std::to_string(n_keys)}, {"batch", std::to_string(batch)},
-        {"warmup", std::to_string(warmup)}, {"lr", lr_text}};
-    if (task == "positions" && grid_k < c.grid_q)
-        throw UsageError("train: --keys must be at least --queries (one cell per query)");
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (!std::filesystem::is_directory(dir)) throw InputError(dir, "cannot be made a folder (" + ec.message() + ")");
+    remove_partial_files(dir);  // a killed run's
 
-    std::ofstream log(dir + "/loss.csv", resume ? std::ios::app : std::ios::trunc);
-    if (!log) throw InputError(dir + "/loss.csv", "cannot write");
+    const std::string log_path = dir + "/loss.csv";
+    if (resume) cut_loss_log(log_path, optimiser.step);
+    std::ofstream log(log_path, resume ? std::ios::app : std::ios::trunc);
+    if (!log) throw InputError(log_path, "cannot write");
     if (!resume) log << "step,loss,lr,grad_norm,seconds\n";
     std::printf("training on the %s task %s the 2-D position tables: E = %zu, H = %zu, %zu queries, %zu keys, "
                 "batch %zu, steps %zu to %zu\n", task.c_str(), positions ? "with" : "WITHOUT", c.embed_dim, c.num_heads, c.n_queries,
                 n_keys, batch, optimiser.step, steps);
+    std::fflush(stdout);
     // The reconstruct task's read-out, (L, Q), made once for the run.
     const Matrix readout = task == "reconstruct" ? readout_matrix(c.grid_q, grid_k) : Matrix();
+    const StopOnSignal stop;
     const auto start = std::chrono::steady_clock::now();
     const std::size_t first = optimiser.step;
     while (optimiser.step < until) {
@@ -236,13 +329,18 @@ int train_command(const std::vector<std::string>& argv) {
                         static_cast<double>(until - optimiser.step) / rate);
             std::fflush(stdout);
         }
-        if (optimiser.step % save_every == 0 || optimiser.step == until) {
+        if (optimiser.step % save_every == 0 || optimiser.step == until || stop_signal) {
             log.flush();
             save(dir, w, tail, optimiser, settings);
         }
+        if (stop_signal) {
+            std::fprintf(stderr, "qwenvl-adapter: train: stopped by %s after step %zu, its checkpoint written; continue "
+                                 "with: qwenvl-adapter train --out %s --resume\n",
+                         stop_signal == SIGINT ? "SIGINT" : "SIGTERM", optimiser.step, dir.c_str());
+            return 130;
+        }
     }
-    std::printf("wrote %s/adapter.safetensors, %s/adamw-state.safetensors and %s/loss.csv\n", dir.c_str(), dir.c_str(),
-                dir.c_str());
+    std::printf("wrote %s and %s/loss.csv\n", checkpoint.c_str(), dir.c_str());
     return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "io/errors.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -49,6 +50,17 @@ std::vector<std::uint8_t> read_file(const std::string& path) {
     return bytes;
 }
 
+namespace {
+// fsync(2) on a path: its data (a file) or its entries (a folder) reach the disk before this returns.
+bool sync_path(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const bool ok = ::fsync(fd) == 0;
+    ::close(fd);
+    return ok;
+}
+}  // namespace
+
 void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write) {
     const std::string temporary = path + ".partial-" + std::to_string(::getpid());
     {
@@ -61,11 +73,15 @@ void write_atomically(const std::string& path, const std::function<void(std::ofs
             throw InputError(path, "cannot write (the disk may be full)");
         }
     }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    // The data on the disk before the name points at it, and the new name on the disk before this returns: a power
+    // cut then leaves the old file or the new one, whole.
+    if (!sync_path(temporary) || std::rename(temporary.c_str(), path.c_str()) != 0) {
         const std::string reason = std::strerror(errno);
         std::remove(temporary.c_str());
         throw InputError(path, "cannot write (" + reason + ")");
     }
+    const std::size_t slash = path.find_last_of('/');
+    sync_path(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
 }
 
 }  // namespace qwenvl

@@ -440,6 +440,7 @@ PYBIND11_MODULE(qwenvl, m) {
     py::class_<AdamWConfig>(m, "AdamWConfig")
         .def(py::init<>())
         .def_readwrite("lr", &AdamWConfig::lr)
+        .def_readwrite("min_lr", &AdamWConfig::min_lr)
         .def_readwrite("beta1", &AdamWConfig::beta1)
         .def_readwrite("beta2", &AdamWConfig::beta2)
         .def_readwrite("eps", &AdamWConfig::eps)

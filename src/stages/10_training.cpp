@@ -118,7 +118,7 @@ double learning_rate(std::size_t step, const AdamWConfig& c) {
     const double pi = std::acos(-1.0);
     if (step < c.warmup_steps) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
     const double progress = static_cast<double>(step - c.warmup_steps) / static_cast<double>(c.total_steps - c.warmup_steps);
-    return c.lr * 0.5 * (1.0 + std::cos(pi * progress));
+    return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + std::cos(pi * progress));
 }
 
 void AdamW::update(NamedTensors& params, const NamedTensors& gradients, double lr) {

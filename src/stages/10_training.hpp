@@ -1,9 +1,10 @@
 // stages/10_training.hpp: stage 10, training the adapter (docs/training.md).
 //
 // Paper (Qwen-VL, section 2.1 and 3): the adapter's queries are trainable and the adapter is randomly initialised
-// and learned in every training stage, with AdamW (beta1 = 0.9, beta2 = 0.98, weight decay 0.05), a cosine
-// learning-rate schedule with linear warm-up, and the gradients' norm clipped at 1.0 (the clipping is the
-// usual practice; the paper's tables give the rest). One step of training:
+// and learned in every training stage. The optimiser is the paper's (its appendix's table of training
+// hyperparameters): AdamW with beta1 = 0.9, beta2 = 0.98, eps = 1e-6 and weight decay 0.05, the gradients' norm
+// clipped at 1.0, and a linear warm-up, then a cosine decay of the learning rate down to a minimum learning rate
+// (stage 1: peak 2e-4, minimum 1e-6). One step of training:
 //   y = tower_tail_forward(adapter_forward(x))               stages 07 and 08, with their trace
 //   L = mean((y - target)^2),  dL/dy = 2 (y - target) / count  mse_loss
 //   gradients = adapter_backward(tower_tail_backward(dL/dy))  stages 07 and 08
@@ -52,15 +53,16 @@ double clip_grad_norm(NamedTensors& gradients, double max_norm);
 
 struct AdamWConfig {
     double lr = 1e-2;            // the peak learning rate
+    double min_lr = 0.0;         // where the cosine ends (the paper's stage 1: 1e-6, 1/200 of its peak)
     double beta1 = 0.9, beta2 = 0.98;
-    double eps = 1e-8;
+    double eps = 1e-6;           // the paper's (torch.optim.AdamW's default is 1e-8)
     double weight_decay = 0.05;
     double max_grad_norm = 1.0;
     std::size_t warmup_steps = 3, total_steps = 10;
 };
 
-// The learning rate of step s (from 0): lr (s + 1) / warmup during the warm-up, then
-// lr (1 + cos(pi (s - warmup) / (total - warmup))) / 2 down to 0 at total_steps.
+// The learning rate of step s (from 0): lr (s + 1) / warmup during the warm-up, then the cosine
+// min_lr + (lr - min_lr) (1 + cos(pi (s - warmup) / (total - warmup))) / 2, from lr down to min_lr at total_steps.
 double learning_rate(std::size_t step, const AdamWConfig& config);
 
 // torch.optim.AdamW, one parameter tensor at a time (t counts the updates from 1):

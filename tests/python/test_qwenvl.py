@@ -320,7 +320,7 @@ class AgainstTheCommandLine(unittest.TestCase):
 
 class Training(unittest.TestCase):
     def test_ten_adamw_steps_equal_pytorchs(self):
-        for name in ("adamw_10_steps.json", "adamw_10_steps_readout.json"):
+        for name in ("adamw_10_steps.json", "adamw_10_steps_readout.json", "adamw_10_steps_masked.json"):
             with self.subTest(name):
                 self.ten_steps(json.load(open(os.path.join(DATA, "training", name))))
 
@@ -351,15 +351,16 @@ class Training(unittest.TestCase):
         config = qwenvl.derive_config(weights, cfg["num_heads"])
         config.eps = cfg["eps"]
         adamw = qwenvl.AdamWConfig()
-        adamw.lr, (adamw.beta1, adamw.beta2), adamw.eps = opt["lr"], opt["betas"], opt["eps"]
+        adamw.lr, adamw.min_lr, (adamw.beta1, adamw.beta2), adamw.eps = opt["lr"], opt["min_lr"], opt["betas"], opt["eps"]
         adamw.weight_decay, adamw.max_grad_norm = opt["weight_decay"], opt["max_grad_norm"]
         adamw.warmup_steps, adamw.total_steps = opt["warmup_steps"], opt["total_steps"]
         optimizer = qwenvl.AdamW(adamw)
         x, target = array(golden["inputs"]["x"]), array(golden["inputs"]["target"])
+        mask = array(golden["inputs"]["mask"]) == 1 if "mask" in golden["inputs"] else None   # True: masked
         readout = qwenvl.readout_matrix(cfg["grid_q"], cfg["grid_k"]) if cfg["readout"] else None
         for want in golden["steps"]:
             if readout is None:
-                got = qwenvl.train_step(weights, tail, config, x, target, optimizer)
+                got = qwenvl.train_step(weights, tail, config, x, target, optimizer, mask)
             else:
                 got = qwenvl.readout_train_step(weights, tail, config, x, readout, target, optimizer)
             self.assertLessEqual(abs(got["loss"] - want["loss"]), 1e-5 * want["loss"], "step %d" % want["step"])

@@ -513,7 +513,10 @@ def write_cli_case(name, H, params, x, mask, how):
 # Training: ten AdamW steps from upstream's initialisation, the golden of docs/training.md.
 
 TRAINING_DIR = os.path.join(REPO, "data", "training")
-ADAMW = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.05, "max_grad_norm": 1.0,
+# The paper's optimiser (Qwen-VL, the appendix's table of training hyperparameters): AdamW with betas (0.9, 0.98),
+# eps 1e-6, weight decay 0.05, gradient clipping at 1.0, a cosine decay to a minimum learning rate after a linear
+# warm-up; the minimum at the paper's stage-1 ratio, 1e-6 / 2e-4 = 1/200 of the peak.
+ADAMW = {"lr": 1e-2, "min_lr": 5e-5, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.05, "max_grad_norm": 1.0,
          "warmup_steps": 3, "total_steps": 10}
 
 
@@ -541,11 +544,13 @@ def upstream_init(E, Kv, Q, gen):
 
 
 def learning_rate_factor(step):
-    """Linear warm-up to the peak over warmup_steps, then a cosine down to 0 at total_steps (LambdaLR's factor)."""
+    """Linear warm-up to the peak over warmup_steps, then a cosine down to min_lr at total_steps (LambdaLR's factor
+    of the peak)."""
     warmup, total = ADAMW["warmup_steps"], ADAMW["total_steps"]
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    floor = ADAMW["min_lr"] / ADAMW["lr"]
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 def interpolate_readout(y, grid_q, grid_out):
@@ -613,19 +618,25 @@ def write_readout_golden(seed=3100):
     return path
 
 
-def write_training_golden(seed=3000, readout=False):
+def write_training_golden(seed=3000, readout=False, masked=False):
     """Ten steps of torch.optim.AdamW (the paper's betas (0.9, 0.98) and weight decay 0.05), gradient-norm clipping
     at 1.0 (clip_grad_norm_) and a cosine schedule with linear warm-up (LambdaLR), on the mean squared error between
     the tower's output and a fixed random target, from upstream's initialisation. In float64 from the float32
     initial values; every step's loss, gradient norm and learning rate, and the final parameters rounded to float32.
     With `readout`, the loss is the query-count ablation's: the outputs' 2 x 2 grid read out to the 3 x 3 patch grid
-    (grid_readout) against a target of the patches' shape."""
+    (grid_readout) against a target of the patches' shape. With `masked`, the attention has a boolean (Q, L) mask,
+    True where a key is masked (a third of them; every query keeps at least one key), as -inf added to the scores."""
     E, H, Kv, Gq, Gk, N = 8, 2, 6, 2, 3, 2
     Q, L = Gq * Gq, Gk * Gk
     gen = np.random.default_rng(seed)
     initial = upstream_init(E, Kv, Q, gen)
     x = randn(gen, N, L, Kv)
     target = randn(gen, N, L if readout else Q, E)
+    mask = None
+    if masked:
+        mask = torch.from_numpy(gen.random((Q, L)) < 1 / 3)
+        mask[torch.arange(Q), torch.from_numpy(gen.integers(0, L, Q))] = False
+    additive = None if mask is None else torch.zeros(Q, L, dtype=torch.float64).masked_fill(mask, float("-inf"))
     params = {k: v.double().clone().requires_grad_(True) for k, v in initial.items()}
     ordered = [params[k] for k in sorted(params, key=PARAM_ORDER.index)]
     pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()
@@ -645,7 +656,7 @@ def write_training_golden(seed=3000, readout=False):
     steps = []
     for step in range(ADAMW["total_steps"]):
         optimizer.zero_grad()
-        y = explicit_forward(params, x.double(), None, H, pos_q, pos_k)
+        y = explicit_forward(params, x.double(), additive, H, pos_q, pos_k)
         if readout and step == 0:  # the matrix read-out is F.interpolate's
             assert (grid_readout(y, Gq, Gk) - interpolate_readout(y, Gq, Gk)).abs().max() < 1e-12
         loss = F.mse_loss(grid_readout(y, Gq, Gk) if readout else y, target.double())
@@ -657,11 +668,12 @@ def write_training_golden(seed=3000, readout=False):
         # float64 values rounded to float32: their last float64 bits depend on the CPU's kernels
         steps.append({"step": step, "loss": float(np.float32(loss.item())), "grad_norm": float(np.float32(norm.item())),
                       "lr": lr})
-    name = "adamw_10_steps_readout" if readout else "adamw_10_steps"
+    name = "adamw_10_steps" + ("_readout" if readout else "") + ("_masked" if masked else "")
     golden = {
         "name": name,
         "description": "ten AdamW steps on the mean squared error to a fixed target, from upstream's initialisation" +
-                       (", through the query-count ablation's read-out (grid_readout, 2 x 2 -> 3 x 3)" if readout else ""),
+                       (", through the query-count ablation's read-out (grid_readout, 2 x 2 -> 3 x 3)" if readout else "") +
+                       (", with a boolean attention mask (True: masked)" if masked else ""),
         "generator": "tests/reference/make_fixtures.py",
         "seed": seed,
         "torch_version": torch.__version__,
@@ -671,7 +683,8 @@ def write_training_golden(seed=3000, readout=False):
         "config": {"embed_dim": E, "num_heads": H, "kv_dim": Kv, "grid_q": Gq, "grid_k": Gk, "n_queries": Q,
                    "n_keys": L, "batch": N, "eps": EPS, "readout": readout},
         "optimizer": ADAMW,
-        "inputs": {"x": tensor_json(x), "target": tensor_json(target)},
+        "inputs": {"x": tensor_json(x), "target": tensor_json(target),
+                   **({"mask": tensor_json(mask.float())} if masked else {})},
         "initial_params": {k: tensor_json(initial[k]) for k in sorted(initial, key=PARAM_ORDER.index)},
         "steps": steps,
         "final_params": {k: tensor_json(params[k].detach().float()) for k in sorted(params, key=PARAM_ORDER.index)},
@@ -1092,6 +1105,7 @@ def main():
     print("wrote data/demo/ and data/fusion/")
     print("wrote %s" % os.path.relpath(write_training_golden(), REPO))
     print("wrote %s" % os.path.relpath(write_training_golden(seed=3001, readout=True), REPO))
+    print("wrote %s" % os.path.relpath(write_training_golden(seed=3002, masked=True), REPO))
     print("wrote %s" % os.path.relpath(write_readout_golden(), REPO))
     write_model_fixtures()
     write_compare_cases()
