@@ -888,6 +888,107 @@ TEST_CASE("compare: a name map and nn.MultiheadAttention's (L, N, E) layout are 
     CHECK_THAT(unpermuted.out, Contains("give the stage \"layout\": \"LNE\" in --names"));  // the hint
 }
 
+namespace {
+// A copy of PyTorch's dump of `dump_case` in a temporary folder, to edit as a port's dump would differ.
+void copy_dump(const std::string& dump_case, const std::string& to) {
+    fs::copy(kData + "/compare/" + dump_case + "/pytorch", to);
+}
+const std::vector<qwenvl::Grid> kMiniCpmvGrids = {{2, 3}, {3, 3}, {1, 2}};
+}  // namespace
+
+TEST_CASE("compare: a MiniCPM-V port's padding keys are left out, whatever it leaves there, and its mask may be boolean",
+          "[cli][compare]") {
+    // A port that runs each image alone leaves the padding rows zero (or anything); those are not the port's values.
+    std::mt19937 rng(11);
+    std::normal_distribution<float> noise(0.0f, 5.0f);
+    for (const float scale : {0.0f, 1.0f}) {
+        TempDir tmp;
+        const std::string dir = tmp / "port";
+        copy_dump("minicpmv_mixed", dir);
+        for (const char* stage : {"pos_k", "kv_proj", "ln_kv", "key_in", "k", "v", "scores", "attn_weights"}) {
+            xt::xarray<float> t = qwenvl::read_npy_float(dir + "/" + stage + ".npy");
+            const bool columns = t.dimension() == 4;  // the attention's: keys are its last axis
+            for (std::size_t n = 0; n < kMiniCpmvGrids.size(); ++n) {
+                const std::size_t real = kMiniCpmvGrids[n].cells(), L = columns ? t.shape(3) : t.shape(1);
+                for (std::size_t l = real; l < L; ++l) {
+                    if (columns)
+                        for (std::size_t h = 0; h < t.shape(1); ++h)
+                            for (std::size_t r = 0; r < t.shape(2); ++r) t(n, h, r, l) = scale * noise(rng);
+                    else
+                        for (std::size_t e = 0; e < t.shape(2); ++e) t(n, l, e) = scale * noise(rng);
+                }
+            }
+            qwenvl::write_npy(dir + "/" + stage + ".npy", t);
+        }
+        // PyTorch's key_padding_mask is boolean
+        const xt::xarray<float> mask = qwenvl::read_npy_float(dir + "/key_padding_mask.npy");
+        xt::dump_npy(dir + "/key_padding_mask.npy", xt::xarray<bool>(xt::equal(mask, 1.0f)));
+        const Result r = cli(kMiniCpmv + " --theirs " + q(dir));
+        INFO("padding scaled by " << scale << "\n" << r.out << r.err);
+        CHECK(r.code == 0);
+        CHECK_THAT(r.out, Contains("MATCH: all 15 stages found"));
+        CHECK_THAT(r.out, Contains("[padding keys left out]"));
+        // a real key changed is still found, and its image named
+        xt::xarray<float> k = qwenvl::read_npy_float(dir + "/k.npy");
+        k(1, 8, 0) += 0.5f;  // image 1's last real key (3 x 3 = 9 patches)
+        qwenvl::write_npy(dir + "/k.npy", k);
+        const Result wrong = cli(kMiniCpmv + " --theirs " + q(dir));
+        INFO(wrong.out);
+        CHECK(wrong.code == 1);
+        CHECK_THAT(wrong.out, Contains("the first is 'k' "));
+        CHECK_THAT(wrong.out, Contains("by image (max|a-b|): 0 ok "));
+        CHECK_THAT(wrong.out, Contains(" | 1 DIFFERS 0.5 | 2 ok "));
+    }
+}
+
+TEST_CASE("compare: head-averaged attention weights are recognised and compared with our heads' mean", "[cli][compare]") {
+    TempDir tmp;
+    const std::string dir = tmp / "port";
+    copy_dump("qwen_wide", dir);
+    const xt::xarray<float> per_head = qwenvl::read_npy_float(dir + "/attn_weights.npy");  // (N, H, Q, L)
+    qwenvl::write_npy(dir + "/attn_weights.npy", xt::xarray<float>(xt::mean(per_head, {1})));
+    const Result r = cli(kQwenWide + " --theirs " + q(dir));
+    INFO(r.out << r.err);
+    CHECK(r.code == 0);
+    CHECK_THAT(r.out, Contains("[averaged over the heads: compared with our heads' mean]"));
+    // one head's mistake in an averaged dump: named, with the advice to dump per-head weights
+    xt::xarray<float> wrong = xt::mean(per_head, {1});
+    wrong(0, 0, 0) += 0.2f;
+    wrong(0, 0, 1) -= 0.2f;
+    qwenvl::write_npy(dir + "/attn_weights.npy", wrong);
+    const Result differs = cli(kQwenWide + " --theirs " + q(dir));
+    INFO(differs.out);
+    CHECK(differs.code == 1);
+    CHECK_THAT(differs.out, Contains("the first is 'attn_weights' "));
+    CHECK_THAT(differs.out, Contains("dump per-head weights"));
+}
+
+TEST_CASE("compare: a skipped stage is named as skipped, and a LayerNorm mistake is told by trying it", "[cli][compare]") {
+    TempDir tmp;
+    const std::string dir = tmp / "port";
+    copy_dump("qwen_wide", dir);
+    // ln_post left out: the port's ln_post is its out
+    fs::copy_file(dir + "/out.npy", dir + "/ln_post.npy", fs::copy_options::overwrite_existing);
+    const Result skipped = cli(kQwenWide + " --theirs " + q(dir));
+    INFO(skipped.out);
+    CHECK(skipped.code == 1);
+    CHECK_THAT(skipped.out, Contains("the first is 'ln_post' "));
+    CHECK_THAT(skipped.out, Contains("the stage looks skipped: their 'ln_post' equals our 'out', which comes before it"));
+    CHECK_THAT(skipped.out, Contains("or eps outside the square root [here at most "));  // eps: far too small for it
+    CHECK_THAT(skipped.out, Contains(": not this]"));
+    // ln_kv with the unbiased variance: tried on our own input, and named
+    TempDir again;
+    const std::string other = again / "port";
+    copy_dump("qwen_wide", other);
+    const std::string dump = kData + "/compare/qwen_wide/mistakes/layernorm_unbiased";
+    for (const auto& entry : fs::directory_iterator(dump))
+        fs::copy_file(entry.path(), other + "/" + entry.path().filename().string(), fs::copy_options::overwrite_existing);
+    const Result unbiased = cli(kQwenWide + " --theirs " + q(other));
+    INFO(unbiased.out);
+    CHECK(unbiased.code == 1);
+    CHECK_THAT(unbiased.out, Contains("their values are this LayerNorm with the unbiased variance (divided by E - 1)"));
+}
+
 TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
     TempDir tmp;
     std::ofstream(tmp / "bad.json") << "{\"stages\": {\"ln_kv\": 3}}";

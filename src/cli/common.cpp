@@ -89,8 +89,10 @@ Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
 
 Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConfig& c, const TowerTail& tail,
                        const Tensor3& x, const Matrix* mask, Trace& trace, const std::vector<Grid>& grids) {
-    if (c.model == Model::minicpm_v)  // the readable path: the fast path records no trace for MiniCPM-V
+    if (c.model == Model::minicpm_v && readable)
         return tower_tail_forward(tail, minicpmv_forward(w, c, x, grids, kMiniCpmvMaxGrid, &trace), c.eps, &trace);
+    if (c.model == Model::minicpm_v)
+        return fast::tower_tail_forward(tail, fast::minicpmv_forward(w, c, x, grids, &trace), c.eps, &trace);
     const Grid keys = grids.empty() ? Grid{} : grids[0];
     if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, keys, mask, &trace), c.eps, &trace);
     const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace, keys);

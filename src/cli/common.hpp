@@ -37,7 +37,7 @@ Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);
 
 // The adapter, then the tower's tail, on the readable stages (src/stages/) or the fast path (src/fast/),
 // recording every intermediate in `trace`. `grids`: Qwen-VL's key grid (its first; empty = square), or MiniCPM-V's
-// one per image (which always runs the readable stages: its fast path records no trace).
+// one per image.
 Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const AdapterConfig& config,
                        const TowerTail& tail, const Tensor3& x, const Matrix* mask, Trace& trace,
                        const std::vector<Grid>& grids = {});

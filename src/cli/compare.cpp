@@ -1,5 +1,6 @@
 // qwenvl-adapter compare: another implementation's intermediates against this project's, stage by stage, naming the
 // first stage where they part and what usually causes a difference there (docs/compare.md).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -8,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 #include <xtensor/xmanipulation.hpp>
+#include <xtensor/xreducer.hpp>
 #include <xtensor/xview.hpp>
 
 #include "cli/args.hpp"
@@ -24,7 +26,7 @@ namespace {
 const char* kCompareHelp =
     "usage: qwenvl-adapter compare --weights FILE [--weights MORE ...] --input X.npy --theirs DIR\n"
     "                              [--names MAP.json] [--grids HxW[,HxW...]] [--heads H] [--prefix P]\n"
-    "                              [--mask M.npy] [--atol A] [--rtol R] [--readable]\n"
+    "                              [--mask M.npy] [--atol A] [--rtol R | --max-rel R] [--readable]\n"
     "\n"
     "Runs this project's forward pass on the weights and features with every intermediate recorded, reads\n"
     "another implementation's intermediates from DIR (one .npy per stage), and prints for each stage in order:\n"
@@ -41,8 +43,15 @@ const char* kCompareHelp =
     "                 (N, L, E); a file may also drop or add a batch axis of one\n"
     "  --atol A, --rtol R   the tolerance (default 1e-4 and 1e-3: float32 ports of the real checkpoint stay\n"
     "                 inside it, a bf16-rounded table does not; docs/precision.md)\n"
+    "  --max-rel R    instead: a stage matches when max|theirs - ours| <= R max|ours| (the rel column), the rule\n"
+    "                 for a 16-bit port, whose error is relative to a stage's scale, not to each value (values near\n"
+    "                 zero defeat --rtol). Measured: a clean bf16 port stays within 0.08; --max-rel 0.1 passes it and\n"
+    "                 still finds 13 of the 14 shipped mistakes (docs/precision.md#comparing-a-16-bit-port)\n"
+    "  In a batch, a stage that differs is also shown image by image. MiniCPM-V's padding keys (rows past an\n"
+    "  image's h*w patches, and the attention's columns there) are left out: a port may leave them anything.\n"
+    "  Head-averaged attn_weights (N, Q, L), nn.MultiheadAttention's default, are compared with our heads' mean.\n"
     "  the other options as for run: --grids for non-square or MiniCPM-V's grids, --readable for the readable\n"
-    "  stages (MiniCPM-V always runs them)\n";
+    "  stages instead of the fast path (the same trace on both; the fast path at full size takes seconds)\n";
 
 struct TheirFile {
     std::string file;    // relative to --theirs
@@ -105,6 +114,9 @@ xt::xarray<float> to_our_layout(xt::xarray<float> theirs, const std::string& lay
     return {};
 }
 
+const char* kLayerNormEps = "LayerNorm eps (1e-6 here; nn.LayerNorm's default is 1e-5) or eps outside the square root";
+const char* kLayerNormUnbiased = "the unbiased variance (divided by E - 1) instead of the biased one";
+
 // What usually makes a port differ at each stage (issues of llama.cpp, vLLM, OpenVINO and others; docs/compare.md).
 const std::map<std::string, std::vector<std::string>>& usual_causes() {
     static const std::map<std::string, std::vector<std::string>> causes = {
@@ -121,9 +133,7 @@ const std::map<std::string, std::vector<std::string>>& usual_causes() {
         {"key_padding_mask",
          {"the mask inverted: PyTorch's key_padding_mask is TRUE where a key is padding and ignored",
           "the lengths: image n has h*w patches, the rest of its rows are padding"}},
-        {"ln_q", {"LayerNorm eps (1e-6 here; nn.LayerNorm's default is 1e-5) or eps outside the square root",
-                  "the unbiased variance (divided by E - 1) instead of the biased one",
-                  "ln_q's weight and bias exchanged, or ln_kv's used"}},
+        {"ln_q", {kLayerNormEps, kLayerNormUnbiased, "ln_q's weight and bias exchanged, or ln_kv's used"}},
         {"query_in", {"the query table added to the queries or not (Qwen-VL adds the un-resized 16 x 16 table)",
                       "the resized key table added instead of the query table"}},
         {"q", {"in_proj split in the wrong order (rows [0, E) are W_q, [E, 2E) W_k, [2E, 3E) W_v)",
@@ -131,7 +141,7 @@ const std::map<std::string, std::vector<std::string>>& usual_causes() {
                "MiniCPM-V: a position table added to the queries"}},
         {"kv_proj", {"kv_proj's weight untransposed (it is (E, Kv), applied as x W^T)",
                      "kv_proj applied when Kv == E (it is nn.Identity there)", "the features of another image or layer"}},
-        {"ln_kv", {"LayerNorm eps or unbiased variance, as for ln_q", "ln_kv's parameters exchanged with ln_q's"}},
+        {"ln_kv", {kLayerNormEps, kLayerNormUnbiased, "ln_kv's parameters exchanged with ln_q's"}},
         {"key_in", {"the key table missing, or added after the key projection instead of before it"}},
         {"k", {"in_proj's rows [E, 2E) not the ones used", "the weight untransposed or the bias left out"}},
         {"v", {"the position table added to the values too (only the keys get it)", "in_proj's rows [2E, 3E)"}},
@@ -144,7 +154,7 @@ const std::map<std::string, std::vector<std::string>>& usual_causes() {
           "the softmax over the queries instead of the keys", "bf16 scores before the softmax"}},
         {"attended", {"the heads concatenated in another order, or weights @ v transposed"}},
         {"out", {"out_proj's weight untransposed or its bias left out"}},
-        {"ln_post", {"LayerNorm eps or unbiased variance, as for ln_q"}},
+        {"ln_post", {kLayerNormEps, kLayerNormUnbiased, "ln_post's weight and bias exchanged"}},
         {"proj", {"proj used as an nn.Linear weight (x proj^T) instead of x @ proj: it is a bare parameter"}},
     };
     return causes;
@@ -166,18 +176,119 @@ double parse_tolerance(const Args& args, const std::string& flag, double fallbac
         throw UsageError("compare: " + flag + " takes a non-negative number, got '" + text + "'");
     return value;
 }
+std::string number(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2g", value);
+    return text;
+}
+
+// The rule a stage must meet: elementwise |theirs - ours| <= atol + rtol |ours|, or with max_rel > 0 the normwise
+// max|theirs - ours| <= max_rel max|ours|.
+struct Tolerance {
+    double atol = 1e-4, rtol = 1e-3, max_rel = 0.0;
+};
+bool within(const xt::xarray<float>& theirs, const xt::xarray<float>& ours, const Tolerance& t) {
+    if (theirs.shape() != ours.shape()) return false;
+    if (t.max_rel > 0) {
+        const Agreement g = agreement(theirs, ours);
+        return g.non_finite == 0 && g.max_rel <= t.max_rel;
+    }
+    return compare(theirs, ours, t.atol, t.rtol).ok();
+}
+
+// MiniCPM-V's batches: image n's keys from its h*w patches on are padding, whatever a port leaves there (a port that
+// runs each image alone leaves zeros). The per-key stages' padding rows and the attention's padding columns are set
+// to 0 on both sides, so that only real keys are compared. Returns whether anything was left out.
+bool leave_out_padding(const std::string& stage, const std::vector<Grid>& grids, xt::xarray<float>& a,
+                       xt::xarray<float>& b) {
+    static const std::vector<std::string> per_key = {"pos_k", "kv_proj", "ln_kv", "key_in", "k", "v"};
+    const bool keys_are_rows = std::find(per_key.begin(), per_key.end(), stage) != per_key.end();
+    const bool keys_are_columns = stage == "scores" || stage == "attn_weights";
+    if (!keys_are_rows && !keys_are_columns) return false;
+    if (a.shape() != b.shape() || a.shape(0) != grids.size()) return false;
+    bool left_out = false;
+    for (std::size_t n = 0; n < grids.size(); ++n) {
+        const std::size_t real = grids[n].cells();
+        for (xt::xarray<float>* t : {&a, &b}) {
+            if (keys_are_rows && real < t->shape(1)) {
+                xt::view(*t, n, xt::range(real, t->shape(1))) = 0.0f;
+                left_out = true;
+            }
+            if (keys_are_columns && real < t->shape(3)) {
+                xt::view(*t, n, xt::all(), xt::all(), xt::range(real, t->shape(3))) = 0.0f;
+                left_out = true;
+            }
+        }
+    }
+    return left_out;
+}
+
+// nn.MultiheadAttention returns the weights averaged over the heads unless asked not to: (N, Q, L), or (Q, L) for
+// one image, against our (N, H, Q, L). When theirs has that shape, our heads' mean is what to compare it with.
+bool head_averaged(const std::vector<std::size_t>& theirs, const std::vector<std::size_t>& ours) {
+    if (ours.size() != 4) return false;
+    const std::vector<std::size_t> averaged = {ours[0], ours[2], ours[3]};
+    return theirs == averaged || (ours[0] == 1 && theirs == std::vector<std::size_t>{ours[2], ours[3]});
+}
+
+// LayerNorm over the last axis of x, in double, as a port may get it wrong: the variance's divisor E or E - 1 (the
+// unbiased one), eps inside the square root or outside it.
+xt::xarray<float> layer_norm_variant(const xt::xarray<float>& x, const Vector& gamma, const Vector& beta, double eps,
+                                     bool unbiased, bool eps_outside) {
+    const std::size_t E = x.shape().back(), rows = x.size() / E;
+    xt::xarray<float> y = xt::xarray<float>::from_shape(x.shape());
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* in = x.data() + r * E;
+        double mean = 0.0, var = 0.0;
+        for (std::size_t c = 0; c < E; ++c) mean += in[c];
+        mean /= static_cast<double>(E);
+        for (std::size_t c = 0; c < E; ++c) var += (in[c] - mean) * (in[c] - mean);
+        var /= static_cast<double>(unbiased ? E - 1 : E);
+        const double scale = eps_outside ? 1.0 / (std::sqrt(var) + eps) : 1.0 / std::sqrt(var + eps);
+        for (std::size_t c = 0; c < E; ++c)
+            y.data()[r * E + c] = static_cast<float>((in[c] - mean) * scale * gamma(c) + beta(c));
+    }
+    return y;
+}
+
+// A LayerNorm stage's usual mistakes, made on our own input to the stage: what each would give.
+struct TriedMistake {
+    std::string what;
+    std::string kind;  // "eps" or "unbiased": the usual cause it tests; "" for another
+    xt::xarray<float> values;
+};
+std::vector<TriedMistake> layer_norm_mistakes(const std::string& stage, const Trace& ours, const LoadedAdapter& m) {
+    xt::xarray<float> input;
+    const Vector *gamma = nullptr, *beta = nullptr;
+    if (stage == "ln_q") input = m.weights.query, gamma = &m.weights.ln_q_weight, beta = &m.weights.ln_q_bias;
+    else if (stage == "ln_kv") input = ours.get("kv_proj"), gamma = &m.weights.ln_kv_weight, beta = &m.weights.ln_kv_bias;
+    else if (stage == "ln_post") input = ours.get("out"), gamma = &m.tail.ln_post_weight, beta = &m.tail.ln_post_bias;
+    else return {};
+    const double eps = m.config.eps;
+    return {{"eps 1e-5 (nn.LayerNorm's default) instead of " + number(eps), "eps",
+             layer_norm_variant(input, *gamma, *beta, 1e-5, false, false)},
+            {"eps outside the square root", "eps", layer_norm_variant(input, *gamma, *beta, eps, false, true)},
+            {"the unbiased variance (divided by E - 1)", "unbiased", layer_norm_variant(input, *gamma, *beta, eps, true, false)},
+            {"the weight and the bias exchanged", "", layer_norm_variant(input, *beta, *gamma, eps, false, false)}};
+}
 }  // namespace
 
 int compare_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("compare", argv,
                                  {"--weights", "--input", "--theirs", "--names", "--grids", "--heads", "--prefix", "--mask",
-                                  "--atol", "--rtol"},
+                                  "--atol", "--rtol", "--max-rel"},
                                  {"--readable"});
     if (args.help) return std::printf("%s", kCompareHelp), 0;
     if (!args.has("--weights")) throw UsageError("compare: --weights is required (see compare --help)");
     const std::string input = args.required("compare", "--input");
     const std::string theirs_dir = args.required("compare", "--theirs");
-    const double atol = parse_tolerance(args, "--atol", 1e-4), rtol = parse_tolerance(args, "--rtol", 1e-3);
+    Tolerance tol;
+    tol.atol = parse_tolerance(args, "--atol", 1e-4);
+    tol.rtol = parse_tolerance(args, "--rtol", 1e-3);
+    tol.max_rel = parse_tolerance(args, "--max-rel", 0.0);
+    if (args.has("--max-rel") && (args.has("--atol") || args.has("--rtol")))
+        throw UsageError("compare: --max-rel replaces --atol and --rtol: give one rule");
+    if (args.has("--max-rel") && !(tol.max_rel > 0)) throw UsageError("compare: --max-rel takes a positive number");
     const std::size_t heads = args.has("--heads") ? parse_count("compare", "--heads", args.get("--heads")) : 0;
     if (!std::filesystem::is_directory(theirs_dir)) throw InputError(theirs_dir, "not a folder of .npy intermediates");
     const std::map<std::string, TheirFile> names = read_name_map(args.get("--names"));
@@ -190,9 +301,10 @@ int compare_command(const std::vector<std::string>& argv) {
     if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
     const Tensor3 x = read_features(input, c.kv_dim, nullptr, false);  // batch_grids checks the grids against L
     grids = batch_grids("compare", input, grids, x, c.model);
+    const std::size_t N = x.shape(0);
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
-    const bool readable = args.flags.at("--readable") || c.model == Model::minicpm_v;
+    const bool readable = args.flags.at("--readable");
     Trace ours;
     if (m.has_tail)
         traced_forward(readable, m.weights, c, m.tail, x, args.has("--mask") ? &mask : nullptr, ours, grids);
@@ -201,13 +313,23 @@ int compare_command(const std::vector<std::string>& argv) {
 
     std::printf("compare: %s's resampler on %s (%s path) against %s\n", model_name(c.model), input.c_str(),
                 readable ? "readable" : "fast", theirs_dir.c_str());
-    std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n\n", atol, rtol);
+    if (tol.max_rel > 0)
+        std::printf("  a stage matches when max|theirs - ours| <= %g max|ours|\n\n", tol.max_rel);
+    else
+        std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n\n", tol.atol, tol.rtol);
     std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
-    std::string first_bad, first_note;
+    // The query side has no batch axis; Qwen-VL's key table neither (MiniCPM-V's has one, a table per image).
+    auto batched = [&](const std::string& stage) {
+        return !(stage == "pos_q" || stage == "ln_q" || stage == "query_in" || stage == "q" ||
+                 (stage == "pos_k" && c.model == Model::qwen_vl));
+    };
+    std::string first_bad, first_note, skipped_from;
+    xt::xarray<float> first_theirs;
     std::size_t found = 0, differ = 0;
+    std::vector<std::string> seen;  // the stages before the current one, in order
     for (const auto& stage : ours.names()) {
-        const xt::xarray<float>& mine = ours.get(stage);
+        xt::xarray<float> mine = ours.get(stage);
         const auto it = names.find(stage);
         const TheirFile their = it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
         const std::string path = theirs_dir + "/" + their.file;
@@ -216,20 +338,33 @@ int compare_command(const std::vector<std::string>& argv) {
                 throw InputError(args.get("--names"), "stage '" + stage + "' maps to '" + their.file + "', which is not in " +
                                                           theirs_dir);
             std::printf("  %-17s %-16s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
+            seen.push_back(stage);
             continue;
         }
         ++found;
         std::string note;
-        const xt::xarray<float> raw = read_npy_float(path);
-        const xt::xarray<float> theirs = to_our_layout(raw, their.layout, shape_of(mine), note);
+        bool is_bool = false;
+        const xt::xarray<float> raw = read_npy(path, &is_bool);  // a boolean key_padding_mask as 0 and 1
+        if (is_bool && stage != "key_padding_mask")
+            throw InputError(path, "holds booleans; stage '" + stage + "' holds numbers");
+        xt::xarray<float> theirs;
+        if (stage == "attn_weights" && head_averaged(shape_of(raw), shape_of(mine))) {
+            mine = xt::mean(mine, {1});
+            theirs = xt::reshape_view(raw, shape_of(mine));
+            note = "averaged over the heads: compared with our heads' mean";
+        } else {
+            theirs = to_our_layout(raw, their.layout, shape_of(mine), note);
+        }
         bool ok = false;
         char line[160];
         if (theirs.dimension() == 0) {
             std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(raw)).c_str(),
                           their.file.c_str());
         } else {
+            if (c.model == Model::minicpm_v && leave_out_padding(stage, grids, theirs, mine))
+                note += std::string(note.empty() ? "" : ", ") + "padding keys left out";
             const Agreement g = agreement(theirs, mine);
-            ok = compare(theirs, mine, atol, rtol).ok();
+            ok = within(theirs, mine, tol);
             if (g.non_finite)
                 std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
             else if (stage == "key_padding_mask")  // 0s and 1s: a distance in ULPs means nothing there
@@ -243,10 +378,30 @@ int compare_command(const std::vector<std::string>& argv) {
         if (first) {
             first_bad = stage;
             first_note = note;
+            first_theirs = theirs;
+            // A stage a port left out passes its input on: their values then equal one of ours before it.
+            if (theirs.dimension() != 0) {
+                if (stage == "ln_q" && within(theirs, m.weights.query, tol)) skipped_from = "query (the learned queries)";
+                for (const auto& earlier : seen)
+                    if (skipped_from.empty() && within(theirs, ours.get(earlier), tol)) skipped_from = earlier;
+            }
         }
         std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line,
                     ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
+        // In a batch, which images differ: a port may get one image's grid, table or mask wrong and the rest right.
+        if (!ok && theirs.dimension() != 0 && N > 1 && batched(stage) && theirs.shape(0) == N) {
+            std::string images;
+            for (std::size_t n = 0; n < N; ++n) {
+                const xt::xarray<float> a = xt::view(theirs, n), b = xt::view(mine, n);
+                char item[64];
+                std::snprintf(item, sizeof item, "%s%zu %s %.3g", n ? " | " : "", n, within(a, b, tol) ? "ok" : "DIFFERS",
+                              agreement(a, b).max_abs);
+                images += item;
+            }
+            std::printf("  %-17s by image (max|a-b|): %s\n", "", images.c_str());
+        }
+        seen.push_back(stage);
     }
     if (found == 0) throw InputError(theirs_dir, "holds none of the stages' files (see compare --help for the names)");
     std::printf("\n");
@@ -256,13 +411,35 @@ int compare_command(const std::vector<std::string>& argv) {
     }
     std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
                 first_bad.c_str(), describe_stage(first_bad).c_str());
+    std::printf("usual causes of a difference at '%s':\n", first_bad.c_str());
+    if (!skipped_from.empty())
+        std::printf("  - the stage looks skipped: their '%s' equals our '%s', which comes before it\n", first_bad.c_str(),
+                    skipped_from.c_str());
+    if (first_note.find("reshaped") != std::string::npos)
+        std::printf("  - the layout: their file had another shape and was only reshaped; if it is nn.MultiheadAttention's\n"
+                    "    (L, N, E) order, give the stage \"layout\": \"LNE\" in --names\n");
+    if (first_note.find("averaged over the heads") != std::string::npos)
+        std::printf("  - the weights are head-averaged, so a head's own error is diluted: dump per-head weights\n"
+                    "    (need_weights=True, average_attn_weights=False), or compare 'scores' to find the head\n");
+    // LayerNorm: the usual mistakes tried on our own input to the stage. One that gives their values is the answer;
+    // one whose effect is far smaller than the difference cannot be it.
+    const auto tried = first_theirs.dimension() ? layer_norm_mistakes(first_bad, ours, m) : std::vector<TriedMistake>();
+    const double observed = first_theirs.dimension() ? agreement(first_theirs, ours.get(first_bad)).max_rel : 0.0;
+    for (const auto& t : tried)
+        if (within(first_theirs, t.values, tol)) std::printf("  - their values are this LayerNorm with %s\n", t.what.c_str());
     const auto causes = usual_causes().find(first_bad);
     if (causes != usual_causes().end()) {
-        std::printf("usual causes of a difference at '%s':\n", first_bad.c_str());
-        if (first_note.find("reshaped") != std::string::npos)
-            std::printf("  - the layout: their file had another shape and was only reshaped; if it is nn.MultiheadAttention's\n"
-                        "    (L, N, E) order, give the stage \"layout\": \"LNE\" in --names\n");
-        for (const auto& cause : causes->second) std::printf("  - %s\n", cause.c_str());
+        for (const auto& cause : causes->second) {
+            // the largest change the cause's mistakes make here, when every one of them was tried
+            double effect = -1.0;
+            for (const auto& t : tried)
+                if (!t.kind.empty() && cause.find(t.kind) != std::string::npos)
+                    effect = std::max(effect, agreement(t.values, ours.get(first_bad)).max_rel);
+            std::string size_note;
+            if (effect >= 0 && observed > 10 * effect)
+                size_note = " [here at most " + number(effect) + " relative, against their " + number(observed) + ": not this]";
+            std::printf("  - %s%s\n", cause.c_str(), size_note.c_str());
+        }
     }
     std::printf("(every stage before it matched: the mistake is in this stage's own computation or its parameters)\n");
     return 1;

@@ -58,9 +58,8 @@ int run_command(const std::vector<std::string>& argv) {
     for (const auto& path : args.values.at("--weights")) files.add(path);
     const std::string prefix = args.get("--prefix", kDefaultPrefix);
     const bool want_tail = !args.flags.at("--adapter-only");
-    // MiniCPM-V's fast path records no trace (it drops the padding): with --trace its readable path runs.
     const bool minicpmv = checkpoint_layout(files, prefix).model == Model::minicpm_v;
-    const bool readable = args.flags.at("--readable") || (minicpmv && args.has("--trace"));
+    const bool readable = args.flags.at("--readable");
     // The readable path reads the weights into tensors; the fast path reads them in place from the mapped files.
     LoadedAdapter loaded;
     MappedAdapter mapped;
@@ -92,8 +91,8 @@ int run_command(const std::vector<std::string>& argv) {
                      : adapter_forward(loaded.weights, c, x, grids[0], m, t);
         if (has_tail) y = tower_tail_forward(loaded.tail, y, c.eps, t);
     } else if (minicpmv) {
-        y = fast::minicpmv_forward(mapped.weights, c, x, grids);
-        if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps);
+        y = fast::minicpmv_forward(mapped.weights, c, x, grids, t);
+        if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     } else {
         // The query side does not depend on the images: computed once, for all of them.
         const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t, grids[0]);

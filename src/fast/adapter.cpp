@@ -1,6 +1,7 @@
 #include "fast/adapter.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include <xtensor/xview.hpp>
 
@@ -127,27 +128,53 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
     return out;
 }
 
-Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3& x, const std::vector<Grid>& grids) {
+Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3& x, const std::vector<Grid>& grids,
+                         Trace* trace) {
     const char* fn = "fast::minicpmv_forward";
     const OwnThreads own;
     require(c.model == Model::minicpm_v, fn, "these are Qwen-VL's weights");
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
-    const std::size_t N = x.shape(0), L = x.shape(1), Kv = c.kv_dim;
+    const std::size_t N = x.shape(0), L = x.shape(1), Kv = c.kv_dim, Q = c.n_queries, E = c.embed_dim;
     require(grids.size() == N, fn, "one grid per image");
     // The query side, once: q = LN_q(query) W_q^T + b_q, no position term.
     QuerySide side;
     Matrix ln_q = copy_of(w.query);
     layer_norm_in_place(ln_q, w.ln_q_weight, w.ln_q_bias, c.eps);
+    record(trace, "ln_q", ln_q);
     side.q = linear(ln_q, w.w_q, w.b_q);  // (Q, E)
-    Tensor3 out({N, c.n_queries, c.embed_dim});
+    record(trace, "q", side.q);
+    Tensor3 out({N, Q, E});
     for (std::size_t n = 0; n < N; ++n) {
         const std::size_t L_n = grids[n].cells();
         require(L_n > 0 && L_n <= L, fn, "an image grid does not fit in the batch's L keys");
-        side.pos_k = sincos_2d(c.embed_dim, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
-        Tensor3 image({1, L_n, Kv});                    // the image's own patches, without the padding
-        std::copy(x.data() + n * L * Kv, x.data() + n * L * Kv + L_n * Kv, image.data());
-        const Tensor3 out_n = adapter_forward(w, c, side, image);
+        const Matrix table = sincos_2d(E, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
+        if (!trace) {
+            side.pos_k = table;
+            Tensor3 image({1, L_n, Kv});  // the image's own patches, without the padding
+            std::copy(x.data() + n * L * Kv, x.data() + n * L * Kv + L_n * Kv, image.data());
+            const Tensor3 out_n = adapter_forward(w, c, side, image);
+            xt::view(out, n) = xt::view(out_n, 0);
+            continue;
+        }
+        // With a trace, the readable path's layout: all L keys, the padding's table rows zero and masked (-inf).
+        // Their weights are exactly 0, so the output is the same sums; the padding rows cost the extra keys' time.
+        side.pos_k = xt::zeros<float>({L, E});
+        std::copy(table.data(), table.data() + table.size(), side.pos_k.data());
+        Matrix mask = xt::zeros<float>({Q, L});
+        xt::xtensor<float, 1> padding = xt::zeros<float>({L});
+        for (std::size_t l = L_n; l < L; ++l) {
+            padding(l) = 1.0f;
+            xt::view(mask, xt::all(), l) = -std::numeric_limits<float>::infinity();
+        }
+        Tensor3 image({1, L, Kv});
+        std::copy(x.data() + n * L * Kv, x.data() + (n + 1) * L * Kv, image.data());
+        Trace one;
+        const Tensor3 out_n = adapter_forward(w, c, side, image, &mask, &one);
         xt::view(out, n) = xt::view(out_n, 0);
+        record_item(trace, "pos_k", n, N, side.pos_k);
+        record_item(trace, "key_padding_mask", n, N, padding);
+        for (const char* name : {"kv_proj", "ln_kv", "key_in", "k", "v", "scores", "attn_weights", "attended", "out"})
+            record_item(trace, name, n, N, xt::xarray<float>(xt::view(one.get(name), 0)));
     }
     return out;
 }

@@ -83,11 +83,12 @@ Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, con
 // MiniCPM-V 2.5/2.6's resampler: replaces stages/11_minicpmv's `minicpmv_forward` (same arguments, the default
 // 70 x 70 table). Each image runs alone on its own L_n = h*w patches, rows [0, L_n) of x: no padding and no mask.
 // The readable path's padded keys get weights of exactly 0 (exp(-inf)), so both sum the same terms. Each image's
-// table is sin-cos of its own grid, the same values as the slice of a larger table. No trace: run --trace takes the
-// readable path for MiniCPM-V. Measured gain at MiniCPM-V 2.6's size with the tail, two images of 32 x 32 and
-// 24 x 40 patches: 23x (23.35 s -> 1.03 s, `qwenvl-bench --minicpmv`, docs/fast-path.md).
+// table is sin-cos of its own grid, the same values as the slice of a larger table. Measured gain at MiniCPM-V 2.6's
+// size with the tail, two images of 32 x 32 and 24 x 40 patches: 23x (23.35 s -> 1.03 s, `qwenvl-bench --minicpmv`,
+// docs/fast-path.md). With a trace, the readable path's names and shapes (stages/11): each image then runs on all L
+// keys, its padding's table rows zero and its padding masked, as the readable path does.
 Tensor3 minicpmv_forward(const Weights& weights, const AdapterConfig& config, const Tensor3& x,
-                         const std::vector<Grid>& grids);
+                         const std::vector<Grid>& grids, Trace* trace = nullptr);
 
 // out (N, Q, E) -> y (N, Q, E) = LN_post(out) @ proj. Records ln_post and proj. `out` is taken by value and
 // normalised in place: pass a temporary, or std::move it, and no copy is made.
