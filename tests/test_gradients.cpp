@@ -1,8 +1,9 @@
 // Gradient tests: every backward function of src/stages/ against PyTorch autograd's gradients in the fixtures
 // (tests/reference/make_fixtures.py, `reference_backward`). The loss is L = sum(y * G), G a seeded upstream
 // gradient the fixture holds as gradients["proj"]. Each backward is fed PyTorch's own gradient of its output, so a
-// failure points at one function; the last tests run the whole backward from G, and check each backward against
-// finite differences of its own forward function.
+// failure points at one function; the last tests run the whole backward from G, and check every backward function
+// (layer_norm, linear, matmul, softmax_rows, multi_head_attention, kv_projection, tower_tail) and the whole backward
+// on every parameter and x of every fixture against finite differences of its own forward function.
 #include <cmath>
 
 #include <xtensor/xrandom.hpp>
@@ -245,34 +246,105 @@ TEST_CASE("finite differences: layer_norm, linear, matmul and softmax backward a
     for (std::size_t i = 0; i < s.size(); ++i) check_difference("softmax ds", ds.flat(i), central_difference(sm_loss, s.flat(i)));
 }
 
-TEST_CASE("finite differences: the whole backward agrees with the forward pass on a fixture's parameters and x",
+TEST_CASE("finite differences: multi_head_attention, kv_projection and tower_tail backward agree with their forward "
+          "functions (a boolean mask, several heads)", "[gradients][finite-differences]") {
+    xt::random::seed(4);
+    const std::size_t Q = 3, L = 5, E = 8, H = 2;
+    Matrix q = xt::random::randn<float>({Q, E}), k = xt::random::randn<float>({L, E}), v = xt::random::randn<float>({L, E});
+    xt::xtensor<bool, 2> masked = xt::zeros<bool>({Q, L});
+    masked(0, 1) = masked(1, 4) = masked(2, 0) = masked(2, 3) = true;
+    const Matrix mask = additive_mask(masked);
+    const Matrix d_attended = xt::random::randn<float>({Q, E});
+    const AttentionOutput a = multi_head_attention(q, k, v, H, &mask);
+    const AttentionGradients att = multi_head_attention_backward(q, k, v, a.weights, d_attended, H);
+    auto att_loss = [&] { return weighted_sum(multi_head_attention(q, k, v, H, &mask).attended, d_attended); };
+    for (std::size_t i = 0; i < q.size(); ++i) check_difference("attention dq", att.dq.flat(i), central_difference(att_loss, q.flat(i)));
+    for (std::size_t i = 0; i < k.size(); ++i) check_difference("attention dk", att.dk.flat(i), central_difference(att_loss, k.flat(i)));
+    for (std::size_t i = 0; i < v.size(); ++i) check_difference("attention dv", att.dv.flat(i), central_difference(att_loss, v.flat(i)));
+    // a masked key's value gets no gradient from the query that cannot see it; key 1 is hidden from query 0 only
+    CHECK(xt::amax(xt::abs(att.d_scores))() > 0.0f);
+    for (std::size_t h = 0; h < H; ++h) CHECK(att.d_scores(h, 0, 1) == 0.0f);
+
+    Matrix x = xt::random::randn<float>({L, std::size_t(6)}), w_kv = xt::random::randn<float>({E, std::size_t(6)});
+    const Matrix dy = xt::random::randn<float>({L, E});
+    const KvProjectionGradients kv = kv_projection_backward(x, w_kv, dy);
+    auto kv_loss = [&] { return weighted_sum(kv_projection(x, w_kv), dy); };
+    for (std::size_t i = 0; i < x.size(); ++i) check_difference("kv_projection dx", kv.dx.flat(i), central_difference(kv_loss, x.flat(i)));
+    for (std::size_t i = 0; i < w_kv.size(); ++i)
+        check_difference("kv_projection dW", kv.dw_kv.flat(i), central_difference(kv_loss, w_kv.flat(i)));
+    Matrix same = xt::random::randn<float>({L, E});  // the identity (Kv == E): dy passes on unchanged
+    const KvProjectionGradients identity = kv_projection_backward(same, Matrix(), dy);
+    auto id_loss = [&] { return weighted_sum(kv_projection(same, Matrix()), dy); };
+    for (std::size_t i = 0; i < same.size(); ++i)
+        check_difference("identity dx", identity.dx.flat(i), central_difference(id_loss, same.flat(i)));
+    CHECK(identity.dw_kv.size() == 0);
+
+    TowerTail tail;
+    tail.ln_post_weight = xt::random::randn<float>({E});
+    tail.ln_post_bias = xt::random::randn<float>({E});
+    tail.proj = xt::random::randn<float>({E, E});
+    Tensor3 out = xt::random::randn<float>({std::size_t(2), Q, E});
+    const Tensor3 d_y = xt::random::randn<float>({std::size_t(2), Q, E});
+    const TailGradients t = tower_tail_backward(tail, out, d_y, 1e-6f);
+    auto tail_loss = [&] { return weighted_sum(tower_tail_forward(tail, out, 1e-6f), d_y); };
+    for (std::size_t i = 0; i < out.size(); ++i) check_difference("tail d_out", t.d_out.flat(i), central_difference(tail_loss, out.flat(i)));
+    for (std::size_t i = 0; i < E; ++i) {
+        check_difference("tail d ln_post.weight", t.ln_post_weight(i), central_difference(tail_loss, tail.ln_post_weight(i)));
+        check_difference("tail d ln_post.bias", t.ln_post_bias(i), central_difference(tail_loss, tail.ln_post_bias(i)));
+    }
+    for (std::size_t i = 0; i < tail.proj.size(); ++i)
+        check_difference("tail d proj", t.proj.flat(i), central_difference(tail_loss, tail.proj.flat(i)));
+}
+
+TEST_CASE("finite differences: the whole backward agrees with the forward pass on every parameter and x, every fixture",
           "[gradients][finite-differences]") {
-    const Fixture& f = fixtures().front();
-    AdapterWeights w = f.weights;
-    TowerTail tail = f.tail;
-    Tensor3 x = f.x;
-    const Matrix* mask = f.has_mask ? &f.mask : nullptr;
-    const xt::xarray<float>& upstream = grad(f, "proj");
-    Trace forward;
-    const Tensor3 out = adapter_forward(w, f.config, x, mask, &forward);
-    const TailGradients g_tail = tower_tail_backward(tail, out, upstream, f.config.eps);
-    const AdapterGradients g = adapter_backward(w, f.config, x, forward, g_tail.d_out);
-    auto loss = [&] {
-        return weighted_sum(tower_tail_forward(tail, adapter_forward(w, f.config, x, mask), f.config.eps), upstream);
-    };
-    // A few entries of every parameter, and of x: the first, one in the middle and the last.
-    auto probe = [&](const std::string& what, auto& values, const auto& analytic) {
-        for (std::size_t i : {std::size_t(0), values.size() / 2, values.size() - 1})
-            check_difference(what + "[" + std::to_string(i) + "]", analytic.flat(i), central_difference(loss, values.flat(i)));
-    };
-    probe("query", w.query, g.query);
-    probe("ln_q.weight", w.ln_q_weight, g.ln_q_weight);
-    probe("ln_kv.bias", w.ln_kv_bias, g.ln_kv_bias);
-    probe("in_proj w_k", w.in_proj.w_k, Matrix(xt::view(g.in_proj_weight, xt::range(f.config.embed_dim, 2 * f.config.embed_dim), xt::all())));
-    probe("in_proj b_v", w.in_proj.b_v, Vector(xt::view(g.in_proj_bias, xt::range(2 * f.config.embed_dim, 3 * f.config.embed_dim))));
-    probe("out_proj.weight", w.out_proj_weight, g.out_proj_weight);
-    if (w.kv_proj.size()) probe("kv_proj.weight", w.kv_proj, g.kv_proj);
-    probe("ln_post.bias", tail.ln_post_bias, g_tail.ln_post_bias);
-    probe("proj", tail.proj, g_tail.proj);
-    probe("x", x, g.x);
+    for (const Fixture& f : fixtures()) {
+        DYNAMIC_SECTION(f.name) {
+            AdapterWeights w = f.weights;
+            TowerTail tail = f.tail;
+            Tensor3 x = f.x;
+            const Matrix* mask = f.has_mask ? &f.mask : nullptr;
+            const xt::xarray<float>& upstream = grad(f, "proj");
+            Trace forward;
+            const Tensor3 out = adapter_forward(w, f.config, x, mask, &forward);
+            const TailGradients g_tail = tower_tail_backward(tail, out, upstream, f.config.eps);
+            const AdapterGradients g = adapter_backward(w, f.config, x, forward, g_tail.d_out);
+            auto loss = [&] {
+                return weighted_sum(tower_tail_forward(tail, adapter_forward(w, f.config, x, mask), f.config.eps), upstream);
+            };
+            // A few entries of every trainable parameter, and of x: the first, one in the middle and the last. The
+            // step is 1% of the tensor's root mean square (small_variance's features are 1e-3 in size: a fixed step
+            // of 1e-2 would leave the region where the loss is near linear).
+            auto probe = [&](const std::string& what, auto& values, const auto& analytic) {
+                double squares = 0.0;
+                for (float value : values) squares += static_cast<double>(value) * value;
+                const float rms = static_cast<float>(std::sqrt(squares / static_cast<double>(values.size())));
+                const float h = rms > 0.0f ? 1e-2f * rms : 1e-2f;
+                for (std::size_t i : {std::size_t(0), values.size() / 2, values.size() - 1})
+                    check_difference(what + "[" + std::to_string(i) + "]", analytic.flat(i),
+                                     central_difference(loss, values.flat(i), h));
+            };
+            const std::size_t E = f.config.embed_dim;
+            auto rows = [&](std::size_t part) { return Matrix(xt::view(g.in_proj_weight, xt::range(part * E, (part + 1) * E), xt::all())); };
+            auto bias = [&](std::size_t part) { return Vector(xt::view(g.in_proj_bias, xt::range(part * E, (part + 1) * E))); };
+            probe("query", w.query, g.query);
+            probe("ln_q.weight", w.ln_q_weight, g.ln_q_weight);
+            probe("ln_q.bias", w.ln_q_bias, g.ln_q_bias);
+            if (w.kv_proj.size()) probe("kv_proj.weight", w.kv_proj, g.kv_proj);
+            probe("ln_kv.weight", w.ln_kv_weight, g.ln_kv_weight);
+            probe("ln_kv.bias", w.ln_kv_bias, g.ln_kv_bias);
+            probe("in_proj w_q", w.in_proj.w_q, rows(0));
+            probe("in_proj w_k", w.in_proj.w_k, rows(1));
+            probe("in_proj w_v", w.in_proj.w_v, rows(2));
+            probe("in_proj b_q", w.in_proj.b_q, bias(0));
+            probe("in_proj b_k", w.in_proj.b_k, bias(1));  // 0: the softmax ignores a constant added to a row
+            probe("in_proj b_v", w.in_proj.b_v, bias(2));
+            probe("out_proj.weight", w.out_proj_weight, g.out_proj_weight);
+            probe("out_proj.bias", w.out_proj_bias, g.out_proj_bias);
+            probe("ln_post.weight", tail.ln_post_weight, g_tail.ln_post_weight);
+            probe("ln_post.bias", tail.ln_post_bias, g_tail.ln_post_bias);
+            probe("proj", tail.proj, g_tail.proj);
+            probe("x", x, g.x);
+        }
+    }
 }
