@@ -1,5 +1,6 @@
 #include "io/npy.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <limits>
 #include <unistd.h>
 
+#include <xtensor/xmanipulation.hpp>
 
 #include "core/shapes.hpp"
 #include "io/errors.hpp"
@@ -15,8 +17,9 @@
 namespace qwenvl {
 
 namespace {
-// The value of 'key' in the header's dict literal, as text: "'<f4'", "False", "(2, 3)".
-// The header is a Python dict literal written by numpy; only these three forms of value occur in it.
+// The value of 'key' in the header's dict literal, as text: "'<f4'", "False", "(2, 3)", or a structured dtype's
+// list of fields "[('x', '<f4'), ('y', '<i4')]". The header is a Python dict literal written by numpy; only these
+// forms of value occur in it.
 std::string dict_value(const std::string& header, const std::string& key) {
     std::size_t at = header.find("'" + key + "'");
     if (at == std::string::npos) throw std::runtime_error("npy header has no '" + key + "'");
@@ -25,7 +28,7 @@ std::string dict_value(const std::string& header, const std::string& key) {
     at = header.find_first_not_of(' ', at + 1);
     if (at == std::string::npos) throw std::runtime_error("npy header has no value for '" + key + "'");
     const char open = header[at];
-    const char close = open == '\'' ? '\'' : open == '(' ? ')' : ',';
+    const char close = open == '\'' ? '\'' : open == '(' ? ')' : open == '[' ? ']' : ',';
     std::size_t end = header.find(close, at + 1);
     if (close == ',') {  // True / False: up to the next comma or brace
         end = header.find_first_of(",}", at);
@@ -58,14 +61,24 @@ NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
 
     NpyArray a;
     const std::string descr = dict_value(header, "descr");
+    if (!descr.empty() && descr.front() == '[')  // a list of named fields
+        throw std::runtime_error("dtype " + descr + " is structured (named fields), which is not supported (float32, "
+                                 "float64 or bool)");
+    if (descr.size() < 2 || descr.front() != '\'')  // (an empty one made substr throw std::out_of_range, unnamed)
+        throw std::runtime_error("npy header's descr is not a quoted dtype (" + descr + ")");
     a.descr = descr.substr(1, descr.size() - 2);
     std::size_t element;
     if (a.descr == "<f4") element = 4;
     else if (a.descr == "<f8") element = 8;
     else if (a.descr == "|b1") element = 1;
+    else if (a.descr.size() > 1 && a.descr[0] == '>')
+        throw std::runtime_error("dtype '" + a.descr + "' is big-endian; only little-endian float32, float64 or bool "
+                                 "is supported (numpy: astype('<" + a.descr.substr(1) + "'))");
     else throw std::runtime_error("dtype '" + a.descr + "' is not supported (float32, float64 or bool)");
-    if (dict_value(header, "fortran_order") != "False")
-        throw std::runtime_error("Fortran-order arrays are not supported (save a C-contiguous array)");
+    const std::string order = dict_value(header, "fortran_order");
+    if (order != "False" && order != "True")
+        throw std::runtime_error("npy header's fortran_order is '" + order + "', not True or False");
+    a.fortran_order = order == "True";
 
     // The shape is a Python tuple of sizes: "()", "(5,)", "(2, 3)": sizes separated by commas, spaces allowed.
     const std::string shape = dict_value(header, "shape");
@@ -110,7 +123,10 @@ NpyArray parse_npy(const std::uint8_t* bytes, std::size_t size) {
 }
 
 xt::xarray<float> npy_values(const NpyArray& a) {
-    xt::xarray<float> out = xt::xarray<float>::from_shape(a.shape);
+    // A Fortran-order array of shape (d0, ..., dk) holds, in row-major order, its transpose of shape (dk, ..., d0).
+    std::vector<std::size_t> stored = a.shape;
+    if (a.fortran_order) std::reverse(stored.begin(), stored.end());
+    xt::xarray<float> out = xt::xarray<float>::from_shape(stored);
     float* dst = out.data();
     if (a.descr == "<f4") {
         if (a.count) std::memcpy(dst, a.data, 4 * a.count);  // an empty array has no buffer: memcpy(nullptr) is UB
@@ -123,9 +139,9 @@ xt::xarray<float> npy_values(const NpyArray& a) {
     } else {
         for (std::size_t i = 0; i < a.count; ++i) dst[i] = a.data[i] ? 1.0f : 0.0f;
     }
-    return out;
+    if (!a.fortran_order || a.shape.size() < 2) return out;
+    return xt::xarray<float>(xt::transpose(out));  // all axes reversed: row-major values of the array's own shape
 }
-
 
 xt::xarray<float> read_npy(const std::string& path, bool* is_bool) {
     const std::vector<std::uint8_t> bytes = read_file(path);

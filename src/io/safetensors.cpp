@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -29,12 +30,20 @@ std::uint64_t read_u64_le(const std::uint8_t* p) {
 }
 }  // namespace
 
+std::size_t dtype_bits(const std::string& dtype) {
+    // As huggingface/safetensors lists them (safetensors/src/tensor.rs, `enum Dtype` and `Dtype::bitsize`).
+    static const std::map<std::string, std::size_t> bits = {
+        {"BOOL", 8},    {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6},     {"U8", 8},           {"I8", 8},
+        {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8},  {"I16", 16},
+        {"U16", 16},    {"F16", 16},    {"BF16", 16},   {"I32", 32},        {"U32", 32},         {"F32", 32},
+        {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64}};
+    const auto it = bits.find(dtype);
+    return it == bits.end() ? 0 : it->second;
+}
+
 std::size_t dtype_size(const std::string& dtype) {
-    static const std::map<std::string, std::size_t> sizes = {
-        {"BOOL", 1}, {"U8", 1}, {"I8", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
-        {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4}, {"F64", 8}, {"I64", 8}, {"U64", 8}};
-    const auto it = sizes.find(dtype);
-    return it == sizes.end() ? 0 : it->second;
+    const std::size_t bits = dtype_bits(dtype);
+    return bits % 8 == 0 ? bits / 8 : 0;
 }
 
 SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_t available, std::uint64_t file_size) {
@@ -74,18 +83,21 @@ SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_
         TensorEntry e;
         e.name = name;
         e.dtype = info["dtype"].get<std::string>();
-        const std::size_t element = dtype_size(e.dtype);
-        if (element == 0) throw std::runtime_error(where + ": unknown dtype '" + e.dtype + "'");
+        const std::size_t bits = dtype_bits(e.dtype);
+        if (bits == 0) throw std::runtime_error(where + ": unknown dtype '" + e.dtype + "'");
         if (!info["shape"].is_array()) throw std::runtime_error(where + ": shape is not a list");
         std::uint64_t count = 1;
         for (const auto& d : info["shape"]) {
             if (!d.is_number_unsigned()) throw std::runtime_error(where + ": shape holds something other than a size");
             const std::uint64_t size = d.get<std::uint64_t>();
-            if (size != 0 && count > std::numeric_limits<std::uint64_t>::max() / size / element)
+            if (size != 0 && count > std::numeric_limits<std::uint64_t>::max() / size / bits)
                 throw std::runtime_error(where + ": shape " + info["shape"].dump() + " is too large");
             count *= size;
             e.shape.push_back(static_cast<std::size_t>(size));
         }
+        if (count * bits % 8 != 0)  // F4 and F6 elements are packed: the reference refuses a partial byte
+            throw std::runtime_error(where + ": shape " + shape_string(e.shape) + " of " + e.dtype + " is " +
+                                     std::to_string(count * bits) + " bits, not a whole number of bytes");
         const auto& offsets = info["data_offsets"];
         if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
             !offsets[1].is_number_unsigned())
@@ -94,9 +106,9 @@ SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_
         if (begin > end || end > data_size)
             throw std::runtime_error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                           "] lie outside the " + std::to_string(data_size) + " bytes of data");
-        if (end - begin != count * element)
+        if (end - begin != count * bits / 8)
             throw std::runtime_error(where + ": shape " + shape_string(e.shape) + " of " + e.dtype + " needs " +
-                          std::to_string(count * element) + " bytes but data_offsets give " + std::to_string(end - begin));
+                          std::to_string(count * bits / 8) + " bytes but data_offsets give " + std::to_string(end - begin));
         e.begin = data_start + begin;
         e.end = data_start + end;
         if (end > begin) ranges.emplace_back(begin, end);
@@ -143,7 +155,8 @@ float f16_to_float(std::uint16_t bits) {
 
 void convert_to_float(const std::string& dtype, const std::uint8_t* raw, std::size_t count, float* out) {
     if (dtype == "F32") {
-        std::memcpy(out, raw, count * sizeof(float));  // x86-64 is little-endian, as the file
+        // x86-64 is little-endian, as the file. A zero-size tensor's `out` may be null: memcpy(nullptr) is UB.
+        if (count) std::memcpy(out, raw, count * sizeof(float));
     } else if (dtype == "BF16" || dtype == "F16") {
         const bool brain = dtype == "BF16";
         for (std::size_t i = 0; i < count; ++i) {
@@ -184,7 +197,7 @@ void WeightFiles::add(const std::string& path) {
         add_safetensors(path);
 }
 
-void WeightFiles::add_safetensors(const std::string& path) {
+void WeightFiles::add_safetensors(const std::string& path, const std::set<std::string>* listed) {
     std::ifstream in = open_input(path, std::ios::binary);
     in.seekg(0, std::ios::end);
     const std::streamoff size = in.tellg();
@@ -207,6 +220,7 @@ void WeightFiles::add_safetensors(const std::string& path) {
         throw InputError(path, e.what());
     }
     for (auto& e : header.tensors) {
+        if (listed && !listed->count(e.name)) continue;  // an index's shard: what the index does not list is ignored
         if (tensors_.count(e.name))
             throw InputError(path, "tensor '" + e.name + "' is also in " + tensors_[e.name].file);
         e.file = path;
@@ -221,17 +235,22 @@ void WeightFiles::add_index(const std::string& path) {
     nlohmann::json index = read_json(path);
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
         throw InputError(path, "no \"weight_map\" object (expected a model.safetensors.index.json)");
-    std::vector<std::string> shards;
+    std::vector<std::string> shards;                      // in the order the index first names them
+    std::map<std::string, std::set<std::string>> listed;  // shard -> the tensors the index reads from it
     for (const auto& [name, file] : index["weight_map"].items()) {
         if (!file.is_string()) throw InputError(path, "weight_map['" + name + "'] is not a file name");
         const std::string shard = file.get<std::string>();
         if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
+        listed[shard].insert(name);
     }
     const std::filesystem::path folder = std::filesystem::path(path).parent_path();
-    for (const auto& shard : shards) add_safetensors((folder / shard).string());
-    for (const auto& [name, file] : index["weight_map"].items())
-        if (!tensors_.count(name))
-            throw InputError(path, "tensor '" + name + "' is listed but not found in " + file.get<std::string>());
+    for (const auto& shard : shards) add_safetensors((folder / shard).string(), &listed[shard]);
+    for (const auto& [name, file] : index["weight_map"].items()) {
+        const auto it = tensors_.find(name);
+        if (it == tensors_.end() || it->second.file != (folder / file.get<std::string>()).string())
+            throw InputError(path, "tensor '" + name + "' is listed in " + file.get<std::string>() +
+                                       ", which does not hold it");
+    }
 }
 
 bool WeightFiles::has(const std::string& name) const { return tensors_.count(name) != 0; }

@@ -4,11 +4,15 @@
 // {"dtype", "shape", "data_offsets": [begin, end]} (offsets from the end of the header), with an optional
 // "__metadata__" entry; then the raw little-endian data. Every field is checked before any data is read:
 // a malformed file gives one error naming the file and the problem, never undefined behaviour.
+// A header may hold tensors of every dtype the format lists (dtype_bits), of any shape (zero-size and 0-d ones
+// included): only the tensors read must be F32, F16 or BF16, so a checkpoint whose other tensors are integers,
+// FP8 or packed FP4 loads the adapter (data/readers/safetensors/every_dtype.safetensors).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,10 +36,14 @@ struct SafetensorsHeader {
 // Parses and validates a header. `bytes` holds the first `available` bytes of a file of `file_size` bytes
 // (at least 8 + header length of them). Throws std::runtime_error with the problem (no file name) when
 // the length runs past the file, the JSON is malformed, a dtype is unknown, a shape is not a list of
-// sizes, data offsets are outside the data or overlap, or a byte count disagrees with the shape.
+// sizes, data offsets are outside the data or overlap, or a byte count disagrees with the shape (for the
+// sub-byte F4 and F6 dtypes, also when the shape's bits are not whole bytes, as the reference refuses).
 SafetensorsHeader parse_safetensors_header(const std::uint8_t* bytes, std::size_t available, std::uint64_t file_size);
 
-// Bytes per element of a dtype known to safetensors; 0 for an unknown one.
+// Bits per element of a dtype the safetensors format lists (BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3,
+// F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, I16, U16, F16, BF16, I32, U32, F32, C64, F64, I64, U64); 0 for another.
+std::size_t dtype_bits(const std::string& dtype);
+// Bytes per element of such a dtype; 0 for another, and for the sub-byte F4 and F6 ones.
 std::size_t dtype_size(const std::string& dtype);
 
 // Exact conversions to float32.
@@ -69,6 +77,9 @@ class WeightFiles {
 public:
     // Adds a .safetensors file, or a model.safetensors.index.json (its shards are found beside it).
     // Throws InputError naming the file. A tensor name found in two files is an error.
+    // An index is the map of its checkpoint: each tensor it lists is read from the shard it names (InputError
+    // naming the index, the tensor and the shard when that shard does not hold it), and a shard's tensors it
+    // does not list are ignored (every shard's header is still checked whole).
     void add(const std::string& path);
     bool has(const std::string& name) const;
     const TensorEntry& entry(const std::string& name) const;  // throws InputError when missing
@@ -86,7 +97,8 @@ public:
     std::string metadata(const std::string& key) const;
 
 private:
-    void add_safetensors(const std::string& path);
+    // Adds the tensors of a .safetensors file: all of them, or only those named in `listed` (an index's shard).
+    void add_safetensors(const std::string& path, const std::set<std::string>* listed = nullptr);
     void add_index(const std::string& path);
     // The bytes of elements [first, first + count) of a tensor, mapping its file on first use.
     const std::uint8_t* bytes(const std::string& name, std::size_t first, std::size_t count) const;

@@ -1088,6 +1088,246 @@ def write_compare_cases():
     print("wrote data/compare/ (%d mistakes)" % len(listing))
 
 
+# ---------------------------------------------------------------------------
+# The readers' corpus (data/readers/): valid files from other writers, each of which the .npy and safetensors
+# readers (src/io/) must read, or refuse with the message their headers document. Listed, with what each must give,
+# in data/readers/corpus.json; tests/test_readers.cpp walks the list. Every value is written exactly (k / 8, or a
+# float64 / 3 whose float32 rounding is listed), so nothing depends on the CPU.
+
+READERS_DIR = os.path.join(REPO, "data", "readers")
+# The .npy files carry this suffix, not .npy: the test "write_npy writes byte for byte the file numpy wrote: every
+# float32 .npy under data/" (tests/test_stages.cpp) takes every *.npy under data/ to be one numpy wrote as format 1.0
+# in C order, which format 2.0 and 3.0, Fortran order and refused dtypes are not.
+NPY_SUFFIX = ".npy.corpus"
+
+# Every dtype the safetensors format lists (huggingface/safetensors, safetensors/src/tensor.rs, `enum Dtype`), in
+# its order, with its bits per element. The reference writer lays tensors out in the reverse of this order (largest
+# alignment first), then by name.
+SAFETENSORS_BITS = [("BOOL", 8), ("F4", 4), ("F6_E2M3", 6), ("F6_E3M2", 6), ("U8", 8), ("I8", 8), ("F8_E5M2", 8),
+                    ("F8_E4M3", 8), ("F8_E8M0", 8), ("F8_E4M3FNUZ", 8), ("F8_E5M2FNUZ", 8), ("I16", 16), ("U16", 16),
+                    ("F16", 16), ("BF16", 16), ("I32", 32), ("U32", 32), ("F32", 32), ("C64", 64), ("F64", 64),
+                    ("I64", 64), ("U64", 64)]
+READ_DTYPES = ("F32", "F16", "BF16")  # what the reader converts to float32 (src/io/safetensors.hpp)
+
+
+def write_safetensors_as_upstream(path, tensors, metadata):
+    """A safetensors file laid out as the reference implementation (safetensors' Rust `serialize`) lays it out:
+    tensors sorted by dtype, largest alignment first, then by name; the header's JSON with "__metadata__" first and
+    the tensors in offset order, padded with spaces to a multiple of 8 bytes. `tensors`: name -> (dtype, shape,
+    raw little-endian bytes)."""
+    order = {dtype: i for i, (dtype, _) in enumerate(SAFETENSORS_BITS)}
+    bits = dict(SAFETENSORS_BITS)
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name in sorted(tensors, key=lambda n: (-order[tensors[n][0]], n)):
+        dtype, shape, raw = tensors[name]
+        assert len(raw) * 8 == math.prod(shape) * bits[dtype], name
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+    return offset
+
+
+def every_dtype_tensors():
+    """One (2, 3) tensor of every dtype of the format ((2, 4) for the sub-byte F4 and F6, whole bytes), zero-size
+    ones of shapes (0,) and (3, 0), and a 0-d one, under names the adapter does not use. Returns name -> (dtype,
+    shape, raw) and the manifest's entries (the float32 values of the dtypes the reader converts; the error's words
+    for the others)."""
+    k = np.arange(6)
+    eighths = ((k - 2) / 8).astype(np.float32)          # exact in F32, F16 and BF16
+    raw = {
+        "BOOL": np.array([1, 0, 1, 0, 0, 1], np.uint8).tobytes(),
+        "U8": (k * 40).astype(np.uint8).tobytes(),
+        "I8": (k - 3).astype(np.int8).tobytes(),
+        "F8_E5M2": bytes([0x00, 0x3C, 0x40, 0xBC, 0x7B, 0x01]),
+        "F8_E4M3": bytes([0x00, 0x38, 0x40, 0xB8, 0x7E, 0x01]),
+        "F8_E8M0": bytes([0x7F, 0x80, 0x7E, 0x00, 0xFE, 0x81]),
+        "F8_E4M3FNUZ": bytes([0x00, 0x40, 0x48, 0xC0, 0x7F, 0x01]),
+        "F8_E5M2FNUZ": bytes([0x00, 0x40, 0x44, 0xC0, 0x7F, 0x01]),
+        "I16": ((k - 3) * 1000).astype("<i2").tobytes(),
+        "U16": (k * 10000).astype("<u2").tobytes(),
+        "F16": eighths.astype("<f2").tobytes(),
+        "BF16": (eighths.view(np.uint32) >> 16).astype("<u2").tobytes(),
+        "I32": ((k - 3) * 100000).astype("<i4").tobytes(),
+        "U32": (k * 800000000).astype("<u4").tobytes(),
+        "F32": eighths.astype("<f4").tobytes(),
+        "C64": (eighths + 1j * (k / 4)).astype("<c8").tobytes(),
+        "F64": ((k - 2) / 3).astype("<f8").tobytes(),
+        "I64": ((k - 3) * 10 ** 12).astype("<i8").tobytes(),
+        "U64": (k.astype(np.uint64) * np.uint64(3 * 10 ** 18)).astype("<u8").tobytes(),
+        "F4": bytes([0x21, 0x43, 0x65, 0x87]),                   # (2, 4): 32 bits
+        "F6_E2M3": bytes([0x41, 0x10, 0x83, 0x10, 0x51, 0x87]),  # (2, 4): 48 bits
+        "F6_E3M2": bytes([0x82, 0x20, 0x06, 0x21, 0xA2, 0x0E]),
+    }
+    tensors, listing = {}, []
+    for dtype, bits in SAFETENSORS_BITS:
+        shape = (2, 3) if bits % 8 == 0 else (2, 4)
+        name = "corpus.dtype." + dtype
+        tensors[name] = (dtype, shape, raw[dtype])
+        entry = {"name": name, "dtype": dtype, "shape": list(shape), "bits": bits}
+        if dtype in READ_DTYPES:
+            entry["values"] = [float(v) for v in eighths]
+        else:
+            entry["error"] = ["tensor '%s'" % name, "has dtype %s" % dtype, "only F32, F16 and BF16 are read"]
+        listing.append(entry)
+    for name, dtype, shape, values in [("corpus.empty.F32", "F32", (0,), []),
+                                       ("corpus.empty.BF16", "BF16", (3, 0), []),
+                                       ("corpus.empty.F4", "F4", (0, 5), None),
+                                       ("corpus.scalar.F32", "F32", (), [0.25])]:
+        tensors[name] = (dtype, shape, np.array(values or [], "<f4").tobytes())
+        entry = {"name": name, "dtype": dtype, "shape": list(shape), "bits": dict(SAFETENSORS_BITS)[dtype]}
+        if values is None:
+            entry["error"] = ["tensor '%s'" % name, "has dtype %s" % dtype, "only F32, F16 and BF16 are read"]
+        else:
+            entry["values"] = values
+        listing.append(entry)
+    return tensors, listing
+
+
+def npy_corpus():
+    """(name, how numpy wrote it, writer, expectation): expectation is ("read", float32 values as stored, is_bool)
+    or ("refuse", the words the one-line error must hold besides the file's path)."""
+    a = ((np.arange(12, dtype=np.float32) - 5) / 8).reshape(3, 4)   # exact in float32
+
+    def version(v):
+        return lambda f: np.lib.format.write_array(f, a, version=v)
+
+    def save(x, pickle=False):
+        return lambda f: np.save(f, x, allow_pickle=pickle)
+
+    def read(x, is_bool=False):
+        return ("read", np.asarray(x, dtype=np.float32), is_bool)
+
+    def refuse(*words):
+        return ("refuse", list(words))
+
+    f64 = ((np.arange(12) - 5) / 3).reshape(3, 4)      # float64; read as its float32 rounding
+    flags = np.array([[True, False, True], [False, False, True]])
+    unsupported = ["is not supported", "float32, float64 or bool"]
+    return [
+        ("f4_v1.0", "np.lib.format.write_array(f, a, version=(1, 0))", version((1, 0)), read(a)),
+        ("f4_v2.0", "np.lib.format.write_array(f, a, version=(2, 0))", version((2, 0)), read(a)),
+        ("f4_v3.0", "np.lib.format.write_array(f, a, version=(3, 0))", version((3, 0)), read(a)),
+        ("f4_1d", "np.save(f, a.ravel()[:5])", save(a.ravel()[:5].copy()), read(a.ravel()[:5])),
+        ("f4_3d", "np.save(f, a.reshape(3, 2, 2))", save(a.reshape(3, 2, 2)), read(a.reshape(3, 2, 2))),
+        ("f4_0d", "np.save(f, np.float32(0.375))", save(np.float32(0.375)), read(np.float32(0.375))),
+        ("f4_empty_0x4", "np.save(f, np.zeros((0, 4), np.float32))", save(np.zeros((0, 4), np.float32)),
+         read(np.zeros((0, 4)))),
+        ("f4_empty_2x0x3", "np.save(f, np.zeros((2, 0, 3), np.float32))", save(np.zeros((2, 0, 3), np.float32)),
+         read(np.zeros((2, 0, 3)))),
+        ("f8", "np.save(f, (np.arange(12) - 5) / 3) as (3, 4) float64", save(f64), read(f64.astype(np.float32))),
+        ("b1", "np.save(f, a (2, 3) bool array)", save(flags), read(flags, is_bool=True)),
+        ("f4_fortran", "np.save(f, np.asfortranarray(a))", save(np.asfortranarray(a)), read(a)),
+        ("f4_transposed", "np.save(f, a.T) (a transposed view is Fortran-contiguous: numpy saves it so)", save(a.T),
+         read(np.ascontiguousarray(a.T))),
+        ("f8_fortran_3d", "np.save(f, np.asfortranarray(a.reshape(3, 2, 2).astype(np.float64)))",
+         save(np.asfortranarray(a.reshape(3, 2, 2).astype(np.float64))), read(a.reshape(3, 2, 2))),
+        ("i4", "np.save(f, a.astype(np.int32))", save((a * 8).astype(np.int32)), refuse("dtype '<i4'", *unsupported)),
+        ("i8", "np.save(f, np.arange(4))", save(np.arange(4, dtype=np.int64)), refuse("dtype '<i8'", *unsupported)),
+        ("u1", "np.save(f, np.arange(4, dtype=np.uint8))", save(np.arange(4, dtype=np.uint8)),
+         refuse("dtype '|u1'", *unsupported)),
+        ("f2", "np.save(f, a.astype(np.float16))", save(a.astype(np.float16)), refuse("dtype '<f2'", *unsupported)),
+        ("f4_big_endian", "np.save(f, a.astype('>f4'))", save(a.astype(">f4")),
+         refuse("dtype '>f4'", "is big-endian", "little-endian")),
+        ("f8_big_endian", "np.save(f, a.astype('>f8'))", save(a.astype(">f8")),
+         refuse("dtype '>f8'", "is big-endian", "little-endian")),
+        ("c8", "np.save(f, (a + 1j).astype(np.complex64))", save((a + 1j).astype(np.complex64)),
+         refuse("dtype '<c8'", *unsupported)),
+        ("unicode", "np.save(f, np.array(['ab', 'cde']))", save(np.array(["ab", "cde"])),
+         refuse("dtype '<U3'", *unsupported)),
+        ("object", "np.save(f, np.array([1, 'a'], dtype=object), allow_pickle=True)",
+         save(np.array([1, "a"], dtype=object), pickle=True), refuse("dtype '|O'", *unsupported)),
+        ("structured", "np.save(f, np.zeros(2, dtype=[('x', '<f4'), ('y', '<i4')]))",
+         save(np.zeros(2, dtype=[("x", "<f4"), ("y", "<i4")])),
+         refuse("dtype [('x', '<f4'), ('y', '<i4')]", "structured", *unsupported)),
+    ]
+
+
+def write_reader_corpus():
+    """data/readers/: .npy files numpy wrote (format versions, orders, dtypes), a safetensors file with a tensor
+    of every dtype of the format and zero-size ones beside the adapter's, three sharded checkpoints whose index and
+    shards disagree, and corpus.json saying what each must give."""
+    manifest = {"generator": "tests/reference/make_fixtures.py (write_reader_corpus)",
+                "numpy_version": np.__version__,
+                "note": ("paths are relative to data/readers/; the .npy files end in %s (see NPY_SUFFIX in the "
+                         "generator); 'error' lists words the one-line message holds besides the file's path"
+                         % NPY_SUFFIX),
+                "npy": [], "safetensors": [], "sharded": []}
+    npy_dir = os.path.join(READERS_DIR, "npy")
+    os.makedirs(npy_dir, exist_ok=True)
+    for name, how, write, expect in npy_corpus():
+        file = "npy/" + name + NPY_SUFFIX
+        with open(os.path.join(READERS_DIR, file), "wb") as f:
+            write(f)
+        entry = {"file": file, "written_by": how, "read": expect[0] == "read"}
+        if expect[0] == "read":
+            entry.update({"shape": list(expect[1].shape), "values": [float(v) for v in expect[1].ravel()],
+                          "bool": expect[2]})
+        else:
+            entry["error"] = expect[1]
+        manifest["npy"].append(entry)
+
+    # The adapter's tensors of a tiny case, as F32, with a tensor of every dtype beside them.
+    plain = "../cli/resize_up/weights.safetensors"
+    adapter = {name: ("F32", value.shape, value.astype("<f4").tobytes())
+               for name, value in read_safetensors(os.path.join(CLI_DIR, "resize_up", "weights.safetensors")).items()}
+    run = {"same_output_as": plain, "input": "../cli/resize_up/x.npy", "heads": 2}
+    metadata = {"format": "pt", "generator": "tests/reference/make_fixtures.py (write_reader_corpus)"}
+    st_dir = os.path.join(READERS_DIR, "safetensors")
+    os.makedirs(st_dir, exist_ok=True)
+    extra, listing = every_dtype_tensors()
+    write_safetensors_as_upstream(os.path.join(st_dir, "every_dtype.safetensors"), {**adapter, **extra}, metadata)
+    manifest["safetensors"].append({"file": "safetensors/every_dtype.safetensors", "read": True,
+                                    "written_by": "write_safetensors_as_upstream (the reference writer's layout)",
+                                    "adapter_tensors": sorted(adapter), "extra_tensors": listing, **run})
+
+    # Sharded: the attention pool in shard 1, the tower's tail in shard 2, and an index that disagrees with them.
+    names = sorted(adapter)
+    shard_names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    home = {n: shard_names[0] if ".attn_pool." in n else shard_names[1] for n in names}
+    dropped = PREFIX + "ln_post.bias"
+    cases = [
+        ("index_missing", "the index lists %s in shard 2, which does not hold it (no shard does)" % dropped,
+         {dropped: None}, {}, False),
+        ("index_wrong_shard", "the index lists %s in shard 1; only shard 2 holds it" % dropped,
+         {}, {dropped: shard_names[0]}, False),
+        ("index_unlisted", "shard 2 also holds two tensors the index does not list: lm_head.weight, and a second copy "
+         "(zeros) of %sattn_pool.query, which the index lists in shard 1" % PREFIX, {}, {}, True),
+    ]
+    for case, description, moved, relisted, readable in cases:
+        folder = os.path.join(READERS_DIR, "sharded", case)
+        os.makedirs(folder, exist_ok=True)
+        total = 0
+        for shard in shard_names:
+            part = {n: adapter[n] for n in names if home[n] == shard and n not in moved}
+            if case == "index_unlisted" and shard == shard_names[1]:
+                query = adapter[PREFIX + "attn_pool.query"]
+                part["lm_head.weight"] = ("F32", (4, 8), ((np.arange(32) - 16) / 8).astype("<f4").tobytes())
+                part[PREFIX + "attn_pool.query"] = ("F32", query[1], bytes(len(query[2])))
+            total += write_safetensors_as_upstream(os.path.join(folder, shard), part, metadata)
+        weight_map = {n: relisted.get(n, home[n]) for n in names}
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            f.write(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+        entry = {"file": "sharded/%s/model.safetensors.index.json" % case, "description": description,
+                 "read": readable}
+        if readable:
+            entry.update({"tensors": names, "ignored": [{"name": n, "file": shard_names[1]}
+                                                        for n in ("lm_head.weight", PREFIX + "attn_pool.query")], **run})
+        else:
+            shard = shard_names[0] if relisted else shard_names[1]
+            entry["error"] = ["tensor '%s'" % dropped, "is listed in " + shard, "which does not hold it"]
+        manifest["sharded"].append(entry)
+
+    with open(os.path.join(READERS_DIR, "corpus.json"), "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+
+
 def main():
     torch.set_num_threads(1)
     write_parameter_counts()
@@ -1109,6 +1349,8 @@ def main():
     print("wrote %s" % os.path.relpath(write_readout_golden(), REPO))
     write_model_fixtures()
     write_compare_cases()
+    write_reader_corpus()
+    print("wrote data/readers/")
     return 0
 
 
