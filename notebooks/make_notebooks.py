@@ -441,7 +441,7 @@ runs = {}
 for name, extra in [("with positions", []), ("without positions", ["--no-positions"])]:
     out = nb.work("train-" + name.split()[0])
     start = time.perf_counter()
-    printed = nb.adapter("train", "--out", out, "--log-every", 200, *extra)
+    printed = nb.adapter("train", "--out", out, "--log-every", 200, "--force", *extra)   # --force: a re-run replaces the last
     runs[name] = out
     print(name + ": %.0f s" % (time.perf_counter() - start))
     print(printed.strip().splitlines()[-2])"""),
@@ -748,7 +748,7 @@ common = ["--task", "reconstruct", "--keys", 256, "--width", 32, "--heads", 4, "
           "--warmup", 100, "--seed", 1, "--log-every", 1500, "--save-every", 1500]
 for q, until in [(64, 20), (400, 5)]:
     out = nb.work("ablation-q%d" % q)
-    nb.adapter("train", *common, "--queries", q, "--until", until, "--out", out)
+    nb.adapter("train", *common, "--queries", q, "--until", until, "--out", out, "--force")
     again = np.genfromtxt(out + "/loss.csv", delimiter=",", names=True)["loss"]
     committed = logs[q]["loss"][:until]
     print("Q = %3d, steps 0 to %d: largest relative difference from the CSV %.1e" %
@@ -786,7 +786,7 @@ for name, log, floor in [("%3d queries" % q, logs[q], floors[q]) for q in QUERIE
 - *Near convergence it agrees.* Too few queries stop at the floor of their read-out (64 and 144 queries end about
   0.05 above theirs: the images hold more detail than 64 or 144 tokens can carry). Too many learn more slowly: 400
   queries could give every image back as exactly as 256 (both floors are 0), but after 1500 steps they are still near
-  0.05, while 256 queries went below $10^{-5}$ at step 1179. Part of this is built into the read-out: for 256 queries
+  0.05, while 256 queries went below $10^{-5}$ at step 1176. Part of this is built into the read-out: for 256 queries
   it is the identity, one query per patch, the easiest thing to learn, and 400 queries must coordinate through a
   downsampling with a 144-dimensional null space.
 - *The start does not.* The paper's runs with fewer queries start lower; here the four curves fall together (around

@@ -150,6 +150,27 @@ TEST_CASE("training: mse_loss, clip_grad_norm and the learning-rate schedule by 
     CHECK(learning_rate(4, c) == Approx(0.5));   // half way down
 }
 
+TEST_CASE("training: the optimiser is the paper's by default (AdamW betas 0.9 and 0.98, eps 1e-6, weight decay 0.05, "
+          "clipping at 1.0)", "[training]") {
+    // Qwen-VL's appendix, its table of training hyperparameters; not torch.optim.AdamW's defaults (eps 1e-8, betas
+    // 0.9 and 0.999, weight decay 0.01).
+    const AdamWConfig paper;
+    CHECK(paper.beta1 == 0.9);
+    CHECK(paper.beta2 == 0.98);
+    CHECK(paper.eps == 1e-6);
+    CHECK(paper.weight_decay == 0.05);
+    CHECK(paper.max_grad_norm == 1.0);
+    // the cosine ends at the minimum learning rate, not at 0
+    AdamWConfig c;
+    c.lr = 1.0;
+    c.min_lr = 0.1;
+    c.warmup_steps = 2;
+    c.total_steps = 6;
+    CHECK(learning_rate(2, c) == Approx(1.0));
+    CHECK(learning_rate(4, c) == Approx(0.55));  // half way between the peak and the minimum
+    CHECK(learning_rate(6, c) == Approx(0.1));   // where the schedule ends
+}
+
 TEST_CASE("training: init_upstream draws upstream's distributions", "[training]") {
     AdapterConfig c;
     c.embed_dim = 64;
