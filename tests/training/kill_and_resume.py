@@ -88,12 +88,12 @@ def main():
         whole = time.monotonic() - began
         with open(os.path.join(straight, "adapter.safetensors"), "rb") as f:
             straight_bytes = f.read()
-        # a start-up: a run of one step (the kills spread over start-ups and half the run's steps)
+        # a start-up: a run of one step
         began = time.monotonic()
         subprocess.run([args.cli, "train", "--out", os.path.join(tmp, "one")] + RUN + ["--until", "1"], stdout=log,
                        stderr=subprocess.STDOUT)
         startup = time.monotonic() - began
-        longest = 2 * (startup + 0.5 * whole / args.kills)
+        step_time = whole / steps
 
         # 1. SIGTERM and SIGINT finish the step, save, and exit 130.
         stopped = os.path.join(tmp, "stopped")
@@ -118,41 +118,66 @@ def main():
             fail("the resume after the signals failed", args.seed)
         check_folder(stopped, straight_bytes, steps, "after SIGTERM and SIGINT", args.seed)
 
-        # 2. SIGKILL at random moments, a resume after each.
-        killed = os.path.join(tmp, "killed")
-        kills = 0
-        moments, reached = [], []  # each kill's moment, and the checkpoint's step after it
-        while kills < args.kills:
-            has_checkpoint = os.path.exists(os.path.join(killed, "adapter.safetensors"))
-            extra = (["--resume"] if has_checkpoint else RUN + ["--force"]) + ["--save-every", "1"]
-            log.seek(0)
-            log.truncate()
-            process = start(args.cli, killed, extra, log)
-            moment = rng.uniform(0.0, longest)
+        # 2. SIGKILL at random moments, a resume after each. The moments follow the run's own progress: every sixth
+        # kill comes at a random moment of the start-up; the others after the process has shown 1 to 4 more steps, at
+        # a random moment of the step (its save included) that follows. On a loaded machine this script may see the
+        # lines late and the run may get further, or end: a run that ends is checked like the last, and the kills
+        # go on in a new run, until there have been --kills of them.
+        kills, runs = 0, 0
+        moments, reached = [], []  # each kill's delay after its trigger, and the checkpoint's step after it
+        killed = None              # the run's folder, None between runs
+        while kills < args.kills or killed is not None:
+            if killed is None:
+                killed = os.path.join(tmp, "killed-%d" % runs)
+            checkpoint = os.path.join(killed, "adapter.safetensors")
+            has_checkpoint = os.path.exists(checkpoint)
+            done = has_checkpoint and checkpoint_step(checkpoint) == steps   # killed after its last save
+            if not done and kills >= args.kills:  # the last run: resumed to its end
+                final = subprocess.run([args.cli, "train", "--out", killed, "--resume", "--save-every", "1"],
+                                       capture_output=True, text=True)
+                if final.returncode != 0:
+                    fail("the last resume failed: " + final.stderr, args.seed)
+                done = True
+            if done:
+                check_folder(killed, straight_bytes, steps, "after %d kills" % kills, args.seed)
+                killed, runs = None, runs + 1
+                continue
+            extra = (["--resume", "--log-every", "1"] if has_checkpoint else RUN + ["--force"]) + ["--save-every", "1"]
+            process = subprocess.Popen([args.cli, "train", "--out", killed] + extra, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, bufsize=0)  # unbuffered: each line as it comes
+            lines = []
+            if kills % 6 == 0:
+                moment = rng.uniform(0.0, startup)
+            else:
+                wanted, seen = rng.randint(1, 4), 0
+                while seen < wanted:
+                    line = process.stdout.readline()
+                    if not line:
+                        break
+                    lines.append(line.decode())
+                    seen += line.startswith(b"step ")
+                moment = rng.uniform(0.0, step_time)
             time.sleep(moment)
-            if process.poll() is not None:
-                log.seek(0)
-                fail("train ended before the kill (status %s) after %d kills; its output:\n%s"
-                     % (process.returncode, kills, log.read()), args.seed)
-            process.kill()
+            if process.poll() is None:
+                process.kill()
+                kills += 1
+                moments.append(moment)
+            lines.append(process.stdout.read().decode())
             process.wait()
-            kills += 1
-            moments.append(moment)
-            if os.path.exists(os.path.join(killed, "adapter.safetensors")):
-                reached.append(checkpoint_step(os.path.join(killed, "adapter.safetensors")))
-        final = subprocess.run([args.cli, "train", "--out", killed, "--resume", "--save-every", "1"],
-                               capture_output=True, text=True)
-        if final.returncode != 0:
-            fail("the last resume failed: " + final.stderr, args.seed)
-        check_folder(killed, straight_bytes, steps, "after %d kills" % kills, args.seed)
+            process.stdout.close()
+            if process.returncode not in (0, -signal.SIGKILL):
+                fail("train failed (status %s) after %d kills; its output:\n%s" % (process.returncode, kills,
+                                                                                 "".join(lines)), args.seed)
+            if os.path.exists(checkpoint):
+                reached.append(checkpoint_step(checkpoint))
         if len(set(reached)) < args.kills // 3:
             fail("the kills left checkpoints of only %d different steps: they came too early to test a resume"
                  % len(set(reached)), args.seed)
-        print("ok: SIGTERM and SIGINT stopped and resumed; %d kills (%.0f to %.0f ms after each start, the whole run "
-              "%.2f s), each resumed; checkpoints of %d different steps from %d to %d between them; the final "
-              "checkpoint equal to the uninterrupted run's (seed %d)"
+        print("ok: SIGTERM and SIGINT stopped and resumed; %d kills (%.1f to %.1f ms after a start or a step, the whole "
+              "run %.2f s), each resumed; checkpoints of %d different steps from %d to %d between them; %d killed "
+              "run(s), each finished equal to the uninterrupted run's checkpoint (seed %d)"
               % (kills, 1000 * min(moments), 1000 * max(moments), whole, len(set(reached)), min(reached), max(reached),
-                 args.seed))
+                 runs, args.seed))
 
 
 if __name__ == "__main__":
