@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <catch2/catch.hpp>
@@ -19,6 +20,7 @@
 #include "core/compare.hpp"
 #include "io/fixture.hpp"
 #include "io/npy.hpp"
+#include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/07_adapter.hpp"
@@ -835,6 +837,61 @@ TEST_CASE("cli: train keeps a run's folder: a new run into a non-empty one is re
                      std::istreambuf_iterator<char>(), '\n') == 4);  // the header and steps 0 to 2
 }
 
+TEST_CASE("cli: train after a run stopped before its first checkpoint, a loss gone NaN, a damaged checkpoint, a "
+          "damaged log and a seed past 32 bits", "[cli][training]") {
+    TempDir tmp;
+    const std::string dir = tmp / "run", common = " --steps 12 --warmup 2" + kSmallTraining;
+    // killed before its first checkpoint: an empty loss.csv and a temporary file. Nothing to resume; a new run may
+    // start there without --force
+    fs::create_directories(dir);
+    std::ofstream(dir + "/loss.csv").close();
+    std::ofstream(dir + "/adapter.safetensors.partial-4242") << "half";
+    const Result resume = cli("train --out " + q(dir) + " --resume");
+    CHECK(resume.code == 1);
+    CHECK_THAT(resume.err, Contains("the run was stopped before its first checkpoint; start it again without --resume"));
+    const Result again = cli("train --out " + q(dir) + common + " --until 4");
+    INFO(again.err);
+    REQUIRE(again.code == 0);
+    CHECK_FALSE(fs::exists(dir + "/adapter.safetensors.partial-4242"));
+
+    // a damaged log (no header, a foreign line): cut to the checkpoint's rows 0 to 3, with its header
+    {
+        std::ofstream log(dir + "/loss.csv", std::ios::trunc);
+        log << "0,1,0.01,1,0\n1,1,0.01,1,0\nhello\n3,1,0.01,1,0\n";
+    }
+    const Result cut = cli("train --out " + q(dir) + " --resume --until 6");
+    INFO(cut.err);
+    REQUIRE(cut.code == 0);
+    CHECK_THAT(cut.err, Contains("holds the rows of steps 0 to 1 only; the rows up to the checkpoint's step 4 are lost"));
+    const std::string log = slurp(dir + "/loss.csv");
+    CHECK(log.rfind("step,loss,lr,grad_norm,seconds\n0,1,0.01,1,0\n1,1,0.01,1,0\n4,", 0) == 0);
+    CHECK(log.find("hello") == std::string::npos);
+
+    // a checkpoint whose recorded settings train would not write: named, exit 1, nothing written
+    std::string bytes = slurp(dir + "/adapter.safetensors");
+    const std::size_t at = bytes.find("\"positions\":\"yes\"");
+    REQUIRE(at != std::string::npos);
+    bytes.replace(at, 17, "\"positions\":\"yup\"");
+    std::ofstream(dir + "/adapter.safetensors", std::ios::binary) << bytes;
+    const std::string log_before = slurp(dir + "/loss.csv");
+    const Result damaged = cli("train --out " + q(dir) + " --resume");
+    CHECK(damaged.code == 1);
+    CHECK(std::count(damaged.err.begin(), damaged.err.end(), '\n') == 1);
+    CHECK_THAT(damaged.err, Contains(dir + "/adapter.safetensors: records positions 'yup', which train does not write"));
+    CHECK(slurp(dir + "/loss.csv") == log_before);
+
+    // a learning rate that sends the loss to NaN: an error naming the step, exit 1, the last checkpoint kept
+    const std::string nan = tmp / "nan";
+    REQUIRE(cli("train --out " + q(nan) + common + " --until 2").code == 0);
+    const Result diverged = cli("train --out " + q(nan) + " --force" + common + " --lr 1e10 --save-every 1");
+    CHECK(diverged.code == 1);
+    CHECK_THAT(diverged.err, Contains("the loss became NaN at step"));
+    CHECK_THAT(diverged.err, Contains("the checkpoint of the last saved step is kept"));
+
+    // seeds are 32 bits: a larger one would train as another seed does
+    expect_rejected(cli("train --out " + q(tmp / "big") + " --seed 4294967297"), {"--seed", "4294967295"}, tmp / "big", 2);
+}
+
 TEST_CASE("cli: train refuses bad flags and files with one line and writes nothing", "[cli][bad-input][training]") {
     TempDir tmp;
     const std::string out = tmp / "run";
@@ -961,6 +1018,74 @@ TEST_CASE("compare: head-averaged attention weights are recognised and compared 
     CHECK(differs.code == 1);
     CHECK_THAT(differs.out, Contains("the first is 'attn_weights' "));
     CHECK_THAT(differs.out, Contains("dump per-head weights"));
+}
+
+TEST_CASE("compare: a MiniCPM-V port that runs each image alone, with head-averaged weights, an additive mask, a "
+          "skipped or an unbiased ln_kv, is judged on its real keys", "[cli][compare]") {
+    // What the porter's trial found: head-averaged weights of a padded batch crashed compare, and the LayerNorm
+    // diagnosis compared the padding rows it had left out everywhere else.
+    auto alone = [](const std::string& dir) {  // zeros on the padding keys, as a port that runs each image alone
+        for (const char* stage : {"kv_proj", "ln_kv", "key_in", "k", "v"}) {
+            xt::xarray<float> t = qwenvl::read_npy_float(dir + "/" + stage + ".npy");
+            for (std::size_t n = 0; n < kMiniCpmvGrids.size(); ++n)
+                xt::view(t, n, xt::range(kMiniCpmvGrids[n].cells(), t.shape(1))) = 0.0f;
+            qwenvl::write_npy(dir + "/" + stage + ".npy", t);
+        }
+    };
+    TempDir tmp;
+    const std::string dir = tmp / "port";
+    copy_dump("minicpmv_mixed", dir);
+    alone(dir);
+    const xt::xarray<float> per_head = qwenvl::read_npy_float(dir + "/attn_weights.npy");  // (N, H, Q, L)
+    qwenvl::write_npy(dir + "/attn_weights.npy", xt::xarray<float>(xt::mean(per_head, {1})));
+    const xt::xarray<float> mask = qwenvl::read_npy_float(dir + "/key_padding_mask.npy");  // 1 on the padding
+    qwenvl::write_npy(dir + "/key_padding_mask.npy",
+                      xt::xarray<float>(xt::where(xt::equal(mask, 1.0f), -std::numeric_limits<float>::infinity(), 0.0f)));
+    const Result r = cli(kMiniCpmv + " --theirs " + q(dir));
+    INFO(r.out << r.err);
+    CHECK(r.code == 0);
+    CHECK_THAT(r.out, Contains("MATCH: all 15 stages found"));
+    CHECK_THAT(r.out, Contains("averaged over the heads: compared with our heads' mean, padding keys left out"));
+    CHECK_THAT(r.out, Contains("an additive mask (-inf on the padding) read as the boolean one"));
+
+    // ln_kv left out: their ln_kv is their kv_proj
+    fs::copy_file(dir + "/kv_proj.npy", dir + "/ln_kv.npy", fs::copy_options::overwrite_existing);
+    const Result skipped = cli(kMiniCpmv + " --theirs " + q(dir));
+    INFO(skipped.out);
+    CHECK(skipped.code == 1);
+    CHECK_THAT(skipped.out, Contains("the first is 'ln_kv' "));
+    CHECK_THAT(skipped.out, Contains("the stage looks skipped: their 'ln_kv' equals our 'kv_proj'"));
+
+    // ln_kv with the unbiased variance, made from their own kv_proj and the checkpoint's ln_kv parameters
+    qwenvl::WeightFiles files;
+    files.add(kData + "/cli/minicpmv_mixed/weights.safetensors");
+    const qwenvl::LoadedAdapter m = qwenvl::load_adapter(files, qwenvl::kDefaultPrefix, 2, true);
+    xt::xarray<float> ln = qwenvl::read_npy_float(dir + "/kv_proj.npy");
+    const std::size_t E = ln.shape(2);
+    for (std::size_t n = 0; n < ln.shape(0); ++n)
+        for (std::size_t l = 0; l < kMiniCpmvGrids[n].cells(); ++l) {
+            double mean = 0.0, var = 0.0;
+            for (std::size_t e = 0; e < E; ++e) mean += ln(n, l, e) / static_cast<double>(E);
+            for (std::size_t e = 0; e < E; ++e) var += (ln(n, l, e) - mean) * (ln(n, l, e) - mean) / static_cast<double>(E - 1);
+            for (std::size_t e = 0; e < E; ++e)
+                ln(n, l, e) = static_cast<float>((ln(n, l, e) - mean) / std::sqrt(var + 1e-6) * m.weights.ln_kv_weight(e) +
+                                                 m.weights.ln_kv_bias(e));
+        }
+    qwenvl::write_npy(dir + "/ln_kv.npy", ln);
+    const Result unbiased = cli(kMiniCpmv + " --theirs " + q(dir));
+    INFO(unbiased.out);
+    CHECK(unbiased.code == 1);
+    CHECK_THAT(unbiased.out, Contains("the first is 'ln_kv' "));
+    CHECK_THAT(unbiased.out, Contains("their values are this LayerNorm with the unbiased variance"));
+    CHECK_THAT(unbiased.out, !Contains("instead of the biased one [here at most"));  // the true cause is not ruled out
+
+    // a file of another shape: one line saying so, no numerical causes
+    qwenvl::write_npy(dir + "/ln_kv.npy", xt::xarray<float>(xt::zeros<float>({std::size_t(3), std::size_t(9), std::size_t(7)})));
+    const Result misfit = cli(kMiniCpmv + " --theirs " + q(dir));
+    INFO(misfit.out);
+    CHECK(misfit.code == 1);
+    CHECK_THAT(misfit.out, Contains("their file for 'ln_kv' has a shape that is not this stage's (3, 9, 8)"));
+    CHECK_THAT(misfit.out, !Contains("usual causes"));
 }
 
 TEST_CASE("compare: a skipped stage is named as skipped, and a LayerNorm mistake is told by trying it", "[cli][compare]") {

@@ -76,6 +76,16 @@ std::vector<Grid> batch_grids(const std::string& command, const std::string& inp
     return grids;
 }
 
+std::size_t heads_for(std::size_t given, const WeightFiles& files) {
+    if (given) return given;
+    try {
+        if (files.metadata("generator") == "qwenvl-adapter train")
+            return parse_count("the checkpoint", "its recorded heads", files.metadata("heads"));
+    } catch (const InputError&) {  // no such metadata: not a checkpoint of train
+    }
+    return 0;
+}
+
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L) {
     bool is_bool = false;
     const xt::xarray<float> raw = read_npy(path, &is_bool);

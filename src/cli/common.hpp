@@ -6,10 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "cli/args.hpp"
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/07_adapter.hpp"
+#include "io/safetensors.hpp"
 #include "stages/08_tower_tail.hpp"
 
 namespace qwenvl::cli {
@@ -31,6 +33,11 @@ std::vector<Grid> parse_grids(const std::string& command, const std::string& fla
 // padding). InputError naming `input` or UsageError otherwise.
 std::vector<Grid> batch_grids(const std::string& command, const std::string& input, std::vector<Grid> grids,
                               const Tensor3& x, Model model);
+
+// The attention's head count: `given` (--heads, checked before any file is read) when not 0; else the count a
+// checkpoint written by `train` records in its metadata (a trained adapter of width 32 has no heads by Qwen-VL's
+// rule E / 128); else 0, which load_adapter turns into that rule.
+std::size_t heads_for(std::size_t given, const WeightFiles& files);
 
 // A (Q, L) mask from .npy: float32 added to the scores, or bool where true = masked. InputError naming the file.
 Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);

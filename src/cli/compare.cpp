@@ -5,11 +5,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include <nlohmann/json.hpp>
 #include <xtensor/xmanipulation.hpp>
 #include <xtensor/xreducer.hpp>
+#include <xtensor/xstrided_view.hpp>
 #include <xtensor/xview.hpp>
 
 #include "cli/args.hpp"
@@ -92,7 +94,7 @@ std::map<std::string, TheirFile> read_name_map(const std::string& path) {
 // Their tensor in our layout: LNE permuted to NLE; then a batch axis of one dropped or added, or the same values
 // reshaped when only the shape's split differs. `note` says what was done; empty shape on failure.
 xt::xarray<float> to_our_layout(xt::xarray<float> theirs, const std::string& layout, const std::vector<std::size_t>& ours,
-                                std::string& note) {
+                                bool query_side, std::string& note) {
     if (layout == "LNE") {
         if (theirs.dimension() != 3) return {};
         theirs = xt::xarray<float>(xt::transpose(theirs, {1, 0, 2}));
@@ -103,11 +105,18 @@ xt::xarray<float> to_our_layout(xt::xarray<float> theirs, const std::string& lay
     std::size_t count = 1;
     for (std::size_t d : ours) count *= d;
     if (theirs.size() == count) {
-        note += std::string(note.empty() ? "" : ", ") + "reshaped from " + shape_string(shape);
+        // a batch axis of one dropped or added is no change of layout; any other reshape may hide one
+        std::vector<std::size_t> without_ones = shape, ours_without_ones = ours;
+        if (!without_ones.empty() && without_ones[0] == 1) without_ones.erase(without_ones.begin());
+        if (!ours_without_ones.empty() && ours_without_ones[0] == 1) ours_without_ones.erase(ours_without_ones.begin());
+        note += std::string(note.empty() ? "" : ", ") +
+                (without_ones == ours_without_ones ? "a batch axis of one " + std::string(shape.size() < ours.size() ? "added" : "dropped")
+                                                   : "reshaped from " + shape_string(shape));
         return xt::xarray<float>(xt::reshape_view(theirs, ours));
     }
-    // (N, Q, E) of the same query rows repeated per image (nn.MultiheadAttention's query): their first image
-    if (theirs.dimension() == ours.size() + 1 && std::vector<std::size_t>(shape.begin() + 1, shape.end()) == ours) {
+    // (N, Q, E) of the same query rows repeated per image (nn.MultiheadAttention's query): their first image. Only
+    // the query side is the same for every image; another stage's images differ.
+    if (query_side && theirs.dimension() == ours.size() + 1 && std::vector<std::size_t>(shape.begin() + 1, shape.end()) == ours) {
         note += std::string(note.empty() ? "" : ", ") + "their first of " + std::to_string(shape[0]);
         return xt::xarray<float>(xt::view(theirs, 0));
     }
@@ -197,30 +206,24 @@ bool within(const xt::xarray<float>& theirs, const xt::xarray<float>& ours, cons
 }
 
 // MiniCPM-V's batches: image n's keys from its h*w patches on are padding, whatever a port leaves there (a port that
-// runs each image alone leaves zeros). The per-key stages' padding rows and the attention's padding columns are set
-// to 0 on both sides, so that only real keys are compared. Returns whether anything was left out.
-bool leave_out_padding(const std::string& stage, const std::vector<Grid>& grids, xt::xarray<float>& a,
-                       xt::xarray<float>& b) {
+// runs each image alone leaves zeros). The per-key stages' padding rows (axis 1) and the attention's padding columns
+// (the last axis: (N, H, Q, L), or (N, Q, L) averaged over the heads) are set to 0, so that only real keys are
+// compared. Returns whether anything was set.
+bool zero_padding(const std::string& stage, const std::vector<Grid>& grids, xt::xarray<float>& t) {
     static const std::vector<std::string> per_key = {"pos_k", "kv_proj", "ln_kv", "key_in", "k", "v"};
     const bool keys_are_rows = std::find(per_key.begin(), per_key.end(), stage) != per_key.end();
     const bool keys_are_columns = stage == "scores" || stage == "attn_weights";
-    if (!keys_are_rows && !keys_are_columns) return false;
-    if (a.shape() != b.shape() || a.shape(0) != grids.size()) return false;
-    bool left_out = false;
+    if ((!keys_are_rows && !keys_are_columns) || t.dimension() < 2 || t.shape(0) != grids.size()) return false;
+    const std::size_t axis = keys_are_rows ? 1 : t.dimension() - 1, L = t.shape(axis);
+    bool set = false;
     for (std::size_t n = 0; n < grids.size(); ++n) {
+        if (grids[n].cells() >= L) continue;
         const std::size_t real = grids[n].cells();
-        for (xt::xarray<float>* t : {&a, &b}) {
-            if (keys_are_rows && real < t->shape(1)) {
-                xt::view(*t, n, xt::range(real, t->shape(1))) = 0.0f;
-                left_out = true;
-            }
-            if (keys_are_columns && real < t->shape(3)) {
-                xt::view(*t, n, xt::all(), xt::all(), xt::range(real, t->shape(3))) = 0.0f;
-                left_out = true;
-            }
-        }
+        if (keys_are_rows) xt::view(t, n, xt::range(real, L)) = 0.0f;
+        else xt::strided_view(t, {n, xt::ellipsis(), xt::range(real, L)}) = 0.0f;
+        set = true;
     }
-    return left_out;
+    return set;
 }
 
 // nn.MultiheadAttention returns the weights averaged over the heads unless asked not to: (N, Q, L), or (Q, L) for
@@ -289,13 +292,13 @@ int compare_command(const std::vector<std::string>& argv) {
     if (args.has("--max-rel") && (args.has("--atol") || args.has("--rtol")))
         throw UsageError("compare: --max-rel replaces --atol and --rtol: give one rule");
     if (args.has("--max-rel") && !(tol.max_rel > 0)) throw UsageError("compare: --max-rel takes a positive number");
-    const std::size_t heads = args.has("--heads") ? parse_count("compare", "--heads", args.get("--heads")) : 0;
+    const std::size_t given = args.has("--heads") ? parse_count("compare", "--heads", args.get("--heads")) : 0;
     if (!std::filesystem::is_directory(theirs_dir)) throw InputError(theirs_dir, "not a folder of .npy intermediates");
     const std::map<std::string, TheirFile> names = read_name_map(args.get("--names"));
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
-    const LoadedAdapter m = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads, true);
+    const LoadedAdapter m = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads_for(given, files), true);
     const AdapterConfig& c = m.config;
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
@@ -325,7 +328,8 @@ int compare_command(const std::vector<std::string>& argv) {
                  (stage == "pos_k" && c.model == Model::qwen_vl));
     };
     std::string first_bad, first_note, skipped_from;
-    xt::xarray<float> first_theirs;
+    xt::xarray<float> first_theirs, first_ours;  // the first differing stage as compared (padding left out)
+    bool first_misfits = false;                  // its file did not fit the stage's shape
     std::size_t found = 0, differ = 0;
     std::vector<std::string> seen;  // the stages before the current one, in order
     for (const auto& stage : ours.names()) {
@@ -344,16 +348,22 @@ int compare_command(const std::vector<std::string>& argv) {
         ++found;
         std::string note;
         bool is_bool = false;
-        const xt::xarray<float> raw = read_npy(path, &is_bool);  // a boolean key_padding_mask as 0 and 1
+        xt::xarray<float> raw = read_npy(path, &is_bool);  // a boolean key_padding_mask as 0 and 1
         if (is_bool && stage != "key_padding_mask")
             throw InputError(path, "holds booleans; stage '" + stage + "' holds numbers");
+        // An additive mask (0 to keep, -inf where padding) says the same as PyTorch's boolean one
+        if (stage == "key_padding_mask" && xt::any(xt::equal(raw, -std::numeric_limits<float>::infinity())) &&
+            xt::all(xt::equal(raw, 0.0f) || xt::equal(raw, -std::numeric_limits<float>::infinity()))) {
+            raw = xt::cast<float>(xt::equal(raw, -std::numeric_limits<float>::infinity()));
+            note = "an additive mask (-inf on the padding) read as the boolean one";
+        }
         xt::xarray<float> theirs;
         if (stage == "attn_weights" && head_averaged(shape_of(raw), shape_of(mine))) {
             mine = xt::mean(mine, {1});
             theirs = xt::reshape_view(raw, shape_of(mine));
             note = "averaged over the heads: compared with our heads' mean";
         } else {
-            theirs = to_our_layout(raw, their.layout, shape_of(mine), note);
+            theirs = to_our_layout(raw, their.layout, shape_of(mine), !batched(stage), note);
         }
         bool ok = false;
         char line[160];
@@ -361,7 +371,7 @@ int compare_command(const std::vector<std::string>& argv) {
             std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(raw)).c_str(),
                           their.file.c_str());
         } else {
-            if (c.model == Model::minicpm_v && leave_out_padding(stage, grids, theirs, mine))
+            if (c.model == Model::minicpm_v && zero_padding(stage, grids, theirs) + zero_padding(stage, grids, mine))
                 note += std::string(note.empty() ? "" : ", ") + "padding keys left out";
             const Agreement g = agreement(theirs, mine);
             ok = within(theirs, mine, tol);
@@ -379,11 +389,16 @@ int compare_command(const std::vector<std::string>& argv) {
             first_bad = stage;
             first_note = note;
             first_theirs = theirs;
+            first_ours = mine;
+            first_misfits = theirs.dimension() == 0;
             // A stage a port left out passes its input on: their values then equal one of ours before it.
-            if (theirs.dimension() != 0) {
+            if (!first_misfits) {
                 if (stage == "ln_q" && within(theirs, m.weights.query, tol)) skipped_from = "query (the learned queries)";
-                for (const auto& earlier : seen)
-                    if (skipped_from.empty() && within(theirs, ours.get(earlier), tol)) skipped_from = earlier;
+                for (const auto& earlier : seen) {
+                    xt::xarray<float> before = ours.get(earlier);
+                    if (c.model == Model::minicpm_v) zero_padding(stage, grids, before);
+                    if (skipped_from.empty() && within(theirs, before, tol)) skipped_from = earlier;
+                }
             }
         }
         std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line,
@@ -406,16 +421,23 @@ int compare_command(const std::vector<std::string>& argv) {
     if (found == 0) throw InputError(theirs_dir, "holds none of the stages' files (see compare --help for the names)");
     std::printf("\n");
     if (first_bad.empty()) {
-        std::printf("MATCH: all %zu stages found agree within tolerance\n", found);
+        if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance\n");
+        else std::printf("MATCH: all %zu stages found agree within tolerance\n", found);
         return 0;
     }
     std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
                 first_bad.c_str(), describe_stage(first_bad).c_str());
+    if (first_misfits) {  // nothing was compared: no cause of a numerical difference applies
+        std::printf("their file for '%s' has a shape that is not this stage's %s, with or without a batch axis of one:\n"
+                    "dump the stage itself, or map the right file with --names (a (L, N, E) file: \"layout\": \"LNE\")\n",
+                    first_bad.c_str(), shape_string(shape_of(ours.get(first_bad))).c_str());
+        return 1;
+    }
     std::printf("usual causes of a difference at '%s':\n", first_bad.c_str());
     if (!skipped_from.empty())
         std::printf("  - the stage looks skipped: their '%s' equals our '%s', which comes before it\n", first_bad.c_str(),
                     skipped_from.c_str());
-    if (first_note.find("reshaped") != std::string::npos)
+    if (first_note.find("reshaped") != std::string::npos && first_ours.dimension() == 3)
         std::printf("  - the layout: their file had another shape and was only reshaped; if it is nn.MultiheadAttention's\n"
                     "    (L, N, E) order, give the stage \"layout\": \"LNE\" in --names\n");
     if (first_note.find("averaged over the heads") != std::string::npos)
@@ -423,8 +445,10 @@ int compare_command(const std::vector<std::string>& argv) {
                     "    (need_weights=True, average_attn_weights=False), or compare 'scores' to find the head\n");
     // LayerNorm: the usual mistakes tried on our own input to the stage. One that gives their values is the answer;
     // one whose effect is far smaller than the difference cannot be it.
-    const auto tried = first_theirs.dimension() ? layer_norm_mistakes(first_bad, ours, m) : std::vector<TriedMistake>();
-    const double observed = first_theirs.dimension() ? agreement(first_theirs, ours.get(first_bad)).max_rel : 0.0;
+    auto tried = layer_norm_mistakes(first_bad, ours, m);
+    if (c.model == Model::minicpm_v)  // compared as the stage was: without the padding keys
+        for (auto& t : tried) zero_padding(first_bad, grids, t.values);
+    const double observed = agreement(first_theirs, first_ours).max_rel;
     for (const auto& t : tried)
         if (within(first_theirs, t.values, tol)) std::printf("  - their values are this LayerNorm with %s\n", t.what.c_str());
     const auto causes = usual_causes().find(first_bad);
@@ -434,14 +458,18 @@ int compare_command(const std::vector<std::string>& argv) {
             double effect = -1.0;
             for (const auto& t : tried)
                 if (!t.kind.empty() && cause.find(t.kind) != std::string::npos)
-                    effect = std::max(effect, agreement(t.values, ours.get(first_bad)).max_rel);
+                    effect = std::max(effect, agreement(t.values, first_ours).max_rel);
             std::string size_note;
             if (effect >= 0 && observed > 10 * effect)
                 size_note = " [here at most " + number(effect) + " relative, against their " + number(observed) + ": not this]";
             std::printf("  - %s%s\n", cause.c_str(), size_note.c_str());
         }
     }
-    std::printf("(every stage before it matched: the mistake is in this stage's own computation or its parameters)\n");
+    if (tol.max_rel > 0)
+        std::printf("(every stage before it matched within --max-rel %g; a mistake smaller than that passes its own stage\n"
+                    " and shows at a later one, so it may have started before this stage)\n", tol.max_rel);
+    else
+        std::printf("(every stage before it matched: the mistake is in this stage's own computation or its parameters)\n");
     return 1;
 }
 

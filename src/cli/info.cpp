@@ -3,6 +3,7 @@
 
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/common.hpp"
 #include "core/compare.hpp"
 #include "io/checkpoint.hpp"
 #include "stages/02_sincos.hpp"
@@ -33,10 +34,11 @@ int info_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("info", argv, {"--weights", "--prefix", "--heads"}, {});
     if (args.help) return std::printf("%s", kInfoHelp), 0;
     if (!args.has("--weights")) throw UsageError("info: --weights is required (see info --help)");
-    const std::size_t heads = args.has("--heads") ? parse_count("info", "--heads", args.get("--heads")) : 0;
+    const std::size_t given = args.has("--heads") ? parse_count("info", "--heads", args.get("--heads")) : 0;
     const std::string prefix = args.get("--prefix", kDefaultPrefix);
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
+    const std::size_t heads = heads_for(given, files);
 
     std::printf("files:\n");
     for (const auto& f : files.files()) std::printf("  %s\n", f.c_str());
@@ -59,7 +61,7 @@ int info_command(const std::vector<std::string>& argv) {
     std::printf("config:\n  E (output_dim) = %zu\n  Kv (width) = %zu%s\n  Q (n_queries) = %s\n"
                 "  H = %zu heads of Dh = %zu%s\n  tower tail (ln_post, proj): %s\n",
                 c.embed_dim, c.kv_dim, m.weights.kv_proj.size() ? "" : " (no kv_proj: identity)", queries,
-                c.num_heads, c.embed_dim / c.num_heads, heads ? " (--heads)" : " (E / 128)",
+                c.num_heads, c.embed_dim / c.num_heads, given ? " (--heads)" : heads ? " (recorded by train)" : " (E / 128)",
                 m.has_tail ? "present" : "absent");
     const ParameterCount p = count_parameters(c);
     const std::size_t tail = m.has_tail ? m.tail.proj.size() + m.tail.ln_post_weight.size() + m.tail.ln_post_bias.size() : 0;

@@ -30,7 +30,7 @@ const char* kHelp =
     "  golden   every stage of a JSON fixture against PyTorch\n"
     "  compare  another implementation's intermediates against this project's, stage by stage\n"
     "  table    write the sin-cos position table, or its bicubic resize to a key grid\n"
-    "  train    train the adapter on the positions task (AdamW, the readable stages)\n"
+    "  train    train the adapter (the positions task or the query-count ablation's; AdamW, the readable stages)\n"
     "\n"
     "run, golden and demo take --readable: the readable stages (src/stages/) instead of the fast path (src/fast/).\n"
     "`qwenvl-adapter COMMAND --help` describes a command. Exit codes: 0 ok, 1 bad input, 2 usage.\n";

@@ -28,7 +28,8 @@ const char* kRunHelp =
     "  --input X      .npy float32 or float64, (L, Kv) or (N, L, Kv); L a perfect square unless --grids\n"
     "  --output Y     .npy float32, (Q, E) or (N, Q, E) like the input; written only on success\n"
     "  --prefix P     tensor name prefix (default: transformer.visual.)\n"
-    "  --heads H      attention heads (default: E / 128, Qwen-VL's rule); must divide E\n"
+    "  --heads H      attention heads (default: the count a checkpoint of train records, else E / 128,\n"
+    "                 Qwen-VL's rule); must divide E\n"
     "  --adapter-only stop after the adapter, before ln_post and proj\n"
     "  --mask M       (Q, L) attn_mask: float32 added to the scores, or bool where true = masked\n"
     "  --trace DIR    also write every named intermediate to DIR/<name>.npy\n"
@@ -52,10 +53,10 @@ int run_command(const std::vector<std::string>& argv) {
     if (!args.has("--weights")) throw UsageError("run: --weights is required (see run --help)");
     const std::string input = args.required("run", "--input");
     const std::string output = args.required("run", "--output");
-    const std::size_t heads = args.has("--heads") ? parse_count("run", "--heads", args.get("--heads")) : 0;
-
+    const std::size_t given = args.has("--heads") ? parse_count("run", "--heads", args.get("--heads")) : 0;
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
+    const std::size_t heads = heads_for(given, files);
     const std::string prefix = args.get("--prefix", kDefaultPrefix);
     const bool want_tail = !args.flags.at("--adapter-only");
     const bool minicpmv = checkpoint_layout(files, prefix).model == Model::minicpm_v;

@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
@@ -51,9 +54,9 @@ const char* kTrainHelp =
     "  --resume         continue the run in DIR from its checkpoint: every setting above except --save-every,\n"
     "                   --log-every and --until comes from the checkpoint; a flag may repeat one, and a flag that\n"
     "                   differs is refused. loss.csv is cut back to the checkpoint's step\n"
-    "  --force          start a new run in DIR even though DIR holds files (the run's files there are replaced)\n"
+    "  --force          start a new run in DIR even though DIR holds a run (its checkpoint and log are replaced)\n"
     "Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, the checkpoint is written, exit status 130.\n"
-    "About 5 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --heads H ...\n";
+    "About 3 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --input X.npy ...\n";
 
 // The settings a run's checkpoint records (its metadata), by flag; --resume takes them from there.
 const std::vector<std::pair<std::string, std::string>> kSettings = {
@@ -102,7 +105,10 @@ std::string canonical(const Args& args, const std::string& flag) {
     }
     if (flag == "--lr") return number_text(parse_number(flag, text));
     if (flag == "--min-lr") return number_text(parse_number(flag, text, true));
-    return std::to_string(parse_count("train", flag, text));
+    const std::size_t value = parse_count("train", flag, text);
+    if (flag == "--seed" && value > 4294967295u)  // the generators take 32 bits: a larger seed would wrap around
+        throw UsageError("train: --seed takes a whole number from 1 to 4294967295, not '" + text + "'");
+    return std::to_string(value);
 }
 
 bool given(const Args& args, const std::string& flag) {
@@ -141,24 +147,49 @@ void remove_partial_files(const std::string& dir) {
 }
 
 // loss.csv holds a row per step done; after a kill, rows of steps past the checkpoint. They are done again on
-// resume, so the log is cut back to the rows of steps before `step` (the header kept).
-void cut_loss_log(const std::string& path, std::size_t step) {
+// resume, so the log is cut back to its rows of steps 0, 1, ... up to the checkpoint's `step` (a row cut short by the
+// kill, or anything after the steps stop following one another, goes too). Returns the number of rows kept.
+std::size_t cut_loss_log(const std::string& path, std::size_t step) {
+    const std::string header = "step,loss,lr,grad_norm,seconds";
     std::ifstream in(path);
-    std::string text, line;
-    if (!std::getline(in, line)) line = "step,loss,lr,grad_norm,seconds";
-    text = line + "\n";
-    while (std::getline(in, line)) {
-        const std::size_t comma = line.find(',');
-        std::size_t row_step = 0;
+    std::string text = header + "\n", line;
+    std::size_t next = 0;
+    if (std::getline(in, line) && line != header) in.seekg(0);  // a log without its header: every line is a row
+    while (next < step && std::getline(in, line)) {
+        std::size_t used = 0, row_step = 0;
         try {
-            row_step = std::stoul(line.substr(0, comma));
+            row_step = std::stoul(line, &used);
         } catch (const std::exception&) {
-            break;  // a row cut short by the kill: the last one
+            break;
         }
-        if (comma == std::string::npos || row_step >= step) break;
+        if (used >= line.size() || line[used] != ',' || row_step != next || std::count(line.begin(), line.end(), ',') != 4)
+            break;
         text += line + "\n";
+        ++next;
     }
     write_atomically(path, [&](std::ofstream& out) { out << text; });
+    return next;
+}
+
+// One train at a time in a folder: a lock on the folder itself (flock(2), released when the process ends, however
+// it ends), so that a second run cannot remove the first one's temporary files or write over its checkpoint.
+void lock_folder(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw InputError(dir, "cannot be opened as a folder");
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0)
+        throw InputError(dir, "another train is running in this folder");
+    // the descriptor stays open, and the lock held, until the process ends
+}
+
+// The files a train run writes in its folder: a new run may start over them without --force when no checkpoint is
+// among them (a run stopped before its first checkpoint: nothing to resume, nothing to lose).
+bool only_a_runs_leftovers(const std::string& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name != "loss.csv" && name.find(".partial-") == std::string::npos) return false;
+    }
+    return true;
 }
 
 // SIGINT and SIGTERM ask the loop to stop after the step under way; the handlers are the default ones again when
@@ -204,7 +235,10 @@ int train_command(const std::vector<std::string>& argv) {
     std::map<std::string, std::string> settings;
     WeightFiles files;
     if (resume) {
-        if (!std::filesystem::exists(checkpoint)) throw InputError(checkpoint, "not found: there is no run to resume");
+        if (!std::filesystem::exists(checkpoint))
+            throw InputError(checkpoint, std::filesystem::exists(dir + "/loss.csv")
+                                             ? "not found: the run was stopped before its first checkpoint; start it again without --resume"
+                                             : "not found: there is no run to resume");
         files.add(checkpoint);
         for (const auto& [flag, key] : kSettings) {
             std::string saved;
@@ -212,6 +246,16 @@ int train_command(const std::vector<std::string>& argv) {
                 saved = files.metadata(key);
             } catch (const InputError&) {
                 throw InputError(checkpoint, "records no '" + key + "' setting: not a checkpoint of this train");
+            }
+            // the recorded value, checked as the flag would be: a damaged checkpoint is named, not blamed on a flag
+            Args recorded;
+            if (flag == "--no-positions") recorded.flags[flag] = true;
+            else recorded.values[flag] = {saved};
+            try {
+                if (flag == "--no-positions" ? saved != "yes" && saved != "no" : canonical(recorded, flag) != saved)
+                    throw UsageError("not in the form train writes");
+            } catch (const UsageError&) {
+                throw InputError(checkpoint, "records " + key + " '" + saved + "', which train does not write");
             }
             if (given(args, flag) && canonical(args, flag) != saved)
                 throw UsageError("train: the run in " + dir + (flag == "--no-positions"
@@ -238,19 +282,23 @@ int train_command(const std::vector<std::string>& argv) {
     const std::size_t until = args.has("--until") ? parse_count("train", "--until", args.get("--until")) : steps;
     const std::size_t save_every = args.has("--save-every") ? parse_count("train", "--save-every", args.get("--save-every")) : 100;
     const std::size_t log_every = args.has("--log-every") ? parse_count("train", "--log-every", args.get("--log-every")) : 25;
+    // A combination of settings that cannot run: the flags' mistake for a new run, the checkpoint's for a resumed one.
+    auto refuse = [&](const std::string& problem) {
+        if (resume) throw InputError(checkpoint, "records settings that cannot run: " + problem);
+        throw UsageError("train: " + problem);
+    };
     if (until > steps) throw UsageError("train: --until must not exceed --steps");
-    if (warmup >= steps) throw UsageError("train: --warmup must be smaller than --steps");
-    if (min_lr > lr) throw UsageError("train: --min-lr must not exceed --lr");
+    if (warmup >= steps) refuse("--warmup must be smaller than --steps");
+    if (min_lr > lr) refuse("--min-lr must not exceed --lr");
 
     AdapterConfig c;
     c.embed_dim = c.kv_dim = count("width");
     c.num_heads = count("heads");
     c.n_queries = count("queries");
     c.grid_q = side_of("--queries", c.n_queries);
-    if (c.embed_dim % 4 != 0) throw UsageError("train: --width must be divisible by 4 (the sin-cos table)");
-    if (c.embed_dim % c.num_heads != 0) throw UsageError("train: --heads must divide --width");
-    if (task == "positions" && grid_k < c.grid_q)
-        throw UsageError("train: --keys must be at least --queries (one cell per query)");
+    if (c.embed_dim % 4 != 0) refuse("--width must be divisible by 4 (the sin-cos table)");
+    if (c.embed_dim % c.num_heads != 0) refuse("--heads must divide --width");
+    if (task == "positions" && grid_k < c.grid_q) refuse("--keys must be at least --queries (one cell per query)");
 
     AdapterWeights w;
     TowerTail tail;
@@ -281,7 +329,8 @@ int train_command(const std::vector<std::string>& argv) {
                              "; --until must be later");
     } else {
         std::error_code ec;
-        if (std::filesystem::is_directory(dir) && !std::filesystem::is_empty(dir, ec) && !args.flags.at("--force"))
+        if (std::filesystem::is_directory(dir) && !std::filesystem::is_empty(dir, ec) && !args.flags.at("--force") &&
+            !only_a_runs_leftovers(dir))
             throw UsageError("train: " + dir + " is not empty; continue its run with --resume, or replace it with --force");
         init_upstream(w, tail, c, seed);
         w.pos_embed = positions ? sincos_2d(c.embed_dim, c.grid_q) : Matrix(xt::zeros<float>({c.n_queries, c.embed_dim}));
@@ -293,10 +342,17 @@ int train_command(const std::vector<std::string>& argv) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (!std::filesystem::is_directory(dir)) throw InputError(dir, "cannot be made a folder (" + ec.message() + ")");
+    lock_folder(dir);
     remove_partial_files(dir);  // a killed run's
 
     const std::string log_path = dir + "/loss.csv";
-    if (resume) cut_loss_log(log_path, optimiser.step);
+    if (resume) {
+        const std::size_t rows = cut_loss_log(log_path, optimiser.step);
+        if (rows < optimiser.step)
+            std::fprintf(stderr, "qwenvl-adapter: train: warning: %s holds the rows of steps 0 to %zu only; the rows up to "
+                                 "the checkpoint's step %zu are lost, and the log goes on from there\n",
+                         log_path.c_str(), rows == 0 ? 0 : rows - 1, optimiser.step);
+    }
     std::ofstream log(log_path, resume ? std::ios::app : std::ios::trunc);
     if (!log) throw InputError(log_path, "cannot write");
     if (!resume) log << "step,loss,lr,grad_norm,seconds\n";
@@ -319,6 +375,12 @@ int train_command(const std::vector<std::string>& argv) {
         } else {
             const TaskBatch b = reconstruct_task(batch, grid_k, c.embed_dim, rng);
             r = readout_train_step(w, tail, c, b.x, readout, b.target, optimiser);
+        }
+        if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+            log.flush();
+            throw InputError(dir, "the loss became " + std::string(std::isnan(r.loss) ? "NaN" : "infinite") + " at step " +
+                                      std::to_string(step) + " (a learning rate too high?); the checkpoint of the last " +
+                                      "saved step is kept, and nothing of this step is written");
         }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         log << step << ',' << r.loss << ',' << r.lr << ',' << r.grad_norm << ',' << seconds << '\n';

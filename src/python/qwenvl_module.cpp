@@ -5,6 +5,7 @@
 // stage's tensor) and come back as new float32 numpy arrays. A shape error is the stage's own ShapeError, raised
 // in Python as ValueError with the same message ("layer_norm: gamma has shape (3,), expected (8,)"); a bad file
 // is a RuntimeError naming it. Nothing here computes: each function converts, calls the C++ function, converts.
+#include <cmath>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -95,6 +96,14 @@ xt::xtensor<float, Rank> tensor(const py::handle& value, const char* function, c
 Vector vector(const py::handle& v, const char* f, const char* a) { return tensor<1>(v, f, a); }
 Matrix matrix(const py::handle& v, const char* f, const char* a) { return tensor<2>(v, f, a); }
 Tensor3 tensor3(const py::handle& v, const char* f, const char* a) { return tensor<3>(v, f, a); }
+
+// Patch features x (N, L, Kv) for a forward pass, finite as `run` requires them (a float64 1e300 becomes inf in float32).
+Tensor3 features(const py::handle& x, const char* function) {
+    Tensor3 t = tensor<3>(x, function, "x");
+    for (float value : t)
+        if (!std::isfinite(value)) throw ShapeError(std::string(function) + ": x holds NaN or infinite values (in float32)");
+    return t;
+}
 
 // A tensor as a new numpy array (a copy: the array owns its memory).
 template <class Tensor>
@@ -274,7 +283,7 @@ PYBIND11_MODULE(qwenvl, m) {
                                 const py::object& mask, bool trace, std::pair<std::size_t, std::size_t> grid) {
         const OptionalMask m_(mask, "adapter_forward");
         Trace t;
-        const Tensor3 out = adapter_forward(w, c, tensor3(x, "adapter_forward", "x"), Grid{grid.first, grid.second},
+        const Tensor3 out = adapter_forward(w, c, features(x, "adapter_forward"), Grid{grid.first, grid.second},
                                             m_.get(), trace ? &t : nullptr);
         return trace ? py::object(py::make_tuple(numpy(out), trace_dict(t))) : py::object(numpy(out));
     }, py::arg("weights"), py::arg("config"), py::arg("x"), py::arg("mask") = py::none(), py::arg("trace") = false,
@@ -287,7 +296,7 @@ PYBIND11_MODULE(qwenvl, m) {
         Trace t;
         std::vector<Grid> g;
         for (const auto& [h, w_] : grids) g.push_back(Grid{h, w_});
-        const Tensor3 out = minicpmv_forward(w, c, tensor3(x, "minicpmv_forward", "x"), g,
+        const Tensor3 out = minicpmv_forward(w, c, features(x, "minicpmv_forward"), g,
                                              Grid{max_grid.first, max_grid.second}, trace ? &t : nullptr);
         return trace ? py::object(py::make_tuple(numpy(out), trace_dict(t))) : py::object(numpy(out));
     }, py::arg("weights"), py::arg("config"), py::arg("x"), py::arg("grids"), py::arg("trace") = false,
@@ -353,7 +362,7 @@ PYBIND11_MODULE(qwenvl, m) {
     m.def("fast_forward", [](const AdapterWeights& w, const AdapterConfig& c, const py::handle& x,
                              const TowerTail* tl, const py::object& mask, bool trace) {
         const OptionalMask m_(mask, "fast_forward");
-        const Tensor3 batch = tensor3(x, "fast_forward", "x");
+        const Tensor3 batch = features(x, "fast_forward");
         Trace t;
         Trace* tp = trace ? &t : nullptr;
         const fast::Weights fw(w);
@@ -456,14 +465,14 @@ PYBIND11_MODULE(qwenvl, m) {
     m.def("train_step", [](AdapterWeights& w, TowerTail& tl, const AdapterConfig& c, const py::handle& x,
                            const py::handle& target, AdamW& optimizer, const py::object& mask) {
         const OptionalMask m_(mask, "train_step");
-        const StepResult r = train_step(w, tl, c, tensor3(x, "train_step", "x"), tensor3(target, "train_step", "target"),
+        const StepResult r = train_step(w, tl, c, features(x, "train_step"), tensor3(target, "train_step", "target"),
                                         optimizer, m_.get());
         return py::dict(py::arg("loss") = r.loss, py::arg("grad_norm") = r.grad_norm, py::arg("lr") = r.lr);
     }, py::arg("weights"), py::arg("tail"), py::arg("config"), py::arg("x"), py::arg("target"), py::arg("optimizer"),
        py::arg("mask") = py::none(), "One step of training, in place: {loss, grad_norm, lr}.");
     m.def("readout_train_step", [](AdapterWeights& w, TowerTail& tl, const AdapterConfig& c, const py::handle& x,
                                    const py::handle& readout, const py::handle& target, AdamW& optimizer) {
-        const StepResult r = readout_train_step(w, tl, c, tensor3(x, "readout_train_step", "x"),
+        const StepResult r = readout_train_step(w, tl, c, features(x, "readout_train_step"),
                                                 matrix(readout, "readout_train_step", "readout"),
                                                 tensor3(target, "readout_train_step", "target"), optimizer);
         return py::dict(py::arg("loss") = r.loss, py::arg("grad_norm") = r.grad_norm, py::arg("lr") = r.lr);

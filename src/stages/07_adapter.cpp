@@ -53,6 +53,8 @@ Tensor3 adapter_forward(const AdapterWeights& w, const AdapterConfig& c, const T
     require(c.model == Model::qwen_vl, fn, "these are MiniCPM-V's weights: minicpmv_forward runs them");
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim;
+    check_shape(fn, "query", w.query, {Q, E});
+    if (w.pos_embed.size()) check_shape(fn, "pos_embed", w.pos_embed, {Q, E});
     keys = key_grid(L, keys, "adapter_forward: the patch count L");
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
 

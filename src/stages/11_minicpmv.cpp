@@ -42,6 +42,7 @@ Tensor3 minicpmv_forward(const AdapterWeights& w, const AdapterConfig& c, const 
     require(c.model == Model::minicpm_v, fn, "these are Qwen-VL's weights: adapter_forward runs them");
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim;
+    check_shape(fn, "query", w.query, {Q, E});
     require(grids.size() == N, fn, "one grid per image: " + std::to_string(grids.size()) + " grids for " +
                                        std::to_string(N) + " images");
     for (const Grid& g : grids)

@@ -169,6 +169,16 @@ class Errors(unittest.TestCase):
             qwenvl.multi_head_attention(np.ones((4, 8)), np.ones((9, 8)), np.ones((9, 8)), 3)
         with self.assertRaisesRegex(ValueError, "NaN or infinite"):
             qwenvl.as_feature_batch(np.full((4, 3), np.nan))
+        f = qwenvl.load_fixture(os.path.join(DATA, "fixtures", "batch3.json"))   # its own copy: the weights change below
+        x = f["x"].copy()
+        x[0, 0, 0] = np.inf
+        for fn in (qwenvl.adapter_forward, qwenvl.fast_forward):
+            with self.assertRaisesRegex(ValueError, "^%s: x holds NaN or infinite values" % fn.__name__):
+                fn(f["weights"], f["config"], x)
+        w = f["weights"]
+        w.query = np.ones((1, f["config"].embed_dim), np.float32)   # would broadcast if unchecked
+        with self.assertRaisesRegex(ValueError, r"^adapter_forward: query has shape \(1, 8\), expected \(4, 8\)$"):
+            qwenvl.adapter_forward(w, f["config"], f["x"])
 
     def test_bad_files_are_runtime_errors_naming_the_file(self):
         with tempfile.TemporaryDirectory() as tmp:  # under TMPDIR: the build folder when ctest runs it

@@ -114,6 +114,8 @@ def dump(args):
     Q, E = params["query"].shape
     H = args.heads or E // 128
     if H == 0 or E % H:
+        if args.heads:
+            fail("--heads %d does not divide E = %d" % (H, E))
         fail("E = %d gives %d heads by the rule E / 128: give --heads (a divisor of E)" % (E, H))
     try:
         grids = [tuple(int(v) for v in g.split("x")) for g in args.grids.split(",")] if args.grids else []
