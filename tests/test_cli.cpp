@@ -767,6 +767,11 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     const Result info = cli("info --weights " + q(tmp / "straight/adapter.safetensors") + " --heads 2");
     CHECK(info.code == 0);
     CHECK_THAT(info.out, Contains("E (output_dim) = 16"));
+    // without --heads: the count the run recorded (E = 16 has none by the rule E / 128)
+    const Result recorded = cli("info --weights " + q(tmp / "straight/adapter.safetensors"));
+    INFO(recorded.err);
+    CHECK(recorded.code == 0);
+    CHECK_THAT(recorded.out, Contains("H = 2 heads of Dh = 8 (recorded by train)"));
     xt::dump_npy(tmp / "x.npy", xt::xarray<float>(xt::ones<float>({std::size_t(3), std::size_t(16), std::size_t(16)})));
     const Result run = cli("run --weights " + q(tmp / "straight/adapter.safetensors") + " --heads 2 --input " +
                            q(tmp / "x.npy") + " --output " + q(tmp / "y.npy"));

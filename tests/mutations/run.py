@@ -212,6 +212,12 @@ MUTATIONS = [
     ("fast-minicpmv-trace-unmasked", "fast path: MiniCPM-V's traced run attends to the padding keys",
      "src/fast/adapter.cpp", "const Tensor3 out_n = adapter_forward(w, c, side, image, &mask, &one);",
      "const Tensor3 out_n = adapter_forward(w, c, side, image, nullptr, &one);"),
+    ("train-nan-continues", "train goes on, and saves, after the loss became NaN", "src/cli/train.cpp",
+     "if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {", "if (false) {"),
+    ("heads-not-recorded", "run and info ignore the head count a checkpoint of train records", "src/cli/common.cpp",
+     "    if (given) return given;", "    return given;"),
+    ("compare-padding-4d-only", "compare clears the padding's columns at axis 3 whatever the rank (head-averaged weights)",
+     "src/cli/compare.cpp", "t.dimension() - 1, L = t.shape(axis);", "3, L = t.shape(axis);"),
 ]
 
 
