@@ -216,8 +216,9 @@ MUTATIONS = [
      "if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {", "if (false) {"),
     ("heads-not-recorded", "run and info ignore the head count a checkpoint of train records", "src/cli/common.cpp",
      "    if (given) return given;", "    return given;"),
-    ("compare-padding-4d-only", "compare clears the padding's columns at axis 3 whatever the rank (head-averaged weights)",
-     "src/cli/compare.cpp", "t.dimension() - 1, L = t.shape(axis);", "3, L = t.shape(axis);"),
+    ("compare-padding-4d-only", "compare clears the padding's columns of per-head weights only, not of head-averaged ones",
+     "src/cli/compare.cpp", "const bool keys_are_columns = stage == \"scores\" || stage == \"attn_weights\";",
+     "const bool keys_are_columns = (stage == \"scores\" || stage == \"attn_weights\") && t.dimension() == 4;"),
 ]
 
 
