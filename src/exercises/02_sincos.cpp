@@ -8,7 +8,8 @@
 //   row p   = [sin(p omega_0) ... sin(p omega_{D/2-1}),  cos(p omega_0) ... cos(p omega_{D/2-1})]
 // (all the sines first, then all the cosines; compute in float, as numpy's float32 does).
 //
-// sincos_2d(E, G) -> (G*G, E), E divisible by 4. Row r = h*G + w is the patch in grid row h, column w:
+// sincos_2d(E, G) -> (G*G, E), E divisible by 4 (throw std::invalid_argument otherwise: E/2 must split into sines
+// and cosines). Row r = h*G + w is the patch in grid row h, column w:
 //   channels [0, E/2)  = sincos_1d(E/2, ...) of the COLUMN index w
 //   channels [E/2, E)  = sincos_1d(E/2, ...) of the ROW index h
 // The pitfall: the reference builds the grid with numpy.meshgrid(w, h), so the half it calls "h" holds w.

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -72,16 +73,23 @@ std::string diagnose(const xt::xarray<float>& got, const xt::xarray<float>& want
         std::snprintf(buf, sizeof buf, "every value is %.6g times PyTorch's: a missing or extra scale factor", ratio);
         return buf;
     }
-    // the two halves of the last axis swapped (sin/cos, or w/h)
-    if (want.dimension() == 2 && want.shape(1) % 2 == 0) {
-        const std::size_t half = want.shape(1) / 2;
+    // got's channel c is want's channel moved(c), for every row: a swap of blocks of channels
+    auto moved_by = [&](const std::function<std::size_t(std::size_t)>& moved) {
         double err = 0.0;
         for (std::size_t r = 0; r < want.shape(0); ++r)
-            for (std::size_t c = 0; c < want.shape(1); ++c)
-                err = std::max(err, std::fabs(double(got(r, c)) - want(r, (c + half) % want.shape(1))));
-        if (err < 1e-5)
-            return "your two halves of the channels are PyTorch's two halves swapped: w and h (the meshgrid pitfall), "
-                   "or sin and cos";
+            for (std::size_t c = 0; c < want.shape(1); ++c) err = std::max(err, std::fabs(double(got(r, c)) - want(r, moved(c))));
+        return err < 1e-5;
+    };
+    if (want.dimension() == 2 && want.shape(1) % 4 == 0) {
+        const std::size_t E = want.shape(1), half = E / 2, quarter = E / 4;
+        // the two halves swapped: the 2-D table's w and h
+        if (moved_by([&](std::size_t c) { return (c + half) % E; }))
+            return "your two halves of the channels are PyTorch's two halves swapped: w and h exchanged (the meshgrid "
+                   "pitfall: channels [0, E/2) encode the column w)";
+        // within each half, its two quarters swapped: the 1-D table's sines and cosines
+        if (moved_by([&](std::size_t c) { return c / half * half + (c % half + quarter) % half; }))
+            return "within each half, its two quarters are swapped: in each 1-D table your cosines come before your "
+                   "sines (all the sines first, then all the cosines)";
     }
     return "";
 }
@@ -89,24 +97,26 @@ std::string diagnose(const xt::xarray<float>& got, const xt::xarray<float>& want
 // Collects the checks' results and prints them.
 class Report {
 public:
-    explicit Report(std::vector<std::string> hints) : hints_(std::move(hints)) {}
+    Report(std::vector<std::string> hints, bool all) : hints_(std::move(hints)), shown_(all ? std::numeric_limits<std::size_t>::max() : kShown) {}
 
     // One comparison; prints a line, and on the first failure the detail and the hints.
+    // `silent`: counted, not printed (the whole forward pass's failures after the first, in 07).
     bool check(const std::string& where, const xt::xarray<float>& got, const xt::xarray<float>& want, double atol,
-               double rtol) {
+               double rtol, bool silent = false) {
         const Comparison c = compare(got, want, atol, rtol);
         ++checks_;
         if (c.ok()) return true;
         fail(where + ": " + (c.same_shape ? describe(c, want)
                                           : "shape " + shape_string(shape_of(got)) + ", expected " +
                                                 shape_string(shape_of(want))),
-             diagnose(got, want));
+             diagnose(got, want), silent);
         return false;
     }
     // A check that is not a comparison (an expected error, an exception).
-    void fail(const std::string& what, const std::string& diagnosis = "") {
+    void fail(const std::string& what, const std::string& diagnosis = "", bool silent = false) {
         ++failures_;
-        if (failures_ > kShown) return;
+        if (silent || printed_ >= shown_) return;
+        ++printed_;
         std::printf("  FAIL  %s\n", what.c_str());
         if (!diagnosis.empty()) std::printf("        looks like: %s\n", diagnosis.c_str());
     }
@@ -126,13 +136,14 @@ public:
     std::size_t failures() const { return failures_; }
     std::size_t checks() const { return checks_; }
     void print_hints() const {
-        if (failures_ > kShown) std::printf("  ... and %zu more failures\n", failures_ - kShown);
+        if (failures_ > printed_) std::printf("  ... and %zu more failures (--all shows them)\n", failures_ - printed_);
         for (const auto& h : hints_) std::printf("  hint: %s\n", h.c_str());
     }
 
 private:
-    static constexpr std::size_t kShown = 4;  // failures printed; the rest are counted
+    static constexpr std::size_t kShown = 4;  // failures printed, unless --all; the rest are counted
     std::vector<std::string> hints_;
+    std::size_t shown_, printed_ = 0;
     std::size_t failures_ = 0, checks_ = 0;
 };
 
@@ -164,11 +175,13 @@ void check_fixtures(Report& report, const std::string& stage,
 }
 
 // The whole readable forward pass (adapter, then the tower's tail) on every fixture: every intermediate PyTorch
-// wrote, in the order they are computed; the first one beyond tolerance is named.
-void check_whole_forward(Report& report) {
+// wrote, in the order they are computed; the first one beyond tolerance is named. With `first_only`, only the first
+// fixture's failure is printed (the others are counted): the headline of exercise 07, before its other checks.
+void check_whole_forward(Report& report, bool first_only = false) {
     std::size_t before = report.failures();
     for (const Fixture& f : fixtures()) {
         const std::string where = "whole forward, fixture " + f.name;
+        const bool silent = first_only && report.failures() > before;
         report.guarded(where, [&] {
             Trace trace;
             const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr, &trace);
@@ -176,11 +189,12 @@ void check_whole_forward(Report& report) {
             for (const std::string& stage : f.expected.names()) {
                 const auto recorded = trace.names();
                 if (std::find(recorded.begin(), recorded.end(), stage) == recorded.end()) {
-                    report.fail(where + ": the trace holds no \"" + stage + "\" (record(trace, \"" + stage + "\", ...))");
+                    report.fail(where + ": the trace holds no \"" + stage + "\" (record(trace, \"" + stage + "\", ...))",
+                                "", silent);
                     return;
                 }
                 if (!report.check(where + ", first stage beyond tolerance: " + stage, trace.get(stage),
-                                  f.expect(stage), f.atol, f.rtol))
+                                  f.expect(stage), f.atol, f.rtol, silent))
                     return;  // the first one names the culprit; the later ones follow from it
             }
         });
@@ -275,6 +289,20 @@ std::vector<Exercise> exercises() {
                        check_fixtures(r, "02 sincos_2d -> pos_q", [&](const Fixture& f, const std::string& where) {
                            r.check(where + ", pos_q", sincos_2d(f.config.embed_dim, f.config.grid_q), f.expect("pos_q"),
                                    f.atol, f.rtol);
+                       });
+                       // E must split into two halves of sines and cosines: a width not divisible by 4 is refused
+                       r.guarded("stage 02 sincos_2d on widths not divisible by 4", [&] {
+                           for (std::size_t bad : {std::size_t(6), std::size_t(10), std::size_t(2)}) {
+                               bool threw = false;
+                               try {
+                                   sincos_2d(bad, 2);
+                               } catch (const std::invalid_argument&) {
+                                   threw = true;
+                               }
+                               if (!threw)
+                                   r.fail("stage 02 sincos_2d(" + std::to_string(bad) + ", 2) returned instead of throwing "
+                                          "std::invalid_argument: E must be divisible by 4");
+                           }
                        });
                    }});
 
@@ -399,11 +427,11 @@ std::vector<Exercise> exercises() {
                     "Record every intermediate under its trace name (core/trace.hpp), items of the batch with "
                     "record_item."},
                    [](Report& r) {
+                       check_whole_forward(r, true);  // first: the first wrong intermediate, from the trace
                        check_fixtures(r, "07 adapter_forward -> out", [&](const Fixture& f, const std::string& where) {
                            const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr);
                            r.check(where + ", out", out, f.expect("out"), f.atol, f.rtol);
                        });
-                       check_whole_forward(r);  // every intermediate, from the trace
                    }});
 
     all.push_back({"08-tower-tail", "08 the tower's tail", "docs/stages/08-tower-tail.md",
@@ -518,15 +546,16 @@ std::vector<Exercise> exercises() {
 }
 
 int usage() {
-    std::fprintf(stderr, "usage: qwenvl-exercise NAME | --list   (docs/course/README.md)\n");
+    std::fprintf(stderr, "usage: qwenvl-exercise NAME [--all] | --list   (docs/course/README.md; --all: every failure)\n");
     return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 2) return usage();
+    if (argc < 2 || argc > 3 || (argc == 3 && std::string(argv[2]) != "--all")) return usage();
     const std::string name = argv[1];
+    const bool all_failures = argc == 3;
     const std::vector<Exercise> all = exercises();
     if (name == "--list") {
         for (const Exercise& e : all)
@@ -549,7 +578,7 @@ int main(int argc, char** argv) {
     const Exercise& e = *chosen;
     std::printf("exercise %s: %s (%s), stage %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file().c_str(),
                 e.stage.c_str(), e.page.c_str());
-    Report report(e.hints);
+    Report report(e.hints, all_failures);
     e.check(report);
     if (report.failures() == 0) {  // then the whole pass, which calls the student's functions where the adapter does
         if (e.name != "07-adapter") check_whole_forward(report);  // 07's own check is the whole forward pass
