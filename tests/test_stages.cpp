@@ -6,6 +6,8 @@
 #include <fstream>
 #include <map>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <limits>
 #include <mutex>
 #include <random>
@@ -678,6 +680,55 @@ TEST_CASE("fast threads: products and LayerNorm and the attention split over two
         CHECK(bool(xt::all(xt::equal(att.weights, att_whole.weights))));
     }
     CHECK(fast::thread_count() == 1);  // the scope gave OpenBLAS its threads back
+}
+
+TEST_CASE("fast gemm: a weight kept in bf16 or f16 (packed) gives the float32 weight's product bit for bit, both "
+          "orientations, on one thread and split over the fast path's threads", "[fast][gemm]") {
+    std::mt19937 rng(21);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    // raw 16-bit values of a random weight, and the same values as float32
+    auto make = [&](std::size_t rows, std::size_t cols, bool brain, std::vector<std::uint8_t>& raw) {
+        Matrix widened({rows, cols});
+        raw.resize(2 * rows * cols);
+        for (std::size_t i = 0; i < rows * cols; ++i) {
+            float value = normal(rng);
+            std::uint32_t bits;
+            std::memcpy(&bits, &value, 4);
+            // bf16: the top half; f16: a value f16 holds exactly (the top 11 significant bits, exponent in range)
+            const std::uint16_t half = brain ? static_cast<std::uint16_t>(bits >> 16) : 0;
+            if (brain) {
+                raw[2 * i] = static_cast<std::uint8_t>(half & 0xFF), raw[2 * i + 1] = static_cast<std::uint8_t>(half >> 8);
+                widened.flat(i) = bf16_to_float(half);
+            } else {
+                const std::uint16_t f16 = static_cast<std::uint16_t>(0x3C00 | (i * 2654435761u % 1024));  // in [1, 2)
+                raw[2 * i] = static_cast<std::uint8_t>(f16 & 0xFF), raw[2 * i + 1] = static_cast<std::uint8_t>(f16 >> 8);
+                widened.flat(i) = (i % 3 ? 1.0f : -1.0f) * f16_to_float(f16);
+                raw[2 * i + 1] |= static_cast<std::uint8_t>(i % 3 ? 0 : 0x80);  // the sign
+            }
+        }
+        return widened;
+    };
+    auto widen_bf16 = [](const std::uint8_t* raw, std::size_t n, float* out) { convert_to_float("BF16", raw, n, out); };
+    auto widen_f16 = [](const std::uint8_t* raw, std::size_t n, float* out) { convert_to_float("F16", raw, n, out); };
+    for (const bool brain : {true, false}) {
+        INFO((brain ? "bf16" : "f16"));
+        const Matrix a = xt::random::randn<float>({256, 300});
+        std::vector<std::uint8_t> raw_t, raw_n;
+        const Matrix b_t = make(700, 300, brain, raw_t), b_n = make(300, 700, brain, raw_n);  // (out, in) and (in, out)
+        const fast::Packed packed_t{raw_t.data(), 2, brain ? +widen_bf16 : +widen_f16};
+        const fast::Packed packed_n{raw_n.data(), 2, brain ? +widen_bf16 : +widen_f16};
+        for (const bool threads : {false, true}) {
+            INFO((threads ? "split over the fast path's threads" : "one thread"));
+            std::unique_ptr<fast::OwnThreads> own(threads ? new fast::OwnThreads : nullptr);
+            Matrix want_t({256, 700}), got_t({256, 700}), want_n({256, 700}), got_n({256, 700});
+            fast::gemm_block(fast::whole(a), fast::whole(b_t), true, want_t.data(), 700);
+            fast::gemm_block(fast::whole(a), fast::Block(packed_t, 700, 300, 300), true, got_t.data(), 700);
+            fast::gemm_block(fast::whole(a), fast::whole(b_n), false, want_n.data(), 700);
+            fast::gemm_block(fast::whole(a), fast::Block(packed_n, 300, 700, 700), false, got_n.data(), 700);
+            CHECK(bool(xt::all(xt::equal(got_t, want_t))));
+            CHECK(bool(xt::all(xt::equal(got_n, want_n))));
+        }
+    }
 }
 
 namespace {

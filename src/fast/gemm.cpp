@@ -1,6 +1,12 @@
 #include "fast/gemm.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <vector>
 
 #include <xtensor-blas/xblas.hpp>
 
@@ -11,6 +17,53 @@ namespace qwenvl::fast {
 Block::Block(const Matrix& m) : Block(m.data(), m.shape(0), m.shape(1), m.shape(1)) {}
 Block whole(const Matrix& m) { return Block(m); }
 std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
+
+namespace {
+// The buffers packed weights are widened into, kept for the whole process: a product's part takes one and gives it
+// back, so that their pages are touched once (at full size two of 32 MiB, one per thread, for every product),
+// and they are asked for as transparent huge pages (madvise mode), 2 MiB a fault instead of 4 KiB.
+class PanelBuffer {
+public:
+    explicit PanelBuffer(std::size_t floats) {
+        const std::lock_guard<std::mutex> lock(mutex());
+        auto& free = pool();
+        auto fits = std::find_if(free.begin(), free.end(), [&](const Held& h) { return h.floats >= floats; });
+        if (fits == free.end()) {
+            held_.floats = (floats * sizeof(float) + kHuge - 1) / kHuge * kHuge / sizeof(float);
+            held_.data = static_cast<float*>(std::aligned_alloc(kHuge, held_.floats * sizeof(float)));
+            if (!held_.data) throw std::bad_alloc();
+            madvise(held_.data, held_.floats * sizeof(float), MADV_HUGEPAGE);
+        } else {
+            held_ = *fits;
+            free.erase(fits);
+        }
+        data = held_.data;
+    }
+    ~PanelBuffer() {
+        const std::lock_guard<std::mutex> lock(mutex());
+        pool().push_back(held_);
+    }
+    PanelBuffer(const PanelBuffer&) = delete;
+    PanelBuffer& operator=(const PanelBuffer&) = delete;
+    float* data = nullptr;
+
+private:
+    static constexpr std::size_t kHuge = std::size_t(2) << 20;
+    struct Held {
+        float* data = nullptr;
+        std::size_t floats = 0;
+    };
+    static std::mutex& mutex() {
+        static std::mutex m;
+        return m;
+    }
+    static std::vector<Held>& pool() {  // never freed: the process keeps them
+        static std::vector<Held> free;
+        return free;
+    }
+    Held held_;
+};
+}  // namespace
 
 void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
                 bool accumulate) {
@@ -27,17 +80,35 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     // same sum as one single-threaded sgemm of the whole (OpenBLAS's own threads sum in another order). Blocks are
     // multiples of 64 columns, and a product of fewer than 2^24 multiply-adds stays whole (a thread's start costs
     // about as much as 2^20).
-    auto columns = [&](std::size_t begin, std::size_t end) {
-        const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
-        if (c0 >= c1) return;
-        const Block part = transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
-                                       : Block{b.data + c0, b.rows, c1 - c0, b.stride};
+    require(!a.is_packed(), "gemm_block", "the left operand is not a weight: it must be float32");
+    // Output columns [c0, c1) from the float32 columns `part` of b (b^T's rows, with transpose_b).
+    auto sgemm = [&](std::size_t c0, std::size_t c1, const Block& part) {
         using index = xt::blas_index_t;
         cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
                              transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                              static_cast<index>(a.rows), static_cast<index>(c1 - c0), static_cast<index>(K), 1.0f, a.data,
                              static_cast<index>(a.stride), part.data, static_cast<index>(part.stride),
                              accumulate ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
+    };
+    auto columns = [&](std::size_t begin, std::size_t end) {
+        const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
+        if (c0 >= c1) return;
+        if (!b.is_packed())
+            return sgemm(c0, c1, transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
+                                             : Block{b.data + c0, b.rows, c1 - c0, b.stride});
+        // A packed b, widened into a buffer for this part's columns, then the same sgemm as for a float32 b (the same
+        // column range: OpenBLAS's sums depend on the width of the product, and narrower panels changed last bits).
+        const std::size_t width = c1 - c0;
+        const PanelBuffer panel(width * K);
+        if (transpose_b) {  // b^T's rows c0..c1 are b's rows: K values each
+            for (std::size_t r = c0; r < c1; ++r)
+                b.packed.widen(b.packed.data + r * b.stride * b.packed.bytes, K, panel.data + (r - c0) * K);
+            sgemm(c0, c1, Block{panel.data, width, K, K});
+        } else {  // b's columns c0..c1: `width` values of each of its K rows
+            for (std::size_t k = 0; k < K; ++k)
+                b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel.data + k * width);
+            sgemm(c0, c1, Block{panel.data, K, width, width});
+        }
     };
     const std::size_t blocks = (M + 63) / 64;
     if (static_cast<double>(a.rows) * static_cast<double>(M) * static_cast<double>(K) < double(1 << 24)) return columns(0, blocks);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 
 namespace qwenvl {
 
@@ -129,6 +130,32 @@ fast::Block take_matrix(MappedAdapter& m, const std::string& name) {
     return take_matrix(m, name, 0, m.files.entry(name).shape.at(0));
 }
 
+// bf16 is the top half of a float32: widening is a shift, which the compiler vectorises.
+void widen_bf16(const std::uint8_t* raw, std::size_t count, float* out) {
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t half;
+        std::memcpy(&half, raw + 2 * i, 2);
+        const std::uint32_t bits = static_cast<std::uint32_t>(half) << 16;
+        std::memcpy(out + i, &bits, 4);
+    }
+}
+void widen_f16(const std::uint8_t* raw, std::size_t count, float* out) { convert_to_float("F16", raw, count, out); }
+
+// A weight that only the products read (kv_proj, W_q, W_k, W_v, out_proj, proj): an F16 or BF16 one stays where it
+// lies in the mapped file, widened a panel at a time by fast::gemm_block; an F32 one as take_matrix gives it.
+fast::Block take_weight(MappedAdapter& m, const std::string& name, std::size_t row0, std::size_t rows) {
+    const std::size_t cols = m.files.entry(name).shape.at(1);
+    if (const std::uint8_t* p = m.files.half_in_place(name, row0 * cols, rows * cols)) {
+        m.bytes_in_place += rows * cols * 2;
+        const bool brain = m.files.entry(name).dtype == "BF16";
+        return fast::Block(fast::Packed{p, 2, brain ? widen_bf16 : widen_f16}, rows, cols, cols);
+    }
+    return take_matrix(m, name, row0, rows);
+}
+fast::Block take_weight(MappedAdapter& m, const std::string& name) {
+    return take_weight(m, name, 0, m.files.entry(name).shape.at(0));
+}
+
 fast::Values take_values(MappedAdapter& m, const std::string& name, std::size_t first, std::size_t count) {
     return fast::Values(take(m, name, first, count), count);
 }
@@ -156,15 +183,15 @@ MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_gi
     fast::Weights& w = m.weights;
     w.query = take_matrix(m, a + "query");
     if (files.has(a + "pos_embed")) w.pos_embed = take_matrix(m, a + "pos_embed");
-    if (files.has(a + "kv_proj.weight")) w.kv_proj = take_matrix(m, a + "kv_proj.weight");
+    if (files.has(a + "kv_proj.weight")) w.kv_proj = take_weight(m, a + "kv_proj.weight");
     const std::string in_w = a + "attn.in_proj_weight", in_b = a + "attn.in_proj_bias";
     fast::Block* parts[3] = {&w.w_q, &w.w_k, &w.w_v};
     fast::Values* biases[3] = {&w.b_q, &w.b_k, &w.b_v};
     for (std::size_t part = 0; part < 3; ++part) {
-        *parts[part] = take_matrix(m, in_w, in_proj_offset(part, E), E);
+        *parts[part] = take_weight(m, in_w, in_proj_offset(part, E), E);
         *biases[part] = take_values(m, in_b, in_proj_offset(part, E), E);
     }
-    w.out_proj_weight = take_matrix(m, a + "attn.out_proj.weight");
+    w.out_proj_weight = take_weight(m, a + "attn.out_proj.weight");
     w.out_proj_bias = take_values(m, a + "attn.out_proj.bias");
     w.ln_q_weight = take_values(m, a + "ln_q.weight");
     w.ln_q_bias = take_values(m, a + "ln_q.bias");
@@ -173,7 +200,7 @@ MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_gi
     if (m.has_tail) {
         m.tail.ln_post_weight = take_values(m, prefix + "ln_post.weight");
         m.tail.ln_post_bias = take_values(m, prefix + "ln_post.bias");
-        m.tail.proj = take_matrix(m, prefix + "proj");
+        m.tail.proj = take_weight(m, prefix + "proj");
     }
     return m;
 }
@@ -183,10 +210,13 @@ void release(MappedAdapter& m, fast::Block& block) {
     const float* first = block.data;
     const auto owner = std::find_if(m.converted.begin(), m.converted.end(),
                                     [&](const std::unique_ptr<float[]>& p) { return p.get() == first; });
-    if (owner != m.converted.end())
+    const std::size_t elements = (block.rows - 1) * block.stride + block.cols;
+    if (block.is_packed())  // read in place in 16 bits
+        drop_pages(block.packed.data, elements * block.packed.bytes);
+    else if (owner != m.converted.end())
         owner->reset();  // converted for this block alone (take): its memory goes back
     else
-        drop_pages(first, ((block.rows - 1) * block.stride + block.cols) * sizeof(float));
+        drop_pages(first, elements * sizeof(float));
     block = fast::Block();
 }
 

@@ -304,6 +304,14 @@ const float* WeightFiles::float32_in_place(const std::string& name, std::size_t 
     return reinterpret_cast<const float*>(p);
 }
 
+const std::uint8_t* WeightFiles::half_in_place(const std::string& name, std::size_t first, std::size_t count) const {
+    const std::string& dtype = entry(name).dtype;
+    if (dtype != "F16" && dtype != "BF16") return nullptr;
+    const std::uint8_t* p = bytes(name, first, count);
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(std::uint16_t) != 0) return nullptr;
+    return p;
+}
+
 std::vector<std::string> WeightFiles::mapped_files() const { return mapped_order_; }
 
 std::string WeightFiles::metadata(const std::string& key) const {

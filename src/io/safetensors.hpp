@@ -90,6 +90,9 @@ public:
     // is not F32 or its data is not aligned to 4 bytes (then read_into it). Valid while this object, or a copy
     // of it, lives.
     const float* float32_in_place(const std::string& name, std::size_t first, std::size_t count) const;
+    // Elements [first, first + count) of an F16 or BF16 tensor, in place in the mapped file (little-endian, 2 bytes
+    // each), or nullptr when the tensor has another dtype or its data is not aligned to 2 bytes. Valid as above.
+    const std::uint8_t* half_in_place(const std::string& name, std::size_t first, std::size_t count) const;
     std::vector<TensorEntry> entries() const;   // sorted by name
     std::vector<std::string> files() const { return files_; }
     std::vector<std::string> mapped_files() const;  // the files mapped so far, in the order they were mapped
