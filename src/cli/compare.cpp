@@ -371,6 +371,7 @@ int compare_command(const std::vector<std::string>& argv) {
             std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(raw)).c_str(),
                           their.file.c_str());
         } else {
+            // both sides cleared (`+`, not `||`, so that the second call is made too)
             if (c.model == Model::minicpm_v && zero_padding(stage, grids, theirs) + zero_padding(stage, grids, mine))
                 note += std::string(note.empty() ? "" : ", ") + "padding keys left out";
             const Agreement g = agreement(theirs, mine);

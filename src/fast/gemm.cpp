@@ -19,8 +19,8 @@ Block whole(const Matrix& m) { return Block(m); }
 std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
 
 namespace {
-// The buffers packed weights are widened into, kept for the whole process: a product's part takes one and gives it
-// back, so that their pages are touched once (at full size two of 32 MiB, one per thread, for every product),
+// The buffers packed weights are widened into, kept for the whole process (freed at its end): a product's part takes
+// one and gives it back, so that their pages are touched once (at full size two of 32 MiB, one per thread, for every product),
 // and they are asked for as transparent huge pages (madvise mode), 2 MiB a fault instead of 4 KiB.
 class PanelBuffer {
 public:
@@ -57,8 +57,14 @@ private:
         static std::mutex m;
         return m;
     }
-    static std::vector<Held>& pool() {  // never freed: the process keeps them
-        static std::vector<Held> free;
+    // The buffers not in use: kept until the process ends, then freed.
+    struct Pool : std::vector<Held> {
+        ~Pool() {
+            for (const Held& h : *this) std::free(h.data);
+        }
+    };
+    static Pool& pool() {
+        static Pool free;
         return free;
     }
     Held held_;
