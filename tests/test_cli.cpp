@@ -22,6 +22,7 @@
 #include "io/npy.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
+#include "temp_files.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/07_adapter.hpp"
 
@@ -33,27 +34,8 @@ namespace {
 
 const std::string kData = QWENVL_DATA_DIR;
 
-// A fresh folder under the system's temporary directory, removed afterwards.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "qwenvl-test-XXXXXX").string();
-        REQUIRE(mkdtemp(pattern.data()) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using qwenvl_test::slurp;
+using qwenvl_test::TempDir;
 
 struct Result {
     int code = -1;

@@ -16,6 +16,7 @@
 #include "io/errors.hpp"
 #include "io/npy.hpp"
 #include "io/safetensors.hpp"
+#include "temp_files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -30,27 +31,8 @@ const std::string kReaders = std::string(QWENVL_DATA_DIR) + "/readers/";
 // The manifest; a loop keeps it in a variable (`for (x : corpus()["npy"])` would walk a destroyed temporary).
 json corpus() { return read_json(kReaders + "corpus.json"); }
 
-// A fresh folder under the system's temporary directory, removed afterwards.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "qwenvl-readers-XXXXXX").string();
-        REQUIRE(mkdtemp(pattern.data()) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using qwenvl_test::slurp;
+using qwenvl_test::TempDir;
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from safetensors_io import TORCH_DTYPES, read_safetensors, write_safetensors  # noqa: E402  (beside this file)
+from safetensors_io import TORCH_DTYPES, read_safetensors, write_entries, write_safetensors  # noqa: E402  (beside this file)
 from resamplers import MiniCPMVResampler, QwenVLResampler, load_state, trace_resampler  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1117,21 +1117,12 @@ def write_safetensors_as_upstream(path, tensors, metadata):
     raw little-endian bytes)."""
     order = {dtype: i for i, (dtype, _) in enumerate(SAFETENSORS_BITS)}
     bits = dict(SAFETENSORS_BITS)
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    entries = []
     for name in sorted(tensors, key=lambda n: (-order[tensors[n][0]], n)):
         dtype, shape, raw = tensors[name]
         assert len(raw) * 8 == math.prod(shape) * bits[dtype], name
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
-    return offset
+        entries.append((name, dtype, shape, raw))
+    return write_entries(path, entries, metadata, metadata_first=True)
 
 
 def every_dtype_tensors():

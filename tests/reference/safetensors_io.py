@@ -23,14 +23,26 @@ TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat
 def write_safetensors(path, tensors, dtype="F32", metadata=None):
     """Writes `tensors` (name -> torch tensor or numpy array), names sorted, all converted to `dtype` (F32, F16 or
     BF16, rounded to nearest as torch's .to() does). Returns the size of the data section in bytes."""
-    header, blobs, offset = {}, [], 0
+    entries = []
     for name in sorted(tensors):
         t = torch.as_tensor(tensors[name]).detach().to(TORCH_DTYPES[dtype]).contiguous()
         raw = t.view(torch.int16).numpy().tobytes() if dtype == "BF16" else t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        entries.append((name, dtype, list(t.shape), raw))
+    return write_entries(path, entries, metadata or {"format": "pt", "generator": "tests/reference/make_fixtures.py"})
+
+
+def write_entries(path, entries, metadata, metadata_first=False):
+    """Writes `entries`, (name, dtype, shape, raw little-endian bytes) in the order their data is laid out, with
+    `metadata` as the header's "__metadata__" (its first key with `metadata_first`, as safetensors' own writer puts
+    it; else its last). The header's JSON is compact and padded with spaces to a multiple of 8 bytes. Returns the
+    size of the data section in bytes."""
+    header, blobs, offset = ({"__metadata__": metadata} if metadata_first else {}), [], 0
+    for name, dtype, shape, raw in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
-    header["__metadata__"] = metadata or {"format": "pt", "generator": "tests/reference/make_fixtures.py"}
+    if not metadata_first:
+        header["__metadata__"] = metadata
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
