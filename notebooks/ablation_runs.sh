@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The query-count ablation's longer runs (docs/training.md#the-query-count-ablation, notebook 09): the reconstruct
+# The query-count ablation's longer runs (docs/training.md#the-query-count-ablation, notebook 08): the reconstruct
 # task on 256 keys (16 x 16, as the paper's Appendix E.2) with 64, 144, 256 and 400 queries, and 256 queries without
 # the 2-D position tables; each run's loss.csv copied to data/training/ablation/. About 22 minutes on one core of
 # this project's machines (the readable stages, one thread). From the repository's root, after the README's build:

@@ -23,9 +23,9 @@ plt.rcParams["figure.dpi"] = 80"""
 NOTEBOOKS = {}
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["01_sincos_table.ipynb"] = [
+NOTEBOOKS["02_sincos_table.ipynb"] = [
     ("md", """\
-# 1. The 2D sin-cos position table
+# 2. The 2D sin-cos position table
 
 Qwen-VL's adapter compresses 1024 patch features into 256 tokens. Compression could wash out *where* things
 are, so the paper (arXiv 2308.12966, section 2.1) adds **2D absolute positional encodings** to the query-key
@@ -96,9 +96,9 @@ plt.tight_layout(); plt.show()"""),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["02_resizing_the_table.ipynb"] = [
+NOTEBOOKS["03_resizing_the_table.ipynb"] = [
     ("md", """\
-# 2. Resizing the table from 16 x 16 to 32 x 32
+# 3. Resizing the table from 16 x 16 to 32 x 32
 
 Qwen-VL keeps one table for its 16 x 16 queries, but a 448-pixel image gives 32 x 32 patches, so the keys need
 a 32 x 32 table. The reference resizes the stored table at run time, as an image of E channels, with
@@ -170,9 +170,9 @@ plt.tight_layout(); plt.show()"""),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["03_adapter_step_by_step.ipynb"] = [
+NOTEBOOKS["06_adapter_step_by_step.ipynb"] = [
     ("md", """\
-# 3. The adapter step by step, at Qwen-VL's real size
+# 6. The adapter step by step, at Qwen-VL's real size
 
 One image of 32 x 32 patch features of width 1664 goes in; 256 tokens of width 4096 come out. The weights here
 are random (the real checkpoint has the same names and shapes; it is not shipped here), written in F32 by
@@ -238,9 +238,9 @@ plt.tight_layout(); plt.show()"""),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["04_where_the_queries_look.ipynb"] = [
+NOTEBOOKS["05_where_the_queries_look.ipynb"] = [
     ("md", """\
-# 4. Where the queries look
+# 5. Where the queries look
 
 Each of the 256 queries carries the position table row of its cell in the 16 x 16 grid; each of the 1024 keys
 carries the resized table row of its patch. With *only* the position terms, a query's attention is a bump around
@@ -319,9 +319,9 @@ print("rows sum to 1:", np.allclose(positions_only.reshape(Q, -1).sum(1), 1, ato
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["05_paper_numbers.ipynb"] = [
+NOTEBOOKS["01_paper_numbers.ipynb"] = [
     ("md", """\
-# 5. The paper's numbers, checked
+# 1. The paper's numbers, checked
 
 Section 2.1 and Table 1 of the paper give the adapter's size (0.08B parameters) and its job (a fixed 256-token
 output); section 2.2 says how those tokens enter the language model (between `<img>` and `</img>`). This notebook
@@ -422,9 +422,9 @@ plt.tight_layout(); plt.show()"""),
 
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["06_training_what_positions_are_for.ipynb"] = [
+NOTEBOOKS["07_training_what_positions_are_for.ipynb"] = [
     ("md", """\
-# 6. Training: what the positions are for
+# 7. Training: what the positions are for
 
 The paper's adapter is trained (section 2.1: trainable queries, a randomly initialised cross-attention). Here the
 C++ trains it, with the backward pass written by hand in `src/stages/` and AdamW as `torch.optim.AdamW`
@@ -496,9 +496,9 @@ the positions. Without them, every query spreads its attention evenly: there is 
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["07_a_stage_in_numpy.ipynb"] = [
+NOTEBOOKS["04_a_stage_in_numpy.ipynb"] = [
     ("md", """\
-# 7. A stage in numpy, beside the C++ and PyTorch
+# 4. A stage in numpy, beside the C++ and PyTorch
 
 Before writing a stage in C++ ([the course's exercises](../docs/course/README.md)), write it in numpy, where an
 experiment is one line. `import qwenvl` ([docs/python.md](../docs/python.md)) calls this project's C++ stages on
@@ -601,9 +601,9 @@ except ValueError as error:
 ]
 
 
-NOTEBOOKS["08_a_ports_precision_budget.ipynb"] = [
+NOTEBOOKS["09_a_ports_precision_budget.ipynb"] = [
     ("md", """\
-# 8. A port's precision budget: rounding or a bug?
+# 9. A port's precision budget: rounding or a bug?
 
 A port of the resampler to another runtime compares its intermediates with this project's
 (`qwenvl-adapter compare`, [docs/compare.md](../docs/compare.md)) and sees differences. Which are rounding and
@@ -686,9 +686,9 @@ tell them from rounding, and `compare`'s hints for the stage are the place to lo
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
-NOTEBOOKS["09_how_many_queries.ipynb"] = [
+NOTEBOOKS["08_how_many_queries.ipynb"] = [
     ("md", """\
-# 9. How many queries? The paper's ablation in miniature
+# 8. How many queries? The paper's ablation in miniature
 
 Qwen-VL's adapter squeezes an image into a fixed number of tokens: 256 queries. The paper's Appendix E.2 (Fig. 7)
 asks how many there should be: with ViT-L/14 at 224 x 224 pixels (256 patches), it trains adapters with 64, 144, 256
