@@ -13,10 +13,14 @@
 // Exit status 0 when everything matches, 1 when something does not, 2 for a usage error.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -36,9 +40,14 @@
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
 #include "stages/09_fusion.hpp"
+#include "stages/10_training.hpp"
+#include "stages/11_minicpmv.hpp"
 
 #ifndef QWENVL_DATA_DIR
 #error "QWENVL_DATA_DIR must name the data folder"
+#endif
+#ifndef QWENVL_SOURCE_DIR
+#error "QWENVL_SOURCE_DIR must name the repository"
 #endif
 
 using namespace qwenvl;
@@ -46,6 +55,10 @@ using namespace qwenvl;
 namespace {
 
 const std::string kData = QWENVL_DATA_DIR;
+const std::string kSource = QWENVL_SOURCE_DIR;
+// Where an answers exercise (port-N, 10-query-count) reads from, when not its file in src/exercises/ and
+// build/query-count/ (--answers FILE, --runs DIR: the course's own tests).
+std::string answers_override, runs_override;
 // Gradients: float32 arithmetic against autograd's float64 values rounded to float32 (tests/test_gradients.cpp).
 constexpr double kGradAtol = 1e-5, kGradRtol = 1e-4;
 
@@ -58,6 +71,11 @@ std::string diagnose(const xt::xarray<float>& got, const xt::xarray<float>& want
         any_nan = any_nan || std::isnan(v);
     }
     if (all_zero) return "every value you returned is 0: is the starter's placeholder still there?";
+    // a mask (every value 0 or 1) the other way round
+    bool inverted = true;
+    for (std::size_t i = 0; i < got.size() && inverted; ++i)
+        inverted = (want.flat(i) == 0.0f || want.flat(i) == 1.0f) && got.flat(i) == 1.0f - want.flat(i);
+    if (inverted) return "your mask is PyTorch's inverted: true must mark what is masked (the padding), false what is kept";
     if (any_nan) return "your result holds NaN: a division by zero, sqrt of a negative, or exp overflowing (inf/inf)?";
     // got = c * want for one constant c (over the entries large enough to tell)
     double ratio = 0.0;
@@ -123,6 +141,17 @@ public:
     void pass(const std::string& what) {
         std::printf("  ok    %s\n", what.c_str());
     }
+    // One number against PyTorch's: |got - want| <= atol + rtol |want|.
+    bool number(const std::string& where, double got, double want, double atol, double rtol) {
+        ++checks_;
+        if (std::fabs(got - want) <= atol + rtol * std::fabs(want)) return true;
+        char buf[96];
+        std::snprintf(buf, sizeof buf, ": got %.9g, expected %.9g", got, want);
+        fail(where + buf, got == 0.0 ? "you returned 0: is the starter's placeholder still there?" : "");
+        return false;
+    }
+    // A check that passed without a comparison (an answer found right).
+    void counted() { ++checks_; }
     // Runs `body`, turning an exception (the student's shape error, an out-of-range trace name) into a failure.
     bool guarded(const std::string& where, const std::function<void()>& body) {
         const std::size_t before = failures_;
@@ -156,6 +185,16 @@ const std::vector<Fixture>& fixtures() {
     return loaded;
 }
 
+// data/fixtures/models/: Qwen-VL on non-square key grids and MiniCPM-V's padded batches (no gradients).
+const std::vector<Fixture>& model_fixtures() {
+    static const std::vector<Fixture> loaded = [] {
+        std::vector<Fixture> all;
+        for (const auto& path : qwenvl_test::fixture_paths(kData + "/fixtures/models")) all.push_back(load_fixture(path));
+        return all;
+    }();
+    return loaded;
+}
+
 Matrix item(const xt::xarray<float>& t, std::size_t n) { return xt::view(t, n); }
 Matrix item(const xt::xarray<float>& t, std::size_t n, std::size_t h) { return xt::view(t, n, h); }
 
@@ -174,6 +213,22 @@ void check_fixtures(Report& report, const std::string& stage,
                                                  " fixtures, against PyTorch's values");
 }
 
+// Every intermediate PyTorch wrote, in the order they are computed, against `trace`: the first one beyond
+// tolerance is named, and the later ones (which follow from it) are not compared.
+void check_trace(Report& report, const std::string& where, const Trace& trace, const Fixture& f, bool silent = false) {
+    const auto recorded = trace.names();
+    for (const std::string& stage : f.expected.names()) {
+        if (std::find(recorded.begin(), recorded.end(), stage) == recorded.end()) {
+            report.fail(where + ": the trace holds no \"" + stage + "\" (record(trace, \"" + stage + "\", ...))", "",
+                        silent);
+            return;
+        }
+        if (!report.check(where + ", first stage beyond tolerance: " + stage, trace.get(stage), f.expect(stage), f.atol,
+                          f.rtol, silent))
+            return;
+    }
+}
+
 // The whole readable forward pass (adapter, then the tower's tail) on every fixture: every intermediate PyTorch
 // wrote, in the order they are computed; the first one beyond tolerance is named. With `first_only`, only the first
 // fixture's failure is printed (the others are counted): the headline of exercise 07, before its other checks.
@@ -186,20 +241,30 @@ void check_whole_forward(Report& report, bool first_only = false) {
             Trace trace;
             const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr, &trace);
             tower_tail_forward(f.tail, out, f.config.eps, &trace);
-            for (const std::string& stage : f.expected.names()) {
-                const auto recorded = trace.names();
-                if (std::find(recorded.begin(), recorded.end(), stage) == recorded.end()) {
-                    report.fail(where + ": the trace holds no \"" + stage + "\" (record(trace, \"" + stage + "\", ...))",
-                                "", silent);
-                    return;
-                }
-                if (!report.check(where + ", first stage beyond tolerance: " + stage, trace.get(stage),
-                                  f.expect(stage), f.atol, f.rtol, silent))
-                    return;  // the first one names the culprit; the later ones follow from it
-            }
+            check_trace(report, where, trace, f, silent);
         });
     }
     if (report.failures() == before) report.pass("the whole forward pass (adapter, ln_post, proj) on every fixture");
+}
+
+// The same on data/fixtures/models/ of one model: Qwen-VL on its non-square key grids, or MiniCPM-V's padded
+// batches (the model's own forward pass, then the tower's tail).
+void check_model_forward(Report& report, Model model) {
+    std::size_t before = report.failures();
+    for (const Fixture& f : model_fixtures()) {
+        if (f.config.model != model) continue;
+        const std::string where = "whole forward, fixture models/" + f.name;
+        report.guarded(where, [&] {
+            Trace trace;
+            const Tensor3 out = model == Model::minicpm_v
+                                    ? minicpmv_forward(f.weights, f.config, f.x, f.grids, f.max_grid, &trace)
+                                    : adapter_forward(f.weights, f.config, f.x, f.grids.at(0), nullptr, &trace);
+            tower_tail_forward(f.tail, out, f.config.eps, &trace);
+            check_trace(report, where, trace, f);
+        });
+    }
+    if (report.failures() == before)
+        report.pass(std::string("the whole forward pass of ") + model_name(model) + " on its fixtures in models/");
 }
 
 // The whole readable backward pass from autograd's upstream gradient: every gradient PyTorch wrote.
@@ -212,8 +277,14 @@ void check_whole_backward(Report& report) {
             const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr, &forward);
             const TailGradients tail = tower_tail_backward(f.tail, out, f.gradients.get("proj"), f.config.eps, &gradients);
             adapter_backward(f.weights, f.config, f.x, forward, tail.d_out, &gradients);
+            const auto recorded = gradients.names();
             for (const char* stage : {"ln_post", "out", "attended", "attn_weights", "scores", "q", "k", "v",
                                              "key_in", "query_in", "ln_q", "ln_kv", "kv_proj", "x"}) {
+                if (std::find(recorded.begin(), recorded.end(), stage) == recorded.end()) {
+                    report.fail(where + ": the gradients' trace holds no \"" + stage + "\" (record or record_item(gradients, \"" +
+                                stage + "\", ...))");
+                    return;
+                }
                 if (!report.check(where + ", first gradient beyond tolerance: dL/d " + stage, gradients.get(stage),
                                   f.gradients.get(stage), kGradAtol, kGradRtol))
                     return;
@@ -221,6 +292,190 @@ void check_whole_backward(Report& report) {
         });
     }
     if (report.failures() == before) report.pass("the whole backward pass on every fixture, against autograd");
+}
+
+// ---- answers exercises: the port-debugging lab and the query-count mini-project ----
+
+// The answers in a file of "key: value" pairs; '#' starts a comment. Port lab lines read
+// "mystery-N  stage: S  bug: B"; the query-count file "qN: answer".
+std::map<std::string, std::string> read_answers(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error(path + ": cannot be read");
+    std::map<std::string, std::string> answers;
+    std::string line;
+    while (std::getline(in, line)) {
+        line = line.substr(0, line.find('#'));
+        std::istringstream words(line);
+        std::string first;
+        if (!(words >> first)) continue;
+        if (first.rfind("mystery-", 0) == 0) {
+            std::string key, value;
+            while (words >> key >> value) answers[first + " " + key] = value;
+        } else if (first.back() == ':') {
+            std::string value, rest;
+            words >> value;
+            while (words >> rest) value += rest;  // "4, 16, 36" as "4,16,36"
+            answers[first.substr(0, first.size() - 1)] = value;
+        }
+    }
+    return answers;
+}
+
+// FNV-1a, 64 bits, of "qwenvl-port-lab:" and the parts joined by ':' (make_fixtures.py's lab_hash).
+std::string lab_hash(const std::vector<std::string>& parts) {
+    std::string text = "qwenvl-port-lab:";
+    for (std::size_t i = 0; i < parts.size(); ++i) text += (i ? ":" : "") + parts[i];
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (unsigned char byte : text) h = (h ^ byte) * 0x100000001b3ULL;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    return buf;
+}
+
+const std::vector<std::string> kStageOrder = {"pos_q", "pos_k", "ln_q", "query_in", "q", "kv_proj", "ln_kv",
+                                               "key_in", "k", "v", "scores", "attn_weights", "attended", "out",
+                                               "ln_post", "proj"};
+
+void check_port_mystery(Report& r, std::size_t number) {
+    const nlohmann::json lab = read_json(kData + "/course/port-lab/lab.json");
+    const auto& mystery = lab.at("mysteries").at(number - 1);
+    const std::string name = mystery.at("name"), file = answers_override.empty() ? kSource + "/src/exercises/port_lab.txt"
+                                                                                  : answers_override;
+    const std::string compare = "qwenvl-adapter compare " + lab.at("arguments").get<std::string>() + " --theirs " +
+                                mystery.at("dump").get<std::string>();
+    const auto answers = read_answers(file);
+    const auto find = [&](const std::string& key) {
+        const auto it = answers.find(name + " " + key + ":");
+        return it == answers.end() ? std::string("?") : it->second;
+    };
+    const std::string stage = find("stage"), bug = find("bug");
+    std::printf("  the port's dump: %s (run from the repository: build/release/%s)\n",
+                mystery.at("dump").get<std::string>().c_str(), compare.c_str());
+    const auto list_bugs = [&] {
+        std::printf("  the bugs to choose from (code: the stage it changes first; what it is):\n");
+        for (const auto& b : lab.at("bugs"))
+            std::printf("    %-22s %-13s %s\n", b.at("code").get<std::string>().c_str(),
+                        b.at("first_stage").get<std::string>().c_str(), b.at("what").get<std::string>().c_str());
+    };
+    if (stage == "?" || bug == "?") {
+        r.fail(name + ": no answer yet in " + file + " (stage: " + stage + ", bug: " + bug + ")");
+        list_bugs();
+        return;
+    }
+    if (std::find(kStageOrder.begin(), kStageOrder.end(), stage) == kStageOrder.end()) {
+        r.fail(name + ": '" + stage + "' is not one of compare's stage names (the list is in " + file + ")");
+        return;
+    }
+    if (lab_hash({name, stage}) != mystery.at("stage_hash").get<std::string>()) {
+        r.fail(name + ": '" + stage + "' is not the first stage where this port parts from PyTorch",
+               "a stage differs when any stage before it does: find the EARLIEST one beyond tolerance. compare "
+               "marks it '<- the first stage beyond tolerance'; a stage it does not list was not dumped");
+        return;
+    }
+    const nlohmann::json* chosen = nullptr;
+    for (const auto& b : lab.at("bugs"))
+        if (b.at("code") == bug) chosen = &b;
+    if (!chosen) {
+        r.fail(name + ": the stage is right (" + stage + "), but '" + bug + "' is not one of the bugs' codes");
+        list_bugs();
+        return;
+    }
+    if (lab_hash({name, stage, bug}) != mystery.at("answer_hash").get<std::string>()) {
+        const std::string its_stage = chosen->at("first_stage");
+        if (its_stage != stage)
+            r.fail(name + ": the stage is right (" + stage + "), but " + bug + " would change " + its_stage +
+                   " first, and this port's " + its_stage +
+                   (std::find(kStageOrder.begin(), kStageOrder.end(), its_stage) <
+                            std::find(kStageOrder.begin(), kStageOrder.end(), stage)
+                        ? " agrees with PyTorch's"
+                        : " is not where it first differs"));
+        else
+            r.fail(name + ": the stage is right (" + stage + "), but the bug is not " + bug + ": if it were, " +
+                   chosen->at("if_it_were").get<std::string>() + ". Load the dump's .npy files (numpy.load) and test "
+                   "that, and the other bugs of " + stage + ", on them");
+        return;
+    }
+    r.counted();
+    r.pass(name + ": first parts at " + stage + "; the bug: " + chosen->at("what").get<std::string>());
+}
+
+// The query-count runs (lesson 8): each folder's loss.csv, its "final loss" the mean of its last 100 losses.
+struct QueryCountRun {
+    std::string folder;
+    std::size_t rows = 0;
+    double final_loss = 0.0;
+};
+
+QueryCountRun read_run(const std::string& folder) {
+    QueryCountRun run{folder};
+    std::ifstream in(folder + "/loss.csv");
+    if (!in) throw std::runtime_error(folder + "/loss.csv is missing: run lesson 8's training into " + folder);
+    std::string line;
+    std::getline(in, line);  // step,loss,lr,grad_norm,seconds
+    std::vector<double> losses;
+    while (std::getline(in, line)) {
+        const std::size_t comma = line.find(',');
+        if (comma == std::string::npos) continue;
+        losses.push_back(std::stod(line.substr(comma + 1)));
+    }
+    run.rows = losses.size();
+    if (run.rows < 100) throw std::runtime_error(folder + "/loss.csv has " + std::to_string(run.rows) +
+                                                 " rows: the run is not finished (lesson 8's runs take 1000 steps)");
+    for (std::size_t i = run.rows - 100; i < run.rows; ++i) run.final_loss += losses[i] / 100.0;
+    return run;
+}
+
+void check_query_count(Report& r) {
+    const std::string runs = runs_override.empty() ? kSource + "/build/query-count" : runs_override;
+    const std::string file = answers_override.empty() ? kSource + "/src/exercises/10_query_count.txt" : answers_override;
+    const std::vector<int> counts = {4, 16, 36, 64, 100};
+    std::vector<QueryCountRun> with;
+    QueryCountRun without;
+    try {
+        for (int q : counts) with.push_back(read_run(runs + "/q" + std::to_string(q)));
+        without = read_run(runs + "/q64-no-positions");
+    } catch (const std::exception& e) {
+        r.fail(std::string("the runs: ") + e.what());
+        return;
+    }
+    for (const auto& run : with)
+        if (run.rows != 1000) r.fail("the runs: " + run.folder + "/loss.csv has " + std::to_string(run.rows) +
+                                     " rows, lesson 8's runs 1000: run it again with lesson 8's command (--force)");
+    if (without.rows != 1000) r.fail("the runs: " + without.folder + " has " + std::to_string(without.rows) + " rows, not 1000");
+    if (r.failures()) return;
+    std::vector<std::size_t> order(counts.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return with[a].final_loss < with[b].final_loss; });
+    std::string ranking;
+    for (std::size_t i : order) ranking += (ranking.empty() ? "" : ",") + std::to_string(counts[i]);
+    std::size_t below = 0;
+    for (const auto& run : with) below += run.final_loss < without.final_loss;
+    const std::map<std::string, std::string> truth = {
+        {"q1", std::to_string(counts[order[0]])},
+        {"q2", ranking},
+        {"q3", without.final_loss > with[3].final_loss ? "yes" : "no"},
+        {"q4", std::to_string(below)},
+        {"q5", with[4].final_loss < with[3].final_loss ? "yes" : "no"}};
+    const std::map<std::string, std::string> how = {
+        {"q1", "compare the five runs' final losses (the mean of the last 100 values of loss.csv's loss column)"},
+        {"q2", "sort the five runs with positions by their final loss, lowest first, and write their query counts"},
+        {"q3", "compare q64-no-positions's final loss with q64's"},
+        {"q4", "count the runs with positions whose final loss is below q64-no-positions's"},
+        {"q5", "compare q100's final loss with q64's"}};
+    const auto answers = read_answers(file);
+    for (const auto& [question, right] : truth) {
+        const auto it = answers.find(question);
+        std::string given = it == answers.end() ? "?" : it->second;
+        std::transform(given.begin(), given.end(), given.begin(), [](unsigned char c) { return std::tolower(c); });
+        if (given == "?")
+            r.fail(question + ": no answer yet in " + file);
+        else if (given != right)
+            r.fail(question + ": '" + given + "' is not what your runs show: " + how.at(question));
+        else {
+            r.counted();
+            r.pass(question + ": " + given);
+        }
+    }
 }
 
 struct Exercise {
@@ -231,8 +486,10 @@ struct Exercise {
     std::vector<std::string> hints;
     std::function<void(Report&)> check;  // the stage's own checks
     bool backward = false;               // also run the whole backward pass
+    std::string answers = "";            // an answers exercise: the file the student fills (no code, no fixtures)
     // The starter, relative to the repository: the name with underscores (tests/course/CMakeLists.txt's rule).
     std::string file() const {
+        if (!answers.empty()) return answers;
         std::string f = name;
         std::replace(f.begin(), f.end(), '-', '_');
         return "src/exercises/" + f + ".cpp";
@@ -542,20 +799,322 @@ std::vector<Exercise> exercises() {
                        });
                    },
                    true});
+
+    all.push_back({"03-resize-nonsquare", "03 bicubic resize (non-square key grids)", "docs/stages/03-resize.md",
+                   "resize_bicubic (to an h x w grid), key_position_table (for a Grid)",
+                   {"Grid{h, w} is (rows, columns); F.interpolate's size is (h, w). Row r of the table is i * w + j: "
+                    "the WIDTH multiplies the row index. Swapping h and w still gives h * w rows, so no shape check "
+                    "catches it; the values differ.",
+                    "Each axis has its own source coordinates: source_coordinate(G_in, out.h, i) for the rows, "
+                    "source_coordinate(G_in, out.w, j) for the columns.",
+                    "A square key grid must give what the square version gives: pos_q itself when the grids are equal."},
+                   [](Report& r) {
+                       check_fixtures(r, "03 key_position_table (square grids) -> pos_k", [&](const Fixture& f, const std::string& where) {
+                           const std::size_t G = grid_side(f.x.shape(1), "L");
+                           r.check(where + ", pos_k", key_position_table(f.expect("pos_q"), Grid{G, G}), f.expect("pos_k"),
+                                   f.atol, f.rtol);
+                       });
+                       std::size_t before = r.failures();
+                       for (const Fixture& f : model_fixtures()) {
+                           if (f.config.model != Model::qwen_vl) continue;
+                           const Grid keys = f.grids.at(0);
+                           const std::string where = "stage 03 key_position_table, fixture models/" + f.name + ", a " +
+                                                     std::to_string(keys.h) + " x " + std::to_string(keys.w) + " key grid";
+                           r.guarded(where, [&] {
+                               r.check(where + ", pos_k", key_position_table(f.expect("pos_q"), keys), f.expect("pos_k"),
+                                       f.atol, f.rtol);
+                           });
+                       }
+                       if (r.failures() == before)
+                           r.pass("stage 03 key_position_table on the non-square key grids (3 x 5 and 4 x 2), against "
+                                  "F.interpolate");
+                       if (r.failures() == 0) check_model_forward(r, Model::qwen_vl);
+                   }});
+
+    all.push_back({"05-projections-backward", "05 projections (backward)", "docs/stages/05-projections.md",
+                   "matmul_backward, linear_backward, kv_projection_backward",
+                   {"y = x W^T + b: dL/dx = dL/dy W (R, in); dL/dW = (dL/dy)^T x (out, in), the weight's own "
+                    "shape; dL/db = the sum of dL/dy's rows.",
+                    "y = a @ b: dL/da = dL/dy b^T, dL/db = a^T dL/dy.",
+                    "kv_proj without a weight (Kv == E) is the identity: dx = dy, and no weight gradient."},
+                   [](Report& r) {
+                       check_fixtures(r, "05 linear_backward, kv_projection_backward, matmul_backward -> dL/d attended, "
+                                         "key_in, query_in, x, ln_post and the weights",
+                                      [&](const Fixture& f, const std::string& where) {
+                           const auto& w = f.weights;
+                           const auto& dy = f.gradients;
+                           const std::size_t E = f.config.embed_dim, N = f.x.shape(0);
+                           Matrix dWo = xt::zeros<float>({E, E}), dWk = dWo, dWv = dWo, dproj = dWo;
+                           Vector dbo = xt::zeros<float>({E}), dbk = dbo, dbv = dbo;
+                           Matrix dWkv = xt::zeros<float>(w.kv_proj.shape());
+                           for (std::size_t n = 0; n < N; ++n) {
+                               const std::string image = ", image " + std::to_string(n);
+                               const LinearGradients o = linear_backward(item(f.expect("attended"), n), w.out_proj_weight,
+                                                                         item(dy.get("out"), n));
+                               r.check(where + ", out_proj: dL/d attended" + image, o.dx, item(dy.get("attended"), n),
+                                       kGradAtol, kGradRtol);
+                               dWo += o.dweight;
+                               dbo += o.dbias;
+                               const LinearGradients k = linear_backward(item(f.expect("key_in"), n), w.in_proj.w_k,
+                                                                         item(dy.get("k"), n));
+                               r.check(where + ", W_k: dL/d key_in" + image, k.dx, item(dy.get("key_in"), n), kGradAtol,
+                                       kGradRtol);
+                               dWk += k.dweight;
+                               dbk += k.dbias;
+                               const LinearGradients v = linear_backward(item(f.expect("ln_kv"), n), w.in_proj.w_v,
+                                                                         item(dy.get("v"), n));
+                               dWv += v.dweight;
+                               dbv += v.dbias;
+                               const KvProjectionGradients kv = kv_projection_backward(item(f.x, n), w.kv_proj,
+                                                                                       item(dy.get("kv_proj"), n));
+                               r.check(where + ", kv_proj: dL/d x" + image, kv.dx, item(dy.get("x"), n), kGradAtol, kGradRtol);
+                               if (w.kv_proj.size()) dWkv += kv.dw_kv;
+                               else if (kv.dw_kv.size())
+                                   r.fail(where + ", kv_proj is the identity here (Kv == E): dw_kv must be empty, it is " +
+                                          shape_string(shape_of(xt::xarray<float>(kv.dw_kv))));
+                               const MatmulGradients p = matmul_backward(item(f.expect("ln_post"), n), f.tail.proj,
+                                                                         item(dy.get("proj"), n));
+                               r.check(where + ", proj: dL/d ln_post" + image, p.da, item(dy.get("ln_post"), n), kGradAtol,
+                                       kGradRtol);
+                               dproj += p.db;
+                           }
+                           const LinearGradients q = linear_backward(f.expect("query_in"), w.in_proj.w_q, dy.get("q"));
+                           r.check(where + ", W_q: dL/d query_in", q.dx, dy.get("query_in"), kGradAtol, kGradRtol);
+                           const auto& pg = f.param_gradients;
+                           const xt::xarray<float>& in_w = pg.get("attn_pool.attn.in_proj_weight");
+                           const xt::xarray<float>& in_b = pg.get("attn_pool.attn.in_proj_bias");
+                           const auto rows = [&](std::size_t part) { return xt::range(part * E, (part + 1) * E); };
+                           r.check(where + ", dL/d W_q (in_proj_weight's rows [0, E))", q.dweight,
+                                   xt::xarray<float>(xt::view(in_w, rows(0))), kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d b_q", q.dbias, xt::xarray<float>(xt::view(in_b, rows(0))), kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d W_k, summed over the images", dWk, xt::xarray<float>(xt::view(in_w, rows(1))),
+                                   kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d b_k, summed over the images", dbk, xt::xarray<float>(xt::view(in_b, rows(1))),
+                                   kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d W_v, summed over the images", dWv, xt::xarray<float>(xt::view(in_w, rows(2))),
+                                   kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d b_v, summed over the images", dbv, xt::xarray<float>(xt::view(in_b, rows(2))),
+                                   kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d out_proj.weight", dWo, pg.get("attn_pool.attn.out_proj.weight"), kGradAtol,
+                                   kGradRtol);
+                           r.check(where + ", dL/d out_proj.bias", dbo, pg.get("attn_pool.attn.out_proj.bias"), kGradAtol,
+                                   kGradRtol);
+                           if (w.kv_proj.size())
+                               r.check(where + ", dL/d kv_proj.weight", dWkv, pg.get("attn_pool.kv_proj.weight"), kGradAtol,
+                                       kGradRtol);
+                           r.check(where + ", dL/d proj", dproj, pg.get("proj"), kGradAtol, kGradRtol);
+                       });
+                   },
+                   true});
+
+    all.push_back({"07-adapter-backward", "07 the adapter (backward)", "docs/stages/07-adapter.md", "adapter_backward",
+                   {"Go back through the forward pass in reverse: out_proj, the attention (per image), W_k and W_v, "
+                    "the additions of the tables, ln_kv and kv_proj; then the query side once.",
+                    "X = LN_kv(kv_proj) reaches both key_in and v: dL/dX = dL/d key_in + the v path's dx.",
+                    "q serves every image, and every weight serves every image: sum their gradients over the images.",
+                    "The tables are frozen: dL/d query_in passes to LN_q's output unchanged, dL/d key_in to X."},
+                   [](Report& r) {
+                       check_fixtures(r, "07 adapter_backward -> dL/d every parameter and x", [&](const Fixture& f,
+                                                                                                  const std::string& where) {
+                           Trace forward;
+                           const Tensor3 out = adapter_forward(f.weights, f.config, f.x, f.has_mask ? &f.mask : nullptr,
+                                                               &forward);
+                           const TailGradients tail = tower_tail_backward(f.tail, out, f.gradients.get("proj"), f.config.eps);
+                           const AdapterGradients g = adapter_backward(f.weights, f.config, f.x, forward, tail.d_out);
+                           const auto& pg = f.param_gradients;
+                           const std::pair<const char*, xt::xarray<float>> pairs[] = {
+                               {"attn_pool.query", g.query},
+                               {"attn_pool.attn.in_proj_weight", g.in_proj_weight},
+                               {"attn_pool.attn.in_proj_bias", g.in_proj_bias},
+                               {"attn_pool.attn.out_proj.weight", g.out_proj_weight},
+                               {"attn_pool.attn.out_proj.bias", g.out_proj_bias},
+                               {"attn_pool.ln_q.weight", g.ln_q_weight},
+                               {"attn_pool.ln_q.bias", g.ln_q_bias},
+                               {"attn_pool.ln_kv.weight", g.ln_kv_weight},
+                               {"attn_pool.ln_kv.bias", g.ln_kv_bias}};
+                           for (const auto& [name, got] : pairs)
+                               r.check(where + ", dL/d " + name, got, pg.get(name), kGradAtol, kGradRtol);
+                           if (f.weights.kv_proj.size())
+                               r.check(where + ", dL/d attn_pool.kv_proj.weight", g.kv_proj, pg.get("attn_pool.kv_proj.weight"),
+                                       kGradAtol, kGradRtol);
+                           r.check(where + ", dL/d x", g.x, f.gradients.get("x"), kGradAtol, kGradRtol);
+                       });
+                       if (r.failures() == 0) check_whole_backward(r);  // then every recorded gradient, in order
+                   }});
+
+    all.push_back({"10-adamw", "10 training (the optimiser)", "docs/stages/10-training.md",
+                   "learning_rate, clip_grad_norm, AdamW::update",
+                   {"The warm-up: lr (s + 1) / warmup for s < warmup (the first step's rate is lr / warmup, not 0). "
+                    "Then min_lr + (lr - min_lr) (1 + cos(pi (s - warmup) / (total - warmup))) / 2.",
+                    "clip_grad_norm: one norm over EVERY gradient together; scale by max_norm / (norm + 1e-6) only when "
+                    "that is below 1; return the norm before clipping.",
+                    "AdamW's decay is decoupled: p <- p (1 - lr wd), on the parameter, not wd p added to the gradient "
+                    "(that is Adam with L2, and goes through m and v).",
+                    "Bias corrections with t counted from 1: m / (1 - beta1^t), v / (1 - beta2^t); eps is added after "
+                    "the square root of v's correction."},
+                   [](Report& r) {
+                       const nlohmann::ordered_json golden =
+                           nlohmann::ordered_json::parse(read_json(kData + "/training/optimizer_10_steps.json").dump());
+                       AdamWConfig config;
+                       const auto& o = golden.at("optimizer");
+                       config.lr = o.at("lr");
+                       config.min_lr = o.at("min_lr");
+                       config.beta1 = o.at("betas")[0];
+                       config.beta2 = o.at("betas")[1];
+                       config.eps = o.at("eps");
+                       config.weight_decay = o.at("weight_decay");
+                       config.max_grad_norm = o.at("max_grad_norm");
+                       config.warmup_steps = o.at("warmup_steps");
+                       config.total_steps = o.at("total_steps");
+                       const auto named = [](const nlohmann::ordered_json& j) {
+                           NamedTensors out;
+                           for (const auto& [name, value] : j.items()) out.push_back({name, tensor_from_json(value, name)});
+                           return out;
+                       };
+                       std::size_t before = r.failures();
+                       for (const auto& step : golden.at("steps")) {
+                           const std::size_t s = step.at("step");
+                           if (!r.number("stage 10 learning_rate(" + std::to_string(s) + ") (warm-up " +
+                                             std::to_string(config.warmup_steps) + ", total " +
+                                             std::to_string(config.total_steps) + ")",
+                                         learning_rate(s, config), step.at("lr"), 1e-12, 1e-9))
+                               break;
+                       }
+                       if (r.failures() == before) r.pass("stage 10 learning_rate at all 10 steps, against LambdaLR's");
+                       before = r.failures();
+                       r.guarded("stage 10 clip_grad_norm", [&] {
+                           for (const auto& step : golden.at("steps")) {
+                               const std::string where = "stage 10 clip_grad_norm, step " + std::to_string(step.at("step").get<int>());
+                               NamedTensors grads = named(step.at("gradients"));
+                               const double norm = clip_grad_norm(grads, config.max_grad_norm);
+                               if (!r.number(where + ", the norm it returns", norm, step.at("grad_norm"), 0.0, 1e-5)) return;
+                               const NamedTensors clipped = named(step.at("clipped"));
+                               for (std::size_t i = 0; i < grads.size(); ++i)
+                                   if (!r.check(where + ", the clipped gradient of " + grads[i].first, grads[i].second,
+                                                clipped[i].second, 1e-7, 1e-5))
+                                       return;
+                           }
+                       });
+                       if (r.failures() == before)
+                           r.pass("stage 10 clip_grad_norm at all 10 steps (clipped and not), against clip_grad_norm_");
+                       before = r.failures();
+                       r.guarded("stage 10 AdamW::update", [&] {
+                           AdamW optimizer;
+                           optimizer.config = config;
+                           NamedTensors params = named(golden.at("initial_params"));
+                           for (const auto& step : golden.at("steps")) {
+                               // PyTorch's rate and clipped gradients, so that only the update is checked here
+                               optimizer.update(params, named(step.at("clipped")), step.at("lr"));
+                               const NamedTensors want = named(step.at("params"));
+                               for (std::size_t i = 0; i < params.size(); ++i)
+                                   if (!r.check("stage 10 AdamW::update, update " +
+                                                    std::to_string(step.at("step").get<int>() + 1) + ", " + params[i].first,
+                                                params[i].second, want[i].second, 1e-6, 1e-5))
+                                       return;
+                           }
+                       });
+                       if (r.failures() == before)
+                           r.pass("stage 10 AdamW::update, ten updates, every parameter, against torch.optim.AdamW");
+                       if (r.failures() > 0) return;
+                       // The whole: ten training steps of the adapter (train_step calls your three functions).
+                       r.guarded("stage 10 train_step, ten steps (data/training/adamw_10_steps.json)", [&] {
+                           const nlohmann::ordered_json j =
+                               nlohmann::ordered_json::parse(read_json(kData + "/training/adamw_10_steps.json").dump());
+                           AdapterWeights weights;
+                           TowerTail tail;
+                           const auto& cfg = j.at("config");
+                           weights.kv_proj = Matrix::from_shape({cfg.at("embed_dim").get<std::size_t>(), cfg.at("kv_dim").get<std::size_t>()});
+                           set_trainable_parameters(named(j.at("initial_params")), weights, tail);
+                           AdapterConfig c = derive_config(weights, cfg.at("num_heads").get<std::size_t>());
+                           c.eps = cfg.at("eps").get<float>();
+                           const Tensor3 x = tensor_from_json(j.at("inputs").at("x"), "x");
+                           const Tensor3 target = tensor_from_json(j.at("inputs").at("target"), "target");
+                           AdamW optimizer;
+                           optimizer.config = config;
+                           for (const auto& want : j.at("steps")) {
+                               const StepResult got = train_step(weights, tail, c, x, target, optimizer);
+                               const std::string where = "stage 10 train_step " + std::to_string(want.at("step").get<int>());
+                               if (!r.number(where + ", loss", got.loss, want.at("loss"), 0.0, 1e-5)) return;
+                               if (!r.number(where + ", gradient norm", got.grad_norm, want.at("grad_norm"), 0.0, 1e-5)) return;
+                           }
+                           r.pass("ten training steps of the adapter with your optimiser: every loss and gradient norm as "
+                                  "PyTorch's");
+                       });
+                   }});
+
+    all.push_back({"11-minicpmv", "11 MiniCPM-V", "docs/stages/11-minicpmv.md", "table_grid, slice_table, key_padding",
+                   {"Cell (i, j) of an image is row i * T.w + j of the big table (the TABLE's width): the first h * w "
+                    "rows of the table are not the image's slice.",
+                    "key_padding is true where a key is padding (from h * w on), as PyTorch's key_padding_mask: true = "
+                    "ignored.",
+                    "table_grid grows max_grid on each axis to the largest h and the largest w of the batch; it never "
+                    "shrinks it."},
+                   [](Report& r) {
+                       std::size_t before = r.failures();
+                       for (const Fixture& f : model_fixtures()) {
+                           if (f.config.model != Model::minicpm_v) continue;
+                           const std::string where = "stage 11, fixture models/" + f.name;
+                           r.guarded(where, [&] {
+                               const std::size_t E = f.config.embed_dim, L = f.x.shape(1);
+                               const Grid T = table_grid(f.max_grid, f.grids);
+                               const Matrix table = sincos_2d(E, T);
+                               const xt::xarray<float>& pos_k = f.expect("pos_k");
+                               const xt::xarray<float>& padding = f.expect("key_padding_mask");
+                               for (std::size_t n = 0; n < f.grids.size(); ++n) {
+                                   const Grid g = f.grids[n];
+                                   const std::string image = ", image " + std::to_string(n) + " (" + std::to_string(g.h) +
+                                                             " x " + std::to_string(g.w) + ")";
+                                   const xt::xtensor<bool, 1> mask = key_padding(g, L);
+                                   r.check(where + ", key_padding" + image, xt::xarray<float>(xt::cast<float>(mask)),
+                                           xt::xarray<float>(xt::view(padding, n)), 0.0, 0.0);
+                                   r.check(where + ", slice_table" + image + " (table grid " + std::to_string(T.h) + " x " +
+                                               std::to_string(T.w) + ")",
+                                           slice_table(table, T, g),
+                                           xt::xarray<float>(xt::view(pos_k, n, xt::range(0, g.cells()))), f.atol, f.rtol);
+                               }
+                           });
+                       }
+                       if (r.failures() == before)
+                           r.pass("stage 11 table_grid, slice_table, key_padding on MiniCPM-V's three fixtures");
+                       if (r.failures() == 0) check_model_forward(r, Model::minicpm_v);
+                   }});
+
+    for (std::size_t n = 1; n <= 5; ++n)
+        all.push_back({"port-" + std::to_string(n), "the port lab, mystery " + std::to_string(n),
+                       "docs/course/lesson-9-porting.md", "the first stage that diverges and the bug",
+                       {"Run compare on the mystery's dump: it marks the first stage beyond tolerance and lists that "
+                        "stage's usual causes.",
+                        "Several bugs change the same stage first. Tell them apart with the numbers: load the dump's "
+                        ".npy files in numpy and test each candidate on them (the lesson shows how)."},
+                       [n](Report& r) { check_port_mystery(r, n); }, false, "src/exercises/port_lab.txt"});
+
+    all.push_back({"10-query-count", "10 training (the query-count mini-project)", "docs/course/lesson-8-query-count.md",
+                   "answers from six training runs",
+                   {"Each answer comes from the runs' loss.csv files: the final loss is the mean of a run's last 100 "
+                    "values of the loss column (pandas or numpy.genfromtxt read them; notebook 08 plots them)."},
+                   [](Report& r) { check_query_count(r); }, false, "src/exercises/10_query_count.txt"});
     return all;
 }
 
 int usage() {
-    std::fprintf(stderr, "usage: qwenvl-exercise NAME [--all] | --list   (docs/course/README.md; --all: every failure)\n");
+    std::fprintf(stderr, "usage: qwenvl-exercise NAME [--all] [--answers FILE] [--runs DIR] | --list   (docs/course/README.md;\n"
+                         "       --all: every failure; --answers, --runs: an answers exercise's file and run folder)\n");
     return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2 || argc > 3 || (argc == 3 && std::string(argv[2]) != "--all")) return usage();
+    if (argc < 2) return usage();
     const std::string name = argv[1];
-    const bool all_failures = argc == 3;
+    bool all_failures = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--all") all_failures = true;
+        else if (arg == "--answers" && i + 1 < argc) answers_override = argv[++i];
+        else if (arg == "--runs" && i + 1 < argc) runs_override = argv[++i];
+        else return usage();
+    }
     const std::vector<Exercise> all = exercises();
     if (name == "--list") {
         for (const Exercise& e : all)
@@ -569,27 +1128,34 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "qwenvl-exercise: no exercise named '%s' (qwenvl-exercise --list names them)\n", name.c_str());
         return 2;
     }
+    const Exercise& e = *chosen;
+    const bool answers = !e.answers.empty();
     try {
-        fixtures();
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "qwenvl-exercise: %s\n", e.what());
+        if (!answers) fixtures();
+    } catch (const std::exception& ex) {
+        std::fprintf(stderr, "qwenvl-exercise: %s\n", ex.what());
         return 2;
     }
-    const Exercise& e = *chosen;
-    std::printf("exercise %s: %s (%s), stage %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file().c_str(),
-                e.stage.c_str(), e.page.c_str());
+    std::printf("exercise %s: %s (%s), %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file().c_str(),
+                answers ? e.stage.c_str() : ("stage " + e.stage).c_str(), e.page.c_str());
     Report report(e.hints, all_failures);
-    e.check(report);
-    if (report.failures() == 0) {  // then the whole pass, which calls the student's functions where the adapter does
+    try {
+        e.check(report);
+    } catch (const std::exception& ex) {  // a data file of the course unreadable: a usage error, not a failure
+        std::fprintf(stderr, "qwenvl-exercise: %s\n", ex.what());
+        return 2;
+    }
+    if (report.failures() == 0 && !answers) {  // then the whole pass, which calls the student's functions where the adapter does
         if (e.name != "07-adapter") check_whole_forward(report);  // 07's own check is the whole forward pass
         if (e.backward) check_whole_backward(report);
     }
     if (report.failures() > 0) {
         report.print_hints();
-        std::printf("exercise %s: FAILED (%zu failing checks; stage %s)\n", e.name.c_str(), report.failures(),
-                    e.stage.c_str());
+        std::printf("exercise %s: FAILED (%zu failing checks; %s%s)\n", e.name.c_str(), report.failures(),
+                    answers ? "" : "stage ", e.stage.c_str());
         return 1;
     }
-    std::printf("exercise %s: PASSED (%zu checks against PyTorch's values)\n", e.name.c_str(), report.checks());
+    std::printf("exercise %s: PASSED (%zu checks%s)\n", e.name.c_str(), report.checks(),
+                answers ? "" : " against PyTorch's values");
     return 0;
 }

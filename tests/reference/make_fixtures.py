@@ -965,6 +965,8 @@ def port_forward(model, p, x, grids, H, mistake=None, exact_resize=True, roundin
     t = Rounded(rounding)
 
     def ln(v, name):
+        if mistake == "ln_eps_1e5":  # nn.LayerNorm's default eps instead of the visual tower's 1e-6
+            return F.layer_norm(v, (E,), p[name + ".weight"], p[name + ".bias"], 1e-5)
         if mistake == "layernorm_unbiased":
             mean, var = v.mean(-1, keepdim=True), v.var(-1, unbiased=True, keepdim=True)
             return (v - mean) / torch.sqrt(var + EPS) * p[name + ".weight"] + p[name + ".bias"]
@@ -976,7 +978,9 @@ def port_forward(model, p, x, grids, H, mistake=None, exact_resize=True, roundin
         t["pos_q"] = port_table(E, Gq, Gq, mistake).to(dtype)
         image = t["pos_q"].reshape(1, Gq, Gq, E).permute(0, 3, 1, 2)
         size = (w, h) if mistake == "resize_hw_swapped" else (h, w)
-        if mistake == "align_corners" or not exact_resize:
+        if mistake == "bilinear_keys":
+            resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        elif mistake == "align_corners" or not exact_resize:
             resized = F.interpolate(image, size=size, mode="bicubic", align_corners=mistake == "align_corners")
         else:
             resized = resize_table_exact(t["pos_q"], Gq, size).reshape(1, size[0], size[1], E).permute(0, 3, 1, 2)
@@ -1011,16 +1015,25 @@ def port_forward(model, p, x, grids, H, mistake=None, exact_resize=True, roundin
     t["k"] = F.linear(t["key_in"], w_k, b_k)
     t["v"] = F.linear(t["ln_kv"] + (pos_k if mistake == "value_position" else 0.0), w_v, b_v)
     scale = 1.0 if mistake == "q_unscaled" else 1.0 / math.sqrt(Dh)
-    qh = (t["q"] * scale).reshape(Q, H, Dh).permute(1, 0, 2)
-    kh = t["k"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
-    vh = t["v"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    if mistake == "heads_interleaved":  # head h takes channels h, h + H, h + 2H, ... (and gives them back there)
+        qh = (t["q"] * scale).reshape(Q, Dh, H).permute(2, 0, 1)
+        kh = t["k"].reshape(N, L, Dh, H).permute(0, 3, 1, 2)
+        vh = t["v"].reshape(N, L, Dh, H).permute(0, 3, 1, 2)
+    else:
+        qh = (t["q"] * scale).reshape(Q, H, Dh).permute(1, 0, 2)
+        kh = t["k"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+        vh = t["v"].reshape(N, L, H, Dh).permute(0, 2, 1, 3)
     t["scores"] = torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1))
     masked = t["scores"]
     if model == "minicpm_v":
         masked = masked.masked_fill(t["key_padding_mask"].bool()[:, None, None, :], float("-inf"))
-    t["attn_weights"] = torch.softmax(masked, dim=-1)
-    t["attended"] = torch.matmul(t["attn_weights"], vh).permute(0, 2, 1, 3).reshape(N, Q, E)
-    t["out"] = F.linear(t["attended"], p["attn.out_proj.weight"], p["attn.out_proj.bias"])
+    t["attn_weights"] = torch.softmax(masked, dim=-2 if mistake == "softmax_over_queries" else -1)
+    if mistake == "heads_interleaved":
+        t["attended"] = torch.matmul(t["attn_weights"], vh).permute(0, 2, 3, 1).reshape(N, Q, E)
+    else:
+        t["attended"] = torch.matmul(t["attn_weights"], vh).permute(0, 2, 1, 3).reshape(N, Q, E)
+    w_o = p["attn.out_proj.weight"]
+    t["out"] = F.linear(t["attended"], w_o.T if mistake == "out_proj_transposed" else w_o, p["attn.out_proj.bias"])
     t["ln_post"] = ln(t["out"], "ln_post")
     t["proj"] = t["ln_post"] @ (p["proj"].T if mistake == "proj_transposed" else p["proj"])
     return t
@@ -1086,6 +1099,165 @@ def write_compare_cases():
         f.write(json.dumps({"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
                             "mistakes": listing}, indent=2) + "\n")
     print("wrote data/compare/ (%d mistakes)" % len(listing))
+
+
+# ---------------------------------------------------------------------------
+# The course's own data (data/course/): the optimiser alone over ten steps (exercise 10-adamw) and the
+# port-debugging lab's mystery dumps (exercises port-1 to port-5, docs/course/lesson-9-porting.md).
+
+COURSE_DIR = os.path.join(REPO, "data", "course")
+
+
+def write_optimizer_golden(seed=3200):
+    """torch.optim.AdamW (the paper's betas, eps and weight decay), clip_grad_norm_ at 1.0 and LambdaLR's warm-up +
+    cosine (learning_rate_factor) on three parameter tensors, fed ten fixed gradients, in float64 from float32 values:
+    each step's learning rate, the gradients' norm before clipping and every parameter after the update, rounded to
+    float32. The gradients' scale changes from step to step, so that some steps are clipped and some are not."""
+    gen = np.random.default_rng(seed)
+    shapes = {"weight": (3, 4), "bias": (4,), "query": (2, 2)}
+    initial = {k: randn(gen, *shape) for k, shape in shapes.items()}
+    scales = [2.0, 0.1, 0.5, 3.0, 0.05, 0.2, 1.5, 0.02, 0.4, 0.08]
+    gradients = [{k: randn(gen, *shape, scale=scales[step]) for k, shape in shapes.items()}
+                 for step in range(ADAMW["total_steps"])]
+    params = {k: v.double().clone().requires_grad_(True) for k, v in initial.items()}
+    ordered = [params[k] for k in shapes]
+    optimizer = torch.optim.AdamW(ordered, lr=ADAMW["lr"], betas=tuple(ADAMW["betas"]), eps=ADAMW["eps"],
+                                  weight_decay=ADAMW["weight_decay"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
+    steps = []
+    for step, grads in enumerate(gradients):
+        for k in shapes:
+            params[k].grad = grads[k].double().clone()
+        norm = torch.nn.utils.clip_grad_norm_(ordered, ADAMW["max_grad_norm"])
+        clipped = {k: params[k].grad.float() for k in shapes}
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        schedule.step()
+        steps.append({"step": step, "lr": lr, "grad_norm": float(np.float32(norm.item())),
+                      "gradients": {k: tensor_json(grads[k]) for k in shapes},
+                      "clipped": {k: tensor_json(clipped[k]) for k in shapes},
+                      "params": {k: tensor_json(params[k].detach().float()) for k in shapes}})
+    golden = {"name": "optimizer_10_steps",
+              "description": "ten updates of AdamW with gradient clipping and the warm-up + cosine schedule, on fixed "
+                             "gradients (the course's exercise 10-adamw)",
+              "generator": "tests/reference/make_fixtures.py", "seed": seed, "torch_version": torch.__version__,
+              "numpy_version": np.__version__,
+              "oracle": "torch.optim.AdamW, clip_grad_norm_ and LambdaLR in float64 on float32 values; norms, clipped "
+                        "gradients and parameters rounded to float32",
+              "optimizer": ADAMW, "initial_params": {k: tensor_json(initial[k]) for k in shapes}, "steps": steps}
+    os.makedirs(TRAINING_DIR, exist_ok=True)
+    path = os.path.join(TRAINING_DIR, "optimizer_10_steps.json")
+    with open(path, "w") as f:
+        f.write(dumps(golden))
+    return path
+
+
+def lab_hash(*parts):
+    """FNV-1a, 64 bits, of "qwenvl-port-lab:" and the parts joined by ":" (the checker's lab_hash): the lab's answers
+    are stored hashed, so that reading data/ does not give them away."""
+    h = 0xcbf29ce484222325
+    for byte in ("qwenvl-port-lab:" + ":".join(parts)).encode():
+        h = ((h ^ byte) * 0x100000001b3) % (1 << 64)
+    return "%016x" % h
+
+
+# The bugs a student chooses from: code, the stage it changes first, what it is, and what the dump would show if it
+# were this bug (the checker prints it when this code is named for a stage where it is not the port's bug).
+PORT_LAB_BUGS = [
+    ("sincos-halves", "pos_q", "each half of the 2-D table as cosines, then sines",
+     "within each half of pos_q's channels, the two quarters would be PyTorch's two quarters swapped"),
+    ("meshgrid-hw", "pos_q", "the table's first half encodes the row h, the second the column w",
+     "pos_q's two halves of channels would be PyTorch's two halves swapped"),
+    ("bf16-table", "pos_q", "the query table stored in bf16",
+     "pos_q would differ from PyTorch's by at most 2^-8 of each value, everywhere"),
+    ("sincos-omega-over-d", "pos_q", "the frequencies 10000^(-i/(E/2)) instead of 10000^(-i/(E/4)): the exponent over the 1-D table's width D, not D/2",
+     "pos_q's first channel of each quarter (frequency 1) would agree, the slower ones not"),
+    ("align-corners", "pos_k", "the key table resized with align_corners=True",
+     "F.interpolate(pos_q as an image, size=(h, w), mode='bicubic', align_corners=True) would give the port's pos_k"),
+    ("bilinear-keys", "pos_k", "the key table resized bilinearly",
+     "F.interpolate(pos_q as an image, size=(h, w), mode='bilinear', align_corners=False) would give the port's pos_k"),
+    ("resize-hw-swapped", "pos_k", "the key table resized to (w, h) instead of (h, w)",
+     "the port's pos_k would be the table resized to the transposed grid: read as (w, h, E) it is smooth"),
+    ("layernorm-unbiased", "ln_q", "every LayerNorm with the unbiased variance (divided by E - 1)",
+     "every LayerNorm's x_hat would be sqrt(E / (E - 1)) times PyTorch's: compare's LayerNorm diagnosis says which"),
+    ("ln-eps-1e-5", "ln_q", "every LayerNorm with nn.LayerNorm's default eps, 1e-5, instead of 1e-6",
+     "the difference would be largest on rows of small variance (the queries) and vanish on rows of variance 1: "
+     "compare's LayerNorm diagnosis tries other eps values"),
+    ("ln-eps-outside", "ln_q", "eps added to the standard deviation, outside the square root",
+     "the difference would be largest on rows of small variance; compare's LayerNorm diagnosis tries this too"),
+    ("no-query-table", "query_in", "the query table left out of the queries", "query_in would equal ln_q"),
+    ("no-key-table", "key_in", "the key table left out of the keys", "key_in would equal ln_kv"),
+    ("value-position", "v", "the key table added to the values too",
+     "v would be (ln_kv + pos_k) W_v^T + b_v, computed from the dump's own ln_kv and pos_k"),
+    ("q-unscaled", "scores", "q not scaled by 1/sqrt(Dh) before the product",
+     "every score would be sqrt(Dh) times PyTorch's: one constant factor"),
+    ("q-over-sqrt-e", "scores", "q scaled by 1/sqrt(E) instead of 1/sqrt(Dh)",
+     "every score would be sqrt(Dh / E) = 1/sqrt(H) times PyTorch's: one constant factor"),
+    ("heads-interleaved", "scores", "head h given channels h, h + H, h + 2H, ... instead of [h Dh, (h + 1) Dh)",
+     "head h's scores would be q[:, h::H] k[:, h::H]^T / sqrt(Dh) from the dump's own q and k"),
+    ("softmax-over-queries", "attn_weights", "the softmax taken over the queries (dim=-2) instead of the keys",
+     "each COLUMN of a head's weights (one key, every query) would sum to 1, not each row"),
+    ("softmax-no-max", "attn_weights", "the softmax without subtracting the row's maximum",
+     "nothing would change unless exp overflows: these scores are far too small for that"),
+    ("out-proj-transposed", "out", "out_proj's weight used untransposed: attended W_o instead of attended W_o^T",
+     "out would be attended @ W_o + b_o from the dump's own attended: W_o is square, so no shape tells"),
+    ("out-proj-no-bias", "out", "out_proj's bias left out",
+     "out minus PyTorch's would be the same vector, -b_o, on every row"),
+    ("proj-transposed", "proj", "proj used as an nn.Linear weight: ln_post proj^T",
+     "proj would be ln_post @ proj^T from the dump's own ln_post"),
+]
+# The five mysteries: which bug each port has (the answers; the files hold only their hashes).
+PORT_LAB_MYSTERIES = ["heads_interleaved", "ln_eps_1e5", "out_proj_transposed", "bilinear_keys", "softmax_over_queries"]
+PORT_LAB_CASE = {"E": 16, "H": 4, "Kv": 12, "Gq": 3, "grid": (4, 6), "N": 2, "seed": 3300}
+
+
+def write_port_lab():
+    """The lab's case (upstream's initialisation with small random biases and LayerNorm parameters, so that no
+    parameter is trivially 0 or 1; the queries keep upstream's std of 0.02), its weights and features, and five dumps
+    of a port, each with one bug from PORT_LAB_BUGS, with the answers hashed."""
+    c = PORT_LAB_CASE
+    E, H, Kv, Gq, (h, w), N = c["E"], c["H"], c["Kv"], c["Gq"], c["grid"], c["N"]
+    gen = np.random.default_rng(c["seed"])
+    initial = upstream_init(E, Kv, Gq * Gq, gen)
+    for name in ("attn_pool.attn.in_proj_bias", "attn_pool.attn.out_proj.bias", "attn_pool.ln_q.bias",
+                 "attn_pool.ln_kv.bias", "ln_post.bias"):
+        initial[name] = randn(gen, *initial[name].shape, scale=0.1)
+    for name in ("attn_pool.ln_q.weight", "attn_pool.ln_kv.weight", "ln_post.weight"):
+        initial[name] = 1.0 + randn(gen, E, scale=0.1)
+    x = randn(gen, N, h * w, Kv)
+    folder = os.path.join(COURSE_DIR, "port-lab")
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(os.path.join(folder, "weights.safetensors"), {PREFIX + k: v for k, v in initial.items()}, "F32")
+    np.save(os.path.join(folder, "x.npy"), x.numpy())
+    params = {k.replace("attn_pool.", ""): v.double() for k, v in initial.items()}
+    reference = port_forward("qwen_vl", params, x.double(), [(h, w)], H)
+    codes = {code for code, *_ in PORT_LAB_BUGS}
+    mysteries = []
+    for number, mistake in enumerate(PORT_LAB_MYSTERIES, start=1):
+        code = mistake.replace("_", "-").replace("1e5", "1e-5")
+        assert code in codes, code
+        first = [stage for code_, stage, *_ in PORT_LAB_BUGS if code_ == code][0]
+        trace = port_forward("qwen_vl", params, x.double(), [(h, w)], H, mistake)
+        # the bug changes its stage first, and every stage before it is PyTorch's
+        names = list(trace.keys())
+        for stage in names[:names.index(first)]:
+            assert torch.equal(trace[stage], reference[stage]), (mistake, stage)
+        assert (trace[first] - reference[first]).abs().max() > 1e-3, (mistake, first)
+        name = "mystery-%d" % number
+        save_dump(os.path.join(folder, name), trace)
+        mysteries.append({"name": name, "dump": "data/course/port-lab/" + name,
+                          "stage_hash": lab_hash(name, first), "answer_hash": lab_hash(name, first, code)})
+    lab = {"generator": "tests/reference/make_fixtures.py", "seed": c["seed"], "torch_version": torch.__version__,
+           "description": "the port-debugging lab (docs/course/lesson-9-porting.md): five dumps of a port of "
+                          "Qwen-VL's adapter, each with one bug; the answers are stored as FNV-1a hashes",
+           "arguments": "--weights data/course/port-lab/weights.safetensors --heads %d --input "
+                        "data/course/port-lab/x.npy --grids %dx%d" % (H, h, w),
+           "mysteries": mysteries,
+           "bugs": [{"code": code, "first_stage": stage, "what": what, "if_it_were": sign}
+                    for code, stage, what, sign in PORT_LAB_BUGS]}
+    with open(os.path.join(folder, "lab.json"), "w") as f:
+        f.write(json.dumps(lab, indent=2) + "\n")
+    return folder
 
 
 # ---------------------------------------------------------------------------
@@ -1338,8 +1510,10 @@ def main():
     print("wrote %s" % os.path.relpath(write_training_golden(seed=3001, readout=True), REPO))
     print("wrote %s" % os.path.relpath(write_training_golden(seed=3002, masked=True), REPO))
     print("wrote %s" % os.path.relpath(write_readout_golden(), REPO))
+    print("wrote %s" % os.path.relpath(write_optimizer_golden(), REPO))
     write_model_fixtures()
     write_compare_cases()
+    print("wrote %s/" % os.path.relpath(write_port_lab(), REPO))
     write_reader_corpus()
     print("wrote data/readers/")
     return 0

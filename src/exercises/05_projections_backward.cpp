@@ -1,0 +1,41 @@
+// Exercise 05-projections-backward: the projections' gradients, dx, dW and db (docs/course/lesson-7-training.md).
+//   check:     cmake --build --preset release --target check-05-projections-backward
+//   read:      lesson 7
+//   solution:  the Solution section of docs/stages/05-projections.md (read it once you pass)
+//
+// Given the forward pass's inputs and dL/dy, the gradient of the loss with respect to each input:
+//   matmul_backward(a (R, K), b (K, C), dy (R, C)) for y = a @ b:
+//       da (R, K), db (K, C)
+//   linear_backward(x (R, in), W (out, in), dy (R, out)) for y = x W^T + bias:
+//       dx (R, in), dweight (out, in), dbias (out,)
+//   kv_projection_backward(x (L, Kv), W_kv (E, Kv), dy (L, E)) for y = x W_kv^T (no bias):
+//       dx (L, Kv), dw_kv (E, Kv); for the identity (W_kv empty, Kv == E): dx = dy and dw_kv empty
+// Work out each from y_ij = sum_k x_ik W_jk + b_j: which entries of y does x_ik reach, and through which weight?
+// Check your answer on the shapes: every gradient has the shape of the value it is the gradient of.
+// The pitfalls: nn.Linear's weight is (out, in), so dW is (out, in) too, not its transpose; the bias reaches
+// every row of y, so its gradient sums over the rows; the identity kv_proj has no weight to differentiate.
+#include <xtensor/xview.hpp>
+
+#include "stages/05_projections.hpp"
+
+namespace qwenvl {
+
+MatmulGradients matmul_backward(const Matrix& a, const Matrix& b, const Matrix& dy) {
+    // TODO: replace this placeholder with da and db.
+    (void)dy;
+    return {xt::zeros<float>(a.shape()), xt::zeros<float>(b.shape())};
+}
+
+LinearGradients linear_backward(const Matrix& x, const Matrix& weight, const Matrix& dy) {
+    // TODO: replace this placeholder with dx, dweight and dbias.
+    (void)dy;
+    return {xt::zeros<float>(x.shape()), xt::zeros<float>(weight.shape()), xt::zeros<float>({weight.shape(0)})};
+}
+
+KvProjectionGradients kv_projection_backward(const Matrix& x, const Matrix& w_kv, const Matrix& dy) {
+    // TODO: replace this placeholder with dx and dw_kv (the identity when w_kv is empty).
+    (void)dy;
+    return {xt::zeros<float>(x.shape()), xt::zeros<float>(w_kv.shape())};
+}
+
+}  // namespace qwenvl
