@@ -119,15 +119,19 @@ public:
 
     // One comparison; prints a line, and on the first failure the detail and the hints.
     // `silent`: counted, not printed (the whole forward pass's failures after the first, in 07).
+    // `looks_like`: the exercise's own diagnosis, when the general one (diagnose) finds nothing.
     bool check(const std::string& where, const xt::xarray<float>& got, const xt::xarray<float>& want, double atol,
-               double rtol, bool silent = false) {
+               double rtol, bool silent = false,
+               const std::function<std::string()>& looks_like = nullptr) {
         const Comparison c = compare(got, want, atol, rtol);
         ++checks_;
         if (c.ok()) return true;
+        std::string diagnosis = diagnose(got, want);
+        if (diagnosis.empty() && looks_like && c.same_shape) diagnosis = looks_like();
         fail(where + ": " + (c.same_shape ? describe(c, want)
                                           : "shape " + shape_string(shape_of(got)) + ", expected " +
                                                 shape_string(shape_of(want))),
-             diagnose(got, want), silent);
+             diagnosis, silent);
         return false;
     }
     // A check that is not a comparison (an expected error, an exception).
@@ -142,12 +146,14 @@ public:
         std::printf("  ok    %s\n", what.c_str());
     }
     // One number against PyTorch's: |got - want| <= atol + rtol |want|.
-    bool number(const std::string& where, double got, double want, double atol, double rtol) {
+    // `at_zero`: what a 0 looks like here (default: the starter's placeholder).
+    bool number(const std::string& where, double got, double want, double atol, double rtol,
+                const std::string& at_zero = "you returned 0: is the starter's placeholder still there?") {
         ++checks_;
         if (std::fabs(got - want) <= atol + rtol * std::fabs(want)) return true;
         char buf[96];
         std::snprintf(buf, sizeof buf, ": got %.9g, expected %.9g", got, want);
-        fail(where + buf, got == 0.0 ? "you returned 0: is the starter's placeholder still there?" : "");
+        fail(where + buf, got == 0.0 ? at_zero : "");
         return false;
     }
     // A check that passed without a comparison (an answer found right).
@@ -292,6 +298,32 @@ void check_whole_backward(Report& report) {
         });
     }
     if (report.failures() == before) report.pass("the whole backward pass on every fixture, against autograd");
+}
+
+// What a first AdamW update (from m = v = 0, where the corrected moments are g and g^2) gives under the classic
+// mistakes; names the one `got` equals, or "".
+std::string adamw_first_update_looks_like(const xt::xarray<float>& p0, const xt::xarray<float>& g, double lr,
+                                          const AdamWConfig& c, const xt::xarray<float>& got) {
+    using Rule = std::function<double(double, double)>;  // (p0, g) -> p after the update
+    const double wd = c.weight_decay, eps = c.eps;
+    const std::vector<std::pair<std::string, Rule>> mistakes = {
+        {"Adam's L2: wd * p added to the gradient (through m and v), where AdamW decays the parameter itself, p (1 - lr wd)",
+         [&](double p, double grad) { const double h = grad + wd * p; return p - lr * h / (std::fabs(h) + eps); }},
+        {"no weight decay at all", [&](double p, double grad) { return p - lr * grad / (std::fabs(grad) + eps); }},
+        {"no bias corrections: m / (1 - beta1^t) and v / (1 - beta2^t) are missing",
+         [&](double p, double grad) {
+             return p * (1 - lr * wd) - lr * (1 - c.beta1) * grad / (std::sqrt(1 - c.beta2) * std::fabs(grad) + eps);
+         }},
+        {"eps inside the square root: sqrt(v + eps) where it is sqrt(v) + eps",
+         [&](double p, double grad) { return p * (1 - lr * wd) - lr * grad / std::sqrt(grad * grad + eps); }},
+    };
+    for (const auto& [what, rule] : mistakes) {
+        bool same = true;
+        for (std::size_t i = 0; i < got.size() && same; ++i)
+            same = std::fabs(got.flat(i) - rule(p0.flat(i), g.flat(i))) <= 1e-6 + 1e-5 * std::fabs(got.flat(i));
+        if (same) return what;
+    }
+    return "";
 }
 
 // ---- answers exercises: the port-debugging lab and the query-count mini-project ----
@@ -977,7 +1009,10 @@ std::vector<Exercise> exercises() {
                            if (!r.number("stage 10 learning_rate(" + std::to_string(s) + ") (warm-up " +
                                              std::to_string(config.warmup_steps) + ", total " +
                                              std::to_string(config.total_steps) + ")",
-                                         learning_rate(s, config), step.at("lr"), 1e-12, 1e-9))
+                                         learning_rate(s, config), step.at("lr"), 1e-12, 1e-9,
+                                         s == 0 ? "a rate of 0 at step 0: the starter's placeholder, or a warm-up "
+                                                  "factor s / warmup where it is (s + 1) / warmup (s counts from 0)"
+                                                : "you returned 0: is the starter's placeholder still there?"))
                                break;
                        }
                        if (r.failures() == before) r.pass("stage 10 learning_rate at all 10 steps, against LambdaLR's");
@@ -1001,15 +1036,23 @@ std::vector<Exercise> exercises() {
                        r.guarded("stage 10 AdamW::update", [&] {
                            AdamW optimizer;
                            optimizer.config = config;
-                           NamedTensors params = named(golden.at("initial_params"));
+                           const NamedTensors initial = named(golden.at("initial_params"));
+                           NamedTensors params = initial;
                            for (const auto& step : golden.at("steps")) {
                                // PyTorch's rate and clipped gradients, so that only the update is checked here
-                               optimizer.update(params, named(step.at("clipped")), step.at("lr"));
+                               const NamedTensors clipped = named(step.at("clipped"));
+                               optimizer.update(params, clipped, step.at("lr"));
                                const NamedTensors want = named(step.at("params"));
+                               const bool first = step.at("step").get<int>() == 0;
                                for (std::size_t i = 0; i < params.size(); ++i)
                                    if (!r.check("stage 10 AdamW::update, update " +
                                                     std::to_string(step.at("step").get<int>() + 1) + ", " + params[i].first,
-                                                params[i].second, want[i].second, 1e-6, 1e-5))
+                                                params[i].second, want[i].second, 1e-6, 1e-5, false, [&] {
+                                                    return first ? adamw_first_update_looks_like(
+                                                                       initial[i].second, clipped[i].second,
+                                                                       step.at("lr"), config, params[i].second)
+                                                                 : std::string();
+                                                }))
                                        return;
                            }
                        });
