@@ -1,6 +1,6 @@
 // Exercise 01-grid-side: write grid_side (docs/course/README.md, lesson 1).
 //   check:     cmake --build --preset release --target check-01-grid-side
-//   read:      docs/stages/01-feature-input.md
+//   read:      docs/course/lesson-1-shapes.md; notebooks/01_paper_numbers.ipynb
 //   solution:  src/stages/01_feature_input.cpp, the project's own stage (read it once you pass)
 //
 // The keys are the patches of a square G x G grid, so the number of keys L must be a perfect square:

@@ -1,6 +1,6 @@
 // Exercise 02-sincos: write sincos_1d and sincos_2d (docs/course/README.md, lesson 2).
 //   check:     cmake --build --preset release --target check-02-sincos
-//   read:      docs/stages/02-sincos.md, notebooks/02_sincos_table.ipynb; the paper's section 2.1
+//   read:      docs/course/lesson-2-sincos.md; notebooks/02_sincos_table.ipynb
 //   solution:  src/stages/02_sincos.cpp, the project's own stage (read it once you pass)
 //
 // sincos_1d(D, positions) -> (P, D), P = positions.size(), D even. With D/2 frequencies

@@ -1,6 +1,6 @@
 // Exercise 03-resize: write source_coordinate and resize_bicubic (docs/course/README.md, lesson 3).
 //   check:     cmake --build --preset release --target check-03-resize
-//   read:      docs/stages/03-resize.md, notebooks/03_resizing_the_table.ipynb
+//   read:      docs/course/lesson-3-resize.md; notebooks/03_resizing_the_table.ipynb
 //   solution:  src/stages/03_resize.cpp, the project's own stage (read it once you pass)
 //
 // The stored (Q, E) table is for the 16 x 16 query grid; the keys lie on a 32 x 32 grid, so the table is resized

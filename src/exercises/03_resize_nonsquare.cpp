@@ -1,7 +1,7 @@
 // Exercise 03-resize-nonsquare: the key table of a non-square key grid (docs/course/lesson-3-resize.md).
 //   check:     cmake --build --preset release --target check-03-resize-nonsquare
-//   read:      lesson 3; notebooks/03_resizing_the_table.ipynb
-//   solution:  the Solution section of docs/stages/03-resize.md (read it once you pass)
+//   read:      docs/course/lesson-3-resize.md; notebooks/03_resizing_the_table.ipynb
+//   solution:  src/stages/03_resize.cpp, the project's own stage (read it once you pass)
 //
 // An image that is not square gives a key grid of h rows and w columns (h != w), L = h w keys. Its key table is the
 // (G_q x G_q) query table resized as an image of E channels to (h, w), as

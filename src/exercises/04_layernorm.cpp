@@ -1,6 +1,6 @@
 // Exercise 04-layernorm: write layer_norm (docs/course/README.md, lesson 4).
 //   check:     cmake --build --preset release --target check-04-layernorm
-//   read:      docs/stages/04-layernorm.md, notebooks/04_a_stage_in_numpy.ipynb
+//   read:      docs/course/lesson-4-layernorm-projections.md; notebooks/04_a_stage_in_numpy.ipynb
 //   solution:  src/stages/04_layernorm.cpp, the project's own stage (read it once you pass)
 //
 // x (R, E), gamma (E,), beta (E,) -> y (R, E). Each row of E values on its own:

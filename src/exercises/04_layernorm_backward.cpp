@@ -1,6 +1,6 @@
 // Exercise 04-layernorm-backward: write layer_norm_backward (docs/course/README.md, lesson 7).
 //   check:     cmake --build --preset release --target check-04-layernorm-backward
-//   read:      docs/stages/04-layernorm.md (Backward), docs/training.md
+//   read:      docs/course/lesson-7-training.md
 //   solution:  src/stages/04_layernorm.cpp, the project's own stage (read it once you pass)
 //
 // Given the forward pass's input x (R, E), gamma (E,) and dL/dy (R, E). Per row, with mean, var as in the forward

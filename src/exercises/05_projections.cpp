@@ -1,6 +1,6 @@
 // Exercise 05-projections: write matmul, linear and kv_projection (docs/course/README.md, lesson 4).
 //   check:     cmake --build --preset release --target check-05-projections
-//   read:      docs/stages/05-projections.md
+//   read:      docs/course/lesson-4-layernorm-projections.md
 //   solution:  src/stages/05_projections.cpp, the project's own stage (read it once you pass)
 //
 // matmul:        a (R, K) @ b (K, M) -> (R, M),   y_ij = sum_k a_ik b_kj          (loop k from 0 up, in float)

@@ -1,7 +1,7 @@
 // Exercise 05-projections-backward: the projections' gradients, dx, dW and db (docs/course/lesson-7-training.md).
 //   check:     cmake --build --preset release --target check-05-projections-backward
-//   read:      lesson 7
-//   solution:  the Solution section of docs/stages/05-projections.md (read it once you pass)
+//   read:      docs/course/lesson-7-training.md
+//   solution:  src/stages/05_projections.cpp, the project's own stage (read it once you pass)
 //
 // Given the forward pass's inputs and dL/dy, the gradient of the loss with respect to each input:
 //   matmul_backward(a (R, K), b (K, C), dy (R, C)) for y = a @ b:

@@ -1,6 +1,6 @@
 // Exercise 06-attention: write multi_head_attention (docs/course/README.md, lesson 5).
 //   check:     cmake --build --preset release --target check-06-attention
-//   read:      docs/stages/06-attention.md, notebooks/05_where_the_queries_look.ipynb; the paper's section 2.1
+//   read:      docs/course/lesson-5-attention.md; notebooks/05_where_the_queries_look.ipynb
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
 // One image: q (Q, E), k (L, E), v (L, E) already projected, H heads of Dh = E / H channels, mask (Q, L) or

@@ -1,6 +1,6 @@
 // Exercise 06-attention-backward: write multi_head_attention_backward (docs/course/README.md, lesson 7).
 //   check:     cmake --build --preset release --target check-06-attention-backward
-//   read:      docs/stages/06-attention.md (Backward), docs/training.md
+//   read:      docs/course/lesson-7-training.md
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
 // One image: q (Q, E), k, v (L, E), the forward pass's weights (H, Q, L) and dL/d attended (Q, E). For each head h

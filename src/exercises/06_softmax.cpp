@@ -1,6 +1,6 @@
 // Exercise 06-softmax: write softmax_rows (docs/course/README.md, lesson 5).
 //   check:     cmake --build --preset release --target check-06-softmax
-//   read:      docs/stages/06-attention.md
+//   read:      docs/course/lesson-5-attention.md
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
 // scores (Q, L), mask (Q, L) or nullptr -> weights (Q, L). For each row of s = scores + mask (one query, L keys):

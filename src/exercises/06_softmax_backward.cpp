@@ -1,6 +1,6 @@
 // Exercise 06-softmax-backward: write softmax_rows_backward (docs/course/README.md, lesson 7).
 //   check:     cmake --build --preset release --target check-06-softmax-backward
-//   read:      docs/stages/06-attention.md (Backward), docs/training.md
+//   read:      docs/course/lesson-7-training.md
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
 // Given the weights p (Q, L) the forward pass computed and dL/dp (Q, L) -> dL/ds (Q, L). Per row:

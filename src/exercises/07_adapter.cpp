@@ -1,7 +1,7 @@
 // Exercise 07-adapter: write adapter_forward, the adapter composed from stages 01 to 06 (docs/course/README.md,
 // lesson 6).
 //   check:     cmake --build --preset release --target check-07-adapter
-//   read:      docs/stages/07-adapter.md, notebooks/06_adapter_step_by_step.ipynb; the paper's section 2.1
+//   read:      docs/course/lesson-6-adapter.md; notebooks/06_adapter_step_by_step.ipynb
 //   solution:  src/stages/07_adapter.cpp, the project's own stage (read it once you pass)
 //
 // x (N, L, Kv) -> out (N, Q, E); mask (Q, L) or nullptr. In this order, recording each value in `trace` under the

@@ -1,8 +1,9 @@
 // Exercise 07-adapter-backward: the whole adapter's backward pass, assembled from the stages' backwards
 // (docs/course/lesson-7-training.md).
 //   check:     cmake --build --preset release --target check-07-adapter-backward
-//   read:      lesson 7 (and lesson 6 for the forward pass you are going back through)
-//   solution:  the Solution section of docs/stages/10-training.md (read it once you pass)
+//   read:      docs/course/lesson-7-training.md (and lesson 6, the forward pass you go back through)
+//   solution:  adapter_backward in src/stages/07_adapter.cpp, the project's own (read it once you pass); its
+//              equations: docs/stages/07-adapter.md#backward-training
 //
 // Given x (N, L, Kv), the forward pass's trace (`forward`: every intermediate adapter_forward recorded, under the
 // names of exercise 07) and d_out = dL/d out (N, Q, E), return dL/d every trainable parameter and dL/dx.

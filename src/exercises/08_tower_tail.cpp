@@ -1,6 +1,6 @@
 // Exercise 08-tower-tail: write tower_tail_forward (docs/course/README.md, lesson 6).
 //   check:     cmake --build --preset release --target check-08-tower-tail
-//   read:      docs/stages/08-tower-tail.md
+//   read:      docs/course/lesson-6-adapter.md
 //   solution:  src/stages/08_tower_tail.cpp, the project's own stage (read it once you pass)
 //
 // The visual tower ends with `x = self.ln_post(x); x = x @ self.proj` on the adapter's output. For each image n:

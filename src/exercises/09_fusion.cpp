@@ -1,6 +1,6 @@
 // Exercise 09-fusion: write fuse_image_features (docs/course/README.md, lesson 6).
 //   check:     cmake --build --preset release --target check-09-fusion
-//   read:      docs/stages/09-fusion.md; the paper's section 2.2
+//   read:      docs/course/lesson-6-adapter.md
 //   solution:  src/stages/09_fusion.cpp, the project's own stage (read it once you pass)
 //
 // ids (T,), embeddings (T, E), features (M, Q, E) -> (T, E): a copy of the embeddings in which, for the m-th

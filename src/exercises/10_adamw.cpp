@@ -1,8 +1,8 @@
 // Exercise 10-adamw: the paper's optimiser: the learning-rate schedule, gradient clipping and AdamW
 // (docs/course/lesson-7-training.md).
 //   check:     cmake --build --preset release --target check-10-adamw
-//   read:      lesson 7
-//   solution:  the Solution section of docs/stages/10-training.md (read it once you pass)
+//   read:      docs/course/lesson-7-training.md
+//   solution:  src/stages/10_training.cpp, the project's own stage (read it once you pass)
 //
 // learning_rate(step, config): the rate of step s (from 0): a linear warm-up over config.warmup_steps steps to
 //   config.lr, then a cosine from config.lr down to config.min_lr at config.total_steps (lesson 7 has the

@@ -1,8 +1,8 @@
 // Exercise 11-minicpmv: MiniCPM-V's key tables: each image's slice of one big table, and the key padding mask
 // (docs/course/lesson-9-porting.md).
 //   check:     cmake --build --preset release --target check-11-minicpmv
-//   read:      lesson 9
-//   solution:  the Solution section of docs/stages/11-minicpmv.md (read it once you pass)
+//   read:      docs/course/lesson-9-porting.md
+//   solution:  src/stages/11_minicpmv.cpp, the project's own stage (read it once you pass)
 //
 // MiniCPM-V resamples a batch of image slices of different shapes at once. Image n has its own grid of h_n rows and
 // w_n columns, L_n = h_n w_n patches; the batch is padded to L = the largest L_n. Its key table is not resized: it is

@@ -752,7 +752,7 @@ std::vector<Exercise> exercises() {
                            const Matrix fused = fuse_image_features(ids, embeddings, features);
                            if (r.check("stage 09 fuse_image_features, data/fusion", fused,
                                        read_npy_float(kData + "/fusion/expected.npy"), 0.0, 0.0))
-                               r.pass("stage 09 fuse_image_features on data/fusion, against PyTorch's torch.cat");
+                               r.pass("stage 09 fuse_image_features on data/fusion, against the generator's splice (numpy, make_fixtures.py)");
                            bool threw = false;
                            try {
                                fuse_image_features(ids, embeddings, Tensor3(xt::view(features, xt::range(0, 1))));
