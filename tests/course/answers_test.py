@@ -72,6 +72,8 @@ def port_lab(checker, work):
             expect("%s naming stage %s" % (exercise, wrong), status, out, 1, "is not the first stage")
         status, out = run(checker, exercise, "--answers", answers_file({n: ("?", "?")}))
         expect(exercise + " unanswered", status, out, 1, "no answer yet", "the bugs to choose from")
+        status, out = run(checker, exercise, "--answers", answers_file({n: (stage, "?")}))
+        expect(exercise + " with the stage alone", status, out, 1, "the stage is right", "the bugs to choose from")
 
 
 # Lesson 8's runs (docs/course/lesson-8-query-count.md gives the same commands).
