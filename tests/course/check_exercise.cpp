@@ -1191,7 +1191,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "qwenvl-exercise: %s\n", ex.what());
         return 2;
     }
-    std::printf("exercise %s: %s (%s), %s (%s)\n", e.name.c_str(), e.writes.c_str(), e.file().c_str(),
+    std::printf("exercise %s: %s (%s), %s (%s)\n", e.name.c_str(), e.writes.c_str(),
+                answers && !answers_override.empty() ? answers_override.c_str() : e.file().c_str(),
                 answers ? e.stage.c_str() : ("stage " + e.stage).c_str(), e.page.c_str());
     Report report(e.hints, all_failures);
     try {

@@ -1006,6 +1006,8 @@ def port_forward(model, p, x, grids, H, mistake=None, exact_resize=True, roundin
         query_in = t["ln_q"] + (port_table(E, 1, Q, None).to(dtype) if mistake == "query_table" else 0.0)
     w_q, w_k, w_v = p["attn.in_proj_weight"].chunk(3)
     b_q, b_k, b_v = p["attn.in_proj_bias"].chunk(3)
+    if mistake == "kv_chunks_swapped":  # in_proj's key and value parts read in the wrong order
+        w_k, w_v, b_k, b_v = w_v, w_k, b_v, b_k
     t["q"] = F.linear(query_in, w_q, b_q)
     if model == "minicpm_v":
         t["pos_k"], t["key_padding_mask"] = pos_k, padding
@@ -1187,6 +1189,12 @@ PORT_LAB_BUGS = [
      "the difference would be largest on rows of small variance; compare's LayerNorm diagnosis tries this too"),
     ("no-query-table", "query_in", "the query table left out of the queries", "query_in would equal ln_q"),
     ("no-key-table", "key_in", "the key table left out of the keys", "key_in would equal ln_kv"),
+    ("kv-chunks-swapped", "k", "in_proj's key and value parts exchanged: W_v and b_v used for the keys, W_k and b_k "
+     "for the values", "k would be key_in W_v^T + b_v from the dump's own key_in (in_proj_weight's rows [2E, 3E))"),
+    ("k-weight-transposed", "k", "W_k used untransposed: key_in W_k instead of key_in W_k^T",
+     "k would be key_in @ W_k + b_k from the dump's own key_in: W_k is square, so no shape tells"),
+    ("k-no-bias", "k", "the key projection's bias b_k left out",
+     "k minus PyTorch's would be the same vector, -b_k, on every row"),
     ("value-position", "v", "the key table added to the values too",
      "v would be (ln_kv + pos_k) W_v^T + b_v, computed from the dump's own ln_kv and pos_k"),
     ("q-unscaled", "scores", "q not scaled by 1/sqrt(Dh) before the product",
@@ -1207,7 +1215,8 @@ PORT_LAB_BUGS = [
      "proj would be ln_post @ proj^T from the dump's own ln_post"),
 ]
 # The five mysteries: which bug each port has (the answers; the files hold only their hashes).
-PORT_LAB_MYSTERIES = ["heads_interleaved", "ln_eps_1e5", "out_proj_transposed", "bilinear_keys", "softmax_over_queries"]
+PORT_LAB_MYSTERIES = ["heads_interleaved", "kv_chunks_swapped", "out_proj_transposed", "bilinear_keys",
+                      "softmax_over_queries"]
 PORT_LAB_CASE = {"E": 16, "H": 4, "Kv": 12, "Gq": 3, "grid": (4, 6), "N": 2, "seed": 3300}
 
 
