@@ -3,11 +3,10 @@
 //   read:      docs/course/lesson-1-shapes.md; notebooks/01_paper_numbers.ipynb
 //   solution:  src/stages/01_feature_input.cpp, the project's own stage (read it once you pass)
 //
-// The keys are the patches of a square G x G grid, so the number of keys L must be a perfect square:
-//   G = sqrt(L)        1024 keys -> 32; 256 queries -> 16
-// The reference computes int(math.sqrt(L)), which truncates: 1000 keys would silently become a 31 x 31 grid and
-// the position table would be built for 961 positions. Here a count that is not a perfect square (or 0) is an
-// error: throw std::invalid_argument whose message starts with `what`.
+// count cells -> the side G of the square G x G grid holding them. A count that is no square grid (not a perfect
+// square, or 0: no patches is no image) throws std::invalid_argument whose message starts with `what` (the
+// argument's name, for the caller's error).
+// Why the check is there, and the classic mistake it stops: lesson 1.
 #include <cmath>
 #include <stdexcept>
 #include <string>

@@ -3,17 +3,11 @@
 //   read:      docs/course/lesson-2-sincos.md; notebooks/02_sincos_table.ipynb
 //   solution:  src/stages/02_sincos.cpp, the project's own stage (read it once you pass)
 //
-// sincos_1d(D, positions) -> (P, D), P = positions.size(), D even. With D/2 frequencies
-//   omega_i = 1 / 10000^(i / (D/2)),   i = 0 .. D/2 - 1
-//   row p   = [sin(p omega_0) ... sin(p omega_{D/2-1}),  cos(p omega_0) ... cos(p omega_{D/2-1})]
-// (all the sines first, then all the cosines; compute in float, as numpy's float32 does).
-//
-// sincos_2d(E, G) -> (G*G, E), E divisible by 4 (throw std::invalid_argument otherwise: E/2 must split into sines
-// and cosines). Row r = h*G + w is the patch in grid row h, column w:
-//   channels [0, E/2)  = sincos_1d(E/2, ...) of the COLUMN index w
-//   channels [E/2, E)  = sincos_1d(E/2, ...) of the ROW index h
-// The pitfall: the reference builds the grid with numpy.meshgrid(w, h), so the half it calls "h" holds w.
-// Putting h first is the classic mistake, and every value of the table is then wrong.
+// sincos_1d(D, positions) -> (P, D), P = positions.size(), D even: one row of D values per position.
+// sincos_2d(E, G) -> (G*G, E), row r = h*G + w the patch in grid row h, column w; E not divisible by 4 throws
+// std::invalid_argument (require, core/shapes.hpp). Built from two 1-D tables, one per half of the channels.
+// Which half holds which index, the order of sines and cosines, the frequencies and the precision: lesson 2 (its
+// worked example is small enough to check your first rows by hand).
 #include <cmath>
 #include <vector>
 

@@ -3,12 +3,9 @@
 //   read:      docs/course/lesson-4-layernorm-projections.md; notebooks/04_a_stage_in_numpy.ipynb
 //   solution:  src/stages/04_layernorm.cpp, the project's own stage (read it once you pass)
 //
-// x (R, E), gamma (E,), beta (E,) -> y (R, E). Each row of E values on its own:
-//   mean = (1/E) sum_c x_c
-//   var  = (1/E) sum_c (x_c - mean)^2
-//   y_c  = (x_c - mean) / sqrt(var + eps) * gamma_c + beta_c
-// The pitfalls: dividing the variance by E - 1 (numpy's ddof=1, torch.var's default) instead of E; eps outside
-// the square root. Keep the sums in double. check_shape (core/shapes.hpp) checks gamma and beta.
+// x (R, E), gamma (E,), beta (E,) -> y (R, E): each row of E values normalised on its own, as torch.nn.LayerNorm.
+// check_shape (core/shapes.hpp) checks gamma and beta. The equation, a row worked by hand and the two classic
+// mistakes: lesson 4.
 #include <cmath>
 
 #include "stages/04_layernorm.hpp"

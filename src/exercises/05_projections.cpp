@@ -3,12 +3,12 @@
 //   read:      docs/course/lesson-4-layernorm-projections.md
 //   solution:  src/stages/05_projections.cpp, the project's own stage (read it once you pass)
 //
-// matmul:        a (R, K) @ b (K, M) -> (R, M),   y_ij = sum_k a_ik b_kj          (loop k from 0 up, in float)
-// linear:        x (R, in), W (out, in), b (out,) -> (R, out),   y = x W^T + b    (torch's F.linear)
-// kv_projection: x (L, Kv), W_kv (E, Kv) -> (L, E) = x W_kv^T, no bias; an EMPTY W_kv (size 0) is the
-//                reference's nn.Identity (used when Kv == E): return x unchanged.
-// The pitfall: an nn.Linear weight is stored (out, in), so y = x W^T, not x W. (The tower's `proj`, stage 08, is
-// the one weight used as x @ W.) check_shape (core/shapes.hpp) checks the shapes.
+// matmul:        a (R, K) @ b (K, M) -> (R, M)
+// linear:        x (R, in), W (out, in), b (out,) -> (R, out), as torch's F.linear
+// kv_projection: x (L, Kv), W_kv (E, Kv) -> (L, E), no bias; an EMPTY W_kv (size 0) is the reference's nn.Identity
+//                (used when Kv == E): x unchanged.
+// How a weight's stored shape tells you how it is used, and the one weight that breaks the rule: lesson 4.
+// check_shape (core/shapes.hpp) checks the shapes.
 #include <xtensor/xmanipulation.hpp>
 
 #include "stages/05_projections.hpp"

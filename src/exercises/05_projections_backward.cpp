@@ -4,16 +4,12 @@
 //   solution:  src/stages/05_projections.cpp, the project's own stage (read it once you pass)
 //
 // Given the forward pass's inputs and dL/dy, the gradient of the loss with respect to each input:
-//   matmul_backward(a (R, K), b (K, C), dy (R, C)) for y = a @ b:
-//       da (R, K), db (K, C)
-//   linear_backward(x (R, in), W (out, in), dy (R, out)) for y = x W^T + bias:
-//       dx (R, in), dweight (out, in), dbias (out,)
-//   kv_projection_backward(x (L, Kv), W_kv (E, Kv), dy (L, E)) for y = x W_kv^T (no bias):
-//       dx (L, Kv), dw_kv (E, Kv); for the identity (W_kv empty, Kv == E): dx = dy and dw_kv empty
-// Work out each from y_ij = sum_k x_ik W_jk + b_j: which entries of y does x_ik reach, and through which weight?
-// Check your answer on the shapes: every gradient has the shape of the value it is the gradient of.
-// The pitfalls: nn.Linear's weight is (out, in), so dW is (out, in) too, not its transpose; the bias reaches
-// every row of y, so its gradient sums over the rows; the identity kv_proj has no weight to differentiate.
+//   matmul_backward(a (R, K), b (K, C), dy (R, C)), y = a @ b          -> da (R, K), db (K, C)
+//   linear_backward(x (R, in), W (out, in), dy (R, out)), y = x W^T + b  -> dx (R, in), dweight (out, in), dbias (out,)
+//   kv_projection_backward(x (L, Kv), W_kv (E, Kv), dy (L, E))          -> dx (L, Kv), dw_kv (E, Kv); for the identity
+//                                                                          (W_kv empty): dx = dy, dw_kv empty
+// Work each out from y_ij = sum_k x_ik W_jk + b_j (lesson 7): which entries of y does x_ik reach, through which
+// weight? Every gradient has the shape of the value it is the gradient of.
 #include <xtensor/xview.hpp>
 
 #include "stages/05_projections.hpp"

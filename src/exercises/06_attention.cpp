@@ -4,13 +4,11 @@
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
 // One image: q (Q, E), k (L, E), v (L, E) already projected, H heads of Dh = E / H channels, mask (Q, L) or
-// nullptr. Head h owns the channels [h*Dh, (h+1)*Dh):
-//   S_h = (q_h / sqrt(Dh)) k_h^T          (Q, L)     -> result.scores[h]
-//   A_h = softmax_rows(S_h, mask)         (Q, L)     -> result.weights[h]
-//   O_h = A_h v_h                         (Q, Dh)    -> result.attended[:, h*Dh : (h+1)*Dh]
-// The pitfalls: scaling by 1/sqrt(E) (the whole width) instead of 1/sqrt(Dh); scaling the scores by 1/Dh; heads
-// taken as interleaved channels instead of contiguous blocks. Use matmul (stage 05) and softmax_rows.
-// xt::view(m, xt::all(), xt::range(a, b)) is a block of columns; copy it into a Matrix before matmul.
+// nullptr -> result.scores (H, Q, L) before the mask and the softmax, result.weights (H, Q, L) after it, and
+// result.attended (Q, E), each head's output in its own channels. Which channels a head owns, and the scale:
+// lesson 5. Use matmul (stage 05) and softmax_rows.
+// xt::view(m, xt::all(), xt::range(a, b)) is a block of columns: copy it into a Matrix before matmul, and pass
+// xt::range(...) straight into xt::view (stored in a `const auto`, it does not compile).
 #include <cmath>
 
 #include <xtensor/xview.hpp>

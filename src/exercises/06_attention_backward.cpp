@@ -3,15 +3,12 @@
 //   read:      docs/course/lesson-7-training.md
 //   solution:  src/stages/06_attention.cpp, the project's own stage (read it once you pass)
 //
-// One image: q (Q, E), k, v (L, E), the forward pass's weights (H, Q, L) and dL/d attended (Q, E). For each head h
-// (channels [h*Dh, (h+1)*Dh), Dh = E / H), with O_h = A_h v_h and S_h = (q_h / sqrt(Dh)) k_h^T:
-//   dL/dv_h = A_h^T dO_h                 (L, Dh)     -> dv's channels of head h
-//   dL/dA_h = dO_h v_h^T                 (Q, L)      -> d_weights[h]
-//   dL/dS_h = softmax_rows_backward(A_h, dL/dA_h)    -> d_scores[h]
-//   dL/dq_h = dL/dS_h k_h / sqrt(Dh)     (Q, Dh)     -> dq's channels
-//   dL/dk_h = dL/dS_h^T (q_h / sqrt(Dh)) (L, Dh)     -> dk's channels
-// The pitfall: forgetting that q was scaled by 1/sqrt(Dh) in the forward pass (dq too large by sqrt(Dh)).
-// Use matmul (stage 05); copy a transposed view into a Matrix before the product.
+// One image: q (Q, E), k, v (L, E), the forward pass's weights (H, Q, L) and dL/d attended (Q, E) ->
+// dq (Q, E), dk, dv (L, E), d_weights and d_scores (H, Q, L). Go back through lesson 5's three steps of a head,
+// with lesson 7: remember what the forward pass did to q before the product. softmax_rows_backward is the
+// project's (or yours, from 06-softmax-backward). Use matmul (stage 05); copy a transposed view into a Matrix
+// before the product, and pass xt::range(...) straight into xt::view (stored in a `const auto`, it does not
+// compile).
 #include <cmath>
 
 #include <xtensor/xmanipulation.hpp>

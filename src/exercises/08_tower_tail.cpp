@@ -3,11 +3,9 @@
 //   read:      docs/course/lesson-6-adapter.md
 //   solution:  src/stages/08_tower_tail.cpp, the project's own stage (read it once you pass)
 //
-// The visual tower ends with `x = self.ln_post(x); x = x @ self.proj` on the adapter's output. For each image n:
-//   ln_post = layer_norm(out[n], tail.ln_post_weight, tail.ln_post_bias, eps)   (Q, E)   "ln_post"
-//   y[n]    = matmul(ln_post, tail.proj)                                        (Q, E)   "proj"
-// recording both with record_item(trace, name, n, N, value). The pitfall: proj is used as x @ proj, a plain
-// product; it is NOT an nn.Linear weight (x proj^T would be the mistake, and the square shape hides it).
+// The visual tower ends with `x = self.ln_post(x); x = x @ self.proj` on the adapter's output (N, Q, E) -> (N, Q, E).
+// Record ln_post's output and the result with record_item(trace, name, n, N, value) as "ln_post" and "proj".
+// How proj is used, and why its square shape hides the mistake: lesson 6.
 #include <xtensor/xview.hpp>
 
 #include "stages/04_layernorm.hpp"

@@ -3,11 +3,10 @@
 //   read:      docs/course/lesson-6-adapter.md
 //   solution:  src/stages/09_fusion.cpp, the project's own stage (read it once you pass)
 //
-// ids (T,), embeddings (T, E), features (M, Q, E) -> (T, E): a copy of the embeddings in which, for the m-th
-// <img> ... </img> span (a, b) (image_spans(ids) gives them in order), the Q rows strictly between the two tokens,
-// a + 1 .. b - 1, are replaced by image m's Q rows of features. The tokens <img> and </img> keep their own rows.
-// Throw std::invalid_argument (require, core/shapes.hpp) when the number of spans is not M or a span does not
-// hold exactly Q positions. The pitfall: off by one at either end (the features one row early or late).
+// ids (T,), embeddings (T, E), features (M, Q, E) -> (T, E): a copy of the embeddings with image m's Q rows of
+// features spliced into the m-th <img> ... </img> span (image_spans(ids) gives the spans in order). Throw
+// std::invalid_argument (require, core/shapes.hpp) when the number of spans is not M or a span does not hold
+// exactly Q positions. Which rows the features take, exactly: lesson 6.
 #include <xtensor/xview.hpp>
 
 #include "stages/09_fusion.hpp"

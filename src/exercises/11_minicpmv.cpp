@@ -4,17 +4,15 @@
 //   read:      docs/course/lesson-9-porting.md
 //   solution:  src/stages/11_minicpmv.cpp, the project's own stage (read it once you pass)
 //
-// MiniCPM-V resamples a batch of image slices of different shapes at once. Image n has its own grid of h_n rows and
-// w_n columns, L_n = h_n w_n patches; the batch is padded to L = the largest L_n. Its key table is not resized: it is
-// cut from one 2-D sin-cos table built for a larger grid (70 x 70 unless an image is larger).
-//   table_grid(max_grid, grids) -> the grid of that big table: max_grid, grown on each axis to the largest h and the
-//     largest w among the images (upstream rebuilds its cached table larger when an image does not fit).
-//   slice_table(table (T.h * T.w, E), T, image) -> (image.h * image.w, E): the rows [:image.h] and columns
-//     [:image.w] of the table seen as a (T.h, T.w, E) grid, in row-major order, as pos_embed[:h, :w, :].reshape(h*w, -1).
-//   key_padding(image, L) -> (L,) booleans: true where key j is padding (j >= image.h * image.w), as PyTorch's
-//     key_padding_mask (true = ignored).
-// The pitfalls: the image's cell (i, j) is row i * T.w + j of the big table (its width), not i * image.w + j, so the
-// first h * w rows of the table are NOT the slice; the mask is true for padding, not for real patches.
+// MiniCPM-V resamples a batch of image slices of different shapes at once: image n has a grid of h_n rows and w_n
+// columns, L_n = h_n w_n patches, the batch padded to L = the largest L_n. Its key table is cut from one 2-D sin-cos
+// table built for a larger grid, not resized.
+//   table_grid(max_grid, grids) -> the grid of that big table (upstream grows its cached table when an image does
+//     not fit).
+//   slice_table(table (T.h * T.w, E), T, image) -> (image.h * image.w, E): the image's part of the table, as
+//     pos_embed[:h, :w, :].reshape(h * w, -1) with pos_embed the table seen as (T.h, T.w, E).
+//   key_padding(image, L) -> (L,) booleans: PyTorch's key_padding_mask for the image.
+// Which rows form the slice, and what the mask's true means: lesson 9.
 #include <algorithm>
 
 #include <xtensor/xview.hpp>

@@ -1154,6 +1154,29 @@ def write_optimizer_golden(seed=3200):
     return path
 
 
+def write_layernorm_wide(seed=3400):
+    """LayerNorm where float32 sums are not enough (exercise 04-layernorm): rows of E = 1024 values of mean 1000 and
+    standard deviation 0.01 (a float32 running sum of them loses about 1e-3 of the mean, a tenth of a standard
+    deviation), random gamma and beta; torch.nn.functional.layer_norm in float64 on the float32 values, rounded to
+    float32."""
+    gen = np.random.default_rng(seed)
+    R, E = 4, 1024
+    x = (torch.from_numpy(1000.0 + gen.standard_normal((R, E)) * 0.01)).float()
+    gamma = 1.0 + randn(gen, E, scale=0.1)
+    beta = randn(gen, E, scale=0.1)
+    y = F.layer_norm(x.double(), (E,), gamma.double(), beta.double(), EPS).float()
+    golden = {"name": "layernorm_wide", "description": "LayerNorm on rows of mean 1000 and standard deviation 0.01, "
+              "E = 1024: the sums need double", "generator": "tests/reference/make_fixtures.py", "seed": seed,
+              "torch_version": torch.__version__, "numpy_version": np.__version__,
+              "oracle": "F.layer_norm in float64 on the float32 values, rounded to float32", "eps": EPS,
+              "x": tensor_json(x), "gamma": tensor_json(gamma), "beta": tensor_json(beta), "expected": tensor_json(y)}
+    os.makedirs(COURSE_DIR, exist_ok=True)
+    path = os.path.join(COURSE_DIR, "layernorm_wide.json")
+    with open(path, "w") as f:
+        f.write(dumps(golden))
+    return path
+
+
 def lab_hash(*parts):
     """FNV-1a, 64 bits, of "qwenvl-port-lab:" and the parts joined by ":" (the checker's lab_hash): the lab's answers
     are stored hashed, so that reading data/ does not give them away."""
@@ -1523,6 +1546,7 @@ def main():
     write_model_fixtures()
     write_compare_cases()
     print("wrote %s/" % os.path.relpath(write_port_lab(), REPO))
+    print("wrote %s" % os.path.relpath(write_layernorm_wide(), REPO))
     write_reader_corpus()
     print("wrote data/readers/")
     return 0
