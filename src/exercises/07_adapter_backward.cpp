@@ -2,8 +2,7 @@
 // (docs/course/lesson-7-training.md).
 //   check:     cmake --build --preset release --target check-07-adapter-backward
 //   read:      docs/course/lesson-7-training.md (and lesson 6, the forward pass you go back through)
-//   solution:  adapter_backward in src/stages/07_adapter.cpp, the project's own (read it once you pass); its
-//              equations: docs/stages/07-adapter.md#backward-training
+//   solution:  adapter_backward in src/stages/07_adapter.cpp, the project's own (read it once you pass)
 //
 // Given x (N, L, Kv), the forward pass's trace (`forward`: every intermediate adapter_forward recorded, under the
 // names of exercise 07) and d_out = dL/d out (N, Q, E), return dL/d every trainable parameter and dL/dx.

@@ -255,8 +255,12 @@ void check_trace(Report& report, const std::string& where, const Trace& trace, c
     const auto recorded = trace.names();
     for (const std::string& stage : f.expected.names()) {
         if (std::find(recorded.begin(), recorded.end(), stage) == recorded.end()) {
-            report.fail(where + ": the trace holds no \"" + stage + "\" (record(trace, \"" + stage + "\", ...))", "",
-                        silent);
+            const xt::xarray<float>& want = f.expect(stage);
+            const bool per_image = want.dimension() >= 3 && stage != "pos_k" && stage != "ln_q" && stage != "q";
+            report.fail(where + ": the trace holds no \"" + stage + "\" (" +
+                            (per_image ? "record_item(trace, \"" + stage + "\", n, N, ...), once per image"
+                                       : "record(trace, \"" + stage + "\", ...)") + ")",
+                        "", silent);
             return;
         }
         if (!report.check(where + ", first stage beyond tolerance: " + stage, trace.get(stage), f.expect(stage), f.atol,
