@@ -1164,11 +1164,23 @@ def write_layernorm_wide(seed=3400):
     x = (torch.from_numpy(1000.0 + gen.standard_normal((R, E)) * 0.01)).float()
     gamma = 1.0 + randn(gen, E, scale=0.1)
     beta = randn(gen, E, scale=0.1)
-    y = F.layer_norm(x.double(), (E,), gamma.double(), beta.double(), EPS).float()
+    # F.layer_norm's float64 sums run in an order that depends on the CPU's kernels, enough to round a float32 value
+    # the other way; the file holds the same LayerNorm with exactly rounded sums (math.fsum), checked against it.
+    rows = []
+    for r in range(R):
+        values = [float(v) for v in x[r].tolist()]
+        mean = math.fsum(values) / E
+        var = math.fsum((v - mean) ** 2 for v in values) / E
+        rstd = 1.0 / math.sqrt(var + EPS)
+        rows.append([(v - mean) * rstd * float(g) + float(b) for v, g, b in zip(values, gamma.tolist(), beta.tolist())])
+    exact = torch.tensor(rows, dtype=torch.float64)
+    assert (exact - F.layer_norm(x.double(), (E,), gamma.double(), beta.double(), EPS)).abs().max() < 1e-9
+    y = exact.float()
     golden = {"name": "layernorm_wide", "description": "LayerNorm on rows of mean 1000 and standard deviation 0.01, "
               "E = 1024: the sums need double", "generator": "tests/reference/make_fixtures.py", "seed": seed,
               "torch_version": torch.__version__, "numpy_version": np.__version__,
-              "oracle": "F.layer_norm in float64 on the float32 values, rounded to float32", "eps": EPS,
+              "oracle": "LayerNorm in float64 with exactly rounded sums (math.fsum) on the float32 values, equal to "
+                        "F.layer_norm's float64 to 1e-9, rounded to float32", "eps": EPS,
               "x": tensor_json(x), "gamma": tensor_json(gamma), "beta": tensor_json(beta), "expected": tensor_json(y)}
     os.makedirs(COURSE_DIR, exist_ok=True)
     path = os.path.join(COURSE_DIR, "layernorm_wide.json")
