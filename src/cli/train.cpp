@@ -18,6 +18,7 @@
 #include "io/safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
+#include "fast/train.hpp"
 #include "stages/10_training.hpp"
 
 namespace qwenvl::cli {
@@ -27,9 +28,9 @@ const char* kTrainHelp =
     "usage: qwenvl-adapter train --out DIR [--task positions|reconstruct] [--steps S] [--batch B] [--lr LR]\n"
     "                            [--min-lr LR] [--warmup W] [--seed N] [--width E] [--heads H] [--queries Q]\n"
     "                            [--keys L] [--no-positions] [--save-every S] [--log-every S] [--until S]\n"
-    "                            [--resume] [--force]\n"
+    "                            [--resume] [--force] [--readable]\n"
     "\n"
-    "Trains the adapter and the tower's tail (the readable stages, src/stages/) with the paper's optimiser (Qwen-VL,\n"
+    "Trains the adapter and the tower's tail (the fast path, src/fast/) with the paper's optimiser (Qwen-VL,\n"
     "appendix: AdamW with betas 0.9 and 0.98, eps 1e-6, weight decay 0.05, gradient-norm clipping at 1.0, a linear\n"
     "warm-up, then a cosine decay to a minimum learning rate), from upstream's initialisation, on one of two tasks\n"
     "(docs/training.md):\n"
@@ -55,6 +56,8 @@ const char* kTrainHelp =
     "                   --log-every and --until comes from the checkpoint; a flag may repeat one, and a flag that\n"
     "                   differs is refused. loss.csv is cut back to the checkpoint's step\n"
     "  --force          start a new run in DIR even though DIR holds a run (its checkpoint and log are replaced)\n"
+    "  --readable       run the readable stages (src/stages/) instead of the fast path: the same step, within float32\n"
+    "                   rounding, many times slower; either may resume the other's run\n"
     "Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, the checkpoint is written, exit status 130.\n"
     "About 3 s with the defaults. Then: qwenvl-adapter run --weights DIR/adapter.safetensors --input X.npy ...\n";
 
@@ -216,18 +219,22 @@ int train_command(const std::vector<std::string>& argv) {
     std::vector<std::string> options = {"--out", "--save-every", "--log-every", "--until"};
     for (const auto& [flag, key] : kSettings)
         if (flag != "--no-positions") options.push_back(flag);
-    const Args args = parse_args("train", argv, options, {"--no-positions", "--resume", "--force"});
+    const Args args = parse_args("train", argv, options, {"--no-positions", "--resume", "--force", "--readable"});
     if (args.help) return std::printf("%s", kTrainHelp), 0;
     // Every step allocates and frees the same tensors, some of 128 KiB and more (a batch of 16 images of 64 x 32
     // features is 128 KiB). glibc's malloc would map each such block afresh and unmap it on free, and give the top of
     // its heap back to the system, so every step paid the first-touch page faults again (docs/performance.md's page
     // faults). Kept in the heap, the step reuses its memory: 300 steps at the notebooks' size fault 1,000 pages
-    // instead of 163,000, and a step takes 8.6 to 10 ms instead of 13 to 15 (docs/performance.md#training).
-    mallopt(M_MMAP_THRESHOLD, 64 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    // instead of 163,000 (docs/performance.md#training).
+    // At Qwen-VL's size a step's largest tensors are in_proj's weight and gradient (192 MiB) and the E x E weights'
+    // (64 MiB): the thresholds are above them, so that those too stay in the heap (a step of two images at E = 4096,
+    // 256 queries, 1024 keys: 11.6 -> 3.9 s, medians of steps 2 to 6).
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     const std::string dir = args.required("train", "--out");
     const std::string checkpoint = dir + "/adapter.safetensors";
     const bool resume = args.flags.at("--resume");
+    const bool readable = args.flags.at("--readable");
     if (resume && args.flags.at("--force")) throw UsageError("train: --resume continues a run, --force replaces it: give one");
 
     // The run's settings, as the checkpoint records them: from the flags and the defaults for a new run, from the
@@ -371,10 +378,12 @@ int train_command(const std::vector<std::string>& argv) {
         StepResult r;
         if (task == "positions") {
             const TaskBatch b = positions_task(batch, grid_k, c.grid_q, c.embed_dim, rng);
-            r = train_step(w, tail, c, b.x, b.target, optimiser);
+            r = readable ? train_step(w, tail, c, b.x, b.target, optimiser)
+                         : fast::train_step(w, tail, c, b.x, b.target, optimiser);
         } else {
             const TaskBatch b = reconstruct_task(batch, grid_k, c.embed_dim, rng);
-            r = readout_train_step(w, tail, c, b.x, readout, b.target, optimiser);
+            r = readable ? readout_train_step(w, tail, c, b.x, readout, b.target, optimiser)
+                         : fast::readout_train_step(w, tail, c, b.x, readout, b.target, optimiser);
         }
         if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
             log.flush();

@@ -72,13 +72,14 @@ private:
 }  // namespace
 
 void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
-                bool accumulate) {
+                bool accumulate, bool transpose_a) {
     const std::size_t M = transpose_b ? b.rows : b.cols, K = transpose_b ? b.cols : b.rows;
-    require(a.cols == K, "gemm_block", "inner sizes differ: " + std::to_string(a.cols) + " and " + std::to_string(K));
-    if (a.rows == 0 || M == 0) return;
+    const std::size_t rows = transpose_a ? a.cols : a.rows, inner = transpose_a ? a.rows : a.cols;
+    require(inner == K, "gemm_block", "inner sizes differ: " + std::to_string(inner) + " and " + std::to_string(K));
+    if (rows == 0 || M == 0) return;
     if (K == 0) {  // an empty sum: BLAS may leave `out` untouched
         if (accumulate) return;
-        for (std::size_t r = 0; r < a.rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
+        for (std::size_t r = 0; r < rows; ++r) std::fill(out + r * out_stride, out + r * out_stride + M, 0.0f);
         return;
     }
     // Inside an OwnThreads scope (fast/threads.hpp), a large product is split into blocks of output columns, one
@@ -90,9 +91,10 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     // Output columns [c0, c1) from the float32 columns `part` of b (b^T's rows, with transpose_b).
     auto sgemm = [&](std::size_t c0, std::size_t c1, const Block& part) {
         using index = xt::blas_index_t;
-        cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans,
+        cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor,
+                             transpose_a ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                              transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
-                             static_cast<index>(a.rows), static_cast<index>(c1 - c0), static_cast<index>(K), 1.0f, a.data,
+                             static_cast<index>(rows), static_cast<index>(c1 - c0), static_cast<index>(K), 1.0f, a.data,
                              static_cast<index>(a.stride), part.data, static_cast<index>(part.stride),
                              accumulate ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
     };
@@ -117,7 +119,7 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
         }
     };
     const std::size_t blocks = (M + 63) / 64;
-    if (static_cast<double>(a.rows) * static_cast<double>(M) * static_cast<double>(K) < double(1 << 24)) return columns(0, blocks);
+    if (static_cast<double>(rows) * static_cast<double>(M) * static_cast<double>(K) < double(1 << 24)) return columns(0, blocks);
     parallel_for(blocks, 1, columns);
 }
 

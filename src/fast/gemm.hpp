@@ -64,8 +64,10 @@ struct Values {
 // out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride; with
 // `accumulate`, out += a b^T (or a b) instead (sgemm's beta = 1). The single call of sgemm in the project. b may be
 // packed (16 bits): the output is then the same, bit for bit, as with b widened to float32 first.
+// With `transpose_a`, a^T takes a's place (a.cols rows of a.rows values): the backward pass's weight gradients,
+// dW = dy^T x, summed over every row of a batch in one product.
 void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
-                bool accumulate = false);
+                bool accumulate = false, bool transpose_a = false);
 
 // Replaces stages' linear: (R, in) x (out, in) + (out,) -> (R, out), y = x W^T + b, the way PyTorch's addmm
 // does it: every row of y starts as b and sgemm adds the product onto it (beta = 1).

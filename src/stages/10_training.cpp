@@ -152,13 +152,8 @@ void AdamW::update(NamedTensors& params, const NamedTensors& gradients, double l
     }
 }
 
-namespace {
-// The part of a step after the loss: the backward from dL/dy, the clipping and AdamW's update.
-StepResult update_from_loss(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
-                            const Trace& forward, const Tensor3& out, double loss, const Tensor3& d_y, AdamW& optimizer) {
-    const TailGradients tail_grads = tower_tail_backward(tail, out, d_y, c.eps);
-    const AdapterGradients adapter_grads = adapter_backward(w, c, x, forward, tail_grads.d_out);
-
+StepResult apply_gradients(AdapterWeights& w, TowerTail& tail, const AdapterGradients& adapter_grads,
+                           const TailGradients& tail_grads, double loss, AdamW& optimizer) {
     NamedTensors gradients = named_gradients(adapter_grads, tail_grads);
     StepResult result;
     result.loss = loss;
@@ -168,6 +163,15 @@ StepResult update_from_loss(AdapterWeights& w, TowerTail& tail, const AdapterCon
     optimizer.update(params, gradients, result.lr);
     set_trainable_parameters(params, w, tail);
     return result;
+}
+
+namespace {
+// The part of a step after the loss: the backward from dL/dy, then the clipping and AdamW's update.
+StepResult update_from_loss(AdapterWeights& w, TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                            const Trace& forward, const Tensor3& out, double loss, const Tensor3& d_y, AdamW& optimizer) {
+    const TailGradients tail_grads = tower_tail_backward(tail, out, d_y, c.eps);
+    const AdapterGradients adapter_grads = adapter_backward(w, c, x, forward, tail_grads.d_out);
+    return apply_gradients(w, tail, adapter_grads, tail_grads, loss, optimizer);
 }
 }  // namespace
 

@@ -79,6 +79,12 @@ struct AdamW {
 struct StepResult {
     double loss = 0.0, grad_norm = 0.0, lr = 0.0;
 };
+// The end of a step, once the gradients are known: clip them (clip_grad_norm), then one AdamW update at this step's
+// rate (learning_rate), written back into the weights. `loss` is passed through to the result. train_step below, and
+// the fast path's (fast/train.hpp), end with it: one optimiser for both paths.
+StepResult apply_gradients(AdapterWeights& weights, TowerTail& tail, const AdapterGradients& adapter_gradients,
+                           const TailGradients& tail_gradients, double loss, AdamW& optimizer);
+
 // One step of training on the batch x (N, L, Kv) towards target (N, Q, E), as in the header's equations.
 StepResult train_step(AdapterWeights& weights, TowerTail& tail, const AdapterConfig& config, const Tensor3& x,
                       const Tensor3& target, AdamW& optimizer, const Matrix* mask = nullptr);

@@ -13,6 +13,11 @@
 //       GFLOP/s of the matrix products; the softmax is also timed alone. The result is checked bit for bit
 //       against fast::adapter_forward + fast::tower_tail_forward.
 //   qwenvl-bench --agree [--grid G]
+//   qwenvl-bench --backward [--images N] [--grid G] [--repeats R]   the fast backward pass alone (tail and adapter,
+//       from one traced fast forward pass and a random dL/dy): the median time, its GFLOP/s against the same
+//       process's sgemm, and the forward pass's time for comparison
+//   qwenvl-bench --agree-backward [--grid G]   the readable and fast backward passes on one image, from the same
+//       forward trace and a random dL/dy: every parameter's gradient and dL/dx, within float32 rounding
 //       the two paths on the same random full-size input (one image): the readable stages (src/stages/) and
 //       the fast path (src/fast/), each timed once, and the largest difference between them at every traced
 //       stage. Exit code 1 when the output differs by more than the stated tolerance (a ctest in Release builds).
@@ -36,6 +41,7 @@
 //
 // Threads: OpenBLAS's, set with OPENBLAS_NUM_THREADS. Run a Release build (cmake --preset release).
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -58,6 +64,7 @@
 #include "core/compare.hpp"
 #include "fast/adapter.hpp"
 #include "fast/attention.hpp"
+#include "fast/backward.hpp"
 #include "fast/threads.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
@@ -70,6 +77,7 @@
 #include "stages/05_projections.hpp"
 #include "stages/06_attention.hpp"
 #include "stages/08_tower_tail.hpp"
+#include "stages/10_training.hpp"
 
 using namespace qwenvl;
 using Clock = std::chrono::steady_clock;
@@ -294,6 +302,83 @@ int paths_agree(const AdapterWeights& w, const TowerTail& tail, const AdapterCon
     return out.ok() ? 0 : 1;
 }
 
+// --agree-backward: stages/' backward (tower_tail_backward, adapter_backward) and fast/backward.hpp's on one image,
+// from the same (readable) forward trace and the same random dL/dy: every gradient within float32 rounding. The
+// bound is relative to each gradient's largest value: the readable path sums each product's terms one after another
+// in float (up to 4096 of them), sgemm in blocks, and the gradients of the weights sum over all 1024 keys.
+constexpr double kBackwardRelative = 1e-4;
+
+int backward_agree(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const Tensor3& x,
+                   std::mt19937& rng) {
+    Trace forward;
+    const Tensor3 out = adapter_forward(w, c, x, nullptr, &forward);
+    Tensor3 d_y = Tensor3::from_shape(out.shape());
+    fill_normal(d_y, 1.0f, rng);
+    auto start = Clock::now();
+    const TailGradients readable_tail = tower_tail_backward(tail, out, d_y, c.eps);
+    const AdapterGradients readable = adapter_backward(w, c, x, forward, readable_tail.d_out);
+    const double readable_s = seconds_since(start);
+    start = Clock::now();
+    const TailGradients fast_tail = fast::tower_tail_backward(tail, out, d_y, c.eps);
+    const AdapterGradients fast = fast::adapter_backward(w, c, x, forward, fast_tail.d_out);
+    const double fast_s = seconds_since(start);
+    std::printf("one image of %zu x %zu features (Kv = %zu), E = %zu, H = %zu, Q = %zu; random weights and dL/dy\n",
+                x.shape(1), x.shape(2), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries);
+    std::printf("  backward from the same forward trace: readable %.1f s, fast %.2f s (%.0fx)\n", readable_s, fast_s,
+                readable_s / fast_s);
+    NamedTensors want = named_gradients(readable, readable_tail), got = named_gradients(fast, fast_tail);
+    want.push_back({"x", readable.x});
+    got.push_back({"x", fast.x});
+    std::printf("  %-32s %-14s %-12s %s\n", "gradient", "shape", "max |b|", "max |fast - readable| / max |b|");
+    bool ok = got.size() == want.size();
+    for (std::size_t i = 0; ok && i < want.size(); ++i) {
+        const double largest = xt::amax(xt::abs(want[i].second))();
+        const double diff = xt::amax(xt::abs(got[i].second - want[i].second))();
+        const double relative = largest > 0 ? diff / largest : diff;
+        const bool agree = got[i].first == want[i].first && relative <= kBackwardRelative;
+        ok = ok && agree;
+        std::printf("  %-32s %-14s %-12.3g %.3g%s\n", want[i].first.c_str(),
+                    shape_string(shape_of(want[i].second)).c_str(), largest, relative, agree ? "" : "  <- beyond");
+    }
+    std::printf("%s: the two backward passes %s within %g of each gradient's largest value\n", ok ? "OK" : "FAIL",
+                ok ? "agree" : "differ", kBackwardRelative);
+    return ok ? 0 : 1;
+}
+
+// --backward: the fast backward pass's time at full size. Its multiply-adds per image: out_proj 2 Q E^2, the
+// attention 4 H Q L Dh, k and v 4 L E^2, kv_proj 2 L E Kv, q 2 Q E^2, the tail 2 Q E^2.
+int backward_time(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const Tensor3& x, int repeats,
+                  std::mt19937& rng) {
+    const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim, Kv = c.kv_dim;
+    // as `train` sets them (src/cli/train.cpp): a step's buffers stay in the heap from one step to the next instead
+    // of being mapped, and their pages faulted in, afresh each time
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    GemmProbe gemm(rng);
+    gemm.run();
+    std::vector<double> forward_s, backward_s;
+    Tensor3 d_y = Tensor3::from_shape({N, Q, E});
+    fill_normal(d_y, 1.0f, rng);
+    for (int r = 0; r < repeats; ++r) {
+        Trace trace;
+        auto start = Clock::now();
+        const fast::QuerySide side = fast::prepare_query_side(w, c, L, &trace);
+        const Tensor3 out = fast::adapter_forward(w, c, side, x, nullptr, &trace);
+        forward_s.push_back(seconds_since(start));
+        start = Clock::now();
+        const TailGradients t = fast::tower_tail_backward(tail, out, d_y, c.eps);
+        const AdapterGradients g = fast::adapter_backward(w, c, x, trace, t.d_out);
+        backward_s.push_back(seconds_since(start));
+    }
+    const double macs = double(N) * (2.0 * Q * E * E + 4.0 * Q * L * E + 4.0 * L * E * E + 2.0 * L * E * Kv + 2.0 * Q * E * E) +
+                        2.0 * Q * E * E * N;
+    const double b = median(backward_s), gflops = 2.0 * macs / b / 1e9;
+    std::printf("fast backward pass (tail and adapter), %zu image(s) of %zu keys, full size: %.3f s (median of %d), "
+                "%.1f GFLOP/s = %.0f%% of sgemm (%.1f GFLOP/s); the traced forward pass: %.3f s\n",
+                N, L, b, repeats, gflops, 100.0 * gflops / gemm.gflops(), gemm.gflops(), median(forward_s));
+    return 0;
+}
+
 // --gains: each fast function against the readable function it replaces, on the same full-size input (one image,
 // 32 x 32 keys): the median time of each (R runs; one run of the slowest readable ones) and their ratio.
 int gains(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c, const Tensor3& x, int repeats) {
@@ -491,10 +576,11 @@ int minicpmv_gain(int repeats) {
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
-    bool json = false, stages = false, agree = false, gain = false;
+    bool json = false, stages = false, agree = false, gain = false, agree_backward = false, backward = false;
     std::string readable_trace;  // --readable-trace DIR
     const char* usage = "usage: qwenvl-bench [--images N] [--grid G] [--repeats R] [--json] | --stages [--grid G] "
-                        "[--repeats R] [--json] | --agree [--grid G] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
+                        "[--repeats R] [--json] | --agree [--grid G] | --agree-backward [--grid G] | --backward [--images N] [--grid G] "
+                        "[--repeats R] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
                         "[--repeats R] --minicpmv | "
                         "--write-checkpoint DIR | "
                         "--page-faults FILE\n";
@@ -507,6 +593,8 @@ int main(int argc, char** argv) {
             else if (a == "--json") json = true;
             else if (a == "--stages") stages = true;
             else if (a == "--agree") agree = true;
+            else if (a == "--agree-backward") agree_backward = true;
+            else if (a == "--backward") backward = true;
             else if (a == "--gains") gain = true;
             else if (a == "--minicpmv") return minicpmv_gain(repeats);
             else if (a == "--readable-trace" && i + 1 < argc) readable_trace = argv[++i];
@@ -534,6 +622,8 @@ int main(int argc, char** argv) {
 
     if (gain) return gains(w, tail, c, x, repeats);
     if (agree) return paths_agree(w, tail, c, Tensor3(xt::view(x, xt::range(0, 1))));
+    if (agree_backward) return backward_agree(w, tail, c, Tensor3(xt::view(x, xt::range(0, 1))), rng);
+    if (backward) return backward_time(w, tail, c, x, repeats, rng);
     if (!readable_trace.empty()) {
         Trace trace;
         const Tensor3 x0 = xt::view(x, xt::range(0, 1));

@@ -1,21 +1,22 @@
 #!/usr/bin/python3
-"""The time of one training step at the notebooks' size: `qwenvl-adapter train` against PyTorch doing the same step.
+"""The time of one training step: `qwenvl-adapter train`, on the fast path and on the readable one, against PyTorch.
 
     cmake --preset release && cmake --build --preset release
-    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/train_step.py [--threads 2] [--steps 300] [--rounds 3]
+    /usr/bin/python3 tests/bench/train_step.py [--threads 1,2] [--size default,full] [--rounds 3]
 
-The step (docs/training.md): a batch of the positions task (16 images of 8 x 8 patches of 32 features, targets the
-means of the 4 x 4 cells), the adapter and the tower's tail forward (E = Kv = 32, 4 heads, 16 queries), the mean
-squared error, the backward pass, gradient-norm clipping at 1.0, one AdamW update with the warm-up and cosine
-schedule. The C++ is `qwenvl-adapter train` (the readable stages, src/stages/); its time per step comes from its
-loss.csv (seconds since the start, per step), over the steps after the first 20. PyTorch runs the same step with
-upstream's modules (nn.MultiheadAttention, nn.LayerNorm, nn.Linear), torch.optim.AdamW, clip_grad_norm_ and
-LambdaLR in float32, in a fresh process, timed over the same steps. Both sides get the same threads
-(OPENBLAS_NUM_THREADS and torch.set_num_threads). Rounds alternate the two; medians are printed as a Markdown row.
+The step (docs/training.md): a batch of the positions task, the adapter and the tower's tail forward (Kv = E), the
+mean squared error, the backward pass, gradient-norm clipping at 1.0, one AdamW update with the warm-up and cosine
+schedule (the paper's betas, eps and weight decay). Two sizes (SIZES below): `default`, `train`'s defaults (16 images
+of 8 x 8 patches, E = 32, 4 heads, 16 queries; 300 steps, the first 20 not timed), and `full`, Qwen-VL's adapter
+(two images of 32 x 32 patches, E = 4096, 32 heads, 256 queries; 8 steps, the first 3 not timed).
 
-`train` sets glibc's mmap and trim thresholds itself (mallopt, 64 and 256 MiB: a step's tensors stay in the heap
-instead of being mapped and faulted in afresh every step). PyTorch is timed twice: as it starts, and with the same
-thresholds given through GLIBC_TUNABLES, so that both sides can be compared with the same malloc.
+The C++ is `qwenvl-adapter train`: the fast path (src/fast/, the default) and, at the default size, `--readable` (the
+stages); its time per step comes from its loss.csv (seconds since the start, per step). PyTorch runs the same step
+with upstream's modules (nn.MultiheadAttention, nn.LayerNorm), torch.optim.AdamW, clip_grad_norm_ and LambdaLR in
+float32, in a fresh process, timed over the same steps. Each row gets the same threads on both sides
+(OPENBLAS_NUM_THREADS and torch.set_num_threads). Rounds alternate the sides; medians and their ratios are printed as
+Markdown rows, one per size and thread count. `train` sets glibc's mmap and trim thresholds itself (mallopt): its
+step's tensors stay in the heap.
 """
 
 import argparse
@@ -31,14 +32,22 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ADAPTER = os.path.join(REPO, "build", "release", "qwenvl-adapter")
-E, H, GQ, GK, BATCH, WARMUP_STEPS, SKIP = 32, 4, 4, 8, 16, 50, 20
+# The two sizes: `default`, the notebooks' and `train`'s defaults; `full`, Qwen-VL's adapter (E = 4096, 32 heads,
+# 256 queries on a 32 x 32 key grid, two images a step; Kv = E, as `train`'s tasks have no kv_proj), a few steps.
+SIZES = {
+    "default": dict(E=32, H=4, GQ=4, GK=8, BATCH=16, STEPS=300, WARMUP=50, SKIP=20, LR=1e-2),
+    "full": dict(E=4096, H=32, GQ=16, GK=32, BATCH=2, STEPS=8, WARMUP=1, SKIP=3, LR=1e-4),
+}
 
 
-def torch_child(steps, threads):
-    """Runs in a fresh process: `steps` training steps in PyTorch; prints the seconds per step after SKIP."""
+def torch_child(size, threads):
+    """Runs in a fresh process: the size's training steps in PyTorch; prints the seconds per step after SKIP."""
     import torch
     import torch.nn.functional as F
 
+    c = SIZES[size]
+    E, H, GQ, GK, BATCH, steps, WARMUP_STEPS, SKIP = (c[k] for k in ("E", "H", "GQ", "GK", "BATCH", "STEPS", "WARMUP",
+                                                                       "SKIP"))
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     Q, L = GQ * GQ, GK * GK
@@ -52,12 +61,12 @@ def torch_child(steps, threads):
     table = pos_q.reshape(1, GQ, GQ, E).permute(0, 3, 1, 2)
     pos_k = F.interpolate(table, size=(GK, GK), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(L, E)
     params = [query, proj, *attn.parameters(), *ln_q.parameters(), *ln_kv.parameters(), *ln_post.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.05)
+    optimizer = torch.optim.AdamW(params, lr=c["LR"], betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
 
     def factor(step):
         if step < WARMUP_STEPS:
             return (step + 1) / WARMUP_STEPS
-        return 0.5 * (1 + math.cos(math.pi * (step - WARMUP_STEPS) / (steps - WARMUP_STEPS)))
+        return 0.005 + 0.995 * 0.5 * (1 + math.cos(math.pi * (step - WARMUP_STEPS) / (steps - WARMUP_STEPS)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     cell = torch.tensor([(i * GQ // GK) * GQ + j * GQ // GK for i in range(GK) for j in range(GK)])
@@ -81,44 +90,52 @@ def torch_child(steps, threads):
                       "torch": torch.__version__}))
 
 
-def cpp_round(steps, env):
+def cpp_round(size, env, readable):
+    """`train` at the size (the fast path, or with --readable the stages): seconds per step after SKIP, final loss."""
+    c = SIZES[size]
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([ADAPTER, "train", "--out", out, "--steps", str(steps), "--log-every", str(steps),
-                        "--save-every", str(steps)], env=env, check=True, capture_output=True)
+        subprocess.run([ADAPTER, "train", "--out", out, "--steps", str(c["STEPS"]), "--log-every", str(c["STEPS"]),
+                        "--save-every", str(c["STEPS"]), "--width", str(c["E"]), "--heads", str(c["H"]),
+                        "--queries", str(c["GQ"] ** 2), "--keys", str(c["GK"] ** 2), "--batch", str(c["BATCH"]),
+                        "--warmup", str(c["WARMUP"]), "--lr", str(c["LR"])] + (["--readable"] if readable else []),
+                       env=env, check=True, capture_output=True)
         rows = [line.split(",") for line in open(os.path.join(out, "loss.csv")).read().split("\n")[1:] if line]
         seconds = [float(r[4]) for r in rows]
-        return (seconds[-1] - seconds[SKIP - 1]) / (steps - SKIP), float(rows[-1][1])
+        return (seconds[-1] - seconds[c["SKIP"] - 1]) / (c["STEPS"] - c["SKIP"]), float(rows[-1][1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, each measured (default 1,2)")
+    parser.add_argument("--size", default="default,full", help="comma-separated sizes: default, full")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return torch_child(args.steps, args.threads)
+        return torch_child(args.child, args.child_threads)
     if not os.path.exists(ADAPTER):
         sys.exit("build first: cmake --preset release && cmake --build --preset release")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    tuned = dict(env, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456")
-    cpp, torch_runs, torch_tuned = [], [], []
-    for _ in range(args.rounds):
-        cpp.append(cpp_round(args.steps, env))
-        for runs, child_env in ((torch_runs, env), (torch_tuned, tuned)):
-            out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--threads",
-                                  str(args.threads)], env=child_env, check=True, capture_output=True, text=True).stdout
-            runs.append(json.loads(out.strip().splitlines()[-1]))
-    c = statistics.median(t for t, _ in cpp)
-    p = statistics.median(r["seconds_per_step"] for r in torch_runs)
-    pt = statistics.median(r["seconds_per_step"] for r in torch_tuned)
-    print("| threads | steps | C++ ms/step | PyTorch ms/step | C++ / PyTorch | PyTorch ms/step, the same malloc thresholds "
-          "| C++ / that | C++ final loss | PyTorch final loss |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |" % (
-        args.threads, args.steps, 1e3 * c, 1e3 * p, c / p, 1e3 * pt, c / pt, statistics.median(l for _, l in cpp),
-        statistics.median(r["final_loss"] for r in torch_runs)))
+    print("| size | threads | steps timed | C++ fast ms/step | C++ readable ms/step | PyTorch ms/step | fast / PyTorch "
+          "| readable / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.size.split(","):
+        c = SIZES[size]
+        for threads in (int(t) for t in args.threads.split(",")):
+            env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+            fast, readable, torch_runs = [], [], []
+            for _ in range(args.rounds):  # alternating: the machine's speed drifts
+                fast.append(cpp_round(size, env, False)[0])
+                if size == "default":  # the readable stages take about a minute a step at full size
+                    readable.append(cpp_round(size, env, True)[0])
+                out = subprocess.run([sys.executable, __file__, "--child", size, "--child-threads", str(threads)],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                torch_runs.append(json.loads(out.strip().splitlines()[-1])["seconds_per_step"])
+            f, p = statistics.median(fast), statistics.median(torch_runs)
+            r = statistics.median(readable) if readable else None
+            print("| %s | %d | %d | %.2f | %s | %.2f | %.2f | %s |" % (
+                size, threads, c["STEPS"] - c["SKIP"], 1e3 * f, "%.2f" % (1e3 * r) if r else "-", 1e3 * p, f / p,
+                "%.2f" % (r / p) if r else "-"), flush=True)
 
 
 if __name__ == "__main__":
