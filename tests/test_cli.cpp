@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <sstream>
 
 #include <catch2/catch.hpp>
@@ -53,6 +54,22 @@ Result cli(const std::string& args) {
     r.out = slurp(io / "out");
     r.err = slurp(io / "err");
     return r;
+}
+
+// Bad input: each case's command fails with exit status `code` and one line on stderr holding `message`.
+struct BadInput {
+    std::string args, message;
+    int code;
+};
+template <std::size_t Count>
+void check_bad_inputs(const BadInput (&cases)[Count]) {
+    for (const auto& c : cases) {
+        const Result r = cli(c.args);
+        INFO(c.args << "\n" << r.err);
+        CHECK(r.code == c.code);
+        CHECK_THAT(r.err, Contains(c.message));
+        CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    }
 }
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
@@ -1111,10 +1128,7 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
     std::ofstream(tmp / "broken.json") << "{\"stages\": ";
     std::ofstream(tmp / "typo.json") << "{\"stages\": {\"ln_kv\": \"ln_kv_out.npy\"}}";
     const std::string dump = " --theirs " + q(kData + "/compare/qwen_wide/pytorch");
-    const struct {
-        std::string args, message;
-        int code;
-    } cases[] = {
+    const BadInput cases[] = {
         {kQwenWide + dump + " --names " + q(tmp / "bad.json"), "bad.json: stage 'ln_kv': expected a file name", 1},
         {kQwenWide + dump + " --names " + q(tmp / "unknown.json"), "'ln_kvv' is not one of this project's stages", 1},
         {kQwenWide + dump + " --names " + q(tmp / "broken.json"), "broken.json: not valid JSON", 1},
@@ -1124,13 +1138,115 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
         {kQwenWide + " --grids 4x4" + dump, "x.npy: a grid of 4x4 = 16 patches is not the features' patch count L = 15", 1},
         {kQwenWide + dump + " --names " + q(tmp / "typo.json"), "typo.json: stage 'ln_kv' maps to 'ln_kv_out.npy', which is not in", 1},
     };
-    for (const auto& c : cases) {
-        const Result r = cli(c.args);
-        INFO(c.args << "\n" << r.err);
-        CHECK(r.code == c.code);
-        CHECK_THAT(r.err, Contains(c.message));
-        CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    check_bad_inputs(cases);
+}
+
+// --- compare --gradients: a port's backward against this project's (docs/compare.md#gradients) ---
+
+namespace {
+const std::string kBackward = kData + "/compare/qwen_wide/backward";
+// Every gradient file of a dump, in the order compare lists them (the backward's, then the parameters')
+const std::vector<std::string> kGradientFiles = {
+    "ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv", "kv_proj", "q", "query_in",
+    "ln_q", "x", "parameters/attn_pool.query", "parameters/attn_pool.attn.in_proj_weight",
+    "parameters/attn_pool.attn.in_proj_bias", "parameters/attn_pool.attn.out_proj.weight",
+    "parameters/attn_pool.attn.out_proj.bias", "parameters/attn_pool.ln_q.weight", "parameters/attn_pool.ln_q.bias",
+    "parameters/attn_pool.ln_kv.weight", "parameters/attn_pool.ln_kv.bias", "parameters/ln_post.weight",
+    "parameters/ln_post.bias", "parameters/proj", "parameters/attn_pool.kv_proj.weight"};
+}  // namespace
+
+TEST_CASE("compare --gradients: PyTorch autograd's gradients match on both paths, with the forward's dump or without",
+          "[cli][compare]") {
+    for (const std::string path : {"", " --readable"}) {
+        DYNAMIC_SECTION("path:" << path) {
+            const Result alone = cli(kQwenWide + " --gradients --theirs " + q(kBackward + "/pytorch") + path);
+            INFO(alone.out << alone.err);
+            CHECK(alone.code == 0);
+            CHECK_THAT(alone.out, Contains("(no forward intermediates in their dump: the gradients alone)"));
+            CHECK_THAT(alone.out, Contains("MATCH: all 27 gradients found agree within tolerance"));
+            // every gradient file was read: each one's row is there, none "not in their dump"
+            for (const auto& file : kGradientFiles) {
+                const std::string label = file.rfind("parameters/", 0) == 0 ? "parameter " + file.substr(11) : file;
+                CHECK_THAT(alone.out, Contains("\n  " + label + " "));
+            }
+            CHECK_THAT(alone.out, !Contains("not in their dump"));
+            TempDir tmp;  // the forward's dump beside the gradients: both tables
+            copy_dump("qwen_wide", tmp / "port");
+            fs::copy(kBackward + "/pytorch/gradients", tmp / "port/gradients", fs::copy_options::recursive);
+            const Result both = cli(kQwenWide + " --gradients --theirs " + q(tmp / "port") + path);
+            INFO(both.out << both.err);
+            CHECK(both.code == 0);
+            CHECK_THAT(both.out, Contains("MATCH: all 16 stages and 27 gradients found agree within tolerance"));
+        }
     }
+}
+
+TEST_CASE("compare --gradients: whichever gradient a port gets wrong, that one is named first (seeded)",
+          "[cli][compare]") {
+    // One file at a time, chosen at random, has one entry changed by 1 % of the file's largest value (ten times the
+    // default rule): compare must name it, and every gradient before it must still be "ok".
+    std::mt19937 rng(26);
+    for (int trial = 0; trial < 6; ++trial) {
+        const std::size_t pick = std::uniform_int_distribution<std::size_t>(0, kGradientFiles.size() - 1)(rng);
+        const std::string file = kGradientFiles[pick];
+        DYNAMIC_SECTION("trial " << trial << ": " << file) {
+            TempDir tmp;
+            fs::copy(kBackward + "/pytorch", tmp / "port", fs::copy_options::recursive);
+            const std::string path = tmp / "port/gradients" + "/" + file + ".npy";
+            xt::xarray<float> g = qwenvl::read_npy_float(path);
+            const float largest = xt::amax(xt::abs(g))();
+            const std::size_t at = std::uniform_int_distribution<std::size_t>(0, g.size() - 1)(rng);
+            g.flat(at) += (std::uniform_int_distribution<int>(0, 1)(rng) ? 1.0f : -1.0f) * 0.01f * largest;
+            qwenvl::write_npy(path, g);
+            const Result r = cli(kQwenWide + " --gradients --theirs " + q(tmp / "port"));
+            INFO(r.out << r.err);
+            CHECK(r.code == 1);
+            const std::string label = file.rfind("parameters/", 0) == 0 ? "parameter " + file.substr(11) : file;
+            CHECK_THAT(r.out, Contains("the first is dL/d " + label + "\n"));
+            CHECK_THAT(r.out, Contains("DIFFERS: 1 of 27 gradients found"));  // a gradient file alone: nothing follows it
+        }
+    }
+}
+
+TEST_CASE("compare --gradients: a backward step left out is named, and a differing forward is judged first", "[cli][compare]") {
+    TempDir tmp;
+    fs::copy(kBackward + "/pytorch", tmp / "port", fs::copy_options::recursive);
+    // ln_kv's backward left out: the port's dL/d kv_proj is its dL/d ln_kv
+    fs::copy_file(tmp / "port/gradients/ln_kv.npy", tmp / "port/gradients/kv_proj.npy", fs::copy_options::overwrite_existing);
+    const Result skipped = cli(kQwenWide + " --gradients --theirs " + q(tmp / "port"));
+    INFO(skipped.out);
+    CHECK(skipped.code == 1);
+    CHECK_THAT(skipped.out, Contains("the first is dL/d kv_proj\n"));
+    CHECK_THAT(skipped.out, Contains("their dL/d kv_proj equals our dL/d ln_kv, which comes before it"));
+    CHECK_THAT(skipped.out, Contains("ln_kv's backward: dL/dx = rstd (g - mean(g) - xhat mean(g xhat))"));
+    // a forward that differs (the key table left out) with right gradients: the forward is named, the gradients wait
+    TempDir again;
+    copy_dump("qwen_wide", again / "port");
+    for (const auto& entry : fs::directory_iterator(kData + "/compare/qwen_wide/mistakes/no_key_table"))
+        fs::copy_file(entry.path(), again / "port" / entry.path().filename(), fs::copy_options::overwrite_existing);
+    fs::copy(kBackward + "/pytorch/gradients", again / "port/gradients", fs::copy_options::recursive);
+    const Result forward = cli(kQwenWide + " --gradients --theirs " + q(again / "port"));
+    INFO(forward.out);
+    CHECK(forward.code == 1);
+    CHECK_THAT(forward.out, Contains("the first is 'key_in'"));
+    CHECK_THAT(forward.out, Contains("(the forward differs, so the gradients are not judged: they follow from it; 0 of 27 differ)"));
+}
+
+TEST_CASE("compare --gradients: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
+    TempDir tmp;
+    fs::create_directories(tmp / "only_g/gradients");
+    fs::copy_file(kBackward + "/pytorch/gradients/proj.npy", tmp / "only_g/gradients/proj.npy");
+    fs::create_directories(tmp / "wrong_g/gradients");
+    qwenvl::write_npy(tmp / "wrong_g/gradients/proj.npy", xt::xarray<float>(xt::zeros<float>({2, 5, 8})));
+    const BadInput cases[] = {
+        {kMiniCpmv + " --gradients --theirs " + q(kData + "/compare/minicpmv_mixed/pytorch"),
+         "--gradients is for Qwen-VL's adapter: this project has no MiniCPM-V backward", 2},
+        {kQwenWide + " --gradients --theirs " + q(kData + "/compare/qwen_wide/pytorch"),
+         "pytorch: has no gradients/proj.npy: --gradients needs G = dL/d proj", 1},
+        {kQwenWide + " --gradients --theirs " + q(tmp / "wrong_g"), "proj.npy: has shape (2, 5, 8), not proj's (2, 4, 8)", 1},
+        {kQwenWide + " --gradients --theirs " + q(tmp / "only_g"), "gradients: holds none of the gradients' files", 1},
+    };
+    check_bad_inputs(cases);
 }
 
 // --- the second model and any grid (docs/models.md) ---

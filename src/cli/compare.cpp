@@ -18,9 +18,12 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/compare.hpp"
+#include "fast/backward.hpp"
+#include "fast/threads.hpp"
 #include "io/checkpoint.hpp"
 #include "io/errors.hpp"
 #include "io/npy.hpp"
+#include "stages/10_training.hpp"
 
 namespace qwenvl::cli {
 
@@ -28,7 +31,7 @@ namespace {
 const char* kCompareHelp =
     "usage: qwenvl-adapter compare --weights FILE [--weights MORE ...] --input X.npy --theirs DIR\n"
     "                              [--names MAP.json] [--grids HxW[,HxW...]] [--heads H] [--prefix P]\n"
-    "                              [--mask M.npy] [--atol A] [--rtol R | --max-rel R] [--readable]\n"
+    "                              [--mask M.npy] [--atol A] [--rtol R | --max-rel R] [--readable] [--gradients]\n"
     "\n"
     "Runs this project's forward pass on the weights and features with every intermediate recorded, reads\n"
     "another implementation's intermediates from DIR (one .npy per stage), and prints for each stage in order:\n"
@@ -52,6 +55,14 @@ const char* kCompareHelp =
     "  In a batch, a stage that differs is also shown image by image. MiniCPM-V's padding keys (rows past an\n"
     "  image's h*w patches, and the attention's columns there) are left out: a port may leave them anything.\n"
     "  Head-averaged attn_weights (N, Q, L), nn.MultiheadAttention's default, are compared with our heads' mean.\n"
+    "  --gradients    also compares a port's backward (Qwen-VL): DIR/gradients/proj.npy is the gradient G its\n"
+    "                 backward started from (the loss L = sum(proj * G)); DIR/gradients/<stage>.npy its dL/d each\n"
+    "                 intermediate, x.npy dL/dx, DIR/gradients/parameters/<name>.npy dL/d each parameter by its\n"
+    "                 checkpoint name without 'transformer.visual.' (tests/reference/dump_pytorch.py --gradients\n"
+    "                 writes them all). Listed from the output back, as the backward computes them; the first one\n"
+    "                 beyond tolerance is named with its usual causes. Rule: max|theirs - ours| <= 1e-3 max|ours| per\n"
+    "                 gradient (--max-rel R to change it; --atol/--rtol apply the elementwise rule to both tables).\n"
+    "                 Forward files in DIR are compared first, as without --gradients; they may be left out\n"
     "  the other options as for run: --grids for non-square or MiniCPM-V's grids, --readable for the readable\n"
     "  stages instead of the fast path (the same trace on both; the fast path at full size takes seconds)\n";
 
@@ -205,6 +216,20 @@ bool within(const xt::xarray<float>& theirs, const xt::xarray<float>& ours, cons
     return compare(theirs, ours, t.atol, t.rtol).ok();
 }
 
+// Image by image, for a batched tensor that differs: a port may get one image's grid, table or mask wrong and the
+// rest right. `indent`: the width of the table's first column.
+void print_by_image(const xt::xarray<float>& theirs, const xt::xarray<float>& mine, const Tolerance& tol, int indent) {
+    std::string images;
+    for (std::size_t n = 0; n < theirs.shape(0); ++n) {
+        const xt::xarray<float> a = xt::view(theirs, n), b = xt::view(mine, n);
+        char item[64];
+        std::snprintf(item, sizeof item, "%s%zu %s %.3g", n ? " | " : "", n, within(a, b, tol) ? "ok" : "DIFFERS",
+                      agreement(a, b).max_abs);
+        images += item;
+    }
+    std::printf("  %-*s by image (max|a-b|): %s\n", indent, "", images.c_str());
+}
+
 // MiniCPM-V's batches: image n's keys from its h*w patches on are padding, whatever a port leaves there (a port that
 // runs each image alone leaves zeros). The per-key stages' padding rows (axis 1) and the attention's padding columns
 // (the last axis: (N, H, Q, L), or (N, Q, L) averaged over the heads) are set to 0, so that only real keys are
@@ -274,13 +299,183 @@ std::vector<TriedMistake> layer_norm_mistakes(const std::string& stage, const Tr
             {"the unbiased variance (divided by E - 1)", "unbiased", layer_norm_variant(input, *gamma, *beta, eps, true, false)},
             {"the weight and the bias exchanged", "", layer_norm_variant(input, *beta, *gamma, eps, false, false)}};
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// --gradients: a port's backward against this project's (stages 08 and 07 backward, or the fast path's), on the loss
+// L = sum(proj * G) for the G the port started from (docs/compare.md#gradients).
+
+// The default rule for gradients: normwise. A gradient sums many terms of both signs, so its entries near zero carry
+// an absolute error of the size of its largest terms, which an elementwise rtol cannot allow for.
+constexpr double kGradientMaxRel = 1e-3;
+
+// What usually makes a port's backward differ at each gradient (the gradient of the stage's output: dL/d name).
+const std::map<std::string, std::vector<std::string>>& usual_gradient_causes() {
+    static const std::string ln_backward =
+        "'s backward: dL/dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = gamma dL/dy; a mean term left out, "
+        "or gamma not applied to dL/dy";
+    static const std::map<std::string, std::vector<std::string>> causes = {
+        {"ln_post", {"y = ln_post @ proj, so dL/d ln_post = dL/dy proj^T: proj not transposed here, or used as an "
+                     "nn.Linear weight",
+                     "the backward not started from gradients/proj.npy: L = sum(proj * G), so dL/d proj = G"}},
+        {"out", {"ln_post" + ln_backward, "rstd with another eps or the unbiased variance (the forward's own choice)"}},
+        {"attended", {"out = attended W_o^T + b_o, so dL/d attended = dL/d out W_o: W_o^T here is the mistake"}},
+        {"attn_weights", {"per head: dL/dP_h = dL/d attended_h v_h^T, with head h's channels [h Dh, (h+1) Dh)",
+                          "the heads' channels split another way than the forward's"}},
+        {"scores", {"the softmax's backward: dS = P * (dP - sum over the keys of P dP): the row sum left out, or taken "
+                    "over the queries",
+                    "masked keys: P is 0 there, and so is their gradient"}},
+        {"k", {"dL/dk_h = dS_h^T (q_h / sqrt(Dh)): the 1/sqrt(Dh) left out, or dS untransposed"}},
+        {"v", {"dL/dv_h = P_h^T dL/d attended_h: P untransposed, or the heads' channels"}},
+        {"key_in", {"k = key_in W_k^T + b_k, so dL/d key_in = dL/dk W_k, W_k being in_proj's rows [E, 2E)"}},
+        {"ln_kv", {"X feeds the keys (through key_in) and the values: dL/dX = dL/d key_in + dL/dv W_v, both paths "
+                   "summed",
+                   "W_v is in_proj's rows [2E, 3E)"}},
+        {"kv_proj", {"ln_kv" + ln_backward, "rstd with another eps or the unbiased variance (the forward's own choice)"}},
+        {"q", {"the queries are shared by every image: dL/dq sums every image's dS_h k_h / sqrt(Dh), not the first "
+               "image's or their mean",
+               "the 1/sqrt(Dh) left out of q's gradient"}},
+        {"query_in", {"q = query_in W_q^T + b_q, so dL/d query_in = dL/dq W_q, W_q being in_proj's rows [0, E)"}},
+        {"ln_q", {"the query table is added, so dL/d ln_q = dL/d query_in, unchanged"}},
+        {"x", {"kv_proj is x W_kv^T, so dL/dx = dL/d kv_proj W_kv (the weight as stored, not transposed)",
+               "Kv == E: kv_proj is the identity, and dL/dx = dL/d kv_proj"}},
+        {"parameter", {"a weight's gradient is dL/dy^T times its input, summed over every image's rows: transposed, or "
+                       "one image's only",
+                       "a bias's gradient is dL/dy summed over the rows and the images",
+                       "in_proj's gradient packed as stored: rows [0, E) q, [E, 2E) k, [2E, 3E) v",
+                       "a LayerNorm's weight gets sum(dL/dy xhat) and its bias sum(dL/dy); proj gets ln_post^T dL/dy",
+                       "pos_embed is frozen (requires_grad False upstream): it has no gradient"}},
+    };
+    return causes;
+}
+
+// Our gradients for their G: the forward's trace `forward` and the backward on the readable stages or the fast path.
+// Fills `gradients` with dL/d each intermediate (and x) and returns dL/d each parameter by checkpoint name.
+NamedTensors our_gradients(bool readable, const LoadedAdapter& m, const Tensor3& x, const Trace& forward,
+                           const Tensor3& d_y, Trace& gradients) {
+    const AdapterConfig& c = m.config;
+    const Tensor3 out = forward.get("out");
+    if (readable) {
+        const TailGradients tail = tower_tail_backward(m.tail, out, d_y, c.eps, &gradients);
+        return named_gradients(adapter_backward(m.weights, c, x, forward, tail.d_out, &gradients), tail);
+    }
+    const fast::OwnThreads own;
+    const TailGradients tail = fast::tower_tail_backward(fast::TailWeights(m.tail), out, d_y, c.eps, &gradients);
+    return named_gradients(fast::adapter_backward(fast::Weights(m.weights), c, x, forward, tail.d_out, &gradients), tail);
+}
+
+struct GradientTable {
+    std::size_t found = 0, differ = 0;
+    std::string first_bad;     // "scores", or "parameter proj"
+    std::string skipped_from;  // their first bad gradient equals our gradient of this earlier one
+    bool first_misfits = false;
+    double observed = 0.0;     // the first bad one's max|theirs - ours| / max|ours|
+};
+
+// The gradient table: ours in the backward's order, then the parameters', against DIR/gradients/.
+GradientTable compare_gradient_table(const std::string& folder, const Trace& ours, const NamedTensors& params,
+                                     const Tolerance& tol, std::size_t N) {
+    GradientTable t;
+    std::vector<std::pair<std::string, xt::xarray<float>>> rows;  // (label, ours)
+    for (const auto& name : ours.names()) rows.push_back({name, ours.get(name)});
+    for (const auto& [name, value] : params) rows.push_back({"parameter " + name, value});
+    std::printf("\n  %-40s %-16s %10s %10s %12s %16s  %s\n", "gradient dL/d", "shape", "max|a-b|", "rel", "cosine",
+                "ULPs median/max", "");
+    std::vector<std::size_t> seen;  // rows before the current one
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        const auto& [label, mine] = rows[i];
+        const bool parameter = label.rfind("parameter ", 0) == 0;
+        const std::string file = parameter ? "parameters/" + label.substr(10) + ".npy" : label + ".npy";
+        const std::string path = folder + "/" + file;
+        if (!std::filesystem::exists(path)) {
+            std::printf("  %-40s %-16s %s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
+            seen.push_back(i);
+            continue;
+        }
+        ++t.found;
+        std::string note;
+        const xt::xarray<float> theirs = to_our_layout(read_npy_float(path), "", shape_of(mine), false, note);
+        bool ok = false;
+        char line[160];
+        if (theirs.dimension() == 0) {
+            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(read_npy_float(path))).c_str(),
+                          file.c_str());
+        } else {
+            const Agreement g = agreement(theirs, mine);
+            ok = within(theirs, mine, tol);
+            if (g.non_finite)
+                std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
+            else
+                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine,
+                              (ulps(g.ulp_median) + "/" + ulps(g.ulp_max)).c_str());
+        }
+        const bool first = !ok && t.first_bad.empty();
+        if (!ok) ++t.differ;
+        if (first) {
+            t.first_bad = label;
+            t.first_misfits = theirs.dimension() == 0;
+            if (!t.first_misfits) {
+                t.observed = agreement(theirs, mine).max_rel;
+                // a backward step left out passes its gradient on: theirs then equals one of ours before it
+                for (std::size_t earlier : seen)
+                    if (t.skipped_from.empty() && within(theirs, rows[earlier].second, tol)) t.skipped_from = rows[earlier].first;
+            }
+        }
+        std::printf("  %-40s %-16s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line,
+                    ok ? "ok" : "DIFFERS", first ? "   <- the first gradient beyond tolerance" : "",
+                    note.empty() ? "" : ("   [" + note + "]").c_str());
+        if (!ok && !parameter && theirs.dimension() != 0 && N > 1 && theirs.dimension() >= 3 && theirs.shape(0) == N)
+            print_by_image(theirs, mine, tol, 40);
+        seen.push_back(i);
+    }
+    return t;
+}
+
+// The verdict on the gradients' table: 0 when every gradient found agrees, else 1 with the usual causes.
+int gradient_verdict(const GradientTable& t, const Tolerance& tol) {
+    if (t.first_bad.empty()) return 0;
+    const bool parameter = t.first_bad.rfind("parameter ", 0) == 0;
+    std::printf("DIFFERS: %zu of %zu gradients found are beyond tolerance; the first is dL/d %s\n", t.differ, t.found,
+                t.first_bad.c_str());
+    if (t.first_misfits) {
+        std::printf("their file for dL/d %s has a shape that is not ours, with or without a batch axis of one: a\n"
+                    "gradient has the shape of what it is the gradient of\n", t.first_bad.c_str());
+        return 1;
+    }
+    std::printf("usual causes of a difference at dL/d %s:\n", t.first_bad.c_str());
+    if (!t.skipped_from.empty())
+        std::printf("  - their dL/d %s equals our dL/d %s, which comes before it: a backward step left out, or a path\n"
+                    "    into it not added\n", t.first_bad.c_str(), t.skipped_from.c_str());
+    if (parameter) {  // the parameter's own equation first
+        static const std::map<std::string, std::string> own = {
+            {"proj", "dL/d proj = ln_post^T dL/dy summed over the images; proj is (E, E): a transposed one fits the shape"},
+            {"attn_pool.query", "dL/d query comes through ln_q's backward: dL/d ln_q, then the LayerNorm's dx"},
+            {"attn_pool.attn.in_proj_weight", "packed as stored: rows [0, E) dL/dq^T query_in, [E, 2E) dL/dk^T key_in, "
+                                              "[2E, 3E) dL/dv^T X, each summed over the images"},
+            {"attn_pool.attn.in_proj_bias", "packed as stored: [0, E) from q, [E, 2E) from k (0 in exact arithmetic: the "
+                                            "softmax ignores it), [2E, 3E) from v"},
+            {"attn_pool.kv_proj.weight", "dL/d kv_proj.weight = dL/d kv_proj^T x summed over the images, (E, Kv)"}};
+        const auto it = own.find(t.first_bad.substr(10));
+        if (it != own.end()) std::printf("  - %s\n", it->second.c_str());
+    }
+    const auto causes = usual_gradient_causes().find(parameter ? "parameter" : t.first_bad);
+    if (causes != usual_gradient_causes().end())
+        for (const auto& cause : causes->second) std::printf("  - %s\n", cause.c_str());
+    if (parameter)
+        std::printf("(every intermediate's gradient matched: the mistake is in this parameter's own gradient)\n");
+    else if (tol.max_rel > 0)
+        std::printf("(every gradient before it matched within %g of its largest value: the mistake is in the backward\n"
+                    " step that makes this gradient, or one before it smaller than the tolerance)\n", tol.max_rel);
+    else
+        std::printf("(every gradient before it matched: the mistake is in the backward step that makes this one)\n");
+    return 1;
+}
 }  // namespace
 
 int compare_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("compare", argv,
                                  {"--weights", "--input", "--theirs", "--names", "--grids", "--heads", "--prefix", "--mask",
                                   "--atol", "--rtol", "--max-rel"},
-                                 {"--readable"});
+                                 {"--readable", "--gradients"});
     if (args.help) return std::printf("%s", kCompareHelp), 0;
     if (!args.has("--weights")) throw UsageError("compare: --weights is required (see compare --help)");
     const std::string input = args.required("compare", "--input");
@@ -314,13 +509,48 @@ int compare_command(const std::vector<std::string>& argv) {
     else
         throw InputError(files.files().front(), "has no ln_post and proj: compare needs the whole resampler");
 
+    // --gradients: our backward from their G, before anything is printed (a missing G is an error, not a table)
+    const bool gradients = args.flags.at("--gradients");
+    Trace our_grads;
+    NamedTensors param_grads;
+    Tolerance gradient_tol = tol;
+    if (gradients) {
+        if (c.model != Model::qwen_vl)
+            throw UsageError("compare: --gradients is for Qwen-VL's adapter: this project has no MiniCPM-V backward");
+        const std::string g_path = theirs_dir + "/gradients/proj.npy";
+        if (!std::filesystem::exists(g_path))
+            throw InputError(theirs_dir, "has no gradients/proj.npy: --gradients needs G = dL/d proj, the gradient the "
+                                         "port's backward started from (dump_pytorch.py --gradients writes it)");
+        std::string note;
+        const xt::xarray<float> g = to_our_layout(read_npy_float(g_path), "", shape_of(ours.get("proj")), false, note);
+        if (g.dimension() == 0)
+            throw InputError(g_path, "has shape " + shape_string(shape_of(read_npy_float(g_path))) + ", not proj's " +
+                                         shape_string(shape_of(ours.get("proj"))));
+        param_grads = our_gradients(readable, m, x, ours, Tensor3(g), our_grads);
+        if (!args.has("--atol") && !args.has("--rtol") && !args.has("--max-rel")) gradient_tol = Tolerance{0, 0, kGradientMaxRel};
+    }
+    // Their forward files, if any: a dump of gradients alone skips the forward's table
+    bool any_forward = false;
+    for (const auto& stage : ours.names()) {
+        const auto it = names.find(stage);
+        any_forward = any_forward || std::filesystem::exists(theirs_dir + "/" + (it != names.end() ? it->second.file : stage + ".npy"));
+    }
+
     std::printf("compare: %s's resampler on %s (%s path) against %s\n", model_name(c.model), input.c_str(),
                 readable ? "readable" : "fast", theirs_dir.c_str());
     if (tol.max_rel > 0)
-        std::printf("  a stage matches when max|theirs - ours| <= %g max|ours|\n\n", tol.max_rel);
+        std::printf("  a stage matches when max|theirs - ours| <= %g max|ours|\n", tol.max_rel);
     else
-        std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n\n", tol.atol, tol.rtol);
-    std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
+        std::printf("  a stage matches when |theirs - ours| <= %g + %g |ours| everywhere\n", tol.atol, tol.rtol);
+    if (gradients && gradient_tol.max_rel > 0)
+        std::printf("  a gradient matches when max|theirs - ours| <= %g max|ours|\n", gradient_tol.max_rel);
+    else if (gradients)
+        std::printf("  a gradient matches when |theirs - ours| <= %g + %g |ours| everywhere\n", gradient_tol.atol,
+                    gradient_tol.rtol);
+    std::printf("\n");
+    const std::vector<std::string> forward_stages = gradients && !any_forward ? std::vector<std::string>{} : ours.names();
+    if (forward_stages.empty()) std::printf("  (no forward intermediates in their dump: the gradients alone)\n");
+    else std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
     // The query side has no batch axis; Qwen-VL's key table neither (MiniCPM-V's has one, a table per image).
     auto batched = [&](const std::string& stage) {
@@ -332,7 +562,7 @@ int compare_command(const std::vector<std::string>& argv) {
     bool first_misfits = false;                  // its file did not fit the stage's shape
     std::size_t found = 0, differ = 0;
     std::vector<std::string> seen;  // the stages before the current one, in order
-    for (const auto& stage : ours.names()) {
+    for (const auto& stage : forward_stages) {
         xt::xarray<float> mine = ours.get(stage);
         const auto it = names.find(stage);
         const TheirFile their = it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
@@ -406,21 +636,25 @@ int compare_command(const std::vector<std::string>& argv) {
                     ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
         // In a batch, which images differ: a port may get one image's grid, table or mask wrong and the rest right.
-        if (!ok && theirs.dimension() != 0 && N > 1 && batched(stage) && theirs.shape(0) == N) {
-            std::string images;
-            for (std::size_t n = 0; n < N; ++n) {
-                const xt::xarray<float> a = xt::view(theirs, n), b = xt::view(mine, n);
-                char item[64];
-                std::snprintf(item, sizeof item, "%s%zu %s %.3g", n ? " | " : "", n, within(a, b, tol) ? "ok" : "DIFFERS",
-                              agreement(a, b).max_abs);
-                images += item;
-            }
-            std::printf("  %-17s by image (max|a-b|): %s\n", "", images.c_str());
-        }
+        if (!ok && theirs.dimension() != 0 && N > 1 && batched(stage) && theirs.shape(0) == N)
+            print_by_image(theirs, mine, tol, 17);
         seen.push_back(stage);
     }
-    if (found == 0) throw InputError(theirs_dir, "holds none of the stages' files (see compare --help for the names)");
+    GradientTable table;
+    if (gradients) {
+        table = compare_gradient_table(theirs_dir + "/gradients", our_grads, param_grads, gradient_tol, N);
+        if (table.found == 0)
+            throw InputError(theirs_dir + "/gradients", "holds none of the gradients' files (see compare --help)");
+    } else if (found == 0) {
+        throw InputError(theirs_dir, "holds none of the stages' files (see compare --help for the names)");
+    }
     std::printf("\n");
+    if (first_bad.empty() && gradients) {
+        if (!table.first_bad.empty()) return gradient_verdict(table, gradient_tol);
+        if (found == 0) std::printf("MATCH: all %zu gradients found agree within tolerance\n", table.found);
+        else std::printf("MATCH: all %zu stages and %zu gradients found agree within tolerance\n", found, table.found);
+        return 0;
+    }
     if (first_bad.empty()) {
         if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance\n");
         else std::printf("MATCH: all %zu stages found agree within tolerance\n", found);
@@ -428,6 +662,9 @@ int compare_command(const std::vector<std::string>& argv) {
     }
     std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
                 first_bad.c_str(), describe_stage(first_bad).c_str());
+    if (gradients)
+        std::printf("(the forward differs, so the gradients are not judged: they follow from it; %zu of %zu differ)\n",
+                    table.differ, table.found);
     if (first_misfits) {  // nothing was compared: no cause of a numerical difference applies
         std::printf("their file for '%s' has a shape that is not this stage's %s, with or without a batch axis of one:\n"
                     "dump the stage itself, or map the right file with --names (a (L, N, E) file: \"layout\": \"LNE\")\n",

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from safetensors_io import TORCH_DTYPES, read_safetensors, write_entries, write_safetensors  # noqa: E402  (beside this file)
-from resamplers import MiniCPMVResampler, QwenVLResampler, load_state, trace_resampler  # noqa: E402
+from resamplers import (MiniCPMVResampler, QwenVLResampler, autograd_gradients, explicit_forward, load_state,  # noqa: E402
+                        trace_resampler)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -252,37 +253,12 @@ def reference_forward(params, x, mask, H, name="", exact_resize=False):
     return {k: v.float().contiguous() for k, v in intermediates.items()}   # rounded to float32
 
 
-def explicit_forward(params, x, additive, H, pos_q, pos_k, keep=lambda name, t: t):
-    """The adapter and the tower's tail in explicit steps (F.linear, F.layer_norm, torch.softmax) on float64
-    `params` by checkpoint name and x (N, L, Kv); additive: the (Q, L) float mask or None. `keep(name, t)` sees
-    each intermediate under its trace name (reference_backward keeps their gradients)."""
-    query = params["attn_pool.query"]
-    Q, E = query.shape
-    N, L, Kv = x.shape
-    Dh = E // H
-
-    def ln(t, prefix):
-        return F.layer_norm(t, (E,), params[prefix + ".weight"], params[prefix + ".bias"], EPS)
-
-    projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
-    X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
-    lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
-    query_in = keep("query_in", lq + pos_q)
-    key_in = keep("key_in", X + pos_k)
-    w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
-    b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
-    q = keep("q", F.linear(query_in, w_q, b_q))
-    k = keep("k", F.linear(key_in, w_k, b_k))
-    v = keep("v", F.linear(X, w_v, b_v))
-    qh = (q / math.sqrt(Dh)).reshape(Q, H, Dh).permute(1, 0, 2)
-    kh = k.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
-    vh = v.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
-    scores = keep("scores", torch.matmul(qh.unsqueeze(0), kh.transpose(-2, -1)))     # (N, H, Q, L)
-    weights = keep("attn_weights", torch.softmax(scores + additive if additive is not None else scores, dim=-1))
-    attended = keep("attended", torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E))
-    out = keep("out", F.linear(attended, params["attn_pool.attn.out_proj.weight"], params["attn_pool.attn.out_proj.bias"]))
-    after_ln_post = keep("ln_post", ln(out, "ln_post"))
-    return keep("proj", after_ln_post @ params["proj"])
+def exact_zeros(g):
+    """A gradient that is exactly 0 in exact arithmetic comes out of float64 as rounding noise of some 1e-16 of the
+    terms summed, and that noise depends on the CPU's kernels (in_proj_bias's key part: adding b_k adds q . b_k to
+    every score of a row, which the softmax ignores). Entries at or below 1e-10 of the tensor's largest are that
+    noise, and are written as 0."""
+    return torch.where(g.abs() <= 1e-10 * g.abs().max(), torch.zeros_like(g), g)
 
 
 # The parameters a training run updates: every one of PARAM_ORDER (pos_embed is frozen, as upstream's
@@ -309,18 +285,7 @@ def reference_backward(params, x, mask, H, upstream, name=""):
     if mask is not None:
         additive = torch.zeros(Q, L, dtype=torch.float64).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else mask
 
-    saved = {}
-
-    def keep(name_, t):
-        t.retain_grad()
-        saved[name_] = t
-        return t
-
-    y = explicit_forward(params, x, additive, H, pos_q, pos_k, keep)
-    (y * upstream).sum().backward()
-    gradients = {n: t.grad.clone() for n, t in saved.items()}
-    gradients["x"] = x.grad.clone()
-    param_grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}  # before the check below adds to .grad
+    gradients, param_grads = autograd_gradients(params, x, upstream, H, pos_q, pos_k, additive)
     assert set(param_grads) == set(params) - {"attn_pool.pos_embed"}, name
 
     def ln(t, prefix):
@@ -340,17 +305,11 @@ def reference_backward(params, x, mask, H, upstream, name=""):
     for p in params.values():
         p.grad = None
     (((ln(out2, "ln_post") @ params["proj"]) * upstream).sum()).backward()
-    assert torch.allclose(x2.grad, x.grad, atol=1e-10, rtol=1e-8), name
+    assert torch.allclose(x2.grad, gradients["x"], atol=1e-10, rtol=1e-8), name
     assert torch.allclose(attn.in_proj_weight.grad, param_grads["attn_pool.attn.in_proj_weight"], atol=1e-10, rtol=1e-8), name
     assert torch.allclose(attn.out_proj.weight.grad, param_grads["attn_pool.attn.out_proj.weight"], atol=1e-10, rtol=1e-8), name
     for n in ("attn_pool.query", "attn_pool.ln_kv.weight", "ln_post.bias", "proj"):
         assert torch.allclose(params[n].grad, param_grads[n], atol=1e-10, rtol=1e-8), (name, n)
-    def exact_zeros(g):
-        # A gradient that is exactly 0 in exact arithmetic comes out of float64 as rounding noise of some 1e-16 of
-        # the terms summed, and that noise depends on the CPU's kernels (in_proj_bias's key part: adding b_k adds
-        # q . b_k to every score of a row, which the softmax ignores). Entries at or below 1e-10 of the tensor's
-        # largest are that noise, and are written as 0.
-        return torch.where(g.abs() <= 1e-10 * g.abs().max(), torch.zeros_like(g), g)
 
     return ({n: exact_zeros(g).float().contiguous() for n, g in gradients.items()},
             {n: exact_zeros(g).float().contiguous() for n, g in param_grads.items()})
@@ -1060,6 +1019,174 @@ COMPARE_ARGUMENTS = {
 }
 
 
+# Ports whose forward is right and whose backward is not, for `compare --gradients` (docs/compare.md#gradients):
+# each replaces one step of explicit_forward by an autograd Function with the same forward and a wrong backward.
+# case, mistake, the first gradient it changes (in the order compare lists them; "parameter NAME" for a parameter's
+# own gradient), what it is
+GRADIENT_MISTAKES = [
+    ("qwen_wide", "proj_backward_untransposed", "ln_post", "y = a @ proj differentiated as dL/da = dL/dy proj, not dL/dy proj^T"),
+    ("qwen_wide", "ln_post_backward_no_mean", "out", "ln_post's backward without the mean terms: dL/dx = rstd gamma dL/dy"),
+    ("qwen_wide", "out_proj_backward_untransposed", "attended", "out_proj's backward with W_o^T: dL/d attended = dL/d out W_o^T"),
+    ("qwen_wide", "softmax_backward_no_rowsum", "scores", "the softmax's backward without the row sum: P * dP"),
+    ("qwen_wide", "value_path_dropped", "ln_kv", "X's gradient from the keys alone: the value path's dv W_v not added"),
+    ("qwen_wide", "ln_kv_backward_no_gamma", "kv_proj", "ln_kv's backward without the weight gamma on dL/dy"),
+    ("qwen_wide", "query_gradient_first_image", "q", "the shared queries' gradient from the first image, not summed over the batch"),
+    ("qwen_wide", "proj_weight_gradient_transposed", "parameter proj", "proj's own gradient transposed: dL/dy^T a for a^T dL/dy"),
+]
+GRADIENT_SEED = 0   # the upstream gradient dL/d proj: dump_pytorch.py --gradients' default seed
+
+
+def ln_rows(t, eps=EPS):
+    """(x - mean) * rstd over the last axis, and rstd."""
+    mean = t.mean(-1, keepdim=True)
+    rstd = 1.0 / torch.sqrt(((t - mean) ** 2).mean(-1, keepdim=True) + eps)
+    return (t - mean) * rstd, rstd
+
+
+class LayerNormBackwardWrong(torch.autograd.Function):
+    """F.layer_norm forward; backward without the mean terms ("no_mean") or without gamma ("no_gamma")."""
+
+    @staticmethod
+    def forward(ctx, t, w, b, mistake):
+        ctx.save_for_backward(t, w)
+        ctx.mistake = mistake
+        return F.layer_norm(t, (t.shape[-1],), w, b, EPS)
+
+    @staticmethod
+    def backward(ctx, g):
+        t, w = ctx.saved_tensors
+        xhat, rstd = ln_rows(t)
+        rows = tuple(range(g.dim() - 1))
+        if ctx.mistake == "no_mean":
+            dx = g * w * rstd
+        else:  # no_gamma: the right equation, on dL/dy instead of dL/dy * gamma
+            dx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx, (g * xhat).sum(rows), g.sum(rows), None
+
+
+class MatmulBackwardWrong(torch.autograd.Function):
+    """y = a @ W (proj); backward with dL/da = g W ("untransposed") or dL/dW transposed ("weight_transposed")."""
+
+    @staticmethod
+    def forward(ctx, a, w, mistake):
+        ctx.save_for_backward(a, w)
+        ctx.mistake = mistake
+        return a @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        a, w = ctx.saved_tensors
+        dw = torch.einsum("nqi,nqj->ij", a, g)
+        if ctx.mistake == "untransposed":
+            return g @ w, dw, None
+        return g @ w.T, dw.T, None
+
+
+class LinearBackwardUntransposed(torch.autograd.Function):
+    """y = a W^T + b (out_proj); backward with dL/da = g W^T instead of g W."""
+
+    @staticmethod
+    def forward(ctx, a, w, b):
+        ctx.save_for_backward(a, w)
+        return F.linear(a, w, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, w = ctx.saved_tensors
+        return g @ w.T, torch.einsum("nqo,nqi->oi", g, a), g.sum((0, 1))
+
+
+class SoftmaxBackwardNoRowSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s):
+        p = torch.softmax(s, dim=-1)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx, g):
+        p, = ctx.saved_tensors
+        return p * g
+
+
+class SharedQueryFirstImage(torch.autograd.Function):
+    """The queries (H, Q, Dh) repeated for N images; backward takes the first image's gradient, not the sum."""
+
+    @staticmethod
+    def forward(ctx, t, N):
+        return t.unsqueeze(0).expand(N, *t.shape).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[0], None
+
+
+def gradient_mistake_steps(mistake, N):
+    """The explicit_forward steps a gradient mistake replaces."""
+    return {
+        None: {},
+        "proj_backward_untransposed": {"proj": lambda a, w: MatmulBackwardWrong.apply(a, w, "untransposed")},
+        "ln_post_backward_no_mean": {"ln_post": lambda t, w, b: LayerNormBackwardWrong.apply(t, w, b, "no_mean")},
+        "out_proj_backward_untransposed": {"out": LinearBackwardUntransposed.apply},
+        "softmax_backward_no_rowsum": {"softmax": SoftmaxBackwardNoRowSum.apply},
+        "value_path_dropped": {"v": lambda X, w, b: F.linear(X.detach(), w, b)},
+        "ln_kv_backward_no_gamma": {"ln_kv": lambda t, w, b: LayerNormBackwardWrong.apply(t, w, b, "no_gamma")},
+        "query_gradient_first_image": {"batch_q": lambda t: SharedQueryFirstImage.apply(t, N)},
+        "proj_weight_gradient_transposed": {"proj": lambda a, w: MatmulBackwardWrong.apply(a, w, "weight_transposed")},
+    }[mistake]
+
+
+# The order compare --gradients lists the gradients in: the backward's, from the output (stages 08, 07).
+GRADIENT_ORDER = ["ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv", "kv_proj",
+                  "q", "query_in", "ln_q", "x"]
+
+
+def write_gradient_dumps(folder, name, H, grid):
+    """PyTorch autograd's gradients of qwen_wide for L = sum(proj * G), G seeded (gradients/proj.npy): the right
+    dump (backward/pytorch/gradients/) and each GRADIENT_MISTAKES port's (backward/<mistake>/gradients/), each holding
+    <stage>.npy for every intermediate's gradient (proj.npy: G), x.npy, and parameters/<checkpoint name>.npy for every
+    parameter's."""
+    ckpt = {k[len(PREFIX):]: torch.from_numpy(v).double()
+            for k, v in read_safetensors(os.path.join(CLI_DIR, name, "weights.safetensors")).items()}
+    x = torch.from_numpy(np.load(os.path.join(CLI_DIR, name, "x.npy"))).double()
+    Q, E = ckpt["attn_pool.query"].shape
+    N = x.shape[0]
+    Gq = math.isqrt(Q)
+    pos_q = torch.from_numpy(sincos_2d(E, Gq)).double()
+    pos_k = resize_table_exact(pos_q, Gq, grid)
+    upstream = randn(np.random.default_rng(GRADIENT_SEED), N, Q, E).double()
+
+    def dump(mistake):  # {"stage": dL/d stage, "parameter NAME": dL/d NAME}
+        grads, param_grads = autograd_gradients(ckpt, x, upstream, H, pos_q, pos_k, None,
+                                                gradient_mistake_steps(mistake, N))
+        return {**{n: exact_zeros(g) for n, g in grads.items()},
+                **{"parameter " + n: exact_zeros(g) for n, g in param_grads.items()}}
+
+    def save(where, gradients):
+        save_dump(where, {n: g for n, g in gradients.items() if not n.startswith("parameter ")})
+        save_dump(os.path.join(where, "parameters"),
+                  {n[len("parameter "):]: g for n, g in gradients.items() if n.startswith("parameter ")})
+
+    right = dump(None)
+    assert torch.equal(right["proj"], upstream)
+    order = GRADIENT_ORDER + ["parameter " + n for n in PARAM_ORDER if n in ckpt]
+    save(os.path.join(folder, "backward", "pytorch", "gradients"), right)
+    listing = []
+    for case_name, mistake, first, what in GRADIENT_MISTAKES:
+        if case_name != name:
+            continue
+        wrong = dump(mistake)
+        at = order.index(first)
+        for earlier in order[:at]:   # the port agrees up to its mistake, and differs there
+            assert torch.allclose(wrong[earlier], right[earlier], rtol=1e-9, atol=1e-12), (mistake, earlier)
+        assert (wrong[first] - right[first]).abs().max() > 1e-2 * right[first].abs().max(), (mistake, first)
+        save(os.path.join(folder, "backward", mistake, "gradients"), wrong)
+        listing.append({"case": name, "mistake": mistake, "first_gradient": first, "what": what,
+                        "dump": "data/compare/%s/backward/%s" % (name, mistake),
+                        "arguments": COMPARE_ARGUMENTS[name] + " --gradients"})
+    return listing
+
+
 def write_compare_cases():
     """The cases' stored weights (data/cli/<case>/), PyTorch's dump, the renamed dump and the mistakes."""
     cases = {c[0]: c for c in MODEL_CASES}
@@ -1097,9 +1224,12 @@ def write_compare_cases():
             listing.append({"case": name, "mistake": mistake, "first_stage": first, "what": what,
                             "dump": "data/compare/%s/mistakes/%s" % (name, mistake),
                             "arguments": COMPARE_ARGUMENTS[name]})
+        if name == "qwen_wide":  # MiniCPM-V has no backward here
+            gradient_listing = write_gradient_dumps(folder, name, H, tuple(grids[0]))
     with open(os.path.join(COMPARE_DIR, "mistakes.json"), "w") as f:
         f.write(json.dumps({"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
-                            "mistakes": listing}, indent=2) + "\n")
+                            "mistakes": listing, "gradient_seed": GRADIENT_SEED,
+                            "gradient_mistakes": gradient_listing}, indent=2) + "\n")
     print("wrote data/compare/ (%d mistakes)" % len(listing))
 
 

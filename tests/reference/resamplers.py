@@ -205,3 +205,67 @@ def load_state(module, params):
         own = dict(module.named_parameters())
         for name, value in params.items():
             own[name].copy_(value)
+
+
+def explicit_forward(params, x, additive, H, pos_q, pos_k, keep=lambda name, t: t, steps=None):
+    """Qwen-VL's adapter and the tower's tail in explicit steps (F.linear, F.layer_norm, torch.softmax), every
+    intermediate a tensor of autograd's graph: `params` by checkpoint name without the `transformer.visual.` prefix
+    (in_proj packed), x (N, L, Kv); additive: the (Q, L) float mask or None. `keep(name, t)` sees each intermediate
+    under its trace name (autograd_gradients keeps their gradients). `steps` replaces a step by its name (ln_kv,
+    ln_q, v, batch_q, softmax, out, ln_post, proj) with a function of the same arguments: make_fixtures.py's ports
+    with a wrong backward."""
+    steps = steps or {}
+    query = params["attn_pool.query"]
+    Q, E = query.shape
+    N, L, Kv = x.shape
+    Dh = E // H
+
+    def step(name, default, *args):
+        return steps.get(name, default)(*args)
+
+    def ln(t, prefix):  # the step is named by the LayerNorm: ln_kv, ln_q, ln_post
+        return step(prefix.split(".")[-1], lambda t_, w, b: F.layer_norm(t_, (E,), w, b, EPS),
+                    t, params[prefix + ".weight"], params[prefix + ".bias"])
+
+    projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
+    X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
+    lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
+    query_in = keep("query_in", lq + pos_q)
+    key_in = keep("key_in", X + pos_k)
+    w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
+    b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
+    q = keep("q", F.linear(query_in, w_q, b_q))
+    k = keep("k", F.linear(key_in, w_k, b_k))
+    v = keep("v", step("v", F.linear, X, w_v, b_v))
+    qh = (q / math.sqrt(Dh)).reshape(Q, H, Dh).permute(1, 0, 2)
+    kh = k.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    vh = v.reshape(N, L, H, Dh).permute(0, 2, 1, 3)
+    every_image = step("batch_q", lambda t: t.unsqueeze(0), qh)                       # the queries are shared
+    scores = keep("scores", torch.matmul(every_image, kh.transpose(-2, -1)))          # (N, H, Q, L)
+    weights = keep("attn_weights", step("softmax", lambda s: torch.softmax(s, dim=-1),
+                                        scores + additive if additive is not None else scores))
+    attended = keep("attended", torch.matmul(weights, vh).permute(0, 2, 1, 3).reshape(N, Q, E))
+    out = keep("out", step("out", F.linear, attended, params["attn_pool.attn.out_proj.weight"],
+                           params["attn_pool.attn.out_proj.bias"]))
+    after_ln_post = keep("ln_post", ln(out, "ln_post"))
+    return keep("proj", step("proj", torch.matmul, after_ln_post, params["proj"]))
+
+
+def autograd_gradients(params, x, upstream, H, pos_q, pos_k, additive=None, steps=None):
+    """Autograd's gradients of L = sum(y * upstream), y = explicit_forward(...): ({trace name: dL/d that
+    intermediate, "x" included; "proj" is the upstream gradient itself}, {checkpoint name: dL/d that parameter}),
+    in the dtype of the inputs. The position tables are constants (pos_embed is frozen upstream)."""
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    x = x.detach().clone().requires_grad_(True)
+    saved = {}
+
+    def keep(name, t):
+        t.retain_grad()
+        saved[name] = t
+        return t
+
+    y = explicit_forward(params, x, additive, H, pos_q, pos_k, keep, steps)
+    (y * upstream).sum().backward()
+    gradients = {name: t.grad.detach().clone() for name, t in saved.items()}
+    gradients["x"] = x.grad.detach().clone()
+    return gradients, {name: p.grad.detach().clone() for name, p in params.items() if p.grad is not None}
