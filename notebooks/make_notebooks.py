@@ -798,14 +798,14 @@ for name, log, floor in [("%3d queries" % q, logs[q], floors[q]) for q in QUERIE
     ("md", """\
 ## Wider: E = 256 on 32 x 32 patches
 
-The same four query counts at a width where the adapter has room to learn (E = 256, 4 heads) and on the patch grid
-of Qwen-VL's 448 x 448 images (32 x 32 = 1024 patches), 1000 steps each, on the fast path: `WIDE=1 bash
-notebooks/ablation_runs.sh` writes `data/training/ablation-e256/`. With 1024 patches no query count is one per
+The same four query counts, each with and without the tables, at a width where the adapter has room to learn
+(E = 256, 4 heads) and on the patch grid of Qwen-VL's 448 x 448 images (32 x 32 = 1024 patches), 1000 steps each, on
+the fast path: `WIDE=1 bash notebooks/ablation_runs.sh` writes `data/training/ablation-e256/`. With 1024 patches no query count is one per
 patch: $R$ is an upsampling for all four, and each has a floor."""),
     ("code", """\
 wide = {q: np.genfromtxt(nb.REPO + "/data/training/ablation-e256/q%d.csv" % q, delimiter=",", names=True) for q in QUERIES}
-wide_no_positions = np.genfromtxt(nb.REPO + "/data/training/ablation-e256/q256-no-positions.csv", delimiter=",",
-                                  names=True)
+wide_no_positions = {q: np.genfromtxt(nb.REPO + "/data/training/ablation-e256/q%d-no-positions.csv" % q, delimiter=",",
+                                      names=True) for q in QUERIES}
 xw, tw = qwenvl.reconstruct_task(16, 32, 256, 7)              # (16, 1024, 256): 16 images at the runs' width
 wide_floors = {}
 for q in QUERIES:
@@ -818,8 +818,10 @@ for q in QUERIES:
     steps, means = smooth(wide[q]["loss"])
     line, = ax.plot(steps, means, lw=1, label="%d queries" % q)
     ax.axhline(wide_floors[q], color=line.get_color(), ls=":", lw=1)
-steps, means = smooth(wide_no_positions["loss"])
-ax.plot(steps, means, color="k", lw=1, label="256 queries, no positions")
+for q in QUERIES:
+    steps, means = smooth(wide_no_positions[q]["loss"])
+    ax.plot(steps, means, color="k", lw=0.8, alpha=0.4 + 0.15 * QUERIES.index(q),
+            label="no positions (64 to 400: light to dark)" if q == QUERIES[0] else None)
 ax.set_yscale("log"); ax.set_xlabel("step (the centre of a mean of 25)"); ax.set_ylabel("mean squared error")
 ax.set_title("E = 256, 32 x 32 patches (dotted: each query count's floor through R)"); ax.legend(fontsize=8)
 plt.tight_layout(); plt.show()
@@ -827,7 +829,7 @@ plt.tight_layout(); plt.show()
 WIDE_RANGES = [(100, 150), (150, 200), (200, 250), (400, 450), (950, 1000)]
 print("mean loss over steps   " + "  ".join("%9s" % ("%d-%d" % (a, b - 1)) for a, b in WIDE_RANGES) + "      floor")
 for name, log, floor in ([("%3d queries" % q, wide[q], wide_floors[q]) for q in QUERIES] +
-                         [("256, no positions", wide_no_positions, None)]):
+                         [("%3d, no positions" % q, wide_no_positions[q], None) for q in QUERIES]):
     l = log["loss"]
     print("%-22s" % name + "  ".join("%9.3g" % l[a:b].mean() for a, b in WIDE_RANGES) +
           ("  %9.3g" % floor if floor is not None else ""))"""),
@@ -836,7 +838,8 @@ for name, log, floor in ([("%3d queries" % q, wide[q], wide_floors[q]) for q in 
 near convergence the runs come in the order of their floors (400 lowest), and 256 queries end closest to theirs.
 The "fewer queries are worse" half of the paper's finding is clear (64 queries far behind); the "more are worse"
 half is not, and more queries now start to fall first, the opposite of the paper's early order. Without the tables
-the loss again stays at the image's variance around its mean."""),
+the loss stays at the image's variance around its mean whatever Q is: more queries do not help a query that cannot
+tell where it is."""),
     ("md", """\
 ## Exercises
 

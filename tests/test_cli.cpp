@@ -740,7 +740,8 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     // refused with the checkpoint's value.
     const std::pair<std::string, std::string> differing[] = {
         {" --task reconstruct", "has --task positions"}, {" --seed 2", "has --seed 1"}, {" --width 32", "has --width 16"},
-        {" --heads 4", "has --heads 2"}, {" --queries 16", "has --queries 4"}, {" --keys 64", "has --keys 16"},
+        {" --kv 8", "has --kv 16"}, {" --heads 4", "has --heads 2"}, {" --queries 16", "has --queries 4"},
+        {" --keys 64", "has --keys 16"},
         {" --batch 4", "has --batch 8"}, {" --warmup 6", "has --warmup 5"}, {" --lr 0.5", "has --lr 0.01"},
         {" --min-lr 0", "has --min-lr 5.0000000000000002e-05"}, {" --steps 80", "has --steps 40"},
         {" --no-positions", "trains with the position tables; leave out --no-positions"}};
@@ -754,6 +755,17 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     REQUIRE(cli("train --out " + q(again / "r") + common + " --until 20").code == 0);
     REQUIRE(cli("train --out " + q(again / "r") + " --resume").code == 0);
     CHECK(slurp(again / "r/adapter.safetensors") == slurp(tmp / "straight/adapter.safetensors"));
+    // A checkpoint from before --kv records no kv: its features were E wide, and it resumes so
+    REQUIRE(cli("train --out " + q(again / "old") + common + " --until 20").code == 0);
+    std::string bytes = slurp(again / "old/adapter.safetensors");
+    const std::size_t at = bytes.find("\"kv\":\"16\"");
+    REQUIRE(at != std::string::npos);
+    bytes.replace(at, 9, "\"kx\":\"16\"");  // the same length: the header's size stays right
+    std::ofstream(again / "old/adapter.safetensors", std::ios::binary) << bytes;
+    const Result old = cli("train --out " + q(again / "old") + " --resume");
+    INFO(old.err);
+    REQUIRE(old.code == 0);
+    CHECK(slurp(again / "old/adapter.safetensors") == slurp(tmp / "straight/adapter.safetensors"));  // kv recorded again
     // The reconstruct task's short run, and its resume (the sanitizer build runs this test, not the long ones).
     REQUIRE(cli("train --out " + q(again / "rec") + " --task reconstruct --steps 12 --warmup 2 --width 16 --heads 2 "
                 "--queries 16 --keys 9 --batch 2 --until 6").code == 0);
@@ -785,9 +797,9 @@ TEST_CASE("cli: a resumed run equals the straight run byte for byte with every r
     // of them. A setting not restored from the checkpoint would take its default and change the bytes.
     TempDir tmp;
     const std::string runs[] = {
-        " --task positions --seed 7 --width 12 --heads 3 --queries 4 --keys 9 --batch 3 --warmup 3 --lr 0.02 "
+        " --task positions --seed 7 --width 12 --kv 10 --heads 3 --queries 4 --keys 9 --batch 3 --warmup 3 --lr 0.02 "
         "--min-lr 0.001 --steps 14",
-        " --task reconstruct --seed 9 --width 8 --heads 4 --queries 9 --keys 4 --batch 2 --warmup 2 --lr 0.005 "
+        " --task reconstruct --seed 9 --width 8 --kv 13 --heads 4 --queries 9 --keys 4 --batch 2 --warmup 2 --lr 0.005 "
         "--min-lr 0 --steps 12 --no-positions"};
     for (std::size_t i = 0; i < 2; ++i) {
         const std::string straight = tmp / ("straight" + std::to_string(i)), resumed = tmp / ("resumed" + std::to_string(i));

@@ -255,3 +255,22 @@ TEST_CASE("training: the reconstruct task's patches are normalised, smooth acros
     CHECK(r_near > 0.5);
     CHECK(std::abs(r_far) < 0.2);
 }
+
+TEST_CASE("training: tile_channels repeats a target's Kv channels across E, for narrower, wider and equal features (seeded)",
+          "[training]") {
+    std::mt19937 rng(1664);
+    for (int trial = 0; trial < 20; ++trial) {
+        const std::size_t N = 1 + rng() % 3, R = 1 + rng() % 5, Kv = 1 + rng() % 12, E = 1 + rng() % 12;
+        Tensor3 target({N, R, Kv});
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (auto& value : target) value = normal(rng);
+        const Tensor3 tiled = tile_channels(target, E);
+        INFO("N " << N << " R " << R << " Kv " << Kv << " E " << E);
+        REQUIRE((shape_of(tiled) == std::vector<std::size_t>{N, R, E}));
+        bool every = true;
+        for (std::size_t n = 0; n < N; ++n)
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t c = 0; c < E; ++c) every = every && tiled(n, r, c) == target(n, r, c % Kv);
+        CHECK(every);
+    }
+}

@@ -1,5 +1,7 @@
 #include "cli/common.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -107,6 +109,11 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConf
     if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, keys, mask, &trace), c.eps, &trace);
     const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace, keys);
     return fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x, mask, &trace), c.eps, &trace);
+}
+
+void keep_freed_memory() {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 std::string describe_stage(const std::string& name) {

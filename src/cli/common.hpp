@@ -50,6 +50,14 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const Adapt
                        const std::vector<Grid>& grids = {});
 
 // "06  softmax over the keys, per head": the stage (docs/stages/) and what a traced name holds.
+// glibc's malloc maps a block of 128 KiB or more afresh and unmaps it on free, and gives the top of its heap back to the
+// system: a program that allocates and frees the same large tensors again and again (train's steps; compare's
+// stages, read, copied and compared one after another) pays the first touch of every page each time, about 2.5 us a
+// page on these VMs (docs/performance.md#page-faults). This raises the mmap threshold to 256 MiB and the trim
+// threshold to 1 GiB (mallopt), so that freed blocks, in_proj's weight and gradient (192 MiB) included, stay in the
+// heap and are reused.
+void keep_freed_memory();
+
 std::string describe_stage(const std::string& name);
 
 // Prints one line per traced stage (name, what it is, shape, and its comparison with `expected(name)` at

@@ -18,6 +18,7 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/compare.hpp"
+#include "fast/adapter.hpp"
 #include "fast/backward.hpp"
 #include "fast/threads.hpp"
 #include "io/checkpoint.hpp"
@@ -285,14 +286,19 @@ struct TriedMistake {
     std::string kind;  // "eps" or "unbiased": the usual cause it tests; "" for another
     xt::xarray<float> values;
 };
-std::vector<TriedMistake> layer_norm_mistakes(const std::string& stage, const Trace& ours, const LoadedAdapter& m) {
+// The small tensors compare reads besides the trace: the learned queries and the three LayerNorms' parameters.
+struct SmallTensors {
+    Matrix query;
+    Vector ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, ln_post_weight, ln_post_bias;
+};
+std::vector<TriedMistake> layer_norm_mistakes(const std::string& stage, const Trace& ours, const SmallTensors& m,
+                                              double eps) {
     xt::xarray<float> input;
     const Vector *gamma = nullptr, *beta = nullptr;
-    if (stage == "ln_q") input = m.weights.query, gamma = &m.weights.ln_q_weight, beta = &m.weights.ln_q_bias;
-    else if (stage == "ln_kv") input = ours.get("kv_proj"), gamma = &m.weights.ln_kv_weight, beta = &m.weights.ln_kv_bias;
-    else if (stage == "ln_post") input = ours.get("out"), gamma = &m.tail.ln_post_weight, beta = &m.tail.ln_post_bias;
+    if (stage == "ln_q") input = m.query, gamma = &m.ln_q_weight, beta = &m.ln_q_bias;
+    else if (stage == "ln_kv") input = ours.get("kv_proj"), gamma = &m.ln_kv_weight, beta = &m.ln_kv_bias;
+    else if (stage == "ln_post") input = ours.get("out"), gamma = &m.ln_post_weight, beta = &m.ln_post_bias;
     else return {};
-    const double eps = m.config.eps;
     return {{"eps 1e-5 (nn.LayerNorm's default) instead of " + number(eps), "eps",
              layer_norm_variant(input, *gamma, *beta, 1e-5, false, false)},
             {"eps outside the square root", "eps", layer_norm_variant(input, *gamma, *beta, eps, false, true)},
@@ -348,19 +354,73 @@ const std::map<std::string, std::vector<std::string>>& usual_gradient_causes() {
     return causes;
 }
 
-// Our gradients for their G: the forward's trace `forward` and the backward on the readable stages or the fast path.
-// Fills `gradients` with dL/d each intermediate (and x) and returns dL/d each parameter by checkpoint name.
-NamedTensors our_gradients(bool readable, const LoadedAdapter& m, const Tensor3& x, const Trace& forward,
-                           const Tensor3& d_y, Trace& gradients) {
-    const AdapterConfig& c = m.config;
-    const Tensor3 out = forward.get("out");
+// This project's side: the readable path's weights loaded, or the fast path's mapped in place, as `run` maps them (a
+// full-size F32 checkpoint loaded whole took 1.0 s of compare's 3 s, all of it copying into fresh pages), and the
+// small tensors the LayerNorm tries read.
+struct OurWeights {
+    bool readable = false;
+    LoadedAdapter loaded;  // --readable
+    MappedAdapter mapped;  // the fast path
+    SmallTensors small;
+    const AdapterConfig& config() const { return readable ? loaded.config : mapped.config; }
+    bool has_tail() const { return readable ? loaded.has_tail : mapped.has_tail; }
+};
+Matrix copy_of(const fast::Block& b) {
+    require(!b.is_packed(), "compare", "a small tensor kept in 16 bits");
+    Matrix m = Matrix::from_shape({b.rows, b.cols});
+    for (std::size_t r = 0; r < b.rows; ++r) std::copy(b.data + r * b.stride, b.data + r * b.stride + b.cols, m.data() + r * b.cols);
+    return m;
+}
+Vector copy_of(fast::Values v) {
+    Vector out = Vector::from_shape({v.size});
+    std::copy(v.data, v.data + v.size, out.data());
+    return out;
+}
+OurWeights our_weights(const WeightFiles& files, const std::string& prefix, std::size_t heads, bool readable) {
+    OurWeights w;
+    w.readable = readable;
     if (readable) {
-        const TailGradients tail = tower_tail_backward(m.tail, out, d_y, c.eps, &gradients);
-        return named_gradients(adapter_backward(m.weights, c, x, forward, tail.d_out, &gradients), tail);
+        w.loaded = load_adapter(files, prefix, heads, true);
+        const AdapterWeights& a = w.loaded.weights;
+        w.small = {a.query, a.ln_q_weight, a.ln_q_bias, a.ln_kv_weight, a.ln_kv_bias, w.loaded.tail.ln_post_weight,
+                   w.loaded.tail.ln_post_bias};
+        return w;
+    }
+    w.mapped = map_adapter(files, prefix, heads, true);
+    const fast::Weights& a = w.mapped.weights;
+    w.small = {copy_of(a.query), copy_of(a.ln_q_weight), copy_of(a.ln_q_bias), copy_of(a.ln_kv_weight),
+               copy_of(a.ln_kv_bias), copy_of(w.mapped.tail.ln_post_weight), copy_of(w.mapped.tail.ln_post_bias)};
+    return w;
+}
+// The forward pass with every intermediate recorded, on either path.
+void our_trace(const OurWeights& m, const Tensor3& x, const Matrix* mask, const std::vector<Grid>& grids, Trace& trace) {
+    const AdapterConfig& c = m.config();
+    if (m.readable) {
+        traced_forward(true, m.loaded.weights, c, m.loaded.tail, x, mask, trace, grids);
+        return;
     }
     const fast::OwnThreads own;
-    const TailGradients tail = fast::tower_tail_backward(fast::TailWeights(m.tail), out, d_y, c.eps, &gradients);
-    return named_gradients(fast::adapter_backward(fast::Weights(m.weights), c, x, forward, tail.d_out, &gradients), tail);
+    if (c.model == Model::minicpm_v) {
+        fast::tower_tail_forward(m.mapped.tail, fast::minicpmv_forward(m.mapped.weights, c, x, grids, &trace), c.eps, &trace);
+        return;
+    }
+    const fast::QuerySide side = fast::prepare_query_side(m.mapped.weights, c, x.shape(1), &trace, grids[0]);
+    fast::tower_tail_forward(m.mapped.tail, fast::adapter_forward(m.mapped.weights, c, side, x, mask, &trace), c.eps, &trace);
+}
+
+// Our gradients for their G: the forward's trace `forward` and the backward on the readable stages or the fast path.
+// Fills `gradients` with dL/d each intermediate (and x) and returns dL/d each parameter by checkpoint name.
+NamedTensors our_gradients(const OurWeights& m, const Tensor3& x, const Trace& forward, const Tensor3& d_y,
+                           Trace& gradients) {
+    const AdapterConfig& c = m.config();
+    const Tensor3 out = forward.get("out");
+    if (m.readable) {
+        const TailGradients tail = tower_tail_backward(m.loaded.tail, out, d_y, c.eps, &gradients);
+        return named_gradients(adapter_backward(m.loaded.weights, c, x, forward, tail.d_out, &gradients), tail);
+    }
+    const fast::OwnThreads own;
+    const TailGradients tail = fast::tower_tail_backward(m.mapped.tail, out, d_y, c.eps, &gradients);
+    return named_gradients(fast::adapter_backward(m.mapped.weights, c, x, forward, tail.d_out, &gradients), tail);
 }
 
 struct GradientTable {
@@ -375,14 +435,15 @@ struct GradientTable {
 GradientTable compare_gradient_table(const std::string& folder, const Trace& ours, const NamedTensors& params,
                                      const Tolerance& tol, std::size_t N) {
     GradientTable t;
-    std::vector<std::pair<std::string, xt::xarray<float>>> rows;  // (label, ours)
-    for (const auto& name : ours.names()) rows.push_back({name, ours.get(name)});
-    for (const auto& [name, value] : params) rows.push_back({"parameter " + name, value});
+    std::vector<std::pair<std::string, const xt::xarray<float>*>> rows;  // (label, ours): not copies (full size: 500 MB)
+    for (const auto& name : ours.names()) rows.push_back({name, &ours.get(name)});
+    for (const auto& [name, value] : params) rows.push_back({"parameter " + name, &value});
     std::printf("\n  %-40s %-16s %10s %10s %12s %16s  %s\n", "gradient dL/d", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
     std::vector<std::size_t> seen;  // rows before the current one
     for (std::size_t i = 0; i < rows.size(); ++i) {
-        const auto& [label, mine] = rows[i];
+        const std::string& label = rows[i].first;
+        const xt::xarray<float>& mine = *rows[i].second;
         const bool parameter = label.rfind("parameter ", 0) == 0;
         const std::string file = parameter ? "parameters/" + label.substr(10) + ".npy" : label + ".npy";
         const std::string path = folder + "/" + file;
@@ -417,7 +478,7 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
                 t.observed = agreement(theirs, mine).max_rel;
                 // a backward step left out passes its gradient on: theirs then equals one of ours before it
                 for (std::size_t earlier : seen)
-                    if (t.skipped_from.empty() && within(theirs, rows[earlier].second, tol)) t.skipped_from = rows[earlier].first;
+                    if (t.skipped_from.empty() && within(theirs, *rows[earlier].second, tol)) t.skipped_from = rows[earlier].first;
             }
         }
         std::printf("  %-40s %-16s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line,
@@ -477,6 +538,7 @@ int compare_command(const std::vector<std::string>& argv) {
                                   "--atol", "--rtol", "--max-rel"},
                                  {"--readable", "--gradients"});
     if (args.help) return std::printf("%s", kCompareHelp), 0;
+    keep_freed_memory();  // every stage's tensors, read, copied and freed: full size, 5.3 -> 2.7 s (docs/performance.md)
     if (!args.has("--weights")) throw UsageError("compare: --weights is required (see compare --help)");
     const std::string input = args.required("compare", "--input");
     const std::string theirs_dir = args.required("compare", "--theirs");
@@ -493,8 +555,9 @@ int compare_command(const std::vector<std::string>& argv) {
 
     WeightFiles files;
     for (const auto& path : args.values.at("--weights")) files.add(path);
-    const LoadedAdapter m = load_adapter(files, args.get("--prefix", kDefaultPrefix), heads_for(given, files), true);
-    const AdapterConfig& c = m.config;
+    const bool readable = args.flags.at("--readable");
+    const OurWeights m = our_weights(files, args.get("--prefix", kDefaultPrefix), heads_for(given, files), readable);
+    const AdapterConfig& c = m.config();
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("compare", "--grids", args.get("--grids"));
     const Tensor3 x = read_features(input, c.kv_dim, nullptr, false);  // batch_grids checks the grids against L
@@ -502,12 +565,9 @@ int compare_command(const std::vector<std::string>& argv) {
     const std::size_t N = x.shape(0);
     Matrix mask;
     if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
-    const bool readable = args.flags.at("--readable");
     Trace ours;
-    if (m.has_tail)
-        traced_forward(readable, m.weights, c, m.tail, x, args.has("--mask") ? &mask : nullptr, ours, grids);
-    else
-        throw InputError(files.files().front(), "has no ln_post and proj: compare needs the whole resampler");
+    if (!m.has_tail()) throw InputError(files.files().front(), "has no ln_post and proj: compare needs the whole resampler");
+    our_trace(m, x, args.has("--mask") ? &mask : nullptr, grids, ours);
 
     // --gradients: our backward from their G, before anything is printed (a missing G is an error, not a table)
     const bool gradients = args.flags.at("--gradients");
@@ -526,7 +586,7 @@ int compare_command(const std::vector<std::string>& argv) {
         if (g.dimension() == 0)
             throw InputError(g_path, "has shape " + shape_string(shape_of(read_npy_float(g_path))) + ", not proj's " +
                                          shape_string(shape_of(ours.get("proj"))));
-        param_grads = our_gradients(readable, m, x, ours, Tensor3(g), our_grads);
+        param_grads = our_gradients(m, x, ours, Tensor3(g), our_grads);
         if (!args.has("--atol") && !args.has("--rtol") && !args.has("--max-rel")) gradient_tol = Tolerance{0, 0, kGradientMaxRel};
     }
     // Their forward files, if any: a dump of gradients alone skips the forward's table
@@ -579,6 +639,7 @@ int compare_command(const std::vector<std::string>& argv) {
         std::string note;
         bool is_bool = false;
         xt::xarray<float> raw = read_npy(path, &is_bool);  // a boolean key_padding_mask as 0 and 1
+        const std::vector<std::size_t> raw_shape = shape_of(raw);
         if (is_bool && stage != "key_padding_mask")
             throw InputError(path, "holds booleans; stage '" + stage + "' holds numbers");
         // An additive mask (0 to keep, -inf where padding) says the same as PyTorch's boolean one
@@ -588,17 +649,17 @@ int compare_command(const std::vector<std::string>& argv) {
             note = "an additive mask (-inf on the padding) read as the boolean one";
         }
         xt::xarray<float> theirs;
-        if (stage == "attn_weights" && head_averaged(shape_of(raw), shape_of(mine))) {
+        if (stage == "attn_weights" && head_averaged(raw_shape, shape_of(mine))) {
             mine = xt::mean(mine, {1});
             theirs = xt::reshape_view(raw, shape_of(mine));
             note = "averaged over the heads: compared with our heads' mean";
         } else {
-            theirs = to_our_layout(raw, their.layout, shape_of(mine), !batched(stage), note);
+            theirs = to_our_layout(std::move(raw), their.layout, shape_of(mine), !batched(stage), note);
         }
         bool ok = false;
         char line[160];
         if (theirs.dimension() == 0) {
-            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(raw)).c_str(),
+            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(raw_shape).c_str(),
                           their.file.c_str());
         } else {
             // both sides cleared (`+`, not `||`, so that the second call is made too)
@@ -624,7 +685,7 @@ int compare_command(const std::vector<std::string>& argv) {
             first_misfits = theirs.dimension() == 0;
             // A stage a port left out passes its input on: their values then equal one of ours before it.
             if (!first_misfits) {
-                if (stage == "ln_q" && within(theirs, m.weights.query, tol)) skipped_from = "query (the learned queries)";
+                if (stage == "ln_q" && within(theirs, m.small.query, tol)) skipped_from = "query (the learned queries)";
                 for (const auto& earlier : seen) {
                     xt::xarray<float> before = ours.get(earlier);
                     if (c.model == Model::minicpm_v) zero_padding(stage, grids, before);
@@ -683,7 +744,7 @@ int compare_command(const std::vector<std::string>& argv) {
                     "    (need_weights=True, average_attn_weights=False), or compare 'scores' to find the head\n");
     // LayerNorm: the usual mistakes tried on our own input to the stage. One that gives their values is the answer;
     // one whose effect is far smaller than the difference cannot be it.
-    auto tried = layer_norm_mistakes(first_bad, ours, m);
+    auto tried = layer_norm_mistakes(first_bad, ours, m.small, c.eps);
     if (c.model == Model::minicpm_v)  // compared as the stage was: without the padding keys
         for (auto& t : tried) zero_padding(first_bad, grids, t.values);
     const double observed = agreement(first_theirs, first_ours).max_rel;

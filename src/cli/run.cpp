@@ -105,7 +105,10 @@ int run_command(const std::vector<std::string>& argv) {
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }
 
-    for (const auto& name : trace.names()) write_npy(trace_dir + "/" + name + ".npy", trace.get(name));
+    // The trace's files unsynced: each still whole or absent if the process is killed; syncing every one to the disk
+    // took 0.7 of the 1.7 s that writing 193 MB of a full-size trace added to `run` (docs/performance.md#the-trace)
+    for (const auto& name : trace.names())
+        write_npy(trace_dir + "/" + name + ".npy", shape_of(trace.get(name)), trace.get(name).data(), Sync::no);
     // Written straight from y's memory: (N, Q, E), or (Q, E) for an unbatched input (the same values).
     const std::vector<std::size_t> shape = unbatched ? std::vector<std::size_t>{y.shape(1), y.shape(2)} : shape_of(y);
     write_npy(output, shape, y.data());

@@ -8,12 +8,12 @@
 #include <fstream>
 
 #include <fcntl.h>
-#include <malloc.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/common.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
@@ -26,8 +26,8 @@ namespace qwenvl::cli {
 namespace {
 const char* kTrainHelp =
     "usage: qwenvl-adapter train --out DIR [--task positions|reconstruct] [--steps S] [--batch B] [--lr LR]\n"
-    "                            [--min-lr LR] [--warmup W] [--seed N] [--width E] [--heads H] [--queries Q]\n"
-    "                            [--keys L] [--no-positions] [--save-every S] [--log-every S] [--until S]\n"
+    "                            [--min-lr LR] [--warmup W] [--seed N] [--width E] [--kv Kv] [--heads H]\n"
+    "                            [--queries Q] [--keys L] [--no-positions] [--save-every S] [--log-every S] [--until S]\n"
     "                            [--resume] [--force] [--readable]\n"
     "\n"
     "Trains the adapter and the tower's tail (the fast path, src/fast/) with the paper's optimiser (Qwen-VL,\n"
@@ -47,7 +47,10 @@ const char* kTrainHelp =
     "  --lr LR          peak learning rate (default 1e-2)   --warmup W  warm-up steps (default 50)\n"
     "  --min-lr LR      where the cosine ends (default LR / 200, the paper's stage-1 ratio 1e-6 / 2e-4)\n"
     "  --seed N         initialisation and data (default 1)\n"
-    "  --width E        E = Kv (default 32)   --heads H (default 4)   --queries Q (default 16)   --keys L (default 64)\n"
+    "  --width E        E (default 32)   --heads H (default 4)   --queries Q (default 16)   --keys L (default 64)\n"
+    "  --kv Kv          the features' width (default E: no kv_proj); otherwise kv_proj (E, Kv) is trained too, and\n"
+    "                   the target's Kv channels are repeated across E (channel c is channel c mod Kv). Qwen-VL's\n"
+    "                   size: --width 4096 --kv 1664 --heads 32 --queries 256 --keys 1024\n"
     "  --no-positions   train without the 2-D position tables (both zero)\n"
     "  --save-every S   write the checkpoint every S steps (default 100) and at the end\n"
     "  --log-every S    print a progress line every S steps (default 25)\n"
@@ -63,7 +66,7 @@ const char* kTrainHelp =
 
 // The settings a run's checkpoint records (its metadata), by flag; --resume takes them from there.
 const std::vector<std::pair<std::string, std::string>> kSettings = {
-    {"--task", "task"},   {"--seed", "seed"},   {"--width", "width"},   {"--heads", "heads"},
+    {"--task", "task"},   {"--seed", "seed"},   {"--width", "width"},   {"--kv", "kv"},   {"--heads", "heads"},
     {"--queries", "queries"}, {"--keys", "keys"}, {"--no-positions", "positions"}, {"--batch", "batch"},
     {"--warmup", "warmup"}, {"--lr", "lr"},     {"--min-lr", "min_lr"}, {"--steps", "steps"}};
 
@@ -222,15 +225,10 @@ int train_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("train", argv, options, {"--no-positions", "--resume", "--force", "--readable"});
     if (args.help) return std::printf("%s", kTrainHelp), 0;
     // Every step allocates and frees the same tensors, some of 128 KiB and more (a batch of 16 images of 64 x 32
-    // features is 128 KiB). glibc's malloc would map each such block afresh and unmap it on free, and give the top of
-    // its heap back to the system, so every step paid the first-touch page faults again (docs/performance.md's page
-    // faults). Kept in the heap, the step reuses its memory: 300 steps at the notebooks' size fault 1,000 pages
-    // instead of 163,000 (docs/performance.md#training).
-    // At Qwen-VL's size a step's largest tensors are in_proj's weight and gradient (192 MiB) and the E x E weights'
-    // (64 MiB): the thresholds are above them, so that those too stay in the heap (a step of two images at E = 4096,
-    // 256 queries, 1024 keys: 11.6 -> 3.9 s, medians of steps 2 to 6).
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    // features is 128 KiB): kept in the heap (keep_freed_memory), the step reuses its memory: 300 steps at the
+    // notebooks' size fault 1,000 pages instead of 163,000, and a step of two images at E = 4096, 256 queries, 1024
+    // keys takes 3.9 s instead of 11.6 (medians of steps 2 to 6; docs/performance.md#training).
+    keep_freed_memory();
     const std::string dir = args.required("train", "--out");
     const std::string checkpoint = dir + "/adapter.safetensors";
     const bool resume = args.flags.at("--resume");
@@ -252,6 +250,12 @@ int train_command(const std::vector<std::string>& argv) {
             try {
                 saved = files.metadata(key);
             } catch (const InputError&) {
+                if (key == "kv") {  // a run from before --kv: its features were E wide
+                    settings[key] = settings.at("width");
+                    if (given(args, flag) && canonical(args, flag) != settings[key])
+                        throw UsageError("train: the run in " + dir + " has --kv " + settings[key] + "; give the same or leave it out");
+                    continue;
+                }
                 throw InputError(checkpoint, "records no '" + key + "' setting: not a checkpoint of this train");
             }
             // the recorded value, checked as the flag would be: a damaged checkpoint is named, not blamed on a flag
@@ -276,7 +280,8 @@ int train_command(const std::vector<std::string>& argv) {
             {"positions", "yes"}, {"batch", "16"}, {"warmup", "50"}, {"lr", number_text(1e-2)}, {"steps", "600"}};
         for (const auto& [flag, key] : kSettings)
             if (given(args, flag)) settings[key] = canonical(args, flag);
-            else if (key != "min_lr") settings[key] = defaults.at(key);
+            else if (key != "min_lr" && key != "kv") settings[key] = defaults.at(key);
+        if (!settings.count("kv")) settings["kv"] = settings["width"];
         if (!settings.count("min_lr")) settings["min_lr"] = number_text(std::stod(settings["lr"]) / 200.0);
     }
     auto count = [&](const std::string& key) { return parse_count("train", "the " + key, settings.at(key)); };
@@ -299,7 +304,8 @@ int train_command(const std::vector<std::string>& argv) {
     if (min_lr > lr) refuse("--min-lr must not exceed --lr");
 
     AdapterConfig c;
-    c.embed_dim = c.kv_dim = count("width");
+    c.embed_dim = count("width");
+    c.kv_dim = count("kv");
     c.num_heads = count("heads");
     c.n_queries = count("queries");
     c.grid_q = side_of("--queries", c.n_queries);
@@ -312,8 +318,8 @@ int train_command(const std::vector<std::string>& argv) {
     AdamW optimiser;
     if (resume) {
         const LoadedAdapter loaded = load_adapter(files, kDefaultPrefix, c.num_heads, true);
-        if (loaded.config.embed_dim != c.embed_dim || loaded.config.n_queries != c.n_queries)
-            throw InputError(checkpoint, "its tensors' shapes do not match its recorded width and queries");
+        if (loaded.config.embed_dim != c.embed_dim || loaded.config.n_queries != c.n_queries || loaded.config.kv_dim != c.kv_dim)
+            throw InputError(checkpoint, "its tensors' shapes do not match its recorded width, kv and queries");
         w = loaded.weights;
         tail = loaded.tail;
         c = loaded.config;
@@ -363,8 +369,9 @@ int train_command(const std::vector<std::string>& argv) {
     std::ofstream log(log_path, resume ? std::ios::app : std::ios::trunc);
     if (!log) throw InputError(log_path, "cannot write");
     if (!resume) log << "step,loss,lr,grad_norm,seconds\n";
-    std::printf("training on the %s task %s the 2-D position tables: E = %zu, H = %zu, %zu queries, %zu keys, "
-                "batch %zu, steps %zu to %zu\n", task.c_str(), positions ? "with" : "WITHOUT", c.embed_dim, c.num_heads, c.n_queries,
+    std::printf("training on the %s task %s the 2-D position tables: E = %zu, %sH = %zu, %zu queries, %zu keys, "
+                "batch %zu, steps %zu to %zu\n", task.c_str(), positions ? "with" : "WITHOUT", c.embed_dim,
+                c.kv_dim == c.embed_dim ? "" : ("Kv = " + std::to_string(c.kv_dim) + ", ").c_str(), c.num_heads, c.n_queries,
                 n_keys, batch, optimiser.step, steps);
     std::fflush(stdout);
     // The reconstruct task's read-out, (L, Q), made once for the run.
@@ -377,13 +384,14 @@ int train_command(const std::vector<std::string>& argv) {
         std::mt19937 rng(seed * 1000003u + static_cast<unsigned>(step));  // the batch of a step, also on resume
         StepResult r;
         if (task == "positions") {
-            const TaskBatch b = positions_task(batch, grid_k, c.grid_q, c.embed_dim, rng);
-            r = readable ? train_step(w, tail, c, b.x, b.target, optimiser)
-                         : fast::train_step(w, tail, c, b.x, b.target, optimiser);
+            const TaskBatch b = positions_task(batch, grid_k, c.grid_q, c.kv_dim, rng);
+            const Tensor3 target = tile_channels(b.target, c.embed_dim);
+            r = readable ? train_step(w, tail, c, b.x, target, optimiser) : fast::train_step(w, tail, c, b.x, target, optimiser);
         } else {
-            const TaskBatch b = reconstruct_task(batch, grid_k, c.embed_dim, rng);
-            r = readable ? readout_train_step(w, tail, c, b.x, readout, b.target, optimiser)
-                         : fast::readout_train_step(w, tail, c, b.x, readout, b.target, optimiser);
+            const TaskBatch b = reconstruct_task(batch, grid_k, c.kv_dim, rng);
+            const Tensor3 target = tile_channels(b.target, c.embed_dim);
+            r = readable ? readout_train_step(w, tail, c, b.x, readout, target, optimiser)
+                         : fast::readout_train_step(w, tail, c, b.x, readout, target, optimiser);
         }
         if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
             log.flush();

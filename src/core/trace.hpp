@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <xtensor/xarray.hpp>
+#include <xtensor/xtensor.hpp>
 
 namespace qwenvl {
 
@@ -26,6 +27,9 @@ public:
     // Stores `value` as item n of `count` items of its shape under `name`, that is, as [n] of a (count, ...)
     // tensor: what a batched step would have recorded, filled one image at a time. Item 0 starts a new tensor.
     void record_item(const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value);
+    // The same from `shape` row-major floats at `data` (a container's own memory): one copy, no conversion.
+    void record_item(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape,
+                     const float* data);
     // Throws std::out_of_range naming the stage when it was not recorded.
     const xt::xarray<float>& get(const std::string& name) const;
     // The recorded names, in the order they were first recorded.
@@ -45,6 +49,12 @@ void record(Trace* trace, const std::string& name, const Tensor& value) {
 template <class Tensor>
 void record_item(Trace* trace, const std::string& name, std::size_t n, std::size_t count, const Tensor& value) {
     if (trace) trace->record_item(name, n, count, value);
+}
+// A container's item is copied straight from its memory (the conversion to an xarray first cost the fast path's
+// full-size trace a copy of each (L, E) tensor and each (H, Q, L) one, in fresh pages).
+template <std::size_t D>
+void record_item(Trace* trace, const std::string& name, std::size_t n, std::size_t count, const xt::xtensor<float, D>& value) {
+    if (trace) trace->record_item(name, n, count, std::vector<std::size_t>(value.shape().begin(), value.shape().end()), value.data());
 }
 
 }  // namespace qwenvl

@@ -81,7 +81,10 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
     for (Matrix* buffer : {&ws.X, &ws.v, &ws.k}) ensure_shape(*buffer, {L, E});
     Matrix &X = ws.X, &v = ws.v, &k = ws.k;
     Tensor3 scores, weights;  // (H, Q, L), for the trace only
-    if (trace) scores = weights = Tensor3({H, Q, L});
+    // Two separate tensors: `scores = weights = ...` copied weights' untouched pages, which mapped them to the zero
+    // page, so that each first write took a copy-on-write fault with a flush of both cores' TLBs (a full-size trace
+    // of one image: part of 1.1 s)
+    if (trace) scores = Tensor3::from_shape({H, Q, L}), weights = Tensor3::from_shape({H, Q, L});
     for (std::size_t n = 0; n < N; ++n) {
         const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
         kv_projection_into(image, w.kv_proj, X);                                // (L, E)

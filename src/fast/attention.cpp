@@ -125,10 +125,10 @@ void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t nu
         }
         for (std::size_t h = first; h < end; ++h) {
             gemm_block(head_block(whole(buffers.q_scaled), h, H), head_block(k, h, H), true, s.data(), L);  // q_h k_h^T
-            if (scores) xt::view(*scores, h) = s;
+            if (scores) std::copy(s.data(), s.data() + Q * L, scores->data() + h * Q * L);
             softmax_rows_in_place(s, mask);  // now the weights A_h
             gemm_block(whole(s), head_block(v, h, H), false, out + h * Dh, out_stride);  // A_h v_h
-            if (weights) xt::view(*weights, h) = s;
+            if (weights) std::copy(s.data(), s.data() + Q * L, weights->data() + h * Q * L);
         }
     });
 }

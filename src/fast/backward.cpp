@@ -107,7 +107,8 @@ AdapterGradients adapter_backward(const Weights& w, const AdapterConfig& c, cons
     check_shape(fn, "d_out", d_out, {N, Q, E});
     require(w.query.stride == w.query.cols, fn, "the query is not a contiguous block");
     // The forward pass's values each step needs, as it recorded them.
-    const xt::xarray<float>& query_in = recorded(forward, "query_in", {Q, E});
+    const bool query_table = c.model == Model::qwen_vl;  // MiniCPM-V's W_q reads LN_q(query): no P_q
+    const xt::xarray<float>& query_in = recorded(forward, query_table ? "query_in" : "ln_q", {Q, E});
     const xt::xarray<float>& q = recorded(forward, "q", {Q, E});
     const xt::xarray<float>& x_proj = recorded(forward, "kv_proj", {N, L, E});
     const xt::xarray<float>& X = recorded(forward, "ln_kv", {N, L, E});
@@ -229,7 +230,7 @@ AdapterGradients adapter_backward(const Weights& w, const AdapterConfig& c, cons
     record(gradients, "ln_kv", d_X);
     record(gradients, "kv_proj", d_x_proj);
     record(gradients, "q", dq);
-    record(gradients, "query_in", d_query_in);
+    if (query_table) record(gradients, "query_in", d_query_in);
     record(gradients, "ln_q", d_query_in);
     record(gradients, "x", grads.x);
     return grads;

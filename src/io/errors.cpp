@@ -61,7 +61,7 @@ bool sync_path(const std::string& path) {
 }
 }  // namespace
 
-void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write) {
+void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write, Sync sync) {
     const std::string temporary = path + ".partial-" + std::to_string(::getpid());
     {
         std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
@@ -75,11 +75,12 @@ void write_atomically(const std::string& path, const std::function<void(std::ofs
     }
     // The data on the disk before the name points at it, and the new name on the disk before this returns: a power
     // cut then leaves the old file or the new one, whole.
-    if (!sync_path(temporary) || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    if ((sync == Sync::to_disk && !sync_path(temporary)) || std::rename(temporary.c_str(), path.c_str()) != 0) {
         const std::string reason = std::strerror(errno);
         std::remove(temporary.c_str());
         throw InputError(path, "cannot write (" + reason + ")");
     }
+    if (sync == Sync::no) return;
     const std::size_t slash = path.find_last_of('/');
     sync_path(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
 }

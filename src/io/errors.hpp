@@ -37,6 +37,9 @@ std::vector<std::uint8_t> read_file(const std::string& path);
 
 // Writes a file atomically: `write` fills a temporary file beside `path`, which is then renamed over it, so that a
 // failure (or an interruption) leaves no partial output and any earlier file whole. InputError naming `path`.
-void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write);
+// Synced (the default): the data and the new name reach the disk first, so that a power cut leaves the old file or
+// the new one whole. Unsynced (a trace's many files): a killed process still leaves no partial file, a power cut may.
+enum class Sync { to_disk, no };
+void write_atomically(const std::string& path, const std::function<void(std::ofstream&)>& write, Sync sync = Sync::to_disk);
 
 }  // namespace qwenvl

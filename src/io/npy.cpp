@@ -166,7 +166,7 @@ void write_npy(const std::string& path, const xt::xarray<float>& values) {
     write_npy(path, shape_of(row_major), row_major.data());
 }
 
-void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data) {
+void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data, Sync sync) {
     // Format version 1.0: magic, version, a 2-byte header length, then the header dict padded with spaces to end
     // in a newline at a multiple of 64 bytes (as numpy writes it).
     std::string dims;
@@ -189,7 +189,7 @@ void write_npy(const std::string& path, const std::vector<std::size_t>& shape, c
     write_atomically(path, [&](std::ofstream& out) {
         out.write(head.data(), static_cast<std::streamsize>(head.size()));
         if (count) out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
-    });
+    }, sync);
 }
 
 }  // namespace qwenvl

@@ -16,6 +16,8 @@
 
 #include <xtensor/xarray.hpp>
 
+#include "io/errors.hpp"
+
 namespace qwenvl {
 
 struct NpyArray {
@@ -44,7 +46,7 @@ xt::xarray<float> read_npy(const std::string& path, bool* is_bool);
 void write_npy(const std::string& path, const xt::xarray<float>& values);
 // The same for `shape` row-major floats at `data`, written straight from that memory (no copy of the values:
 // `run` writes its (N, Q, E) output this way).
-void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data);
+void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data, Sync sync = Sync::to_disk);
 
 
 }  // namespace qwenvl

@@ -104,7 +104,9 @@ AdapterGradients adapter_backward(const AdapterWeights& w, const AdapterConfig& 
     const std::size_t N = x.shape(0), L = x.shape(1), Q = c.n_queries, E = c.embed_dim, H = c.num_heads;
     check_shape(fn, "d_out", d_out, {N, Q, E});
     // The forward pass's values each step needs, as it recorded them.
-    const Matrix query_in = forward.get("query_in");    // (Q, E)
+    // W_q's input: LN_q(query) + P_q; MiniCPM-V (stage 11), whose queries have no table, projects LN_q(query) itself.
+    const bool query_table = c.model == Model::qwen_vl;
+    const Matrix query_in = forward.get(query_table ? "query_in" : "ln_q");  // (Q, E)
     const Matrix q = forward.get("q");                  // (Q, E)
     const Tensor3 x_proj = forward.get("kv_proj");      // (N, L, E)
     const Tensor3 X = forward.get("ln_kv");             // (N, L, E)
@@ -177,7 +179,7 @@ AdapterGradients adapter_backward(const AdapterWeights& w, const AdapterConfig& 
     grads.in_proj_bias = packed.bias;
 
     record(gradients, "q", dq);
-    record(gradients, "query_in", through_q.dx);
+    if (query_table) record(gradients, "query_in", through_q.dx);
     record(gradients, "ln_q", d_ln_q);
     record(gradients, "x", grads.x);
     return grads;

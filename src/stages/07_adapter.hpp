@@ -81,6 +81,8 @@ Tensor3 adapter_forward(const AdapterWeights& weights, const AdapterConfig& conf
 //   key_in = X + P_k:  dX = d key_in + (from v)        query_in = LN_q(query) + P_q:  d LN_q = d query_in
 //   X = LN_kv(x W_kv^T), LN_q(query)    layer_norm_backward, kv_projection_backward
 // Records dL/d each intermediate under its trace name (and "x") in `gradients` when given.
+// MiniCPM-V's resampler (stage 11) has the same backward from its own trace (minicpmv_forward's): its queries have
+// no table, so W_q's input is ln_q and there is no query_in; its padding keys, weighted 0, get zero gradients.
 struct AdapterGradients {
     Matrix query;                  // (Q, E)
     Matrix kv_proj;                // (E, Kv); empty for the identity

@@ -243,6 +243,17 @@ TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid
     return b;
 }
 
+Tensor3 tile_channels(const Tensor3& target, std::size_t width) {
+    const std::size_t N = target.shape(0), R = target.shape(1), Kv = target.shape(2);
+    require(Kv > 0 && width > 0, "tile_channels", "at least one channel on each side");
+    if (Kv == width) return target;
+    Tensor3 tiled({N, R, width});
+    for (std::size_t n = 0; n < N; ++n)
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t c = 0; c < width; ++c) tiled(n, r, c) = target(n, r, c % Kv);
+    return tiled;
+}
+
 TaskBatch reconstruct_task(std::size_t batch, std::size_t grid_k, std::size_t width, std::mt19937& rng) {
     require(grid_k > 0 && width > 1, "reconstruct_task", "a key grid and at least two features");
     const std::size_t L = grid_k * grid_k;

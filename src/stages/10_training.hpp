@@ -99,6 +99,11 @@ struct TaskBatch {
 };
 TaskBatch positions_task(std::size_t batch, std::size_t grid_k, std::size_t grid_q, std::size_t width, std::mt19937& rng);
 
+// Features of another width than the adapter's (Kv != E, `train --kv`): a task's target, Kv channels wide, repeated
+// across E channels: channel c of the result is channel c mod Kv of `target`. (N, R, Kv) -> (N, R, E). kv_proj can
+// learn the copy, so the task stays learnable; with Kv == E the target is returned as it is.
+Tensor3 tile_channels(const Tensor3& target, std::size_t width);
+
 // The query-count ablation (paper, Appendix E.2; docs/training.md#the-query-count-ablation) compares runs with
 // different Q on one target of one shape. The read-out: the Q outputs of an image, seen as their G_q x G_q grid,
 // resized bicubically (stage 03, as F.interpolate) to the G x G grid of the patches, z = R y, whatever Q is. The

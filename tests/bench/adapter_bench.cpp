@@ -37,7 +37,8 @@
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
 //       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
-//       docs/performance.md).
+//       docs/performance.md); and MiniCPM-V 2.6's, DIR/minicpmv-f32.safetensors and DIR/features-minicpmv.npy
+//       (2, 1024, 1152: slices of 32 x 32 and 24 x 40 patches), for tests/bench/trace_cost.py.
 //
 // Threads: OpenBLAS's, set with OPENBLAS_NUM_THREADS. Run a Release build (cmake --preset release).
 #include <fcntl.h>
@@ -522,8 +523,29 @@ int write_checkpoint(const std::string& dir) {
     fill_normal(x, 1.0f, rng);
     write_npy(dir + "/features-4.npy", x);
     write_npy(dir + "/features.npy", Tensor3(xt::view(x, xt::range(0, 1))));
-    std::printf("wrote %s/adapter-f32.safetensors, %s/features.npy (1 image) and %s/features-4.npy (4 images)\n",
-                dir.c_str(), dir.c_str(), dir.c_str());
+    // MiniCPM-V 2.6's resampler at its size (E = 3584, Q = 64, Kv = 1152), and two slices of 32 x 32 and 24 x 40
+    // patches padded to L = 1024 (tests/bench/trace_cost.py: --grids 32x32,24x40)
+    const std::size_t mE = 3584, mKv = 1152, mQ = 64;
+    const AdapterWeights m = random_weights(rng, mE, mKv, mQ);
+    const TowerTail mt = random_tail(rng, mE);
+    Matrix m_in = xt::concatenate(xt::xtuple(m.in_proj.w_q, m.in_proj.w_k, m.in_proj.w_v), 0);
+    Vector m_bias = xt::concatenate(xt::xtuple(m.in_proj.b_q, m.in_proj.b_k, m.in_proj.b_v), 0);
+    const std::string r = "resampler.";
+    qwenvl_test::write_safetensors_f32(dir + "/minicpmv-f32.safetensors",
+                          {{r + "query", m.query}, {r + "kv_proj.weight", m.kv_proj},
+                           {r + "attn.in_proj_weight", m_in}, {r + "attn.in_proj_bias", m_bias},
+                           {r + "attn.out_proj.weight", m.out_proj_weight}, {r + "attn.out_proj.bias", m.out_proj_bias},
+                           {r + "ln_q.weight", m.ln_q_weight}, {r + "ln_q.bias", m.ln_q_bias},
+                           {r + "ln_kv.weight", m.ln_kv_weight}, {r + "ln_kv.bias", m.ln_kv_bias},
+                           {r + "ln_post.weight", mt.ln_post_weight}, {r + "ln_post.bias", mt.ln_post_bias},
+                           {r + "proj", mt.proj}});
+    Tensor3 mx = xt::zeros<float>({std::size_t(2), std::size_t(1024), mKv});
+    fill_normal(mx, 1.0f, rng);
+    xt::view(mx, 1, xt::range(960, 1024)) = 0.0f;  // the second slice's 960 patches, then padding
+    write_npy(dir + "/features-minicpmv.npy", mx);
+    std::printf("wrote %s/adapter-f32.safetensors, %s/features.npy (1 image) and %s/features-4.npy (4 images); "
+                "%s/minicpmv-f32.safetensors and %s/features-minicpmv.npy (grids 32x32,24x40)\n",
+                dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str());
     return 0;
 }
 

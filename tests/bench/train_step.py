@@ -4,11 +4,12 @@
     cmake --preset release && cmake --build --preset release
     /usr/bin/python3 tests/bench/train_step.py [--threads 1,2] [--size default,full] [--rounds 3]
 
-The step (docs/training.md): a batch of the positions task, the adapter and the tower's tail forward (Kv = E), the
-mean squared error, the backward pass, gradient-norm clipping at 1.0, one AdamW update with the warm-up and cosine
+The step (docs/training.md): a batch of the positions task, kv_proj when Kv != E, the adapter and the tower's tail
+forward, the mean squared error, the backward pass, gradient-norm clipping at 1.0, one AdamW update with the warm-up and cosine
 schedule (the paper's betas, eps and weight decay). Two sizes (SIZES below): `default`, `train`'s defaults (16 images
 of 8 x 8 patches, E = 32, 4 heads, 16 queries; 300 steps, the first 20 not timed), and `full`, Qwen-VL's adapter
-(two images of 32 x 32 patches, E = 4096, 32 heads, 256 queries; 8 steps, the first 3 not timed).
+(two images of 32 x 32 patches of Kv = 1664 features, E = 4096, 32 heads, 256 queries; 8 steps, the first 3 not
+timed; `train --kv 1664`, whose target repeats the features' 1664 channels across E).
 
 The C++ is `qwenvl-adapter train`: the fast path (src/fast/, the default) and, at the default size, `--readable` (the
 stages); its time per step comes from its loss.csv (seconds since the start, per step). PyTorch runs the same step
@@ -32,11 +33,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ADAPTER = os.path.join(REPO, "build", "release", "qwenvl-adapter")
-# The two sizes: `default`, the notebooks' and `train`'s defaults; `full`, Qwen-VL's adapter (E = 4096, 32 heads,
-# 256 queries on a 32 x 32 key grid, two images a step; Kv = E, as `train`'s tasks have no kv_proj), a few steps.
+# The two sizes: `default`, the notebooks' and `train`'s defaults (Kv = E: no kv_proj); `full`, Qwen-VL's adapter
+# (E = 4096, 32 heads, 256 queries on a 32 x 32 key grid of the ViT-bigG's Kv = 1664 features, two images a step), a
+# few steps.
 SIZES = {
-    "default": dict(E=32, H=4, GQ=4, GK=8, BATCH=16, STEPS=300, WARMUP=50, SKIP=20, LR=1e-2),
-    "full": dict(E=4096, H=32, GQ=16, GK=32, BATCH=2, STEPS=8, WARMUP=1, SKIP=3, LR=1e-4),
+    "default": dict(E=32, KV=32, H=4, GQ=4, GK=8, BATCH=16, STEPS=300, WARMUP=50, SKIP=20, LR=1e-2),
+    "full": dict(E=4096, KV=1664, H=32, GQ=16, GK=32, BATCH=2, STEPS=8, WARMUP=1, SKIP=3, LR=1e-4),
 }
 
 
@@ -46,8 +48,8 @@ def torch_child(size, threads):
     import torch.nn.functional as F
 
     c = SIZES[size]
-    E, H, GQ, GK, BATCH, steps, WARMUP_STEPS, SKIP = (c[k] for k in ("E", "H", "GQ", "GK", "BATCH", "STEPS", "WARMUP",
-                                                                       "SKIP"))
+    E, KV, H, GQ, GK, BATCH, steps, WARMUP_STEPS, SKIP = (c[k] for k in ("E", "KV", "H", "GQ", "GK", "BATCH", "STEPS",
+                                                                           "WARMUP", "SKIP"))
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     Q, L = GQ * GQ, GK * GK
@@ -55,12 +57,17 @@ def torch_child(size, threads):
     attn = torch.nn.MultiheadAttention(E, H)
     ln_q, ln_kv, ln_post = (torch.nn.LayerNorm(E, eps=1e-6) for _ in range(3))
     proj = torch.nn.Parameter(E ** -0.5 * torch.randn(E, E))
+    kv_proj = torch.nn.Linear(KV, E, bias=False) if KV != E else torch.nn.Identity()   # upstream's
+    if KV != E:
+        torch.nn.init.normal_(kv_proj.weight, std=0.02)
     sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
     from make_fixtures import sincos_2d
     pos_q = torch.from_numpy(sincos_2d(E, GQ)).float()
     table = pos_q.reshape(1, GQ, GQ, E).permute(0, 3, 1, 2)
     pos_k = F.interpolate(table, size=(GK, GK), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(L, E)
-    params = [query, proj, *attn.parameters(), *ln_q.parameters(), *ln_kv.parameters(), *ln_post.parameters()]
+    params = [query, proj, *attn.parameters(), *ln_q.parameters(), *ln_kv.parameters(), *ln_post.parameters(),
+              *kv_proj.parameters()]
+    channels = torch.arange(E) % KV                                     # train --kv: the target's channels repeated
     optimizer = torch.optim.AdamW(params, lr=c["LR"], betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
 
     def factor(step):
@@ -74,10 +81,10 @@ def torch_child(size, threads):
     times = []
     for step in range(steps):
         start = time.perf_counter()
-        x = torch.randn(BATCH, L, E)
-        target = one_hot @ x                                               # (N, Q, E)
+        x = torch.randn(BATCH, L, KV)
+        target = (one_hot @ x)[..., channels]                              # (N, Q, E)
         optimizer.zero_grad()
-        X = ln_kv(x).permute(1, 0, 2)                                      # Kv == E: no kv_proj
+        X = ln_kv(kv_proj(x)).permute(1, 0, 2)
         queries = (ln_q(query) + pos_q).unsqueeze(1).repeat(1, BATCH, 1)
         out = attn(queries, X + pos_k.unsqueeze(1), X)[0].permute(1, 0, 2)
         loss = F.mse_loss(ln_post(out) @ proj, target)
@@ -95,7 +102,7 @@ def cpp_round(size, env, readable):
     c = SIZES[size]
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([ADAPTER, "train", "--out", out, "--steps", str(c["STEPS"]), "--log-every", str(c["STEPS"]),
-                        "--save-every", str(c["STEPS"]), "--width", str(c["E"]), "--heads", str(c["H"]),
+                        "--save-every", str(c["STEPS"]), "--width", str(c["E"]), "--kv", str(c["KV"]), "--heads", str(c["H"]),
                         "--queries", str(c["GQ"] ** 2), "--keys", str(c["GK"] ** 2), "--batch", str(c["BATCH"]),
                         "--warmup", str(c["WARMUP"]), "--lr", str(c["LR"])] + (["--readable"] if readable else []),
                        env=env, check=True, capture_output=True)
