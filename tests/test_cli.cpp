@@ -1193,6 +1193,39 @@ TEST_CASE("compare --gradients: PyTorch autograd's gradients match on both paths
     }
 }
 
+TEST_CASE("compare --gradients: MiniCPM-V's gradients match on both paths, its padding keys' gradients left out",
+          "[cli][compare]") {
+    const std::string dump = kData + "/compare/minicpmv_mixed/backward/pytorch";
+    for (const std::string path : {"", " --readable"}) {
+        const Result r = cli(kMiniCpmv + " --gradients --theirs " + q(dump) + path);
+        INFO(r.out << r.err);
+        CHECK(r.code == 0);
+        CHECK_THAT(r.out, Contains("MATCH: all 26 gradients found agree within tolerance"));  // no query_in
+        CHECK_THAT(r.out, Contains("\n  parameter attn.in_proj_weight "));  // MiniCPM-V's own names
+        CHECK_THAT(r.out, Contains("[padding keys left out]"));
+    }
+    // A port that runs each image alone leaves anything on the padding rows and columns: still a match
+    TempDir tmp;
+    fs::copy(dump, tmp / "port", fs::copy_options::recursive);
+    for (const std::string stage : {"k", "x", "scores"}) {
+        const std::string file = tmp / "port/gradients" + "/" + stage + ".npy";
+        xt::xarray<float> g = qwenvl::read_npy_float(file);
+        if (stage == "scores") xt::view(g, 2, xt::all(), xt::all(), xt::range(2, 9)) = 7.0f;  // image 2: 1 x 2 patches
+        else xt::view(g, 2, xt::range(2, 9)) = 7.0f;
+        qwenvl::write_npy(file, g);
+    }
+    const Result junk = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
+    INFO(junk.out << junk.err);
+    CHECK(junk.code == 0);
+    // ... but not on the real keys
+    xt::xarray<float> k = qwenvl::read_npy_float(tmp / "port/gradients/k.npy");
+    k(2, 1, 0) += 1.0f;
+    qwenvl::write_npy(tmp / "port/gradients/k.npy", k);
+    const Result real = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
+    CHECK(real.code == 1);
+    CHECK_THAT(real.out, Contains("the first is dL/d k\n"));
+}
+
 TEST_CASE("compare --gradients: whichever gradient a port gets wrong, that one is named first (seeded)",
           "[cli][compare]") {
     // One file at a time, chosen at random, has one entry changed by 1 % of the file's largest value (ten times the
@@ -1244,6 +1277,35 @@ TEST_CASE("compare --gradients: a backward step left out is named, and a differi
     CHECK_THAT(forward.out, Contains("(the forward differs, so the gradients are not judged: they follow from it; 0 of 27 differ)"));
 }
 
+TEST_CASE("compare --gradients: files that name no gradient are listed and said on the verdict, and in_proj is told by "
+          "its q, k and v parts", "[cli][compare]") {
+    // What the porter's trial found: a misspelt or prefixed file was skipped silently, and a MATCH read as whole
+    TempDir tmp;
+    fs::copy(kBackward + "/pytorch", tmp / "port", fs::copy_options::recursive);
+    fs::rename(tmp / "port/gradients/ln_kv.npy", tmp / "port/gradients/lnkv.npy");
+    fs::rename(tmp / "port/gradients/parameters/proj.npy", tmp / "port/gradients/parameters/transformer.visual.proj.npy");
+    const Result partial = cli(kQwenWide + " --gradients --theirs " + q(tmp / "port"));
+    INFO(partial.out);
+    CHECK(partial.code == 0);
+    CHECK_THAT(partial.out, Contains("(their gradients/lnkv.npy names no gradient here, and is not compared)"));
+    CHECK_THAT(partial.out, Contains("parameters/transformer.visual.proj.npy names no gradient here, and is not compared; "
+                                     "a parameter's file name drops the model's prefix"));
+    CHECK_THAT(partial.out, Contains("MATCH: all 25 gradients found agree within tolerance (2 of their files name no "
+                                     "gradient here and were not compared: listed above)"));
+    // the key part of in_proj's weight gradient scaled: the parts say which
+    const std::string w = tmp / "port/gradients/parameters/attn_pool.attn.in_proj_weight.npy";
+    xt::xarray<float> g = qwenvl::read_npy_float(w);
+    xt::view(g, xt::range(8, 16)) *= 1.5f;
+    qwenvl::write_npy(w, g);
+    const Result part = cli(kQwenWide + " --gradients --theirs " + q(tmp / "port"));
+    INFO(part.out);
+    CHECK(part.code == 1);
+    CHECK_THAT(part.out, Contains("the first is dL/d parameter attn_pool.attn.in_proj_weight\n"));
+    CHECK_THAT(part.out, Contains("by part: q [0, 8): ok"));
+    CHECK_THAT(part.out, Contains("| k [8, 16): DIFFERS"));
+    CHECK_THAT(part.out, Contains("| v [16, 24): ok"));
+}
+
 TEST_CASE("compare --gradients: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
     TempDir tmp;
     fs::create_directories(tmp / "only_g/gradients");
@@ -1252,7 +1314,7 @@ TEST_CASE("compare --gradients: bad input is one line naming the file, exit 1 or
     qwenvl::write_npy(tmp / "wrong_g/gradients/proj.npy", xt::xarray<float>(xt::zeros<float>({2, 5, 8})));
     const BadInput cases[] = {
         {kMiniCpmv + " --gradients --theirs " + q(kData + "/compare/minicpmv_mixed/pytorch"),
-         "--gradients is for Qwen-VL's adapter: this project has no MiniCPM-V backward", 2},
+         "pytorch: has no gradients/proj.npy", 1},
         {kQwenWide + " --gradients --theirs " + q(kData + "/compare/qwen_wide/pytorch"),
          "pytorch: has no gradients/proj.npy: --gradients needs G = dL/d proj", 1},
         {kQwenWide + " --gradients --theirs " + q(tmp / "wrong_g"), "proj.npy: has shape (2, 5, 8), not proj's (2, 4, 8)", 1},

@@ -19,26 +19,10 @@
 #include "stages/08_tower_tail.hpp"
 
 using namespace qwenvl;
+using qwenvl_test::check_gradient;
 using qwenvl_test::fixtures;
 
 namespace {
-// Gradients are held to |got - want| <= kAtol + kScale max|want| + kRtol |want| per element: float32 arithmetic
-// against autograd's float64 values rounded to float32. A float32 sum's rounding scales with its terms, not with its
-// result: an element near 0 in a gradient whose other elements are large carries an error of a few float32 ulps
-// of those. kScale (about 17 ulps of the tensor's largest value) is that share; without it, small_variance's
-// dL/d query, whose rows reach 75 and pass through LayerNorm rows of rstd 440, held its element of -0.0665 to
-// within 1.3e-5 on the readable path and 3.8e-5 on the fast path (the sums in another order), against a bound of
-// 1.7e-5: a pass by luck, not by margin. Elsewhere kAtol and kRtol leave a margin of about 10x.
-constexpr double kAtol = 1e-5, kRtol = 1e-4, kScale = 2e-6;
-
-void check_gradient(const Fixture& f, const std::string& what, const xt::xarray<float>& got,
-                    const xt::xarray<float>& want) {
-    const double largest = want.size() ? static_cast<double>(xt::amax(xt::abs(want))()) : 0.0;
-    const Comparison c = compare(got, want, kAtol + kScale * largest, kRtol);
-    INFO(f.name << ": dL/d " << what << ": " << describe(c, want));
-    CHECK(c.ok());
-}
-
 // PyTorch's gradient of a stage's output (dL/d stage), whole or item n of its batch.
 const xt::xarray<float>& grad(const Fixture& f, const std::string& stage) { return f.gradients.get(stage); }
 Matrix grad_item(const Fixture& f, const std::string& stage, std::size_t n) { return xt::view(grad(f, stage), n); }

@@ -2,18 +2,22 @@
 // torch.nn modules of tests/reference/resamplers.py): Qwen-VL's adapter on non-square key grids and MiniCPM-V
 // 2.5 / 2.6's resampler on batches of images of different grids, padded with a key padding mask. Every recorded
 // intermediate of the readable path against PyTorch's, the fast path's output, and the padding's independence.
+#include <algorithm>
 #include <random>
 
 #include <xtensor/xview.hpp>
 
 #include "fast/adapter.hpp"
+#include "fast/backward.hpp"
 #include "golden.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/08_tower_tail.hpp"
+#include "stages/10_training.hpp"
 #include "stages/11_minicpmv.hpp"
 
 using namespace qwenvl;
+using qwenvl_test::check_gradient;
 using qwenvl_test::check_stage;
 
 namespace {
@@ -138,5 +142,55 @@ TEST_CASE("models: MiniCPM-V's forward pass refuses a grid larger than the batch
         qwen.model = Model::qwen_vl;
         CHECK_THROWS_WITH(minicpmv_forward(f.weights, qwen, f.x, f.grids), Catch::Contains("Qwen-VL's weights"));
         break;
+    }
+}
+
+TEST_CASE("models: the backward equals autograd on both models' fixtures, every intermediate's gradient, x's and every "
+          "parameter's, on both paths", "[models][gradients][fast]") {
+    // The fixtures' gradients: autograd's of L = sum(y * G) (make_fixtures.py, resamplers.module_gradients, checked
+    // there against autograd through the modules themselves). MiniCPM-V's backward is stage 07's on its own trace:
+    // no query table (W_q reads ln_q), each image's padding keys weighted 0, so their gradients are 0.
+    const bool fast_path = GENERATE(false, true);
+    for (const auto& f : model_fixtures()) {
+        DYNAMIC_SECTION(f.name << (fast_path ? ", fast path" : ", readable path")) {
+            Trace forward, backward;
+            Tensor3 out;
+            TailGradients tail;
+            AdapterGradients g;
+            const Tensor3& G = f.gradients.get("proj");
+            if (fast_path) {
+                const fast::Weights w(f.weights);
+                if (is_minicpmv(f)) {
+                    out = fast::minicpmv_forward(w, f.config, f.x, f.grids, &forward);
+                } else {
+                    const fast::QuerySide side = fast::prepare_query_side(w, f.config, f.x.shape(1), &forward, f.grids.at(0));
+                    out = fast::adapter_forward(w, f.config, side, f.x, nullptr, &forward);
+                }
+                tail = fast::tower_tail_backward(fast::TailWeights(f.tail), out, G, f.config.eps, &backward);
+                g = fast::adapter_backward(w, f.config, f.x, forward, tail.d_out, &backward);
+            } else {
+                out = is_minicpmv(f) ? minicpmv_forward(f.weights, f.config, f.x, f.grids, f.max_grid, &forward)
+                                     : adapter_forward(f.weights, f.config, f.x, f.grids.at(0), nullptr, &forward);
+                tail = tower_tail_backward(f.tail, out, G, f.config.eps, &backward);
+                g = adapter_backward(f.weights, f.config, f.x, forward, tail.d_out, &backward);
+            }
+            // every gradient the fixture holds but G itself, and no other
+            std::vector<std::string> expected;
+            for (const auto& name : f.gradients.names())
+                if (name != "proj") expected.push_back(name);
+            std::vector<std::string> got = backward.names();
+            std::sort(expected.begin(), expected.end());
+            std::sort(got.begin(), got.end());
+            CHECK(got == expected);
+            CHECK(backward.names().size() == (is_minicpmv(f) ? 13u : 14u));  // MiniCPM-V: no query_in
+            for (const auto& name : backward.names()) check_gradient(f, name, backward.get(name), f.gradients.get(name));
+            // parameters by the fixture's checkpoint names (MiniCPM-V's resampler.*, Qwen-VL's attn_pool.*)
+            for (const auto& [name, value] : named_gradients(g, tail)) {
+                const std::string stored = !is_minicpmv(f) ? name
+                                           : "resampler." + (name.rfind("attn_pool.", 0) == 0 ? name.substr(10) : name);
+                check_gradient(f, stored, value, f.param_gradients.get(stored));
+            }
+            CHECK(named_gradients(g, tail).size() == f.param_gradients.names().size());
+        }
     }
 }

@@ -22,11 +22,12 @@ Then, with the same weights and features:
 
     qwenvl-adapter compare --weights model.safetensors --input x.npy --grids ... --theirs DIR
 
---gradients (Qwen-VL, float32 or float64) also writes autograd's gradients of the loss L = sum(proj * G), G a
+--gradients (float32 or float64) also writes autograd's gradients of the loss L = sum(proj * G), G a
 seeded standard normal (N, Q, E) (--gradient-seed, default 0): DIR/gradients/proj.npy is G, the gradient a port's
 backward starts from; DIR/gradients/<stage>.npy is dL/d each intermediate, x.npy dL/dx, and
-DIR/gradients/parameters/<name>.npy dL/d each trainable parameter, by its checkpoint name without the
-`transformer.visual.` prefix (attn_pool.attn.in_proj_weight packed (3E, E)). They come from the explicit steps of
+DIR/gradients/parameters/<name>.npy dL/d each trainable parameter, by its checkpoint name without the model's
+prefix (Qwen-VL: `transformer.visual.`, so attn_pool.attn.in_proj_weight, packed (3E, E), ln_post.weight, proj;
+MiniCPM-V: `resampler.`, so attn.in_proj_weight, ln_post.weight, proj). They come from the explicit steps of
 resamplers.explicit_forward, checked here against autograd through the module itself (nn.MultiheadAttention).
 `compare --gradients` then checks a port's backward the same way (docs/compare.md#gradients).
 """
@@ -43,8 +44,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resamplers import (MiniCPMVResampler, QwenVLResampler, autograd_gradients, load_state,  # noqa: E402
-                        trace_resampler)
+from resamplers import (OUTSIDE_ATTN_POOL, MiniCPMVResampler, QwenVLResampler, load_state,  # noqa: E402
+                        module_gradients, trace_resampler)
 from safetensors_io import read_safetensors  # noqa: E402
 
 
@@ -108,7 +109,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
                         help="the precision the module runs in")
     parser.add_argument("--gradients", action="store_true",
-                        help="also write autograd's gradients of L = sum(proj * G) to DIR/gradients/ (Qwen-VL)")
+                        help="also write autograd's gradients of L = sum(proj * G) to DIR/gradients/")
     parser.add_argument("--gradient-seed", type=int, default=0, help="the seed of G, the upstream gradient")
     args = parser.parse_args()
     try:
@@ -119,8 +120,6 @@ def main():
 
 def dump(args):
     model, params = layout(read_checkpoint(args.weights))
-    if args.gradients and model != "qwen_vl":   # checked before anything is written
-        fail("--gradients is for Qwen-VL's adapter (this project has no MiniCPM-V backward)")
     if args.gradients and args.dtype not in ("float32", "float64"):
         fail("--gradients runs in float32 or float64, not %s" % args.dtype)
     x = np.load(args.input)
@@ -182,46 +181,36 @@ def dump(args):
     print("dump_pytorch.py: %s, %d stages in %s (N=%d, L=%d, Kv=%d, E=%d, H=%d, Q=%d, %s)"
           % (model, len(trace), args.out, N, L, Kv, E, H, Q, args.dtype))
     if args.gradients:
-        dump_gradients(args, module, params, features, grids[0], H)
+        dump_gradients(args, module, params, features, grids, H)
 
 
-def dump_gradients(args, module, params, features, grid, H):
+def dump_gradients(args, module, params, features, grids, H):
     """Autograd's gradients of L = sum(proj * G) from the explicit steps, checked against the module's own autograd,
     written to DIR/gradients/ (the module docstring)."""
     dtype = getattr(torch, args.dtype)
-    N, L, _ = features.shape
+    N = features.shape[0]
     Q, E = params["query"].shape
     upstream = torch.from_numpy(np.random.default_rng(args.gradient_seed).standard_normal((N, Q, E)).astype(np.float32))
-    upstream = upstream.to(dtype)
-    outside = {"ln_post.weight", "ln_post.bias", "proj"}       # the tower's tail, outside attn_pool
-    named = {(k if k in outside else "attn_pool." + k): v.to(dtype) for k, v in
-             ((k, torch.from_numpy(v)) for k, v in params.items()) if k != "pos_embed"}
-    pos_q = module.pos_embed.detach()
-    pos_k = module.key_table(L, tuple(grid)).detach()
-    gradients, param_grads = autograd_gradients(named, features, upstream, H, pos_q, pos_k)
-    # The same gradients through the module itself, as upstream computes them (nn.MultiheadAttention)
-    x = features.detach().clone().requires_grad_(True)
-    module.zero_grad()
-    (module(x, grid=tuple(grid)) * upstream).sum().backward()
-    by_module = {(k if k in outside else "attn_pool." + k): p.grad for k, p in module.named_parameters()
-                 if p.grad is not None}
-    by_module["x"] = x.grad
-    for name, theirs in by_module.items():
-        ours = gradients["x"] if name == "x" else param_grads[name]
-        scale = float(ours.abs().max()) or 1.0
-        if float((theirs - ours).abs().max()) > 1e-4 * scale:
-            fail("the explicit steps' dL/d %s differs from the module's autograd by %.3g (largest %.3g)"
-                 % (name, float((theirs - ours).abs().max()), scale))
+    try:
+        if isinstance(module, QwenVLResampler):
+            gradients, param_grads = module_gradients(module, features, upstream.to(dtype), grid=grids[0])
+        else:
+            gradients, param_grads = module_gradients(module, features, upstream.to(dtype), tgt_sizes=torch.tensor(grids))
+    except AssertionError as e:
+        fail(str(e))
+    # Parameters by checkpoint name without the model's prefix: Qwen-VL's adapter under attn_pool. (its tail bare,
+    # as the tower holds it), MiniCPM-V's as its resampler names them
+    qwen = isinstance(module, QwenVLResampler)
     folder = os.path.join(args.out, "gradients")
     os.makedirs(os.path.join(folder, "parameters"), exist_ok=True)
     for name, value in gradients.items():
         np.save(os.path.join(folder, name + ".npy"), np.ascontiguousarray(value.float().numpy()))
     for name, value in param_grads.items():
-        np.save(os.path.join(folder, "parameters", name + ".npy"), np.ascontiguousarray(value.float().numpy()))
+        stored = ("attn_pool." + name if qwen and name not in OUTSIDE_ATTN_POOL else name)
+        np.save(os.path.join(folder, "parameters", stored + ".npy"), np.ascontiguousarray(value.float().numpy()))
     print("dump_pytorch.py: G (proj.npy), %d intermediates' gradients and %d parameters' in %s (L = sum(proj * G), G "
           "seeded %d; checked against the module's autograd)" % (len(gradients) - 1, len(param_grads), folder,
                                                                  args.gradient_seed))
-
 
 if __name__ == "__main__":
     main()

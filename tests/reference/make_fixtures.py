@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from safetensors_io import TORCH_DTYPES, read_safetensors, write_entries, write_safetensors  # noqa: E402  (beside this file)
 from resamplers import (MiniCPMVResampler, QwenVLResampler, autograd_gradients, explicit_forward, load_state,  # noqa: E402
-                        trace_resampler)
+                        module_gradients, trace_resampler)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -810,6 +810,15 @@ def build_model_case(name, description, model, E, H, Kv, Q, grids, max_grid, see
         "params": {names[k]: tensor_json(v) for k, v in params.items()},
         "intermediates": {k: tensor_json(v.float().contiguous()) for k, v in intermediates.items()},
     }
+    # Training: autograd's gradients of L = sum(y * G), G seeded, for both models (module_gradients: the explicit
+    # steps, checked against autograd through the module itself), in float64 rounded to float32.
+    upstream = randn(np.random.default_rng(seed + 10000), *intermediates["proj"].shape).double()
+    call = {"tgt_sizes": torch.tensor(grids)} if model == "minicpm_v" else {"grid": tuple(grids[0])}
+    gradients, param_grads = module_gradients(module, x.double(), upstream, tolerance=1e-10, **call)
+    fixture["gradient_seed"] = seed + 10000
+    fixture["gradients"] = {k: tensor_json(exact_zeros(v).float().contiguous()) for k, v in gradients.items()}
+    fixture["param_gradients"] = {names[k]: tensor_json(exact_zeros(v).float().contiguous())
+                                  for k, v in param_grads.items()}
     return fixture, params, x
 
 
@@ -1224,8 +1233,14 @@ def write_compare_cases():
             listing.append({"case": name, "mistake": mistake, "first_stage": first, "what": what,
                             "dump": "data/compare/%s/mistakes/%s" % (name, mistake),
                             "arguments": COMPARE_ARGUMENTS[name]})
-        if name == "qwen_wide":  # MiniCPM-V has no backward here
+        if name == "qwen_wide":  # the injected backward mistakes: on Qwen-VL's case
             gradient_listing = write_gradient_dumps(folder, name, H, tuple(grids[0]))
+        else:  # MiniCPM-V's: PyTorch's gradients (resamplers.module_gradients), for a right port to match
+            upstream = randn(np.random.default_rng(GRADIENT_SEED), *reference["proj"].shape).double()
+            grads, param_grads = module_gradients(module, x, upstream, tolerance=1e-10, tgt_sizes=torch.tensor(grids))
+            where = os.path.join(folder, "backward", "pytorch", "gradients")
+            save_dump(where, {n: exact_zeros(g) for n, g in grads.items()})
+            save_dump(os.path.join(where, "parameters"), {n: exact_zeros(g) for n, g in param_grads.items()})
     with open(os.path.join(COMPARE_DIR, "mistakes.json"), "w") as f:
         f.write(json.dumps({"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
                             "mistakes": listing, "gradient_seed": GRADIENT_SEED,

@@ -210,7 +210,9 @@ def load_state(module, params):
 def explicit_forward(params, x, additive, H, pos_q, pos_k, keep=lambda name, t: t, steps=None):
     """Qwen-VL's adapter and the tower's tail in explicit steps (F.linear, F.layer_norm, torch.softmax), every
     intermediate a tensor of autograd's graph: `params` by checkpoint name without the `transformer.visual.` prefix
-    (in_proj packed), x (N, L, Kv); additive: the (Q, L) float mask or None. `keep(name, t)` sees each intermediate
+    (in_proj packed), x (N, L, Kv); additive: the (Q, L) float mask or None. MiniCPM-V's resampler is the same steps
+    with pos_q None (no query table, no query_in), pos_k (N, L, E) (each image's table, zero on the padding) and
+    additive (N, 1, 1, L) (-inf on each image's padding keys). `keep(name, t)` sees each intermediate
     under its trace name (autograd_gradients keeps their gradients). `steps` replaces a step by its name (ln_kv,
     ln_q, v, batch_q, softmax, out, ln_post, proj) with a function of the same arguments: make_fixtures.py's ports
     with a wrong backward."""
@@ -230,7 +232,7 @@ def explicit_forward(params, x, additive, H, pos_q, pos_k, keep=lambda name, t: 
     projected = keep("kv_proj", F.linear(x, params["attn_pool.kv_proj.weight"]) if Kv != E else x * 1.0)
     X = keep("ln_kv", ln(projected, "attn_pool.ln_kv"))
     lq = keep("ln_q", ln(query, "attn_pool.ln_q"))
-    query_in = keep("query_in", lq + pos_q)
+    query_in = keep("query_in", lq + pos_q) if pos_q is not None else lq
     key_in = keep("key_in", X + pos_k)
     w_q, w_k, w_v = params["attn_pool.attn.in_proj_weight"].chunk(3)
     b_q, b_k, b_v = params["attn_pool.attn.in_proj_bias"].chunk(3)
@@ -269,3 +271,45 @@ def autograd_gradients(params, x, upstream, H, pos_q, pos_k, additive=None, step
     gradients = {name: t.grad.detach().clone() for name, t in saved.items()}
     gradients["x"] = x.grad.detach().clone()
     return gradients, {name: p.grad.detach().clone() for name, p in params.items() if p.grad is not None}
+
+
+OUTSIDE_ATTN_POOL = ("ln_post.weight", "ln_post.bias", "proj")   # Qwen-VL's tail: the tower's, not attn_pool's
+
+
+def module_gradients(module, x, upstream, grid=None, tgt_sizes=None, tolerance=1e-4):
+    """Autograd's gradients of L = sum(module(x) * upstream) for either model's module (this file's, or upstream's:
+    the same parameter names): ({trace name: dL/d that intermediate, "x" included}, {module parameter name: dL/d
+    it}). From the explicit steps (autograd_gradients), the tables and the mask read from the module; checked
+    against autograd through the module itself (dL/dx and every parameter's within `tolerance` of the largest value,
+    or AssertionError). Qwen-VL: grid (h, w); MiniCPM-V: tgt_sizes (N, 2)."""
+    N, L, _ = x.shape
+    H = module.attn.num_heads
+    # Autograd through the module first: MiniCPM-V's forward also grows its table for the batch (_adjust_pos_cache)
+    x_module = x.detach().clone().requires_grad_(True)
+    module.zero_grad()
+    call = {"grid": tuple(grid)} if tgt_sizes is None else {"tgt_sizes": tgt_sizes}
+    (module(x_module, **call) * upstream).sum().backward()
+    if tgt_sizes is None:
+        pos_q, pos_k, additive = module.pos_embed.detach(), module.key_table(L, tuple(grid)).detach(), None
+    else:
+        E = module.query.shape[1]
+        pos_q = None
+        pos_k = torch.zeros(N, L, E, dtype=x.dtype)
+        additive = torch.zeros(N, 1, 1, L, dtype=x.dtype)
+        for n in range(N):
+            h, w = (int(v) for v in tgt_sizes[n])
+            pos_k[n, :h * w] = module.pos_embed[:h, :w, :].reshape(h * w, -1).to(x.dtype)
+            additive[n, ..., h * w:] = float("-inf")
+    named = {(k if k in OUTSIDE_ATTN_POOL else "attn_pool." + k): p.detach()
+             for k, p in module.named_parameters() if k != "pos_embed"}
+    gradients, by_name = autograd_gradients(named, x, upstream, H, pos_q, pos_k, additive)
+    param_grads = {k[len("attn_pool."):] if k.startswith("attn_pool.") else k: g for k, g in by_name.items()}
+    by_module = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+    by_module["x"] = x_module.grad
+    for name, theirs in by_module.items():
+        ours = gradients["x"] if name == "x" else param_grads[name]
+        scale = float(ours.abs().max()) or 1.0
+        assert float((theirs - ours).abs().max()) <= tolerance * scale, \
+            "the explicit steps' dL/d %s differ from the module's autograd by %.3g (largest %.3g)" % (
+                name, float((theirs - ours).abs().max()), scale)
+    return gradients, param_grads
