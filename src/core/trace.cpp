@@ -42,8 +42,7 @@ void Trace::record_item(const std::string& name, std::size_t n, std::size_t coun
                 row_major.data());
 }
 
-void Trace::record_item(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape,
-                        const float* data) {
+float* Trace::item_slot(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape) {
     if (n >= count) throw std::out_of_range("Trace: item " + std::to_string(n) + " of " + std::to_string(count));
     std::size_t size = 1;
     for (std::size_t d : shape) size *= d;
@@ -58,7 +57,15 @@ void Trace::record_item(const std::string& name, std::size_t n, std::size_t coun
     xt::xarray<float>& stack = *found;
     if (stack.dimension() != shape.size() + 1 || stack.shape(0) != count || stack.size() != count * size)
         throw std::out_of_range("Trace: item " + std::to_string(n) + " of '" + name + "' has another shape");
-    std::copy(data, data + size, stack.data() + n * size);
+    return stack.data() + n * size;
+}
+
+void Trace::record_item(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape,
+                        const float* data) {
+    std::size_t size = 1;
+    for (std::size_t d : shape) size *= d;
+    float* slot = item_slot(name, n, count, shape);
+    std::copy(data, data + size, slot);
 }
 
 const xt::xarray<float>& Trace::get(const std::string& name) const {

@@ -27,6 +27,10 @@ public:
     // Stores `value` as item n of `count` items of its shape under `name`, that is, as [n] of a (count, ...)
     // tensor: what a batched step would have recorded, filled one image at a time. Item 0 starts a new tensor.
     void record_item(const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value);
+    // Where item n of `count` items of `shape` goes under `name` (made at n = 0, as record_item makes it): a producer
+    // writes the item there itself, with no buffer of its own and no copy (the fast attention's per-head scores and
+    // weights, 64 MB per full-size image).
+    float* item_slot(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape);
     // The same from `shape` row-major floats at `data` (a container's own memory): one copy, no conversion.
     void record_item(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape,
                      const float* data);

@@ -80,11 +80,6 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
     ensure_shape(ws.attended, {N, Q, E});
     for (Matrix* buffer : {&ws.X, &ws.v, &ws.k}) ensure_shape(*buffer, {L, E});
     Matrix &X = ws.X, &v = ws.v, &k = ws.k;
-    Tensor3 scores, weights;  // (H, Q, L), for the trace only
-    // Two separate tensors: `scores = weights = ...` copied weights' untouched pages, which mapped them to the zero
-    // page, so that each first write took a copy-on-write fault with a flush of both cores' TLBs (a full-size trace
-    // of one image: part of 1.1 s)
-    if (trace) scores = Tensor3::from_shape({H, Q, L}), weights = Tensor3::from_shape({H, Q, L});
     for (std::size_t n = 0; n < N; ++n) {
         const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
         kv_projection_into(image, w.kv_proj, X);                                // (L, E)
@@ -99,10 +94,10 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
         record_item(trace, "k", n, N, k);
         record_item(trace, "v", n, N, v);
         // (Q, E), written in its place in the batch
+        // with a trace, each head's scores and weights (H, Q, L) are written straight into the trace's own memory
         attend_into(side.q, whole(k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention,
-                    trace ? &scores : nullptr, trace ? &weights : nullptr);
-        record_item(trace, "scores", n, N, scores);         // (H, Q, L)
-        record_item(trace, "attn_weights", n, N, weights);  // (H, Q, L)
+                    trace ? trace->item_slot("scores", n, N, {H, Q, L}) : nullptr,
+                    trace ? trace->item_slot("attn_weights", n, N, {H, Q, L}) : nullptr);
     }
 }
 }  // namespace

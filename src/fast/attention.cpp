@@ -96,7 +96,7 @@ Matrix softmax_rows(const Matrix& scores, const Matrix* mask) {
 }
 
 void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads, const Matrix* mask,
-                 float* out, std::size_t out_stride, AttentionBuffers& buffers, Tensor3* scores, Tensor3* weights) {
+                 float* out, std::size_t out_stride, AttentionBuffers& buffers, float* scores, float* weights) {
     const char* fn = "fast::multi_head_attention";
     const std::size_t Q = q.shape(0), E = q.shape(1), L = k.rows;
     const std::size_t H = num_heads, Dh = head_dim(fn, E, H);
@@ -104,8 +104,6 @@ void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t nu
     check_shape(fn, "v", std::vector<std::size_t>{v.rows, v.cols}, {L, E});
     if (mask) check_shape(fn, "mask", *mask, {Q, L});
     require(out_stride >= E, fn, "the output's row stride is less than E");
-    if (scores) check_shape(fn, "scores", *scores, {H, Q, L});
-    if (weights) check_shape(fn, "weights", *weights, {H, Q, L});
 
     ensure_shape(buffers.q_scaled, {Q, E});
     const float scale = std::sqrt(static_cast<float>(Dh));
@@ -125,10 +123,10 @@ void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t nu
         }
         for (std::size_t h = first; h < end; ++h) {
             gemm_block(head_block(whole(buffers.q_scaled), h, H), head_block(k, h, H), true, s.data(), L);  // q_h k_h^T
-            if (scores) std::copy(s.data(), s.data() + Q * L, scores->data() + h * Q * L);
+            if (scores) std::copy(s.data(), s.data() + Q * L, scores + h * Q * L);
             softmax_rows_in_place(s, mask);  // now the weights A_h
             gemm_block(whole(s), head_block(v, h, H), false, out + h * Dh, out_stride);  // A_h v_h
-            if (weights) std::copy(s.data(), s.data() + Q * L, weights->data() + h * Q * L);
+            if (weights) std::copy(s.data(), s.data() + Q * L, weights + h * Q * L);
         }
     });
 }
@@ -143,8 +141,8 @@ AttentionOutput multi_head_attention(const Matrix& q, const Block& k, const Bloc
         result.weights = Tensor3({H, Q, L});
     }
     AttentionBuffers buffers;
-    attend_into(q, k, v, num_heads, mask, result.attended.data(), E, buffers, keep_per_head ? &result.scores : nullptr,
-                keep_per_head ? &result.weights : nullptr);
+    attend_into(q, k, v, num_heads, mask, result.attended.data(), E, buffers, keep_per_head ? result.scores.data() : nullptr,
+                keep_per_head ? result.weights.data() : nullptr);
     return result;
 }
 

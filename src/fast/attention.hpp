@@ -39,13 +39,14 @@ struct AttentionBuffers {
     std::vector<Matrix> scores;
 };
 
-// One image's attention written into `out`, its (Q, E) rows with row stride out_stride; `scores` and `weights`
-// (H, Q, L), when not null, receive every head's scores and weights. multi_head_attention below is this with
+// One image's attention written into `out`, its (Q, E) rows with row stride out_stride; `scores` and `weights`,
+// when not null, point at (H, Q, L) row-major floats that receive every head's scores and weights (the trace's
+// own memory: Trace::item_slot). multi_head_attention below is this with
 // buffers of its own; the forward pass (adapter.hpp's Workspace) passes its own, kept from image to image and
 // from call to call, and writes each image's heads straight into its place in the batch.
 void attend_into(const Matrix& q, const Block& k, const Block& v, std::size_t num_heads, const Matrix* mask,
-                 float* out, std::size_t out_stride, AttentionBuffers& buffers, Tensor3* scores = nullptr,
-                 Tensor3* weights = nullptr);
+                 float* out, std::size_t out_stride, AttentionBuffers& buffers, float* scores = nullptr,
+                 float* weights = nullptr);
 
 // One image: q (Q, E), k and v (L, E) blocks (whole matrices, or image n of an (N, L, E) batch read in place);
 // mask (Q, L) or nullptr. With keep_per_head false, scores and weights are left empty (saves memory at full size).

@@ -13,7 +13,7 @@ time of:
   - run: `qwenvl-adapter run` (the fast path), the untraced baseline;
   - run --trace: the same, every intermediate recorded and written to DIR/<stage>.npy;
   - compare: `compare --theirs DIR` on that trace (the fast path, traced, and every stage read and compared);
-  - compare --gradients (Qwen-VL): the same with DIR/gradients/ holding a seeded G and a zero gradient for every
+  - compare --gradients: the same with DIR/gradients/ holding a seeded G and a zero gradient for every
     intermediate (the verdict is DIFFERS, exit 1; the work is a right port's: the traced forward, the backward,
     every gradient read and compared).
 
@@ -75,28 +75,27 @@ def main():
             common = ["--weights", weights, "--input", features] + extra
             trace = os.path.join(work, "trace")
             times = {"run": [], "trace": [], "compare": [], "gradients": []}
-            qwen = "Qwen-VL" in name
             for _ in range(args.rounds):
                 times["run"].append(timed([ADAPTER, "run"] + common + ["--output", os.path.join(work, "y.npy")], env))
                 times["trace"].append(timed([ADAPTER, "run"] + common + ["--output", os.path.join(work, "y.npy"),
                                                                          "--trace", trace], env))
                 times["compare"].append(timed([ADAPTER, "compare"] + common + ["--theirs", trace], env))
-                if qwen:
-                    y = np.load(os.path.join(work, "y.npy"))
-                    os.makedirs(os.path.join(trace, "gradients", "parameters"), exist_ok=True)
-                    g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
-                    np.save(os.path.join(trace, "gradients", "proj.npy"), g)
-                    for stage in ("ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv",
-                                  "kv_proj", "q", "query_in", "ln_q"):
-                        np.save(os.path.join(trace, "gradients", stage + ".npy"),
-                                np.zeros_like(np.load(os.path.join(trace, stage + ".npy"))))
-                    times["gradients"].append(timed([ADAPTER, "compare", "--gradients"] + common + ["--theirs", trace],
-                                                    env, ok=(1,)))
+                y = np.load(os.path.join(work, "y.npy"))
+                os.makedirs(os.path.join(trace, "gradients", "parameters"), exist_ok=True)
+                g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+                np.save(os.path.join(trace, "gradients", "proj.npy"), g)
+                for stage in ("ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv",
+                              "kv_proj", "q", "query_in", "ln_q"):
+                    if not os.path.exists(os.path.join(trace, stage + ".npy")):
+                        continue  # MiniCPM-V: no query_in
+                    np.save(os.path.join(trace, "gradients", stage + ".npy"),
+                            np.zeros_like(np.load(os.path.join(trace, stage + ".npy"))))
+                times["gradients"].append(timed([ADAPTER, "compare", "--gradients"] + common + ["--theirs", trace],
+                                                env, ok=(1,)))
             m = {k: statistics.median(v) for k, v in times.items() if v}
-            print("| %s | %.2f | %.2f | %.2f | %s | %.2f | %.2f | %s |" % (
-                name, m["run"], m["trace"], m["compare"], "%.2f" % m["gradients"] if qwen else "-",
-                m["trace"] / m["run"], m["compare"] / m["run"], "%.2f" % (m["gradients"] / m["run"]) if qwen else "-"),
-                flush=True)
+            print("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
+                name, m["run"], m["trace"], m["compare"], m["gradients"], m["trace"] / m["run"],
+                m["compare"] / m["run"], m["gradients"] / m["run"]), flush=True)
 
 
 if __name__ == "__main__":
