@@ -95,9 +95,10 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
         record_item(trace, "v", n, N, v);
         // (Q, E), written in its place in the batch
         // with a trace, each head's scores and weights (H, Q, L) are written straight into the trace's own memory
-        attend_into(side.q, whole(k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention,
-                    trace ? trace->item_slot("scores", n, N, {H, Q, L}) : nullptr,
-                    trace ? trace->item_slot("attn_weights", n, N, {H, Q, L}) : nullptr);
+        // (made in this order: the trace lists its stages in the order they were first recorded)
+        float* scores = trace ? trace->item_slot("scores", n, N, {H, Q, L}) : nullptr;
+        float* weights = trace ? trace->item_slot("attn_weights", n, N, {H, Q, L}) : nullptr;
+        attend_into(side.q, whole(k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention, scores, weights);
     }
 }
 }  // namespace
