@@ -56,7 +56,10 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const Adapt
 // page on these VMs (docs/performance.md#page-faults). This raises the mmap threshold to 256 MiB and the trim
 // threshold to 1 GiB (mallopt), so that freed blocks, in_proj's weight and gradient (192 MiB) included, stay in the
 // heap and are reused.
-void keep_freed_memory();
+// With `huge_heap` > 0, the heap is also grown by that much at once and asked for as transparent huge pages (where
+// the kernel gives them on madvise), so that the tensors carved from it are first touched 2 MiB at a time. Keep it
+// below the trim threshold (1 GiB): a larger free top of the heap is given back to the system, hints and all.
+void keep_freed_memory(std::size_t huge_heap = 0);
 
 std::string describe_stage(const std::string& name);
 
