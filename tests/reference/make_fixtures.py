@@ -253,12 +253,14 @@ def reference_forward(params, x, mask, H, name="", exact_resize=False):
     return {k: v.float().contiguous() for k, v in intermediates.items()}   # rounded to float32
 
 
-def exact_zeros(g):
+def exact_zeros(g, scale=None):
     """A gradient that is exactly 0 in exact arithmetic comes out of float64 as rounding noise of some 1e-16 of the
     terms summed, and that noise depends on the CPU's kernels (in_proj_bias's key part: adding b_k adds q . b_k to
-    every score of a row, which the softmax ignores). Entries at or below 1e-10 of the tensor's largest are that
-    noise, and are written as 0."""
-    return torch.where(g.abs() <= 1e-10 * g.abs().max(), torch.zeros_like(g), g)
+    every score of a row, which the softmax ignores). Entries at or below 1e-10 of `scale` (default: the tensor's
+    largest) are that noise, and are written as 0. A tensor that is 0 everywhere needs a scale from outside it: its
+    largest entry is noise too (a port that drops the value path leaves ln_kv.bias's gradient, the sum of the keys'
+    gradients over the keys, exactly 0, and CI's scalar kernels rounded its noise otherwise)."""
+    return torch.where(g.abs() <= 1e-10 * (g.abs().max() if scale is None else scale), torch.zeros_like(g), g)
 
 
 # The parameters a training run updates: every one of PARAM_ORDER (pos_embed is frozen, as upstream's
@@ -1168,8 +1170,9 @@ def write_gradient_dumps(folder, name, H, grid):
     def dump(mistake):  # {"stage": dL/d stage, "parameter NAME": dL/d NAME}
         grads, param_grads = autograd_gradients(ckpt, x, upstream, H, pos_q, pos_k, None,
                                                 gradient_mistake_steps(mistake, N))
-        return {**{n: exact_zeros(g) for n, g in grads.items()},
-                **{"parameter " + n: exact_zeros(g) for n, g in param_grads.items()}}
+        scale = max(float(g.abs().max()) for g in list(grads.values()) + list(param_grads.values()))
+        return {**{n: exact_zeros(g, scale) for n, g in grads.items()},
+                **{"parameter " + n: exact_zeros(g, scale) for n, g in param_grads.items()}}
 
     def save(where, gradients):
         save_dump(where, {n: g for n, g in gradients.items() if not n.startswith("parameter ")})
