@@ -962,9 +962,13 @@ TEST_CASE("compare: a name map and nn.MultiheadAttention's (L, N, E) layout are 
 }
 
 namespace {
-// A copy of PyTorch's dump of `dump_case` in a temporary folder, to edit as a port's dump would differ.
-void copy_dump(const std::string& dump_case, const std::string& to) {
+// A copy of PyTorch's dump of `dump_case` in a temporary folder, to edit as a port's dump would differ; with a
+// `mistake`, that port's files (data/compare/<case>/mistakes/<mistake>/) written over it.
+void copy_dump(const std::string& dump_case, const std::string& to, const std::string& mistake = "") {
     fs::copy(kData + "/compare/" + dump_case + "/pytorch", to);
+    if (mistake.empty()) return;
+    for (const auto& entry : fs::directory_iterator(kData + "/compare/" + dump_case + "/mistakes/" + mistake))
+        fs::copy_file(entry.path(), to + "/" + entry.path().filename().string(), fs::copy_options::overwrite_existing);
 }
 const std::vector<qwenvl::Grid> kMiniCpmvGrids = {{2, 3}, {3, 3}, {1, 2}};
 }  // namespace
@@ -1123,10 +1127,7 @@ TEST_CASE("compare: a skipped stage is named as skipped, and a LayerNorm mistake
     // ln_kv with the unbiased variance: tried on our own input, and named
     TempDir again;
     const std::string other = again / "port";
-    copy_dump("qwen_wide", other);
-    const std::string dump = kData + "/compare/qwen_wide/mistakes/layernorm_unbiased";
-    for (const auto& entry : fs::directory_iterator(dump))
-        fs::copy_file(entry.path(), other + "/" + entry.path().filename().string(), fs::copy_options::overwrite_existing);
+    copy_dump("qwen_wide", other, "layernorm_unbiased");
     const Result unbiased = cli(kQwenWide + " --theirs " + q(other));
     INFO(unbiased.out);
     CHECK(unbiased.code == 1);
@@ -1266,9 +1267,7 @@ TEST_CASE("compare --gradients: a backward step left out is named, and a differi
     CHECK_THAT(skipped.out, Contains("ln_kv's backward: dL/dx = rstd (g - mean(g) - xhat mean(g xhat))"));
     // a forward that differs (the key table left out) with right gradients: the forward is named, the gradients wait
     TempDir again;
-    copy_dump("qwen_wide", again / "port");
-    for (const auto& entry : fs::directory_iterator(kData + "/compare/qwen_wide/mistakes/no_key_table"))
-        fs::copy_file(entry.path(), again / "port" / entry.path().filename(), fs::copy_options::overwrite_existing);
+    copy_dump("qwen_wide", again / "port", "no_key_table");
     fs::copy(kBackward + "/pytorch/gradients", again / "port/gradients", fs::copy_options::recursive);
     const Result forward = cli(kQwenWide + " --gradients --theirs " + q(again / "port"));
     INFO(forward.out);

@@ -1,19 +1,18 @@
 #include "cli/common.hpp"
 
 #include <malloc.h>
-#include <sys/mman.h>
-
-#include <cstdint>
-#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #include "cli/args.hpp"
 #include "core/compare.hpp"
+#include "core/memory.hpp"
 #include "fast/adapter.hpp"
+#include "fast/threads.hpp"
 #include "io/errors.hpp"
 #include "io/fixture.hpp"
 #include "io/npy.hpp"
@@ -107,11 +106,17 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& w, const AdapterConf
                        const Tensor3& x, const Matrix* mask, Trace& trace, const std::vector<Grid>& grids) {
     if (c.model == Model::minicpm_v && readable)
         return tower_tail_forward(tail, minicpmv_forward(w, c, x, grids, kMiniCpmvMaxGrid, &trace), c.eps, &trace);
+    if (c.model == Model::qwen_vl && readable)
+        return tower_tail_forward(tail, adapter_forward(w, c, x, grids.empty() ? Grid{} : grids[0], mask, &trace), c.eps, &trace);
+    return traced_fast_forward(fast::Weights(w), c, fast::TailWeights(tail), x, mask, trace, grids);
+}
+
+Tensor3 traced_fast_forward(const fast::Weights& w, const AdapterConfig& c, const fast::TailWeights& tail,
+                            const Tensor3& x, const Matrix* mask, Trace& trace, const std::vector<Grid>& grids) {
+    const fast::OwnThreads own;  // one scope for the whole pass: the functions' own scopes nest in it
     if (c.model == Model::minicpm_v)
         return fast::tower_tail_forward(tail, fast::minicpmv_forward(w, c, x, grids, &trace), c.eps, &trace);
-    const Grid keys = grids.empty() ? Grid{} : grids[0];
-    if (readable) return tower_tail_forward(tail, adapter_forward(w, c, x, keys, mask, &trace), c.eps, &trace);
-    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace, keys);
+    const fast::QuerySide side = fast::prepare_query_side(w, c, x.shape(1), &trace, grids.empty() ? Grid{} : grids[0]);
     return fast::tower_tail_forward(tail, fast::adapter_forward(w, c, side, x, mask, &trace), c.eps, &trace);
 }
 
@@ -123,15 +128,12 @@ void keep_freed_memory(std::size_t huge_heap) {
     // Nothing is touched here; the tensors carved from them later are first touched 2 MiB at a time, what
     // glibc.malloc.hugetlb=1 does for a whole process.
     constexpr std::size_t block_bytes = std::size_t(128) << 20;
-    constexpr std::uintptr_t huge = std::uintptr_t(2) << 20;
     std::vector<void*> blocks;
     for (std::size_t grown = 0; grown < huge_heap; grown += block_bytes) {
         void* block = std::malloc(block_bytes);
         if (!block) break;
         blocks.push_back(block);
-        const auto begin = (reinterpret_cast<std::uintptr_t>(block) + huge - 1) / huge * huge;
-        const auto end = (reinterpret_cast<std::uintptr_t>(block) + block_bytes) / huge * huge;
-        if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+        ask_for_huge_pages(block, block_bytes);
     }
     for (void* block : blocks) std::free(block);
 }

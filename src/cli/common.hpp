@@ -9,6 +9,7 @@
 #include "cli/args.hpp"
 #include "core/shapes.hpp"
 #include "core/trace.hpp"
+#include "fast/adapter.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/07_adapter.hpp"
 #include "io/safetensors.hpp"
@@ -48,8 +49,11 @@ Matrix read_mask(const std::string& path, std::size_t Q, std::size_t L);
 Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const AdapterConfig& config,
                        const TowerTail& tail, const Tensor3& x, const Matrix* mask, Trace& trace,
                        const std::vector<Grid>& grids = {});
+// The fast path's half of it, on the fast path's own views of the weights: `compare` passes the checkpoint's
+// tensors mapped in place (map_adapter), as `run` reads them, with no copy of the weights.
+Tensor3 traced_fast_forward(const fast::Weights& weights, const AdapterConfig& config, const fast::TailWeights& tail,
+                            const Tensor3& x, const Matrix* mask, Trace& trace, const std::vector<Grid>& grids = {});
 
-// "06  softmax over the keys, per head": the stage (docs/stages/) and what a traced name holds.
 // glibc's malloc maps a block of 128 KiB or more afresh and unmaps it on free, and gives the top of its heap back to the
 // system: a program that allocates and frees the same large tensors again and again (train's steps; compare's
 // stages, read, copied and compared one after another) pays the first touch of every page each time, about 2.5 us a
@@ -61,6 +65,7 @@ Tensor3 traced_forward(bool readable, const AdapterWeights& weights, const Adapt
 // below the trim threshold (1 GiB): a larger free top of the heap is given back to the system, hints and all.
 void keep_freed_memory(std::size_t huge_heap = 0);
 
+// "06  softmax over the keys, per head": the stage (docs/stages/) and what a traced name holds.
 std::string describe_stage(const std::string& name);
 
 // Prints one line per traced stage (name, what it is, shape, and its comparison with `expected(name)` at

@@ -60,9 +60,10 @@ const char* kCompareHelp =
     "                 started from (the loss L = sum(proj * G)); DIR/gradients/<stage>.npy its dL/d each\n"
     "                 intermediate, x.npy dL/dx, DIR/gradients/parameters/<name>.npy dL/d each parameter by its\n"
     "                 checkpoint name without the model's prefix ('transformer.visual.' or 'resampler.')\n"
-    "                 (tests/reference/dump_pytorch.py --gradients writes them all). Listed from the output back, as the backward computes them; the first one\n"
-    "                 beyond tolerance is named with its usual causes. Rule: max|theirs - ours| <= 1e-3 max|ours| per\n"
-    "                 gradient (--max-rel R to change it; --atol/--rtol apply the elementwise rule to both tables).\n"
+    "                 (tests/reference/dump_pytorch.py --gradients writes them all). Listed from the output back, as\n"
+    "                 the backward computes them; the first one beyond tolerance is named with its usual causes.\n"
+    "                 Rule: max|theirs - ours| <= 1e-3 max|ours| per gradient (--max-rel R to change it;\n"
+    "                 --atol/--rtol apply the elementwise rule to both tables).\n"
     "                 Forward files in DIR are compared first, as without --gradients; they may be left out\n"
     "  the other options as for run: --grids for non-square or MiniCPM-V's grids, --readable for the readable\n"
     "  stages instead of the fast path (the same trace on both; the fast path at full size takes seconds)\n";
@@ -186,6 +187,17 @@ std::string ulps(double count) {
     char buf[32];
     std::snprintf(buf, sizeof buf, count < 1e6 ? "%.0f" : "%.2e", count);
     return buf;
+}
+
+// A table row's measures: max|a-b|, rel, cosine and the ULP distances (`-` where ULPs mean nothing: a 0/1 mask).
+std::string measures(const Agreement& g, bool with_ulps = true) {
+    char line[160];
+    if (g.non_finite)
+        std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
+    else
+        std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine,
+                      with_ulps ? (ulps(g.ulp_median) + "/" + ulps(g.ulp_max)).c_str() : "-");
+    return line;
 }
 
 double parse_tolerance(const Args& args, const std::string& flag, double fallback) {
@@ -393,18 +405,8 @@ OurWeights our_weights(const WeightFiles& files, const std::string& prefix, std:
 }
 // The forward pass with every intermediate recorded, on either path.
 void our_trace(const OurWeights& m, const Tensor3& x, const Matrix* mask, const std::vector<Grid>& grids, Trace& trace) {
-    const AdapterConfig& c = m.config();
-    if (m.readable) {
-        traced_forward(true, m.loaded.weights, c, m.loaded.tail, x, mask, trace, grids);
-        return;
-    }
-    const fast::OwnThreads own;
-    if (c.model == Model::minicpm_v) {
-        fast::tower_tail_forward(m.mapped.tail, fast::minicpmv_forward(m.mapped.weights, c, x, grids, &trace), c.eps, &trace);
-        return;
-    }
-    const fast::QuerySide side = fast::prepare_query_side(m.mapped.weights, c, x.shape(1), &trace, grids[0]);
-    fast::tower_tail_forward(m.mapped.tail, fast::adapter_forward(m.mapped.weights, c, side, x, mask, &trace), c.eps, &trace);
+    if (m.readable) traced_forward(true, m.loaded.weights, m.config(), m.loaded.tail, x, mask, trace, grids);
+    else traced_fast_forward(m.mapped.weights, m.config(), m.mapped.tail, x, mask, trace, grids);
 }
 
 // Our gradients for their G: the forward's trace `forward` and the backward on the readable stages or the fast path.
@@ -427,7 +429,6 @@ struct GradientTable {
     std::string first_bad;     // "scores", or "parameter proj"
     std::string skipped_from;  // their first bad gradient equals our gradient of this earlier one
     bool first_misfits = false;
-    double observed = 0.0;     // the first bad one's max|theirs - ours| / max|ours|
     std::string in_proj_parts;  // the first bad one is in_proj's: its q, k and v blocks, each ok or not
     std::vector<std::string> unknown;  // their files in gradients/ that name no gradient of ours
 };
@@ -471,7 +472,9 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
         }
         ++t.found;
         std::string note;
-        xt::xarray<float> theirs = to_our_layout(read_npy_float(path), "", shape_of(mine), false, note);
+        xt::xarray<float> raw = read_npy_float(path);
+        const std::vector<std::size_t> raw_shape = shape_of(raw);
+        xt::xarray<float> theirs = to_our_layout(std::move(raw), "", shape_of(mine), false, note);
         // MiniCPM-V: the padding keys' gradients (0 here) are whatever a port leaves there, as in the forward's table
         xt::xarray<float> mine_kept;
         const bool cleared = padded && theirs.dimension() != 0 && zero_padding(label, *padded, theirs);
@@ -482,18 +485,12 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
         }
         const xt::xarray<float>& ours_here = cleared ? mine_kept : mine;
         bool ok = false;
-        char line[160];
+        std::string line;
         if (theirs.dimension() == 0) {
-            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(shape_of(read_npy_float(path))).c_str(),
-                          file.c_str());
+            line = "shape " + shape_string(raw_shape) + " in " + file + " does not fit";
         } else {
-            const Agreement g = agreement(theirs, ours_here);
+            line = measures(agreement(theirs, ours_here));
             ok = within(theirs, ours_here, tol);
-            if (g.non_finite)
-                std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
-            else
-                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine,
-                              (ulps(g.ulp_median) + "/" + ulps(g.ulp_max)).c_str());
         }
         const bool first = !ok && t.first_bad.empty();
         if (!ok) ++t.differ;
@@ -501,7 +498,6 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
             t.first_bad = label;
             t.first_misfits = theirs.dimension() == 0;
             if (!t.first_misfits) {
-                t.observed = agreement(theirs, ours_here).max_rel;
                 if (label.find("in_proj_") != std::string::npos && ours_here.shape(0) % 3 == 0)
                     t.in_proj_parts = in_proj_parts(theirs, ours_here, tol);
                 // a backward step left out passes its gradient on: theirs then equals one of ours before it
@@ -509,7 +505,7 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
                     if (t.skipped_from.empty() && within(theirs, *rows[earlier].second, tol)) t.skipped_from = rows[earlier].first;
             }
         }
-        std::printf("  %-40s %-16s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line,
+        std::printf("  %-40s %-16s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
                     ok ? "ok" : "DIFFERS", first ? "   <- the first gradient beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
         if (!ok && !parameter && theirs.dimension() != 0 && N > 1 && theirs.dimension() >= 3 && theirs.shape(0) == N)
@@ -630,9 +626,11 @@ int compare_command(const std::vector<std::string>& argv) {
             throw InputError(theirs_dir, "has no gradients/proj.npy: --gradients needs G = dL/d proj, the gradient the "
                                          "port's backward started from (dump_pytorch.py --gradients writes it)");
         std::string note;
-        const xt::xarray<float> g = to_our_layout(read_npy_float(g_path), "", shape_of(ours.get("proj")), false, note);
+        xt::xarray<float> raw = read_npy_float(g_path);
+        const std::vector<std::size_t> raw_shape = shape_of(raw);
+        const xt::xarray<float> g = to_our_layout(std::move(raw), "", shape_of(ours.get("proj")), false, note);
         if (g.dimension() == 0)
-            throw InputError(g_path, "has shape " + shape_string(shape_of(read_npy_float(g_path))) + ", not proj's " +
+            throw InputError(g_path, "has shape " + shape_string(raw_shape) + ", not proj's " +
                                          shape_string(shape_of(ours.get("proj"))));
         param_grads = our_gradients(m, x, ours, Tensor3(g), our_grads);
         if (c.model == Model::minicpm_v)  // its parameters by its own checkpoint's names, without resampler.
@@ -708,23 +706,15 @@ int compare_command(const std::vector<std::string>& argv) {
             theirs = to_our_layout(std::move(raw), their.layout, shape_of(mine), !batched(stage), note);
         }
         bool ok = false;
-        char line[160];
+        std::string line;
         if (theirs.dimension() == 0) {
-            std::snprintf(line, sizeof line, "shape %s in %s does not fit", shape_string(raw_shape).c_str(),
-                          their.file.c_str());
+            line = "shape " + shape_string(raw_shape) + " in " + their.file + " does not fit";
         } else {
             // both sides cleared (`+`, not `||`, so that the second call is made too)
             if (c.model == Model::minicpm_v && zero_padding(stage, grids, theirs) + zero_padding(stage, grids, mine))
                 note += std::string(note.empty() ? "" : ", ") + "padding keys left out";
-            const Agreement g = agreement(theirs, mine);
+            line = measures(agreement(theirs, mine), stage != "key_padding_mask");  // 0s and 1s: ULPs mean nothing
             ok = within(theirs, mine, tol);
-            if (g.non_finite)
-                std::snprintf(line, sizeof line, "%zu NaN or infinite values", g.non_finite);
-            else if (stage == "key_padding_mask")  // 0s and 1s: a distance in ULPs means nothing there
-                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine, "-");
-            else
-                std::snprintf(line, sizeof line, "%10.3g %10.3g %12.8f %16s", g.max_abs, g.max_rel, g.cosine,
-                              (ulps(g.ulp_median) + "/" + ulps(g.ulp_max)).c_str());
         }
         const bool first = !ok && first_bad.empty();
         if (!ok) ++differ;
@@ -744,7 +734,7 @@ int compare_command(const std::vector<std::string>& argv) {
                 }
             }
         }
-        std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line,
+        std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
                     ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
         // In a batch, which images differ: a port may get one image's grid, table or mask wrong and the rest right.

@@ -250,13 +250,8 @@ int train_command(const std::vector<std::string>& argv) {
             try {
                 saved = files.metadata(key);
             } catch (const InputError&) {
-                if (key == "kv") {  // a run from before --kv: its features were E wide
-                    settings[key] = settings.at("width");
-                    if (given(args, flag) && canonical(args, flag) != settings[key])
-                        throw UsageError("train: the run in " + dir + " has --kv " + settings[key] + "; give the same or leave it out");
-                    continue;
-                }
-                throw InputError(checkpoint, "records no '" + key + "' setting: not a checkpoint of this train");
+                if (key != "kv") throw InputError(checkpoint, "records no '" + key + "' setting: not a checkpoint of this train");
+                saved = settings.at("width");  // a run from before --kv: its features were E wide
             }
             // the recorded value, checked as the flag would be: a damaged checkpoint is named, not blamed on a flag
             Args recorded;

@@ -1,25 +1,14 @@
 #include "core/trace.hpp"
 
-#include <sys/mman.h>
+#include "core/memory.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <stdexcept>
 #include <string>
 
 namespace qwenvl {
 
 namespace {
-// A full-size trace holds about 200 MB per image, first touched as it is recorded: transparent huge pages (where the
-// kernel gives them on madvise) take that in 2 MiB faults instead of 4 KiB ones. Only the whole 2 MiB pages inside
-// the block are asked for.
-void ask_for_huge_pages(float* data, std::size_t floats) {
-    constexpr std::uintptr_t huge = std::uintptr_t(2) << 20;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + huge - 1) / huge * huge;
-    const auto end = (reinterpret_cast<std::uintptr_t>(data + floats)) / huge * huge;
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-
 // The value recorded under `name` in `steps` (const or not), or nullptr: the one lookup by name.
 template <class Steps>
 auto find(Steps& steps, const std::string& name) -> decltype(&steps.front().second) {
@@ -37,9 +26,8 @@ void Trace::record(const std::string& name, xt::xarray<float> value) {
 }
 
 void Trace::record_item(const std::string& name, std::size_t n, std::size_t count, const xt::xarray<float>& value) {
-    const xt::xarray<float> row_major = value;  // a no-op for the usual row-major xarray
-    record_item(name, n, count, std::vector<std::size_t>(row_major.shape().begin(), row_major.shape().end()),
-                row_major.data());
+    // an xt::xarray<float> is row-major by its type: its memory is the item's values in order
+    record_item(name, n, count, std::vector<std::size_t>(value.shape().begin(), value.shape().end()), value.data());
 }
 
 float* Trace::item_slot(const std::string& name, std::size_t n, std::size_t count, const std::vector<std::size_t>& shape) {
@@ -50,7 +38,8 @@ float* Trace::item_slot(const std::string& name, std::size_t n, std::size_t coun
         std::vector<std::size_t> stacked{count};
         stacked.insert(stacked.end(), shape.begin(), shape.end());
         record(name, xt::xarray<float>::from_shape(stacked));
-        ask_for_huge_pages(find(steps_, name)->data(), count * size);
+        // a full-size trace holds about 200 MB an image, first touched as it is recorded
+        ask_for_huge_pages(find(steps_, name)->data(), count * size * sizeof(float));
     }
     xt::xarray<float>* found = find(steps_, name);
     if (!found) throw std::out_of_range("Trace: item " + std::to_string(n) + " of '" + name + "' before item 0");

@@ -1,7 +1,5 @@
 #include "fast/gemm.hpp"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
@@ -10,6 +8,7 @@
 
 #include <xtensor-blas/xblas.hpp>
 
+#include "core/memory.hpp"
 #include "fast/threads.hpp"
 
 namespace qwenvl::fast {
@@ -32,7 +31,7 @@ public:
             held_.floats = (floats * sizeof(float) + kHuge - 1) / kHuge * kHuge / sizeof(float);
             held_.data = static_cast<float*>(std::aligned_alloc(kHuge, held_.floats * sizeof(float)));
             if (!held_.data) throw std::bad_alloc();
-            madvise(held_.data, held_.floats * sizeof(float), MADV_HUGEPAGE);
+            ask_for_huge_pages(held_.data, held_.floats * sizeof(float));
         } else {
             held_ = *fits;
             free.erase(fits);

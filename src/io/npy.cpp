@@ -162,8 +162,7 @@ xt::xarray<float> read_npy_float(const std::string& path) {
 }
 
 void write_npy(const std::string& path, const xt::xarray<float>& values) {
-    const xt::xarray<float> row_major = values;  // the same values in row-major order, whatever the layout
-    write_npy(path, shape_of(row_major), row_major.data());
+    write_npy(path, shape_of(values), values.data());  // an xt::xarray<float> is row-major by its type
 }
 
 void write_npy(const std::string& path, const std::vector<std::size_t>& shape, const float* data, Sync sync) {

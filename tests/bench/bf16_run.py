@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from whole_run import ADAPTER, BENCH, BUILD, bf16_checkpoint, timed  # noqa: E402
+from whole_run import ADAPTER, BENCH, BUILD, bf16_checkpoint, full_size_files, into_page_cache, timed  # noqa: E402
 
 
 def main():
@@ -34,15 +33,10 @@ def main():
     folder = args.checkpoint
     f32 = os.path.join(folder, "adapter-f32.safetensors")
     bf16 = os.path.join(folder, "adapter-bf16.safetensors")
-    if not os.path.exists(os.path.join(folder, "features-4.npy")):
-        os.makedirs(folder, exist_ok=True)
-        subprocess.run([BENCH, "--write-checkpoint", folder], check=True, capture_output=True)
+    full_size_files(folder)
     if not os.path.exists(bf16):
         bf16_checkpoint(f32, bf16)
-    for path in (f32, bf16):
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
+    into_page_cache(f32, bf16)
     env = dict(os.environ)
     print("| N | F32 run s | BF16 run s | forward alone s | BF16 / F32 | F32 run / forward | peak MiB F32 / BF16 |")
     print("|---|---|---|---|---|---|---|")

@@ -23,25 +23,12 @@ Prints a Markdown table of medians and their ratio to `run` (docs/performance.md
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-BUILD = os.path.join(REPO, "build", "release")
-ADAPTER = os.path.join(BUILD, "qwenvl-adapter")
-BENCH = os.path.join(BUILD, "qwenvl-bench")
-
-
-def timed(command, env, ok=(0,)):
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True)
-    seconds = time.perf_counter() - start
-    if done.returncode not in ok:
-        sys.exit("%s: exit %d\n%s" % (" ".join(command), done.returncode, done.stderr.decode()))
-    return seconds
+sys.path.insert(0, HERE)
+from whole_run import ADAPTER, BENCH, BUILD, full_size_files, into_page_cache, timed  # noqa: E402
 
 
 def main():
@@ -54,44 +41,39 @@ def main():
     import numpy as np
 
     folder = args.checkpoint
-    if not os.path.exists(os.path.join(folder, "features-minicpmv.npy")):
-        os.makedirs(folder, exist_ok=True)
-        subprocess.run([BENCH, "--write-checkpoint", folder], check=True, capture_output=True)
+    full_size_files(folder)
     models = {
         "Qwen-VL, 1 x 32^2": (os.path.join(folder, "adapter-f32.safetensors"), os.path.join(folder, "features.npy"), []),
         "MiniCPM-V 2.6, 32^2 + 24 x 40": (os.path.join(folder, "minicpmv-f32.safetensors"),
                                           os.path.join(folder, "features-minicpmv.npy"), ["--grids", "32x32,24x40"]),
     }
-    for weights, _, _ in models.values():
-        with open(weights, "rb") as f:                 # into the page cache, as for a checkpoint run twice
-            while f.read(1 << 24):
-                pass
+    into_page_cache(*(weights for weights, _, _ in models.values()))
     env = dict(os.environ)
     print("| model | run s | run --trace s | compare s | compare --gradients s | trace / run | compare / run "
           "| gradients / run |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
-        for name, (weights, features, extra) in models.items():
+        for index, (name, (weights, features, extra)) in enumerate(models.items()):
             common = ["--weights", weights, "--input", features] + extra
-            trace = os.path.join(work, "trace")
+            trace = os.path.join(work, "trace-%d" % index)  # a folder per model: its gradients/ are written once
             times = {"run": [], "trace": [], "compare": [], "gradients": []}
             for _ in range(args.rounds):
-                times["run"].append(timed([ADAPTER, "run"] + common + ["--output", os.path.join(work, "y.npy")], env))
+                times["run"].append(timed([ADAPTER, "run"] + common + ["--output", os.path.join(work, "y.npy")], env)[0])
                 times["trace"].append(timed([ADAPTER, "run"] + common + ["--output", os.path.join(work, "y.npy"),
-                                                                         "--trace", trace], env))
-                times["compare"].append(timed([ADAPTER, "compare"] + common + ["--theirs", trace], env))
-                y = np.load(os.path.join(work, "y.npy"))
-                os.makedirs(os.path.join(trace, "gradients", "parameters"), exist_ok=True)
-                g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
-                np.save(os.path.join(trace, "gradients", "proj.npy"), g)
-                for stage in ("ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv",
-                              "kv_proj", "q", "query_in", "ln_q"):
-                    if not os.path.exists(os.path.join(trace, stage + ".npy")):
-                        continue  # MiniCPM-V: no query_in
-                    np.save(os.path.join(trace, "gradients", stage + ".npy"),
-                            np.zeros_like(np.load(os.path.join(trace, stage + ".npy"))))
+                                                                         "--trace", trace], env)[0])
+                times["compare"].append(timed([ADAPTER, "compare"] + common + ["--theirs", trace], env)[0])
+                if not os.path.exists(os.path.join(trace, "gradients", "proj.npy")):  # once: the shapes stay
+                    y = np.load(os.path.join(work, "y.npy"))
+                    os.makedirs(os.path.join(trace, "gradients", "parameters"), exist_ok=True)
+                    g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+                    np.save(os.path.join(trace, "gradients", "proj.npy"), g)
+                    for stage in ("ln_post", "out", "attended", "attn_weights", "scores", "k", "v", "key_in", "ln_kv",
+                                  "kv_proj", "q", "query_in", "ln_q"):
+                        if os.path.exists(os.path.join(trace, stage + ".npy")):  # MiniCPM-V has no query_in
+                            np.save(os.path.join(trace, "gradients", stage + ".npy"),
+                                    np.zeros_like(np.load(os.path.join(trace, stage + ".npy"))))
                 times["gradients"].append(timed([ADAPTER, "compare", "--gradients"] + common + ["--theirs", trace],
-                                                env, ok=(1,)))
+                                                env, ok=(1,))[0])
             m = {k: statistics.median(v) for k, v in times.items() if v}
             print("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
                 name, m["run"], m["trace"], m["compare"], m["gradients"], m["trace"] / m["run"],

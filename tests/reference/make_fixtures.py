@@ -1152,6 +1152,19 @@ GRADIENT_ORDER = ["ln_post", "out", "attended", "attn_weights", "scores", "k", "
                   "q", "query_in", "ln_q", "x"]
 
 
+def zeroed_gradients(grads, param_grads):
+    """Both sets of a dump's gradients with exact_zeros judged against the dump's largest gradient (a tensor that is
+    exactly 0 has only noise to judge itself by)."""
+    scale = max(float(g.abs().max()) for g in list(grads.values()) + list(param_grads.values()))
+    return ({n: exact_zeros(g, scale) for n, g in grads.items()}, {n: exact_zeros(g, scale) for n, g in param_grads.items()})
+
+
+def save_gradients(where, grads, param_grads):
+    """A dump's gradients as compare --gradients reads them: where/<stage>.npy and where/parameters/<name>.npy."""
+    save_dump(where, grads)
+    save_dump(os.path.join(where, "parameters"), param_grads)
+
+
 def write_gradient_dumps(folder, name, H, grid):
     """PyTorch autograd's gradients of qwen_wide for L = sum(proj * G), G seeded (gradients/proj.npy): the right
     dump (backward/pytorch/gradients/) and each GRADIENT_MISTAKES port's (backward/<mistake>/gradients/), each holding
@@ -1167,32 +1180,29 @@ def write_gradient_dumps(folder, name, H, grid):
     pos_k = resize_table_exact(pos_q, Gq, grid)
     upstream = randn(np.random.default_rng(GRADIENT_SEED), N, Q, E).double()
 
-    def dump(mistake):  # {"stage": dL/d stage, "parameter NAME": dL/d NAME}
-        grads, param_grads = autograd_gradients(ckpt, x, upstream, H, pos_q, pos_k, None,
-                                                gradient_mistake_steps(mistake, N))
-        scale = max(float(g.abs().max()) for g in list(grads.values()) + list(param_grads.values()))
-        return {**{n: exact_zeros(g, scale) for n, g in grads.items()},
-                **{"parameter " + n: exact_zeros(g, scale) for n, g in param_grads.items()}}
+    def dump(mistake):  # (intermediates' gradients, parameters' gradients)
+        return zeroed_gradients(*autograd_gradients(ckpt, x, upstream, H, pos_q, pos_k, None,
+                                                    gradient_mistake_steps(mistake, N)))
 
-    def save(where, gradients):
-        save_dump(where, {n: g for n, g in gradients.items() if not n.startswith("parameter ")})
-        save_dump(os.path.join(where, "parameters"),
-                  {n[len("parameter "):]: g for n, g in gradients.items() if n.startswith("parameter ")})
+    def by_label(grads, param_grads):  # {"stage": dL/d stage, "parameter NAME": dL/d NAME}, in compare's words
+        return {**grads, **{"parameter " + n: g for n, g in param_grads.items()}}
 
-    right = dump(None)
+    right_pair = dump(None)
+    right = by_label(*right_pair)
     assert torch.equal(right["proj"], upstream)
     order = GRADIENT_ORDER + ["parameter " + n for n in PARAM_ORDER if n in ckpt]
-    save(os.path.join(folder, "backward", "pytorch", "gradients"), right)
+    save_gradients(os.path.join(folder, "backward", "pytorch", "gradients"), *right_pair)
     listing = []
     for case_name, mistake, first, what in GRADIENT_MISTAKES:
         if case_name != name:
             continue
-        wrong = dump(mistake)
+        wrong_pair = dump(mistake)
+        wrong = by_label(*wrong_pair)
         at = order.index(first)
         for earlier in order[:at]:   # the port agrees up to its mistake, and differs there
             assert torch.allclose(wrong[earlier], right[earlier], rtol=1e-9, atol=1e-12), (mistake, earlier)
         assert (wrong[first] - right[first]).abs().max() > 1e-2 * right[first].abs().max(), (mistake, first)
-        save(os.path.join(folder, "backward", mistake, "gradients"), wrong)
+        save_gradients(os.path.join(folder, "backward", mistake, "gradients"), *wrong_pair)
         listing.append({"case": name, "mistake": mistake, "first_gradient": first, "what": what,
                         "dump": "data/compare/%s/backward/%s" % (name, mistake),
                         "arguments": COMPARE_ARGUMENTS[name] + " --gradients"})
@@ -1240,10 +1250,9 @@ def write_compare_cases():
             gradient_listing = write_gradient_dumps(folder, name, H, tuple(grids[0]))
         else:  # MiniCPM-V's: PyTorch's gradients (resamplers.module_gradients), for a right port to match
             upstream = randn(np.random.default_rng(GRADIENT_SEED), *reference["proj"].shape).double()
-            grads, param_grads = module_gradients(module, x, upstream, tolerance=1e-10, tgt_sizes=torch.tensor(grids))
-            where = os.path.join(folder, "backward", "pytorch", "gradients")
-            save_dump(where, {n: exact_zeros(g) for n, g in grads.items()})
-            save_dump(os.path.join(where, "parameters"), {n: exact_zeros(g) for n, g in param_grads.items()})
+            save_gradients(os.path.join(folder, "backward", "pytorch", "gradients"),
+                           *zeroed_gradients(*module_gradients(module, x, upstream, tolerance=1e-10,
+                                                               tgt_sizes=torch.tensor(grids))))
     with open(os.path.join(COMPARE_DIR, "mistakes.json"), "w") as f:
         f.write(json.dumps({"generator": "tests/reference/make_fixtures.py", "torch_version": torch.__version__,
                             "mistakes": listing, "gradient_seed": GRADIENT_SEED,
