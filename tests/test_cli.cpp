@@ -917,6 +917,8 @@ TEST_CASE("cli: train refuses bad flags and files with one line and writes nothi
     expect_rejected(cli("train --out " + q(out) + " --queries 64 --keys 16"), {"--keys", "at least --queries"}, out, 2);
     expect_rejected(cli("train --out " + q(out) + " --width 18"), {"--width", "divisible by 4"}, out, 2);
     expect_rejected(cli("train"), {"--out"}, out, 2);
+    for (const char* kv : {"0", "abc", "-3", "2.5"})
+        expect_rejected(cli("train --out " + q(out) + " --kv " + kv), {"--kv", "positive whole number", kv}, out, 2);
     expect_rejected(cli("train --out " + q(out) + " --task colours"), {"--task", "positions or reconstruct", "colours"}, out, 2);
     fs::create_directories(out);
     const Result resume = cli("train --out " + q(out) + " --resume");

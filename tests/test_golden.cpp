@@ -9,6 +9,7 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "fast/resize.hpp"
+#include "fast/sincos.hpp"
 #include "golden.hpp"
 #include "stages/02_sincos.hpp"
 #include "stages/03_resize.hpp"
@@ -36,12 +37,18 @@ xt::xarray<float> per_image(const Fixture& f, PerImage compute) {
 }
 }  // namespace
 
-// --- 02 and 03: the position tables (one implementation: the fast path computes them once per set of weights
-// with these same functions) ---
+// --- 02 and 03: the position tables (the fast path's own, fast/sincos and fast/resize, compute the same sums in
+// the same order) ---
 
-TEST_CASE("golden: sincos_2d equals numpy's table (pos_q)", "[golden][sincos]") {
+TEST_CASE("golden: sincos_2d equals numpy's table (pos_q), on both paths", "[golden][sincos]") {
     for (const auto& f : fixtures()) {
-        DYNAMIC_SECTION(f.name) { check_stage(f, "pos_q", sincos_2d(f.config.embed_dim, f.config.grid_q)); }
+        DYNAMIC_SECTION(f.name) {
+            const Matrix readable = sincos_2d(f.config.embed_dim, f.config.grid_q);
+            check_stage(f, "pos_q", readable);
+            const Matrix fast = fast::sincos_2d(f.config.embed_dim, Grid{f.config.grid_q, f.config.grid_q});
+            check_stage(f, "pos_q", fast);
+            CHECK(bool(fast == readable));
+        }
     }
 }
 

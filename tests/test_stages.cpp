@@ -29,6 +29,7 @@
 #include "fast/lanes.hpp"
 #include "fast/layernorm.hpp"
 #include "fast/resize.hpp"
+#include "fast/sincos.hpp"
 #include "fast/threads.hpp"
 #include "io/fixture.hpp"
 #include "io/checkpoint.hpp"
@@ -90,6 +91,20 @@ TEST_CASE("sin-cos table: the first half encodes the column w, the second the ro
             }
         }
     CHECK_THROWS_WITH(sincos_2d(6, 2), Contains("divisible by 4"));
+}
+
+TEST_CASE("sin-cos table, fast: equal to the readable table bit for bit on random widths and grids (seeded)", "[sincos][fast]") {
+    std::mt19937 rng(26);
+    std::uniform_int_distribution<std::size_t> quarter(1, 96), side(1, 40);
+    for (int trial = 0; trial < 40; ++trial) {
+        const std::size_t E = 4 * quarter(rng);
+        const Grid grid{side(rng), side(rng)};
+        INFO("E " << E << ", grid " << grid.h << " x " << grid.w);
+        CHECK(bool(fast::sincos_2d(E, grid) == sincos_2d(E, grid)));
+    }
+    CHECK(bool(fast::sincos_2d(4096, Grid{16, 16}) == sincos_2d(4096, 16)));  // Qwen-VL's own table
+    CHECK_THROWS_WITH(fast::sincos_2d(6, Grid{2, 2}), Contains("divisible by 4"));
+    CHECK_THROWS_WITH(fast::sincos_2d(8, Grid{0, 2}), Contains("positive"));
 }
 
 TEST_CASE("bicubic: weights sum to 1, a constant grid stays constant, equal grids are left alone", "[resize]") {
@@ -646,17 +661,19 @@ TEST_CASE("fusion: the rows strictly between <img> and </img> get the image's fe
 
 extern "C" void openblas_set_num_threads(int);
 
-TEST_CASE("fast threads: products and LayerNorm and the attention split over two threads equal them whole bit for bit",
-          "[fast][threads]") {
+TEST_CASE("fast threads: LayerNorm and the attention split over two threads equal them whole bit for bit, and a product "
+          "split by columns gives the same bits every call, within float32 rounding of one sgemm", "[fast][threads]") {
     CHECK(fast::thread_count() == 1);  // outside a scope nothing splits
     xt::random::seed(11);
-    const Matrix a = xt::random::randn<float>({300, 600}), b = xt::random::randn<float>({700, 600});
+    const Matrix a = xt::random::randn<float>({300, 2048}), b = xt::random::randn<float>({700, 2048});
     const Matrix b_t = xt::transpose(b);
-    // The products whole, by single-threaded sgemm: a block of columns is the same sums. (OpenBLAS's own two
-    // threads sum in another order: 5.7e-5 apart here.)
+    // The products whole, by single-threaded sgemm. A block of columns is not always the same sums: OpenBLAS's
+    // kernels sum a product's values in an order that depends on its width (0.3.21's Haswell kernels: 2.7% of the
+    // values of a 256 x 4096 x 4096 product split in two halves differ in their last bits), so the fast path's
+    // output depends on its thread count (docs/fast-path.md#threads).
     openblas_set_num_threads(1);
     Matrix whole_t({300, 700}), whole_n({300, 700});
-    fast::gemm_block(fast::whole(a), fast::whole(b), true, whole_t.data(), 700);    // 126M multiply-adds: split in scope
+    fast::gemm_block(fast::whole(a), fast::whole(b), true, whole_t.data(), 700);    // 430M multiply-adds: split in scope
     fast::gemm_block(fast::whole(a), fast::whole(b_t), false, whole_n.data(), 700);
     openblas_set_num_threads(2);  // as on a 2-core machine, whatever this one has
     Matrix x = xt::random::randn<float>({512, 256});
@@ -668,11 +685,16 @@ TEST_CASE("fast threads: products and LayerNorm and the attention split over two
     {
         const fast::OwnThreads own;
         CHECK(fast::thread_count() == 2);
-        Matrix split_t({300, 700}), split_n({300, 700});
+        Matrix split_t({300, 700}), split_n({300, 700}), again_t({300, 700}), again_n({300, 700});
         fast::gemm_block(fast::whole(a), fast::whole(b), true, split_t.data(), 700);
         fast::gemm_block(fast::whole(a), fast::whole(b_t), false, split_n.data(), 700);
-        CHECK(bool(xt::all(xt::equal(split_t, whole_t))));
-        CHECK(bool(xt::all(xt::equal(split_n, whole_n))));
+        fast::gemm_block(fast::whole(a), fast::whole(b), true, again_t.data(), 700);
+        fast::gemm_block(fast::whole(a), fast::whole(b_t), false, again_n.data(), 700);
+        CHECK(bool(xt::all(xt::equal(split_t, again_t))));
+        CHECK(bool(xt::all(xt::equal(split_n, again_n))));
+        const float scale = xt::amax(xt::abs(whole_t))();  // the largest of 210,000 sums of 2048 products of unit normals
+        CHECK(xt::amax(xt::abs(split_t - whole_t))() <= 1e-5f * scale);
+        CHECK(xt::amax(xt::abs(split_n - whole_n))() <= 1e-5f * scale);
         fast::layer_norm_in_place(x, gamma, beta, 1e-6f);
         CHECK(bool(xt::all(xt::equal(x, x_whole))));
         const AttentionOutput att = fast::multi_head_attention(q, fast::whole(k), fast::whole(v), 4, nullptr, true);
@@ -683,7 +705,8 @@ TEST_CASE("fast threads: products and LayerNorm and the attention split over two
 }
 
 TEST_CASE("fast gemm: a weight kept in bf16 or f16 (packed) gives the float32 weight's product bit for bit, both "
-          "orientations, on one thread and split over the fast path's threads", "[fast][gemm]") {
+          "orientations, inner sizes below and above sgemm's block, on OpenBLAS's threads and split over the fast "
+          "path's", "[fast][gemm]") {
     std::mt19937 rng(21);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     // raw 16-bit values of a random weight, and the same values as float32
@@ -710,25 +733,33 @@ TEST_CASE("fast gemm: a weight kept in bf16 or f16 (packed) gives the float32 we
     };
     auto widen_bf16 = [](const std::uint8_t* raw, std::size_t n, float* out) { convert_to_float("BF16", raw, n, out); };
     auto widen_f16 = [](const std::uint8_t* raw, std::size_t n, float* out) { convert_to_float("F16", raw, n, out); };
-    for (const bool brain : {true, false}) {
-        INFO((brain ? "bf16" : "f16"));
-        const Matrix a = xt::random::randn<float>({256, 300});
-        std::vector<std::uint8_t> raw_t, raw_n;
-        const Matrix b_t = make(700, 300, brain, raw_t), b_n = make(300, 700, brain, raw_n);  // (out, in) and (in, out)
-        const fast::Packed packed_t{raw_t.data(), 2, brain ? +widen_bf16 : +widen_f16};
-        const fast::Packed packed_n{raw_n.data(), 2, brain ? +widen_bf16 : +widen_f16};
-        for (const bool threads : {false, true}) {
-            INFO((threads ? "split over the fast path's threads" : "one thread"));
-            std::unique_ptr<fast::OwnThreads> own(threads ? new fast::OwnThreads : nullptr);
-            Matrix want_t({256, 700}), got_t({256, 700}), want_n({256, 700}), got_n({256, 700});
-            fast::gemm_block(fast::whole(a), fast::whole(b_t), true, want_t.data(), 700);
-            fast::gemm_block(fast::whole(a), fast::Block(packed_t, 700, 300, 300), true, got_t.data(), 700);
-            fast::gemm_block(fast::whole(a), fast::whole(b_n), false, want_n.data(), 700);
-            fast::gemm_block(fast::whole(a), fast::Block(packed_n, 300, 700, 700), false, got_n.data(), 700);
-            CHECK(bool(xt::all(xt::equal(got_t, want_t))));
-            CHECK(bool(xt::all(xt::equal(got_n, want_n))));
+    openblas_set_num_threads(2);  // outside a scope, OpenBLAS's own two threads, as on a 2-core machine
+    // Inner sizes: 300 fits in one of sgemm's blocks; 1664 (Qwen-VL's Kv) and 4096 (its E) are summed in several,
+    // and a packed weight is then widened and multiplied one block at a time.
+    for (const std::size_t K : {std::size_t(300), std::size_t(1664), std::size_t(4096)})
+        for (const bool brain : {true, false}) {
+            INFO((brain ? "bf16" : "f16") << ", inner size " << K);
+            const std::size_t R = K == 300 ? 256 : 48;  // rows of a
+            const Matrix a = xt::random::randn<float>({R, K});
+            std::vector<std::uint8_t> raw_t, raw_n;
+            const Matrix b_t = make(700, K, brain, raw_t), b_n = make(K, 700, brain, raw_n);  // (out, in) and (in, out)
+            const fast::Packed packed_t{raw_t.data(), 2, brain ? +widen_bf16 : +widen_f16};
+            const fast::Packed packed_n{raw_n.data(), 2, brain ? +widen_bf16 : +widen_f16};
+            for (const bool threads : {false, true}) {
+                INFO((threads ? "split over the fast path's threads" : "on OpenBLAS's threads"));
+                std::unique_ptr<fast::OwnThreads> own(threads ? new fast::OwnThreads : nullptr);
+                for (const bool accumulate : {false, true}) {
+                    INFO((accumulate ? "out += a b" : "out = a b"));
+                    Matrix want_t = xt::ones<float>({R, std::size_t(700)}), want_n = want_t, got_t = want_t, got_n = want_t;
+                    fast::gemm_block(fast::whole(a), fast::whole(b_t), true, want_t.data(), 700, accumulate);
+                    fast::gemm_block(fast::whole(a), fast::Block(packed_t, 700, K, K), true, got_t.data(), 700, accumulate);
+                    fast::gemm_block(fast::whole(a), fast::whole(b_n), false, want_n.data(), 700, accumulate);
+                    fast::gemm_block(fast::whole(a), fast::Block(packed_n, K, 700, 700), false, got_n.data(), 700, accumulate);
+                    CHECK(bool(xt::all(xt::equal(got_t, want_t))));
+                    CHECK(bool(xt::all(xt::equal(got_n, want_n))));
+                }
+            }
         }
-    }
 }
 
 namespace {

@@ -9,9 +9,9 @@
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
 #include "fast/resize.hpp"
+#include "fast/sincos.hpp"
 #include "fast/threads.hpp"
 #include "stages/01_feature_input.hpp"
-#include "stages/02_sincos.hpp"
 
 namespace qwenvl::fast {
 
@@ -39,8 +39,8 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     check_shape(fn, "query", dims(w.query), {c.n_queries, c.embed_dim});
     if (!w.pos_embed.empty()) check_shape(fn, "pos_embed", dims(w.pos_embed), {c.n_queries, c.embed_dim});
     QuerySide side;
-    // (Q, E), stage 02, or the stored table as query_position_table takes it (not hot: once per weights)
-    side.pos_q = w.pos_embed.empty() ? sincos_2d(c.embed_dim, c.grid_q) : copy_of(w.pos_embed);
+    // (Q, E), stage 02's table (fast/sincos), or the stored table as query_position_table takes it (once per weights)
+    side.pos_q = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : copy_of(w.pos_embed);
     keys = key_grid(n_keys, keys, "fast::prepare_query_side: the patch count L");
     side.pos_k = fast::key_position_table(side.pos_q, keys);   // (L, E), fast/resize (stage 03's arithmetic)
     record(trace, "pos_q", side.pos_q);
@@ -146,7 +146,7 @@ Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3
     for (std::size_t n = 0; n < N; ++n) {
         const std::size_t L_n = grids[n].cells();
         require(L_n > 0 && L_n <= L, fn, "an image grid does not fit in the batch's L keys");
-        const Matrix table = sincos_2d(E, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
+        const Matrix table = fast::sincos_2d(E, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
         if (!trace) {
             side.pos_k = table;
             Tensor3 image({1, L_n, Kv});  // the image's own patches, without the padding

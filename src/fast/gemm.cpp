@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <new>
+#include <random>
+#include <utility>
 #include <vector>
 
 #include <xtensor-blas/xblas.hpp>
@@ -70,6 +73,85 @@ private:
 };
 }  // namespace
 
+namespace {
+using index = xt::blas_index_t;
+
+// C (rows, cols) = A B^T (+ C with accumulate): one sgemm, row-major, on contiguous operands of inner size `inner`.
+void sgemm_nt(const float* a, const float* b, float* c, std::size_t rows, std::size_t cols, std::size_t inner,
+              bool accumulate) {
+    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans, cxxblas::Transpose::Trans,
+                         static_cast<index>(rows), static_cast<index>(cols), static_cast<index>(inner), 1.0f, a,
+                         static_cast<index>(inner), b, static_cast<index>(inner), accumulate ? 1.0f : 0.0f, c,
+                         static_cast<index>(cols));
+}
+
+// OpenBLAS's level-3 driver sums the inner dimension in blocks of at most its GEMM_Q values (a remainder between Q
+// and 2Q in two halves, rounded up to its unroll), and adds each block's partial sums into the output. The blocks
+// its rule gives for inner size K, for a Q and an unroll.
+std::vector<std::size_t> blocks_by_rule(std::size_t K, std::size_t Q, std::size_t unroll) {
+    std::vector<std::size_t> blocks;
+    for (std::size_t done = 0; done < K;) {
+        std::size_t block = K - done;
+        if (block >= 2 * Q)
+            block = Q;
+        else if (block > Q)
+            block = (block / 2 + unroll - 1) / unroll * unroll;
+        blocks.push_back(block);
+        done += block;
+    }
+    return blocks;
+}
+
+// Whether cutting the inner dimension at `blocks`, one sgemm per block adding into the output (beta 1 after the
+// first), gives the same output bit for bit as one sgemm, with beta 1 and with beta 0, on a random product of 32
+// rows and 128 columns of inner size K, in the calling thread's OpenBLAS setting. (A wrong cut changes the last
+// bit of a few percent of such sums; 4,096 of them show it. At K = 4096 the check takes about 1 ms.)
+bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
+    constexpr std::size_t rows = 32, cols = 128;
+    std::minstd_rand rng(static_cast<std::uint32_t>(K));  // values in [-1, 1): cheap, and enough to show rounding
+    auto value = [&] { return static_cast<float>(static_cast<double>(rng()) / 1073741823.5 - 1.0); };
+    std::vector<float> a(rows * K), b(cols * K), start(rows * cols), a_cut(rows * K), b_cut(cols * K);
+    for (float& v : a) v = value();
+    for (float& v : b) v = value();
+    for (float& v : start) v = value();
+    for (const bool accumulate : {true, false}) {
+        std::vector<float> whole = start, cut = start;
+        sgemm_nt(a.data(), b.data(), whole.data(), rows, cols, K, accumulate);
+        std::size_t k0 = 0;
+        for (const std::size_t block : blocks) {
+            // each block's columns of a and b as contiguous operands, as a widened panel is
+            for (std::size_t r = 0; r < rows; ++r) std::copy_n(a.data() + r * K + k0, block, a_cut.data() + r * block);
+            for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, b_cut.data() + r * block);
+            sgemm_nt(a_cut.data(), b_cut.data(), cut.data(), rows, cols, block, accumulate || k0 > 0);
+            k0 += block;
+        }
+        if (whole != cut) return false;
+    }
+    return true;
+}
+
+// The blocks sgemm sums an inner dimension of K in, where the BLAS can be seen to cut it (found by
+// cuts_keep_the_sums among the blockings of likely Qs and unrolls; OpenBLAS 0.3.21's Haswell kernels here: Q 320),
+// else {K}: found once per K and per BLAS thread count, and kept.
+const std::vector<std::size_t>& inner_blocks(std::size_t K) {
+    static std::mutex lock;
+    static std::map<std::pair<std::size_t, std::size_t>, std::vector<std::size_t>> found;
+    const std::lock_guard<std::mutex> guard(lock);
+    const auto key = std::make_pair(K, blas_thread_count());
+    if (auto it = found.find(key); it != found.end()) return it->second;
+    std::vector<std::size_t> blocks{K};
+    std::vector<std::vector<std::size_t>> tried;
+    for (const std::size_t Q : {320, 384, 256, 448, 512, 640, 768, 192, 128, 1024})
+        for (const std::size_t unroll : {8, 16, 4, 32, 2, 1, 64}) {
+            std::vector<std::size_t> candidate = blocks_by_rule(K, Q, unroll);
+            if (candidate.size() < 2 || std::find(tried.begin(), tried.end(), candidate) != tried.end()) continue;
+            tried.push_back(candidate);
+            if (blocks.size() == 1 && cuts_keep_the_sums(K, candidate)) blocks = std::move(candidate);
+        }
+    return found.emplace(key, std::move(blocks)).first->second;
+}
+}  // namespace
+
 void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, std::size_t out_stride,
                 bool accumulate, bool transpose_a) {
     const std::size_t M = transpose_b ? b.rows : b.cols, K = transpose_b ? b.cols : b.rows;
@@ -82,39 +164,49 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
         return;
     }
     // Inside an OwnThreads scope (fast/threads.hpp), a large product is split into blocks of output columns, one
-    // per thread, each a single-threaded sgemm on its own rows of b^T (columns of b): every output value is the
-    // same sum as one single-threaded sgemm of the whole (OpenBLAS's own threads sum in another order). Blocks are
-    // multiples of 64 columns, and a product of fewer than 2^24 multiply-adds stays whole (a thread's start costs
-    // about as much as 2^20).
+    // per thread, each a single-threaded sgemm on its own rows of b^T (columns of b). OpenBLAS's sums depend on a
+    // product's width, so the last bits depend on the thread count (docs/fast-path.md#threads); the same on every
+    // call. Blocks are multiples of 64 columns, and a product of fewer than 2^24 multiply-adds stays whole (a
+    // thread's start costs about as much as 2^20).
     require(!a.is_packed(), "gemm_block", "the left operand is not a weight: it must be float32");
-    // Output columns [c0, c1) from the float32 columns `part` of b (b^T's rows, with transpose_b).
-    auto sgemm = [&](std::size_t c0, std::size_t c1, const Block& part) {
-        using index = xt::blas_index_t;
+    // Output columns [c0, c1) from the float32 columns `part` of b (b^T's rows, with transpose_b), over the inner
+    // indices [k0, k0 + inner) (all K for a float32 b), adding into `out` when `add`.
+    auto sgemm = [&](std::size_t c0, std::size_t c1, const Block& part, std::size_t k0, std::size_t inner, bool add) {
         cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor,
                              transpose_a ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                              transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
-                             static_cast<index>(rows), static_cast<index>(c1 - c0), static_cast<index>(K), 1.0f, a.data,
-                             static_cast<index>(a.stride), part.data, static_cast<index>(part.stride),
-                             accumulate ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
+                             static_cast<index>(rows), static_cast<index>(c1 - c0), static_cast<index>(inner), 1.0f,
+                             transpose_a ? a.data + k0 * a.stride : a.data + k0, static_cast<index>(a.stride), part.data,
+                             static_cast<index>(part.stride), add ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
     };
+    // A packed b is widened one inner block at a time (found on this thread, before the split), each block's
+    // product added into `out`: OpenBLAS's own blocks, so the same sums in the same order as one sgemm on b widened
+    // whole, in a panel of at most Q rows (full size 2.5 to 5 MiB, in cache) instead of all K (32 to 64 MiB of
+    // fresh memory, written out and read back). Measured in docs/performance.md#bf16-weights-in-one-run.
+    const std::vector<std::size_t> no_cut{K};
+    const std::vector<std::size_t>& inner_cuts = b.is_packed() ? inner_blocks(K) : no_cut;
     auto columns = [&](std::size_t begin, std::size_t end) {
         const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
         if (c0 >= c1) return;
         if (!b.is_packed())
             return sgemm(c0, c1, transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
-                                             : Block{b.data + c0, b.rows, c1 - c0, b.stride});
-        // A packed b, widened into a buffer for this part's columns, then the same sgemm as for a float32 b (the same
-        // column range: OpenBLAS's sums depend on the width of the product, and narrower panels changed last bits).
+                                             : Block{b.data + c0, b.rows, c1 - c0, b.stride},
+                         0, K, accumulate);
+        // The same column range as for a float32 b: OpenBLAS's sums depend on the width of the product.
         const std::size_t width = c1 - c0;
-        const PanelBuffer panel(width * K);
-        if (transpose_b) {  // b^T's rows c0..c1 are b's rows: K values each
-            for (std::size_t r = c0; r < c1; ++r)
-                b.packed.widen(b.packed.data + r * b.stride * b.packed.bytes, K, panel.data + (r - c0) * K);
-            sgemm(c0, c1, Block{panel.data, width, K, K});
-        } else {  // b's columns c0..c1: `width` values of each of its K rows
-            for (std::size_t k = 0; k < K; ++k)
-                b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel.data + k * width);
-            sgemm(c0, c1, Block{panel.data, K, width, width});
+        const PanelBuffer panel(width * *std::max_element(inner_cuts.begin(), inner_cuts.end()));
+        std::size_t k0 = 0;
+        for (const std::size_t inner : inner_cuts) {
+            if (transpose_b) {  // b^T's rows c0..c1 are b's rows: their values k0..k0+inner
+                for (std::size_t r = c0; r < c1; ++r)
+                    b.packed.widen(b.packed.data + (r * b.stride + k0) * b.packed.bytes, inner, panel.data + (r - c0) * inner);
+                sgemm(c0, c1, Block{panel.data, width, inner, inner}, k0, inner, accumulate || k0 > 0);
+            } else {  // b's rows k0..k0+inner: `width` values of each, from column c0
+                for (std::size_t k = k0; k < k0 + inner; ++k)
+                    b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel.data + (k - k0) * width);
+                sgemm(c0, c1, Block{panel.data, inner, width, width}, k0, inner, accumulate || k0 > 0);
+            }
+            k0 += inner;
         }
     };
     const std::size_t blocks = (M + 63) / 64;

@@ -45,6 +45,10 @@ OwnThreads::~OwnThreads() {
 
 std::size_t thread_count() { return inside_part ? 1 : own_count.load(); }
 
+std::size_t blas_thread_count() {
+    return openblas_get_num_threads ? static_cast<std::size_t>(std::max(openblas_get_num_threads(), 1)) : 1;
+}
+
 std::size_t parallel_parts(std::size_t n, std::size_t grain) {
     return std::min(thread_count(), std::max<std::size_t>(n / std::max<std::size_t>(grain, 1), 1));
 }

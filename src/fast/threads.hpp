@@ -33,6 +33,10 @@ public:
 // OpenBLAS has one thread (OPENBLAS_NUM_THREADS=1) or is not OpenBLAS.
 std::size_t thread_count();
 
+// The threads OpenBLAS computes one product on, now: 1 inside an OwnThreads scope, or when the BLAS is not
+// OpenBLAS; outside a scope, OpenBLAS's own thread count.
+std::size_t blas_thread_count();
+
 // Runs part(begin, end) on thread_count() consecutive slices of [0, n), each at least `grain` long (fewer slices
 // when n is small), one of them on the calling thread, and returns when all are done. Inside a part,
 // thread_count() is 1: nothing splits twice.

@@ -32,8 +32,10 @@
 //       what first touching memory costs on this machine, per 4 KiB page, three times each (the first touch of
 //       huge pages can differ from the next ones): fresh anonymous memory (what a new tensor is), the same with
 //       madvise(MADV_HUGEPAGE), the pages of FILE (say the checkpoint, read once first so that it is in the page
-//       cache) mapped and read one page at a time, the same mapping entered at once with MADV_POPULATE_READ, and
-//       FILE read() into fresh memory (what a loader that copies does). docs/performance.md explains the finding.
+//       cache) mapped and read one page at a time, the same mapping entered at once with MADV_POPULATE_READ, the
+//       file mapped as `run` maps it (MappedFile: at a 2 MiB boundary, MADV_HUGEPAGE), each with how much of it the
+//       kernel mapped 2 MiB at a time, and FILE read() into fresh memory (what a loader that copies does).
+//       docs/performance.md explains the finding.
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
 //       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
@@ -55,6 +57,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -69,10 +72,13 @@
 #include "fast/threads.hpp"
 #include "fast/gemm.hpp"
 #include "fast/layernorm.hpp"
+#include "fast/sincos.hpp"
+#include "io/safetensors.hpp"
 #include "io/npy.hpp"
 #include "stages/11_minicpmv.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
+#include "stages/02_sincos.hpp"
 #include "stages/07_adapter.hpp"
 #include "stages/04_layernorm.hpp"
 #include "stages/05_projections.hpp"
@@ -426,6 +432,9 @@ int gains(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c
         {"layer_norm (ln_kv: 1024 x 4096)", "fast::layer_norm_in_place (lane sums)",
          time(repeats, [&] { layer_norm(X, w.ln_kv_weight, w.ln_kv_bias, c.eps); }),
          time(repeats, [&] { fast::layer_norm_in_place(scratch, w.ln_kv_weight, w.ln_kv_bias, c.eps); })},
+        {"sincos_2d (P_q: 16 x 16, E = 4096)", "fast::sincos_2d (each distinct row and column once)",
+         time(repeats, [&] { sincos_2d(c.embed_dim, c.grid_q); }),
+         time(repeats, [&] { fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}); })},
         {"X + P_k (1024 x 4096)", "fast::add_in_place",
          time(repeats, [&] { Matrix key_in = X + side.pos_k; }),
          time(repeats, [&] { fast::add_in_place(scratch, side.pos_k); })},
@@ -441,6 +450,16 @@ int gains(const AdapterWeights& w, const TowerTail& tail, const AdapterConfig& c
                     r.readable_s / r.fast_s);
     std::printf("(the in-place rows overwrite one scratch copy of X again and again: the same work, no fresh tensor)\n");
     return 0;
+}
+
+// How much of this process's file mappings the kernel maps 2 MiB at a time (FilePmdMapped), in MiB.
+double file_pmd_mapped_mib() {
+    std::ifstream rollup("/proc/self/smaps_rollup");
+    std::string key;
+    double kib = 0;
+    while (rollup >> key)
+        if (key == "FilePmdMapped:" && rollup >> kib) break;
+    return kib / 1024.0;
 }
 
 // --page-faults: the cost of first touching memory, per 4 KiB page.
@@ -483,8 +502,17 @@ int page_faults(const std::string& file) {
             for (std::size_t i = 0; i < bytes; i += page) sink = sink + p[i];
             report(populate ? "the file mapped, MADV_POPULATE_READ, then read" : "the file mapped, read page by page",
                    seconds_since(start));
+            std::printf("    (of which %.0f MiB mapped 2 MiB at a time)\n", file_pmd_mapped_mib());
             ::munmap(p, bytes);
         }
+    }
+    // As `run` maps a checkpoint: at a 2 MiB boundary, MADV_HUGEPAGE (io/safetensors.hpp).
+    for (int r = 0; r < 3; ++r) {
+        const auto start = Clock::now();
+        const MappedFile mapped(file, static_cast<std::uint64_t>(st.st_size));
+        for (std::size_t i = 0; i < bytes; i += page) sink = sink + static_cast<char>(mapped.data()[i]);
+        report("the file mapped as run maps it (MappedFile), read page by page", seconds_since(start));
+        std::printf("    (of which %.0f MiB mapped 2 MiB at a time)\n", file_pmd_mapped_mib());
     }
     for (int r = 0; r < 3; ++r) {
         const auto start = Clock::now();

@@ -3,13 +3,23 @@
 against the forward pass alone, N = 1 and 4 images of 32 x 32 patches, as ratios of medians.
 
     cmake --preset release && cmake --build --preset release
-    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 7] [--checkpoint DIR]
+    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 7] [--checkpoint DIR] [--build DIR]
+
+--build DIR times another build's qwenvl-adapter and qwenvl-bench (say an earlier commit's, to compare).
 
 The checkpoints are whole_run.py's (`qwenvl-bench --write-checkpoint DIR`, random F32 weights at full size, and the
-same rounded to BF16; written to build/release/fullsize/ when absent), read once so that they are in the page cache.
+same rounded to BF16; written to build/release/fullsize/ when absent). Two states of the page cache:
+
+  - after a first run (N = 1 and 4): each file dropped from the cache (whole_run.out_of_page_cache), then one
+    untimed `run` on it, as a checkpoint is cached after its first run: on Linux 6.16 and later, ext4 caches what
+    `run`'s mapping (MADV_HUGEPAGE) faults in as 2 MiB folios, which later runs map 2 MiB at a time;
+  - copied (N = 1): copies made by shutil.copyfile, as `cp` makes them, still cached as they were written, in
+    4 KiB pages, which `run` maps 4 KiB at a time (whole_run.just_written; deleted at the end).
+
 Rounds alternate: `run` on F32, `run` on BF16 (wall time of the whole process, peak memory by /usr/bin/time), and
 `qwenvl-bench --images N --grid 32 --repeats 3` (the forward alone, its median, in a process of its own). Prints a
-Markdown table (docs/performance.md#bf16-weights-read-in-place).
+Markdown table (docs/performance.md#bf16-weights-in-one-run), then checks that the BF16 run's output is the bytes
+of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
 """
 
 import argparse
@@ -20,15 +30,18 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from whole_run import ADAPTER, BENCH, BUILD, bf16_checkpoint, full_size_files, into_page_cache, timed  # noqa: E402
+from whole_run import (BUILD, bf16_checkpoint, full_size_files, just_written, out_of_page_cache,  # noqa: E402
+                       timed, widened_checkpoint)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
+    parser.add_argument("--build", default=BUILD)
     args = parser.parse_args()
-    if not os.path.exists(ADAPTER) or not os.path.exists(BENCH):
+    adapter, bench = os.path.join(args.build, "qwenvl-adapter"), os.path.join(args.build, "qwenvl-bench")
+    if not os.path.exists(adapter) or not os.path.exists(bench):
         sys.exit("build first: cmake --preset release && cmake --build --preset release")
     folder = args.checkpoint
     f32 = os.path.join(folder, "adapter-f32.safetensors")
@@ -36,24 +49,50 @@ def main():
     full_size_files(folder)
     if not os.path.exists(bf16):
         bf16_checkpoint(f32, bf16)
-    into_page_cache(f32, bf16)
     env = dict(os.environ)
-    print("| N | F32 run s | BF16 run s | forward alone s | BF16 / F32 | F32 run / forward | peak MiB F32 / BF16 |")
-    print("|---|---|---|---|---|---|---|")
+    out_of_page_cache(f32, bf16)
+    for weights in (f32, bf16):  # each checkpoint's first run, untimed
+        timed([adapter, "run", "--weights", weights, "--input", os.path.join(folder, "features.npy"), "--output",
+               os.path.join(folder, "y-first.npy")], env)
+    copies = [just_written(f32, os.path.join(folder, "copied-f32.safetensors")),
+              just_written(bf16, os.path.join(folder, "copied-bf16.safetensors"))]
+    print("| page cache | N | F32 run s | BF16 run s | forward alone s | BF16 / F32 | F32 run / forward | "
+          "peak MiB F32 / BF16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    try:
+        for state, images, (f32_file, bf16_file) in (("after a first run", 1, (f32, bf16)), ("after a first run", 4, (f32, bf16)),
+                                                     ("copied", 1, copies)):
+            features = os.path.join(folder, "features.npy" if images == 1 else "features-4.npy")
+            f32_runs, bf16_runs, forward, peaks = [], [], [], {"f32": 0, "bf16": 0}
+            for _ in range(args.rounds):
+                for name, weights, into in (("f32", f32_file, f32_runs), ("bf16", bf16_file, bf16_runs)):
+                    wall, rss, _ = timed([adapter, "run", "--weights", weights, "--input", features, "--output",
+                                          os.path.join(folder, "y-%s.npy" % name)], env)
+                    into.append(wall)
+                    peaks[name] = max(peaks[name], rss)
+                _, _, out = timed([bench, "--images", str(images), "--grid", "32", "--repeats", "3", "--json"], env)
+                forward.append(json.loads(out.strip().splitlines()[-1])["median_s"])
+            a, b, f = statistics.median(f32_runs), statistics.median(bf16_runs), statistics.median(forward)
+            print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.2f | %.0f / %.0f |" % (
+                state, images, a, b, f, b / a, a / f, peaks["f32"], peaks["bf16"]), flush=True)
+    finally:
+        for copy in copies:
+            os.remove(copy)
+    # The BF16 run computes with the BF16 values widened: its output must be the bytes of a run on those values
+    # stored as F32.
+    widened = os.path.join(folder, "adapter-bf16-widened.safetensors")
+    if not os.path.exists(widened):
+        widened_checkpoint(bf16, widened)
     for images in (1, 4):
         features = os.path.join(folder, "features.npy" if images == 1 else "features-4.npy")
-        f32_runs, bf16_runs, forward, peaks = [], [], [], {"f32": 0, "bf16": 0}
-        for _ in range(args.rounds):
-            for name, weights, into in (("f32", f32, f32_runs), ("bf16", bf16, bf16_runs)):
-                wall, rss, _ = timed([ADAPTER, "run", "--weights", weights, "--input", features, "--output",
-                                      os.path.join(folder, "y-%s.npy" % name)], env)
-                into.append(wall)
-                peaks[name] = max(peaks[name], rss)
-            _, _, out = timed([BENCH, "--images", str(images), "--grid", "32", "--repeats", "3", "--json"], env)
-            forward.append(json.loads(out.strip().splitlines()[-1])["median_s"])
-        a, b, f = statistics.median(f32_runs), statistics.median(bf16_runs), statistics.median(forward)
-        print("| %d | %.3f | %.3f | %.3f | %.3f | %.2f | %.0f / %.0f |" % (images, a, b, f, b / a, a / f, peaks["f32"],
-                                                                      peaks["bf16"]), flush=True)
+        outputs = []
+        for weights in (bf16, widened):
+            outputs.append(os.path.join(folder, "y-check-%d.npy" % len(outputs)))
+            timed([adapter, "run", "--weights", weights, "--input", features, "--output", outputs[-1]], env)
+        with open(outputs[0], "rb") as a, open(outputs[1], "rb") as b:
+            same = a.read() == b.read()
+        print("N = %d: the BF16 run's output is the run's on the same values stored as F32, bit for bit: %s"
+              % (images, "yes" if same else "NO"), flush=True)
 
 
 if __name__ == "__main__":

@@ -151,31 +151,73 @@ def full_size_files(folder):
         subprocess.run([BENCH, "--write-checkpoint", folder], check=True, capture_output=True)
 
 
+def out_of_page_cache(*paths):
+    """Each file synced and dropped from the page cache (posix_fadvise DONTNEED): the next reader reads it from
+    disk, and the kernel caches it again in folios of the size that reader's faults or reads ask for."""
+    for path in paths:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def into_page_cache(*paths):
-    """Each file read once before timing, so that it is in the page cache, as a checkpoint run twice is."""
+    """Each file read once before timing, from disk (out_of_page_cache first), so that it is in the page cache, as a
+    checkpoint run twice is. (Since Linux 6.16 ext4 caches a file read() from disk partly in 2 MiB folios, which a
+    mapping can enter 2 MiB at a time; how much varies. A checkpoint faulted in by `run` is all in 2 MiB folios:
+    bf16_run.py.)"""
+    out_of_page_cache(*paths)
     for path in paths:
         with open(path, "rb") as f:
             while f.read(1 << 24):
                 pass
 
 
-def bf16_checkpoint(f32, path):
-    """The F32 checkpoint's tensors rounded to BF16 (torch's rounding), written by tests/reference/safetensors_io."""
+def just_written(path, to):
+    """A copy of `path` at `to`, made as `cp` makes it (shutil.copyfile: sendfile) and left in the page cache as
+    written, in 4 KiB pages (so are files written in small pieces; written 16 MiB at a time, ext4 caches them in
+    2 MiB folios): a checkpoint right after such a copy, until the cache lets go of it."""
+    import shutil
+    shutil.copyfile(path, to)
+    return to
+
+
+def rewritten_checkpoint(source, path, dtype, convert):
+    """Each tensor of the safetensors file `source`, as a numpy array of its stored values (`convert(raw bytes,
+    stored dtype)`), written to `path` as `dtype` by tests/reference/safetensors_io (torch's rounding)."""
     import numpy as np
     import torch
     sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
     from safetensors_io import write_safetensors
-    with open(f32, "rb") as f:
+    with open(source, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
-    data = np.memmap(f32, dtype=np.uint8, mode="r", offset=8 + n)
+    data = np.memmap(source, dtype=np.uint8, mode="r", offset=8 + n)
     tensors = {}
     for name, info in header.items():
         if name != "__metadata__":
             begin, end = info["data_offsets"]
-            array = np.frombuffer(data, dtype=np.float32, count=(end - begin) // 4, offset=begin)
+            array = convert(data[begin:end], info["dtype"])
             tensors[name] = torch.from_numpy(array.reshape(info["shape"]).copy())
-    write_safetensors(path, tensors, "BF16")
+    write_safetensors(path, tensors, dtype)
+
+
+def bf16_checkpoint(f32, path):
+    """The F32 checkpoint's tensors rounded to BF16 (torch's rounding)."""
+    def as_float32(raw, dtype):
+        assert dtype == "F32"
+        return raw.view("<f4")
+    rewritten_checkpoint(f32, path, "BF16", as_float32)
+
+
+def widened_checkpoint(bf16, path):
+    """The BF16 checkpoint's tensors widened exactly to F32 (each value's 16 bits as the top half of a float32): the
+    weights a BF16 run computes with, stored as F32, so that the two runs' outputs can be compared bit for bit."""
+    import numpy as np
+
+    def widened(raw, dtype):
+        assert dtype == "BF16"
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    rewritten_checkpoint(bf16, path, "F32", widened)
 
 
 def sharded_checkpoint(folder, visual):
