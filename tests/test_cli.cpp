@@ -1147,7 +1147,8 @@ TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][
         {kQwenWide + dump + " --names " + q(tmp / "bad.json"), "bad.json: stage 'ln_kv': expected a file name", 1},
         {kQwenWide + dump + " --names " + q(tmp / "unknown.json"), "'ln_kvv' is not one of this project's stages", 1},
         {kQwenWide + dump + " --names " + q(tmp / "broken.json"), "broken.json: not valid JSON", 1},
-        {kQwenWide + " --theirs " + q(tmp / "nowhere"), "nowhere: not a folder of .npy intermediates", 1},
+        {kQwenWide + " --theirs " + q(tmp / "nowhere"), "nowhere: no such folder", 1},
+        {kQwenWide + " --theirs " + q(tmp / "bad.json"), "bad.json: not a folder of .npy intermediates", 1},
         {kQwenWide + " --theirs " + q(tmp.path.string()), "holds none of the stages' files", 1},
         {kQwenWide + dump + " --atol -1", "--atol takes a non-negative number", 2},
         {kQwenWide + " --grids 4x4" + dump, "x.npy: a grid of 4x4 = 16 patches is not the features' patch count L = 15", 1},
@@ -1196,7 +1197,7 @@ TEST_CASE("compare --gradients: PyTorch autograd's gradients match on both paths
     }
 }
 
-TEST_CASE("compare --gradients: MiniCPM-V's gradients match on both paths, its padding keys' gradients left out",
+TEST_CASE("compare --gradients: MiniCPM-V's gradients match on both paths, and its padding keys' gradients must be 0",
           "[cli][compare]") {
     const std::string dump = kData + "/compare/minicpmv_mixed/backward/pytorch";
     for (const std::string path : {"", " --readable"}) {
@@ -1205,28 +1206,43 @@ TEST_CASE("compare --gradients: MiniCPM-V's gradients match on both paths, its p
         CHECK(r.code == 0);
         CHECK_THAT(r.out, Contains("MATCH: all 26 gradients found agree within tolerance"));  // no query_in
         CHECK_THAT(r.out, Contains("\n  parameter attn.in_proj_weight "));  // MiniCPM-V's own names
-        CHECK_THAT(r.out, Contains("[padding keys left out]"));
+        CHECK_THAT(r.out, Contains("[padding keys left out]"));               // dL/d attn_weights's padding columns
     }
-    // A port that runs each image alone leaves anything on the padding rows and columns: still a match
+    // A port whose padding keys pass a gradient back (it would flow on into the parameters and dL/dx) differs, at the
+    // first such gradient in the backward's order, and is told it is the padding alone; each of these stages alone.
+    for (const std::string stage : {"scores", "k", "v", "key_in", "ln_kv", "kv_proj", "x"}) {
+        DYNAMIC_SECTION("junk on the padding of dL/d " << stage) {
+            TempDir tmp;
+            fs::copy(dump, tmp / "port", fs::copy_options::recursive);
+            const std::string file = tmp / "port/gradients" + "/" + stage + ".npy";
+            xt::xarray<float> g = qwenvl::read_npy_float(file);
+            if (stage == "scores") xt::view(g, 2, xt::all(), xt::all(), xt::range(2, 9)) = 7.0f;  // image 2: 1 x 2 patches
+            else xt::view(g, 2, xt::range(2, 9)) = 7.0f;
+            qwenvl::write_npy(file, g);
+            const Result junk = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
+            INFO(junk.out << junk.err);
+            CHECK(junk.code == 1);
+            CHECK_THAT(junk.out, Contains("the first is dL/d " + stage + "\n"));
+            CHECK_THAT(junk.out, Contains("wrong on the padding keys only"));
+        }
+    }
+    // dL/d attn_weights's padding columns hold dL/d attended v^T, whatever a port left in v's padding rows: left out
     TempDir tmp;
     fs::copy(dump, tmp / "port", fs::copy_options::recursive);
-    for (const std::string stage : {"k", "x", "scores"}) {
-        const std::string file = tmp / "port/gradients" + "/" + stage + ".npy";
-        xt::xarray<float> g = qwenvl::read_npy_float(file);
-        if (stage == "scores") xt::view(g, 2, xt::all(), xt::all(), xt::range(2, 9)) = 7.0f;  // image 2: 1 x 2 patches
-        else xt::view(g, 2, xt::range(2, 9)) = 7.0f;
-        qwenvl::write_npy(file, g);
-    }
-    const Result junk = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
-    INFO(junk.out << junk.err);
-    CHECK(junk.code == 0);
-    // ... but not on the real keys
+    xt::xarray<float> p = qwenvl::read_npy_float(tmp / "port/gradients/attn_weights.npy");
+    xt::view(p, 2, xt::all(), xt::all(), xt::range(2, 9)) = 7.0f;
+    qwenvl::write_npy(tmp / "port/gradients/attn_weights.npy", p);
+    const Result padded = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
+    INFO(padded.out << padded.err);
+    CHECK(padded.code == 0);
+    // ... but not on the real keys, and there without the padding's note
     xt::xarray<float> k = qwenvl::read_npy_float(tmp / "port/gradients/k.npy");
     k(2, 1, 0) += 1.0f;
     qwenvl::write_npy(tmp / "port/gradients/k.npy", k);
     const Result real = cli(kMiniCpmv + " --gradients --theirs " + q(tmp / "port"));
     CHECK(real.code == 1);
     CHECK_THAT(real.out, Contains("the first is dL/d k\n"));
+    CHECK_THAT(real.out, !Contains("wrong on the padding keys only"));
 }
 
 TEST_CASE("compare --gradients: whichever gradient a port gets wrong, that one is named first (seeded)",
@@ -1313,6 +1329,10 @@ TEST_CASE("compare --gradients: bad input is one line naming the file, exit 1 or
     fs::copy_file(kBackward + "/pytorch/gradients/proj.npy", tmp / "only_g/gradients/proj.npy");
     fs::create_directories(tmp / "wrong_g/gradients");
     qwenvl::write_npy(tmp / "wrong_g/gradients/proj.npy", xt::xarray<float>(xt::zeros<float>({2, 5, 8})));
+    fs::create_directories(tmp / "nan_g/gradients");
+    xt::xarray<float> g = qwenvl::read_npy_float(kBackward + "/pytorch/gradients/proj.npy");
+    g(1, 2, 3) = std::numeric_limits<float>::quiet_NaN();
+    qwenvl::write_npy(tmp / "nan_g/gradients/proj.npy", g);
     const BadInput cases[] = {
         {kMiniCpmv + " --gradients --theirs " + q(kData + "/compare/minicpmv_mixed/pytorch"),
          "pytorch: has no gradients/proj.npy", 1},
@@ -1320,6 +1340,8 @@ TEST_CASE("compare --gradients: bad input is one line naming the file, exit 1 or
          "pytorch: has no gradients/proj.npy: --gradients needs G = dL/d proj", 1},
         {kQwenWide + " --gradients --theirs " + q(tmp / "wrong_g"), "proj.npy: has shape (2, 5, 8), not proj's (2, 4, 8)", 1},
         {kQwenWide + " --gradients --theirs " + q(tmp / "only_g"), "gradients: holds none of the gradients' files", 1},
+        {kQwenWide + " --gradients --theirs " + q(tmp / "nan_g"), "proj.npy: holds NaN or infinite values", 1},
+        {kQwenWide + " --gradients --theirs " + q(tmp / "no_such_folder"), "no_such_folder: no such folder", 1},
     };
     check_bad_inputs(cases);
 }

@@ -63,7 +63,8 @@ const char* kCompareHelp =
     "                 (tests/reference/dump_pytorch.py --gradients writes them all). Listed from the output back, as\n"
     "                 the backward computes them; the first one beyond tolerance is named with its usual causes.\n"
     "                 Rule: max|theirs - ours| <= 1e-3 max|ours| per gradient (--max-rel R to change it;\n"
-    "                 --atol/--rtol apply the elementwise rule to both tables).\n"
+    "                 --atol/--rtol apply the elementwise rule to both tables). MiniCPM-V's padding keys pass no\n"
+    "                 gradient back: their gradients must be 0, and are compared (but for attn_weights').\n"
     "                 Forward files in DIR are compared first, as without --gradients; they may be left out\n"
     "  the other options as for run: --grids for non-square or MiniCPM-V's grids, --readable for the readable\n"
     "  stages instead of the fast path (the same trace on both; the fast path at full size takes seconds)\n";
@@ -360,7 +361,7 @@ const std::map<std::string, std::vector<std::string>>& usual_gradient_causes() {
                        "one image's only",
                        "a bias's gradient is dL/dy summed over the rows and the images",
                        "a LayerNorm's weight gets sum(dL/dy xhat) and its bias sum(dL/dy); proj gets ln_post^T dL/dy",
-                       "pos_embed is frozen (requires_grad False upstream): it has no gradient"}},
+                       "Qwen-VL's pos_embed is frozen (requires_grad False upstream): it has no gradient"}},
     };
     return causes;
 }
@@ -475,13 +476,15 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
         xt::xarray<float> raw = read_npy_float(path);
         const std::vector<std::size_t> raw_shape = shape_of(raw);
         xt::xarray<float> theirs = to_our_layout(std::move(raw), "", shape_of(mine), false, note);
-        // MiniCPM-V: the padding keys' gradients (0 here) are whatever a port leaves there, as in the forward's table
+        // MiniCPM-V: a padding key's gradient is 0 (PyTorch's exactly: a masked key passes nothing back), and a port's
+        // must be too, or it flows on into the parameters' gradients and dL/dx. Compared whole, but for dL/d
+        // attn_weights, whose padding columns are dL/d attended v^T: whatever the port left in v's padding rows.
         xt::xarray<float> mine_kept;
-        const bool cleared = padded && theirs.dimension() != 0 && zero_padding(label, *padded, theirs);
+        const bool cleared = padded && label == "attn_weights" && theirs.dimension() != 0 && zero_padding(label, *padded, theirs);
         if (cleared) {
             mine_kept = mine;
             zero_padding(label, *padded, mine_kept);
-            note = "padding keys left out";
+            note += std::string(note.empty() ? "" : ", ") + "padding keys left out";
         }
         const xt::xarray<float>& ours_here = cleared ? mine_kept : mine;
         bool ok = false;
@@ -491,6 +494,13 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
         } else {
             line = measures(agreement(theirs, ours_here));
             ok = within(theirs, ours_here, tol);
+            if (!ok && padded) {  // wrong on the padding keys alone?
+                xt::xarray<float> theirs_real = theirs, ours_real = ours_here;
+                if (zero_padding(label, *padded, theirs_real) && zero_padding(label, *padded, ours_real) &&
+                    within(theirs_real, ours_real, tol))
+                    note += std::string(note.empty() ? "" : ", ") +
+                            "wrong on the padding keys only: their gradient must be 0, as a masked key passes nothing back";
+            }
         }
         const bool first = !ok && t.first_bad.empty();
         if (!ok) ++t.differ;
@@ -552,8 +562,8 @@ int gradient_verdict(const GradientTable& t, const Tolerance& tol) {
         static const std::map<std::string, std::string> own = {
             {"proj", "dL/d proj = ln_post^T dL/dy summed over the images; proj is (E, E): a transposed one fits the shape"},
             {"query", "dL/d query comes through ln_q's backward: dL/d ln_q, then the LayerNorm's dx"},
-            {"attn.in_proj_weight", "packed as stored: rows [0, E) dL/dq^T query_in, [E, 2E) dL/dk^T key_in, "
-                                              "[2E, 3E) dL/dv^T X, each summed over the images"},
+            {"attn.in_proj_weight", "packed as stored: rows [0, E) dL/dq^T query_in (MiniCPM-V: ln_q), [E, 2E) "
+                                    "dL/dk^T key_in, [2E, 3E) dL/dv^T X, each summed over the images"},
             {"attn.in_proj_bias", "packed as stored: [0, E) from q, [E, 2E) from k (0 in exact arithmetic: the "
                                             "softmax ignores it), [2E, 3E) from v"},
             {"kv_proj.weight", "dL/d kv_proj.weight = dL/d kv_proj^T x summed over the images, (E, Kv)"}};
@@ -596,6 +606,7 @@ int compare_command(const std::vector<std::string>& argv) {
         throw UsageError("compare: --max-rel replaces --atol and --rtol: give one rule");
     if (args.has("--max-rel") && !(tol.max_rel > 0)) throw UsageError("compare: --max-rel takes a positive number");
     const std::size_t given = args.has("--heads") ? parse_count("compare", "--heads", args.get("--heads")) : 0;
+    if (!std::filesystem::exists(theirs_dir)) throw InputError(theirs_dir, "no such folder (--theirs: their .npy intermediates)");
     if (!std::filesystem::is_directory(theirs_dir)) throw InputError(theirs_dir, "not a folder of .npy intermediates");
     const std::map<std::string, TheirFile> names = read_name_map(args.get("--names"));
 
@@ -632,6 +643,8 @@ int compare_command(const std::vector<std::string>& argv) {
         if (g.dimension() == 0)
             throw InputError(g_path, "has shape " + shape_string(raw_shape) + ", not proj's " +
                                          shape_string(shape_of(ours.get("proj"))));
+        if (!xt::all(xt::isfinite(g)))
+            throw InputError(g_path, "holds NaN or infinite values: G = dL/d proj, the backward's start, must be finite");
         param_grads = our_gradients(m, x, ours, Tensor3(g), our_grads);
         if (c.model == Model::minicpm_v)  // its parameters by its own checkpoint's names, without resampler.
             for (auto& [name, value] : param_grads)

@@ -105,7 +105,7 @@ std::vector<std::size_t> blocks_by_rule(std::size_t K, std::size_t Q, std::size_
 // Whether cutting the inner dimension at `blocks`, one sgemm per block adding into the output (beta 1 after the
 // first), gives the same output bit for bit as one sgemm, with beta 1 and with beta 0, on a random product of 32
 // rows and 128 columns of inner size K, in the calling thread's OpenBLAS setting. (A wrong cut changes the last
-// bit of a few percent of such sums; 4,096 of them show it. At K = 4096 the check takes about 1 ms.)
+// bit of a few percent of such sums; 4,096 of them show it.)
 bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     constexpr std::size_t rows = 32, cols = 128;
     std::minstd_rand rng(static_cast<std::uint32_t>(K));  // values in [-1, 1): cheap, and enough to show rounding

@@ -179,10 +179,10 @@ MappedFile::MappedFile(const std::string& path, std::uint64_t expected_size) {
     }
     // Mapped at a 2 MiB boundary (file offset 0 on a huge page's start) and advised MADV_HUGEPAGE, so that where the
     // page cache holds the file in 2 MiB folios, each is mapped by one page-table entry instead of 512. On these VMs
-    // entering a 4 KiB page into a process costs 2.2-2.8 us (350 MiB of weights: 0.20-0.25 s); 2 MiB at a time
-    // the same 350 MiB took 0.008 s. The kernel (ext4 since Linux 6.16) reads a file that is not yet cached into
+    // entering a 4 KiB page of the page cache into a process costs 1.3-2.8 us (350 MiB of weights: 0.12-0.25 s);
+    // 2 MiB at a time the same 350 MiB took 0.008 s. The kernel (ext4 since Linux 6.16) reads a file that is not yet cached into
     // 2 MiB folios when it is faulted through such a mapping, so the first run leaves the cache that way for the
-    // next (docs/performance.md#the-page-cache-in-huge-pages). Elsewhere the advice changes nothing.
+    // next (docs/performance.md#the-page-cache-in-2-mib-folios). Elsewhere the advice changes nothing.
     constexpr std::uint64_t huge = std::uint64_t(2) << 20;
     void* area = ::mmap(nullptr, expected_size + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void* p = MAP_FAILED;
