@@ -22,8 +22,9 @@ std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
 
 namespace {
 // The buffers packed weights are widened into, kept for the whole process (freed at its end): a product's part takes
-// one and gives it back, so that their pages are touched once (at full size two of 32 MiB, one per thread, for every product),
-// and they are asked for as transparent huge pages (madvise mode), 2 MiB a fault instead of 4 KiB.
+// one and gives it back, so that their pages are touched once (at full size one of 2.5 MiB per thread inside our
+// scopes, and one of 5 MiB for the products on OpenBLAS's threads: an inner block of at most 320 rows of a part's
+// columns), and they are asked for as transparent huge pages (madvise mode), 2 MiB a fault instead of 4 KiB.
 class PanelBuffer {
 public:
     explicit PanelBuffer(std::size_t floats) {
@@ -76,13 +77,16 @@ private:
 namespace {
 using index = xt::blas_index_t;
 
-// C (rows, cols) = A B^T (+ C with accumulate): one sgemm, row-major, on contiguous operands of inner size `inner`.
-void sgemm_nt(const float* a, const float* b, float* c, std::size_t rows, std::size_t cols, std::size_t inner,
-              bool accumulate) {
-    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans, cxxblas::Transpose::Trans,
+// The project's one call of sgemm, row-major: c (rows, cols) = op(a) op(b) (+ c when `add`), op transposing when
+// asked, over an inner size `inner`, each operand with its row stride.
+void sgemm(bool transpose_a, bool transpose_b, std::size_t rows, std::size_t cols, std::size_t inner, const float* a,
+           std::size_t a_stride, const float* b, std::size_t b_stride, bool add, float* c, std::size_t c_stride) {
+    cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor,
+                         transpose_a ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                         transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                          static_cast<index>(rows), static_cast<index>(cols), static_cast<index>(inner), 1.0f, a,
-                         static_cast<index>(inner), b, static_cast<index>(inner), accumulate ? 1.0f : 0.0f, c,
-                         static_cast<index>(cols));
+                         static_cast<index>(a_stride), b, static_cast<index>(b_stride), add ? 1.0f : 0.0f, c,
+                         static_cast<index>(c_stride));
 }
 
 // OpenBLAS's level-3 driver sums the inner dimension in blocks of at most its GEMM_Q values (a remainder between Q
@@ -116,13 +120,14 @@ bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     for (float& v : start) v = value();
     for (const bool accumulate : {true, false}) {
         std::vector<float> whole = start, cut = start;
-        sgemm_nt(a.data(), b.data(), whole.data(), rows, cols, K, accumulate);
+        sgemm(false, true, rows, cols, K, a.data(), K, b.data(), K, accumulate, whole.data(), cols);
         std::size_t k0 = 0;
         for (const std::size_t block : blocks) {
             // each block's columns of a and b as contiguous operands, as a widened panel is
             for (std::size_t r = 0; r < rows; ++r) std::copy_n(a.data() + r * K + k0, block, a_cut.data() + r * block);
             for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, b_cut.data() + r * block);
-            sgemm_nt(a_cut.data(), b_cut.data(), cut.data(), rows, cols, block, accumulate || k0 > 0);
+            sgemm(false, true, rows, cols, block, a_cut.data(), block, b_cut.data(), block, accumulate || k0 > 0,
+                  cut.data(), cols);
             k0 += block;
         }
         if (whole != cut) return false;
@@ -139,16 +144,15 @@ const std::vector<std::size_t>& inner_blocks(std::size_t K) {
     const std::lock_guard<std::mutex> guard(lock);
     const auto key = std::make_pair(K, blas_thread_count());
     if (auto it = found.find(key); it != found.end()) return it->second;
-    std::vector<std::size_t> blocks{K};
     std::vector<std::vector<std::size_t>> tried;
     for (const std::size_t Q : {320, 384, 256, 448, 512, 640, 768, 192, 128, 1024})
         for (const std::size_t unroll : {8, 16, 4, 32, 2, 1, 64}) {
             std::vector<std::size_t> candidate = blocks_by_rule(K, Q, unroll);
             if (candidate.size() < 2 || std::find(tried.begin(), tried.end(), candidate) != tried.end()) continue;
-            tried.push_back(candidate);
-            if (blocks.size() == 1 && cuts_keep_the_sums(K, candidate)) blocks = std::move(candidate);
+            if (cuts_keep_the_sums(K, candidate)) return found.emplace(key, std::move(candidate)).first->second;
+            tried.push_back(std::move(candidate));
         }
-    return found.emplace(key, std::move(blocks)).first->second;
+    return found.emplace(key, std::vector<std::size_t>{K}).first->second;
 }
 }  // namespace
 
@@ -171,13 +175,11 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     require(!a.is_packed(), "gemm_block", "the left operand is not a weight: it must be float32");
     // Output columns [c0, c1) from the float32 columns `part` of b (b^T's rows, with transpose_b), over the inner
     // indices [k0, k0 + inner) (all K for a float32 b), adding into `out` when `add`.
-    auto sgemm = [&](std::size_t c0, std::size_t c1, const Block& part, std::size_t k0, std::size_t inner, bool add) {
-        cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor,
-                             transpose_a ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
-                             transpose_b ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
-                             static_cast<index>(rows), static_cast<index>(c1 - c0), static_cast<index>(inner), 1.0f,
-                             transpose_a ? a.data + k0 * a.stride : a.data + k0, static_cast<index>(a.stride), part.data,
-                             static_cast<index>(part.stride), add ? 1.0f : 0.0f, out + c0, static_cast<index>(out_stride));
+    auto part_product = [&](std::size_t c0, std::size_t c1, const Block& part, std::size_t k0, std::size_t inner,
+                            bool add) {
+        const float* a_part = transpose_a ? a.data + k0 * a.stride : a.data + k0;
+        sgemm(transpose_a, transpose_b, rows, c1 - c0, inner, a_part, a.stride, part.data, part.stride, add, out + c0,
+              out_stride);
     };
     // A packed b is widened one inner block at a time (found on this thread, before the split), each block's
     // product added into `out`: OpenBLAS's own blocks, so the same sums in the same order as one sgemm on b widened
@@ -189,9 +191,9 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
         const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
         if (c0 >= c1) return;
         if (!b.is_packed())
-            return sgemm(c0, c1, transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
-                                             : Block{b.data + c0, b.rows, c1 - c0, b.stride},
-                         0, K, accumulate);
+            return part_product(c0, c1, transpose_b ? Block{b.data + c0 * b.stride, c1 - c0, b.cols, b.stride}
+                                                    : Block{b.data + c0, b.rows, c1 - c0, b.stride},
+                                0, K, accumulate);
         // The same column range as for a float32 b: OpenBLAS's sums depend on the width of the product.
         const std::size_t width = c1 - c0;
         const PanelBuffer panel(width * *std::max_element(inner_cuts.begin(), inner_cuts.end()));
@@ -200,11 +202,11 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
             if (transpose_b) {  // b^T's rows c0..c1 are b's rows: their values k0..k0+inner
                 for (std::size_t r = c0; r < c1; ++r)
                     b.packed.widen(b.packed.data + (r * b.stride + k0) * b.packed.bytes, inner, panel.data + (r - c0) * inner);
-                sgemm(c0, c1, Block{panel.data, width, inner, inner}, k0, inner, accumulate || k0 > 0);
+                part_product(c0, c1, Block{panel.data, width, inner, inner}, k0, inner, accumulate || k0 > 0);
             } else {  // b's rows k0..k0+inner: `width` values of each, from column c0
                 for (std::size_t k = k0; k < k0 + inner; ++k)
                     b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel.data + (k - k0) * width);
-                sgemm(c0, c1, Block{panel.data, inner, width, width}, k0, inner, accumulate || k0 > 0);
+                part_product(c0, c1, Block{panel.data, inner, width, width}, k0, inner, accumulate || k0 > 0);
             }
             k0 += inner;
         }

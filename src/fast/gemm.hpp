@@ -62,7 +62,7 @@ struct Values {
 };
 
 // out = a b^T (transpose_b) or a b, written into a block of a.rows rows with row stride out_stride; with
-// `accumulate`, out += a b^T (or a b) instead (sgemm's beta = 1). The single call of sgemm in the project. b may be
+// `accumulate`, out += a b^T (or a b) instead (sgemm's beta = 1). Every product of the project goes through it. b may be
 // packed (16 bits): the output is then the same, bit for bit, as with b widened to float32 first.
 // With `transpose_a`, a^T takes a's place (a.cols rows of a.rows values): the backward pass's weight gradients,
 // dW = dy^T x, summed over every row of a batch in one product.
