@@ -208,6 +208,12 @@ TEST_CASE("differential: Qwen-VL's fast path equals the readable path on random 
         // and without a trace, the same output bit for bit as with one
         const Tensor3 y_untraced = fast::tower_tail_forward(fast::TailWeights(k.tail), fast::adapter_forward(fw, c, side, k.x, k.m()), c.eps);
         CHECK(y_untraced == y_fast);
+        // and with the query side and the features spent by the call (run's way), the same bits again
+        fast::QuerySide spent = side;
+        Tensor3 x = k.x;
+        const Tensor3 y_spent = fast::tower_tail_forward(
+            fast::TailWeights(k.tail), fast::adapter_forward(fw, c, std::move(spent), std::move(x), k.m()), c.eps);
+        CHECK(y_spent == y_fast);
     }
     for (std::size_t s : shapes) CHECK(s >= 10);
     for (std::size_t k : masks) CHECK(k >= 10);

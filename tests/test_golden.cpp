@@ -233,6 +233,14 @@ TEST_CASE("golden: the whole forward pass, every recorded intermediate, on both 
                 return fast::tower_tail_forward(f.tail, fast::adapter_forward(f.weights, c, side, f.x, mask, &t), c.eps, &t);
             });
         }
+        DYNAMIC_SECTION("fast, the query side and the features spent by the call (run's way), " << f.name) {
+            check_forward(f, [&](Trace& t) {
+                fast::QuerySide side = fast::prepare_query_side(f.weights, c, f.x.shape(1), &t);
+                Tensor3 x = f.x;
+                return fast::tower_tail_forward(
+                    f.tail, fast::adapter_forward(f.weights, c, std::move(side), std::move(x), mask, &t), c.eps, &t);
+            });
+        }
         DYNAMIC_SECTION("fast, with a workspace the fixtures before it used, " << f.name) {
             static fast::Workspace kept;  // static: kept from one fixture (of other sizes) to the next
             check_forward(f, [&](Trace& t) {
@@ -255,6 +263,14 @@ TEST_CASE("golden, fast: a query side prepared once per set of weights serves ev
             fast::Workspace kept;  // as the benchmark keeps one: the second call finds the first one's buffers
             CHECK(bool(fast::adapter_forward(f.weights, f.config, side, f.x, mask, nullptr, &kept) == out));
             CHECK(bool(fast::adapter_forward(f.weights, f.config, side, f.x, mask, nullptr, &kept) == out));  // bit for bit
+            // Spending the tables and the features (run's way) gives the same bits, frees what it says it frees, and
+            // leaves q as it was.
+            fast::QuerySide spent = side;
+            Tensor3 x = f.x;
+            CHECK(bool(fast::adapter_forward(f.weights, f.config, std::move(spent), std::move(x), mask) == out));
+            CHECK(x.size() == 0);
+            CHECK(spent.pos_k.size() == 0);
+            CHECK(bool(spent.q == side.q));
             const fast::QuerySide other = fast::prepare_query_side(f.weights, f.config, 4 * f.x.shape(1));
             CHECK_THROWS_AS(fast::adapter_forward(f.weights, f.config, other, f.x, mask), ShapeError);
         }

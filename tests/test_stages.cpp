@@ -71,6 +71,27 @@ TEST_CASE("feature input: the patch count must be a perfect square, the values f
     CHECK_THROWS(as_feature_batch(xt::xarray<float>(xt::ones<float>({4}))));
 }
 
+TEST_CASE("feature input: the batch holds the features' values in order, copied or moved, at seeded random shapes",
+          "[features]") {
+    std::mt19937 rng(1101);
+    for (int trial = 0; trial < 20; ++trial) {
+        const std::size_t side = 1 + rng() % 6, L = side * side, Kv = 1 + rng() % 9, N = 1 + rng() % 3;
+        const bool unbatched = trial % 2 == 0;
+        xt::xarray<float> features = unbatched ? xt::xarray<float>::from_shape({L, Kv}) : xt::xarray<float>::from_shape({N, L, Kv});
+        std::uniform_real_distribution<float> value(-3.0f, 3.0f);
+        for (float& f : features) f = value(rng);
+        const std::vector<float> flat(features.begin(), features.end());
+        const std::vector<std::size_t> expected = {unbatched ? 1 : N, L, Kv};
+        const Tensor3 copied = as_feature_batch(features);
+        CHECK(shape_of(copied) == expected);
+        CHECK(std::vector<float>(copied.begin(), copied.end()) == flat);
+        CHECK(std::vector<float>(features.begin(), features.end()) == flat);  // the caller's array is untouched
+        const Tensor3 moved = as_feature_batch(std::move(features));
+        CHECK(shape_of(moved) == expected);
+        CHECK(std::vector<float>(moved.begin(), moved.end()) == flat);
+    }
+}
+
 TEST_CASE("sin-cos table: position 0 is all sines 0 then all cosines 1, in both halves", "[sincos]") {
     const std::size_t E = 16;
     const Matrix t = sincos_2d(E, 4);
@@ -122,7 +143,9 @@ TEST_CASE("bicubic: weights sum to 1, a constant grid stays constant, equal grid
     CHECK_THROWS(key_position_table(table, 10));
 }
 
-TEST_CASE("bicubic, fast: equal to the readable resize bit for bit, up, down and to non-square grids", "[resize][fast]") {
+TEST_CASE("bicubic, fast: equal to the readable resize bit for bit, up, down and to non-square grids, from a matrix or "
+          "strided rows",
+          "[resize][fast]") {
     xt::random::seed(5);
     for (std::size_t C : {std::size_t(4), std::size_t(13), std::size_t(64)}) {
         const Matrix table = xt::random::randn<float>({std::size_t(16), C});  // a 4 x 4 grid of C channels
@@ -130,6 +153,12 @@ TEST_CASE("bicubic, fast: equal to the readable resize bit for bit, up, down and
             INFO("C " << C << ", to " << out.h << " x " << out.w);
             CHECK(bool(fast::resize_bicubic(table, 4, out) == resize_bicubic(table, 4, out)));
             CHECK(bool(fast::key_position_table(table, out) == key_position_table(table, out)));
+            // read in place from rows of a wider tensor (a stored pos_embed is a block of the mapped file)
+            Matrix wider = xt::zeros<float>({std::size_t(16), C + 3});
+            xt::view(wider, xt::all(), xt::range(1, C + 1)) = table;
+            const fast::Block rows(wider.data() + 1, 16, C, C + 3);
+            CHECK(bool(fast::resize_bicubic(rows, 4, out) == resize_bicubic(table, 4, out)));
+            CHECK(bool(fast::key_position_table(rows, out) == key_position_table(table, out)));
         }
     }
     CHECK_THROWS_WITH(fast::key_position_table(Matrix(xt::zeros<float>({std::size_t(10), std::size_t(4)})), Grid{2, 2}),

@@ -24,11 +24,11 @@ namespace qwenvl::cli {
 const std::string kDataDir = QWENVL_DATA_DIR;
 
 Tensor3 read_features(const std::string& path, std::size_t kv_dim, bool* unbatched, bool square) {
-    const xt::xarray<float> raw = read_npy_float(path);
+    xt::xarray<float> raw = read_npy_float(path);
     if (unbatched) *unbatched = raw.dimension() == 2;
     Tensor3 batch;
     try {
-        batch = as_feature_batch(raw, square);
+        batch = as_feature_batch(std::move(raw), square);  // read once into memory that becomes the batch's
     } catch (const std::invalid_argument& e) {
         throw InputError(path, e.what());
     }

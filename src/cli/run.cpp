@@ -50,9 +50,6 @@ int run_command(const std::vector<std::string>& argv) {
     const Args args = parse_args("run", argv, {"--weights", "--input", "--output", "--prefix", "--heads", "--mask", "--trace", "--grids"},
                                  {"--adapter-only", "--readable"});
     if (args.help) return std::printf("%s", kRunHelp), 0;
-    // A full-size run of one F32 image: 0.93-1.05 -> 0.72-0.86 s, minor page faults 29,000 -> 7,000, peak 331 -> 395
-    // MiB (docs/performance.md#page-faults)
-    keep_freed_memory(std::size_t(256) << 20);
     if (!args.has("--weights")) throw UsageError("run: --weights is required (see run --help)");
     const std::string input = args.required("run", "--input");
     const std::string output = args.required("run", "--output");
@@ -64,25 +61,34 @@ int run_command(const std::vector<std::string>& argv) {
     const bool want_tail = !args.flags.at("--adapter-only");
     const bool minicpmv = checkpoint_layout(files, prefix).model == Model::minicpm_v;
     const bool readable = args.flags.at("--readable");
-    // The readable path reads the weights into tensors; the fast path reads them in place from the mapped files.
+    // The readable path reads the weights into tensors; the fast path reads them in place from the mapped files,
+    // their shapes checked before the heap is set up (io/checkpoint.hpp's map_adapter).
+    // The heap (keep_freed_memory), for a full-size run of one F32 image: 0.93-1.05 -> 0.72-0.86 s, minor page faults
+    // 29,000 -> 7,000, peak 331 -> 395 MiB (docs/performance.md#page-faults)
+    const std::size_t heap = std::size_t(256) << 20;
     LoadedAdapter loaded;
     MappedAdapter mapped;
-    if (readable)
+    if (readable) {
+        keep_freed_memory(heap);
         loaded = load_adapter(files, prefix, heads, want_tail);
-    else
-        mapped = map_adapter(files, prefix, heads, want_tail);
+    } else {
+        const LoadedAdapter checked = load_adapter(files, prefix, heads, want_tail, Contents::shapes_only);
+        keep_freed_memory(heap);
+        mapped = map_adapter(files, checked);
+    }
     const AdapterConfig& c = readable ? loaded.config : mapped.config;
     const bool has_tail = readable ? loaded.has_tail : mapped.has_tail;
 
     std::vector<Grid> grids;
     if (args.has("--grids")) grids = parse_grids("run", "--grids", args.get("--grids"));
     bool unbatched = false;
-    const Tensor3 x = read_features(input, c.kv_dim, &unbatched, false);  // the grids are checked against L below
+    Tensor3 x = read_features(input, c.kv_dim, &unbatched, false);  // the grids are checked against L below
     grids = batch_grids("run", input, grids, x, c.model);
+    const std::size_t N = x.shape(0), L = x.shape(1);  // x itself is freed by the fast path once read
     if (minicpmv && args.has("--mask"))
         throw UsageError("run: MiniCPM-V takes no --mask: its key padding mask comes from --grids");
     Matrix mask;
-    if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, x.shape(1));
+    if (args.has("--mask")) mask = read_mask(args.get("--mask"), c.n_queries, L);
     const Matrix* m = args.has("--mask") ? &mask : nullptr;
     const std::string trace_dir = args.get("--trace");
     if (!trace_dir.empty()) create_trace_folder(trace_dir);
@@ -99,12 +105,13 @@ int run_command(const std::vector<std::string>& argv) {
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     } else {
         // The query side does not depend on the images: computed once, for all of them.
-        const fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, x.shape(1), t, grids[0]);
+        fast::QuerySide side = fast::prepare_query_side(mapped.weights, c, L, t, grids[0]);
         // ... after which the query and W_q are not read again (full size, one image: peak 453 -> 393 MiB with BF16
         // weights, 401 -> 333 MiB with F32).
         release(mapped, mapped.weights.query);
         release(mapped, mapped.weights.w_q);
-        y = fast::adapter_forward(mapped.weights, c, side, x, m, t);
+        // The key table and the features are spent by the call, each freed once last read (fast/adapter.hpp).
+        y = fast::adapter_forward(mapped.weights, c, std::move(side), std::move(x), m, t);
         if (has_tail) y = fast::tower_tail_forward(mapped.tail, std::move(y), c.eps, t);
     }
 
@@ -118,7 +125,7 @@ int run_command(const std::vector<std::string>& argv) {
     std::printf("%s: %s float32, %s%s (N=%zu, L=%zu, Kv=%zu, E=%zu, H=%zu, Q=%zu; %s path)%s\n", output.c_str(),
                 shape_string(shape).c_str(), has_tail ? "after ln_post and proj" : "after the adapter",
                 minicpmv ? " of MiniCPM-V's resampler" : "",
-                x.shape(0), x.shape(1), c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
+                N, L, c.kv_dim, c.embed_dim, c.num_heads, c.n_queries, readable ? "readable" : "fast",
                 trace_dir.empty() ? "" : ("; trace in " + trace_dir).c_str());
     return 0;
 }

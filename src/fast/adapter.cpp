@@ -39,37 +39,56 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     check_shape(fn, "query", dims(w.query), {c.n_queries, c.embed_dim});
     if (!w.pos_embed.empty()) check_shape(fn, "pos_embed", dims(w.pos_embed), {c.n_queries, c.embed_dim});
     QuerySide side;
-    // (Q, E), stage 02's table (fast/sincos), or the stored table as query_position_table takes it (once per weights)
-    side.pos_q = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : copy_of(w.pos_embed);
+    // P_q (Q, E): the stored table as query_position_table takes it, read where it lies, or stage 02's (fast/sincos)
+    const Matrix computed = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : Matrix();
+    const Block pos_q = w.pos_embed.empty() ? whole(computed) : w.pos_embed;
     keys = key_grid(n_keys, keys, "fast::prepare_query_side: the patch count L");
-    side.pos_k = fast::key_position_table(side.pos_q, keys);   // (L, E), fast/resize (stage 03's arithmetic)
-    record(trace, "pos_q", side.pos_q);
+    side.pos_k = fast::key_position_table(pos_q, keys);  // (L, E), fast/resize (stage 03's arithmetic)
+    if (trace) record(trace, "pos_q", copy_of(pos_q));
     record(trace, "pos_k", side.pos_k);
-    Matrix query_in = copy_of(w.query);                        // (Q, E)
+    Matrix query_in = copy_of(w.query);  // (Q, E)
     layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
     record(trace, "ln_q", query_in);
-    add_in_place(query_in, side.pos_q);  // the un-resized table on the query side
+    add_in_place(query_in, pos_q);  // the un-resized table on the query side
     record(trace, "query_in", query_in);
     side.q = linear(query_in, w.w_q, w.b_q);  // (Q, E)
     record(trace, "q", side.q);
     return side;
 }
 
-void add_in_place(Matrix& x, const Matrix& table) {
-    check_shape("fast::add_in_place", "table", table, shape_of(x));
+void add_in_place(Matrix& x, const Block& table) {
+    check_shape("fast::add_in_place", "table", dims(table), shape_of(x));
+    require(!table.is_packed() && table.stride == table.cols, "fast::add_in_place", "the table's rows must be contiguous floats");
     float* out = x.data();
-    const float* add = table.data();
+    const float* add = table.data;
     parallel_for(x.size(), std::size_t(1) << 18, [&](std::size_t begin, std::size_t end) {
         for (std::size_t i = begin; i < end; ++i) out[i] += add[i];
     });
 }
 
 namespace {
+// table = x + table, both (R, E): add_in_place's sums (x's value first, so the same bits) with the result in the table.
+void add_onto_table(const Matrix& x, Matrix& table) {
+    check_shape("fast::add_onto_table", "table", table, shape_of(x));
+    const float* in = x.data();
+    float* out = table.data();
+    parallel_for(x.size(), std::size_t(1) << 18, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] = in[i] + out[i];
+    });
+}
+
 // The key and value side, then the attention, one image at a time: x (N, L, Kv) -> ws.attended (N, Q, E). Each
 // image's tensors are (L, E), 16 MB at full size; the three buffers serve every image, which overwrites them, so
 // that their pages are touched once (once per call, or once in all with a Workspace kept by the caller).
+// `spent`, when given, is the caller's for the taking (adapter_forward on rvalues): x, once its last image is projected,
+// and the key table, which becomes the last image's key_in (below).
+struct Spent {
+    Tensor3* x = nullptr;
+    Matrix* table = nullptr;
+};
+
 void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
-                       const Matrix* mask, Trace* trace, Workspace& ws) {
+                       const Matrix* mask, Trace* trace, Workspace& ws, Spent spent = {}) {
     const std::size_t N = x.shape(0), L = x.shape(1), E = c.embed_dim, Q = c.n_queries, H = c.num_heads;
     // The key and value side and the attention run on the fast path's own threads, OpenBLAS single-threaded
     // (fast/threads.hpp): the heads' small products gain (at full size, one image: attention 63 -> 47 ms). out_proj
@@ -78,33 +97,49 @@ void attend_each_image(const Weights& w, const AdapterConfig& c, const QuerySide
     // faster once the scope stopped those (docs/performance.md#the-whole-run).
     const OwnThreads own;
     ensure_shape(ws.attended, {N, Q, E});
-    for (Matrix* buffer : {&ws.X, &ws.v, &ws.k}) ensure_shape(*buffer, {L, E});
-    Matrix &X = ws.X, &v = ws.v, &k = ws.k;
+    for (Matrix* buffer : {&ws.X, &ws.v}) ensure_shape(*buffer, {L, E});
+    // The keys' own buffer, unless the only image's key_in goes over the caller's spent table (below).
+    if (N > 1 || !spent.table) ensure_shape(ws.k, {L, E});
     for (std::size_t n = 0; n < N; ++n) {
+        const bool last = n + 1 == N;
+        Matrix& X = ws.X;
         const Block image{x.data() + n * L * c.kv_dim, L, c.kv_dim, c.kv_dim};  // x[n], read in place
         kv_projection_into(image, w.kv_proj, X);                                // (L, E)
+        if (last && spent.x) *spent.x = Tensor3();  // x is not read again: its memory serves the attention's buffers
         record_item(trace, "kv_proj", n, N, X);
         layer_norm_in_place(X, w.ln_kv_weight, w.ln_kv_bias, c.eps);  // (L, E), no second tensor
         record_item(trace, "ln_kv", n, N, X);
         // The values are projected first, so that X can then become the keys' input in place.
+        Matrix& v = ws.v;
         linear_into(X, w.w_v, w.b_v, v);  // (L, E): no position term on the values
-        add_in_place(X, side.pos_k);      // key_in = X + P_k, in place
-        record_item(trace, "key_in", n, N, X);
-        linear_into(X, w.w_k, w.b_k, k);  // (L, E)
-        record_item(trace, "k", n, N, k);
+        Matrix* key_in = &X;
+        Matrix* k = &ws.k;
+        if (last && spent.table) {
+            // The last image's key_in = X + P_k is written over the spent table (the same sums, X's value first), and
+            // the keys then over X, which is not read again: three (L, E) buffers in all instead of four.
+            add_onto_table(X, *spent.table);
+            key_in = spent.table;
+            k = &X;
+        } else {
+            add_in_place(X, side.pos_k);  // key_in = X + P_k, in place
+        }
+        record_item(trace, "key_in", n, N, *key_in);
+        linear_into(*key_in, w.w_k, w.b_k, *k);  // (L, E)
+        record_item(trace, "k", n, N, *k);
         record_item(trace, "v", n, N, v);
         // (Q, E), written in its place in the batch
         // with a trace, each head's scores and weights (H, Q, L) are written straight into the trace's own memory
         // (made in this order: the trace lists its stages in the order they were first recorded)
         float* scores = trace ? trace->item_slot("scores", n, N, {H, Q, L}) : nullptr;
         float* weights = trace ? trace->item_slot("attn_weights", n, N, {H, Q, L}) : nullptr;
-        attend_into(side.q, whole(k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention, scores, weights);
+        attend_into(side.q, whole(*k), whole(v), H, mask, ws.attended.data() + n * Q * E, E, ws.attention, scores, weights);
     }
 }
 }  // namespace
 
-Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
-                        const Matrix* mask, Trace* trace, Workspace* workspace) {
+namespace {
+Tensor3 forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x, const Matrix* mask,
+                Trace* trace, Workspace* workspace, Spent spent) {
     const char* fn = "fast::adapter_forward";
     check_shape(fn, "x", x, {ANY, ANY, c.kv_dim});
     const std::size_t L = x.shape(1), E = c.embed_dim, Q = c.n_queries;
@@ -114,17 +149,30 @@ Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySid
 
     Workspace own;
     Workspace& ws = workspace ? *workspace : own;
-    attend_each_image(w, c, side, x, mask, trace, ws);  // ws.attended (N, Q, E)
+    attend_each_image(w, c, side, x, mask, trace, ws, spent);  // ws.attended (N, Q, E)
     // Without a caller's workspace, the (L, E) buffers go before out_proj's weights are first read (kept alive past
     // it, they had raised run's peak from 397 to 450 MiB).
     if (!workspace) {
         own.X = own.v = own.k = Matrix();
         own.attention = AttentionBuffers();
     }
+    if (spent.table) *spent.table = Matrix();
     record(trace, "attended", ws.attended);
     Tensor3 out = linear(ws.attended, w.out_proj_weight, w.out_proj_bias);  // (N, Q, E), one sgemm for the batch
     record(trace, "out", out);
     return out;
+}
+}  // namespace
+
+Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, const QuerySide& side, const Tensor3& x,
+                        const Matrix* mask, Trace* trace, Workspace* workspace) {
+    return forward(w, c, side, x, mask, trace, workspace, {});
+}
+
+Tensor3 adapter_forward(const Weights& w, const AdapterConfig& c, QuerySide&& side, Tensor3&& x, const Matrix* mask,
+                        Trace* trace) {
+    // x stays whole until forward's checks have read its shape; then the spent pieces are freed where noted.
+    return forward(w, c, side, x, mask, trace, nullptr, Spent{&x, &side.pos_k});
 }
 
 Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3& x, const std::vector<Grid>& grids,
@@ -146,12 +194,12 @@ Tensor3 minicpmv_forward(const Weights& w, const AdapterConfig& c, const Tensor3
     for (std::size_t n = 0; n < N; ++n) {
         const std::size_t L_n = grids[n].cells();
         require(L_n > 0 && L_n <= L, fn, "an image grid does not fit in the batch's L keys");
-        const Matrix table = fast::sincos_2d(E, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
+        Matrix table = fast::sincos_2d(E, grids[n]);  // (L_n, E): equal to upstream's slice of its larger table
         if (!trace) {
-            side.pos_k = table;
             Tensor3 image({1, L_n, Kv});  // the image's own patches, without the padding
             std::copy(x.data() + n * L * Kv, x.data() + n * L * Kv + L_n * Kv, image.data());
-            const Tensor3 out_n = adapter_forward(w, c, side, image);
+            // The table and the copy are spent by the call (adapter.hpp): freed when last read.
+            const Tensor3 out_n = adapter_forward(w, c, QuerySide{std::move(table), side.q}, std::move(image));
             xt::view(out, n) = xt::view(out_n, 0);
             continue;
         }

@@ -46,10 +46,10 @@ struct TailWeights {
     TailWeights(const TowerTail& tail);  // NOLINT(google-explicit-constructor)
 };
 
-// What does not depend on the images' content, for images of n_keys patches: P_q (Q, E), P_k (n_keys, E) and
-// the projected queries q (Q, E). After it, the forward pass no longer needs W_q (`run` releases it).
+// What does not depend on the images' content, for images of n_keys patches: P_k (n_keys, E) and the projected
+// queries q (Q, E). After it, the forward pass no longer needs W_q (`run` releases it). P_q is read where it lies
+// (a stored pos_embed) or computed, and not kept.
 struct QuerySide {
-    Matrix pos_q;
     Matrix pos_k;
     Matrix q;
 };
@@ -59,8 +59,9 @@ QuerySide prepare_query_side(const Weights& weights, const AdapterConfig& config
                              Trace* trace = nullptr, Grid keys = {});
 
 // x += table, both (R, E), in place: replaces stages/07's `key_in = X + P_k` (a new (L, E) tensor). A plain loop:
-// xtensor's `x += table` would first build x + table in a temporary, to be safe in case the two overlapped.
-void add_in_place(Matrix& x, const Matrix& table);
+// xtensor's `x += table` would first build x + table in a temporary, to be safe in case the two overlapped. The
+// table is a Matrix or a block of contiguous float rows (a stored pos_embed, read in place).
+void add_in_place(Matrix& x, const Block& table);
 
 // The buffers adapter_forward can keep from one call to the next: one image's three (L, E) tensors (16 MiB each
 // at full size), the attention's buffers, and the attended batch (N, Q, E). Without one, each call makes them and
@@ -79,6 +80,13 @@ struct Workspace {
 Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, const QuerySide& side,
                         const Tensor3& x, const Matrix* mask = nullptr, Trace* trace = nullptr,
                         Workspace* workspace = nullptr);
+
+// The same, and the same bits, for a caller that runs the adapter once and has no further use for the key table or
+// the features (`run`): each is freed once it is read for the last time, so that the run touches less fresh memory.
+// x goes after the last image's kv_proj, and the last image's key_in = X + P_k is written over the key table, the
+// keys then over X: three (L, E) buffers instead of four. side.q is left as it was.
+Tensor3 adapter_forward(const Weights& weights, const AdapterConfig& config, QuerySide&& side, Tensor3&& x,
+                        const Matrix* mask = nullptr, Trace* trace = nullptr);
 
 // MiniCPM-V 2.5/2.6's resampler: replaces stages/11_minicpmv's `minicpmv_forward` (same arguments, the default
 // 70 x 70 table). Each image runs alone on its own L_n = h*w patches, rows [0, L_n) of x: no padding and no mask.

@@ -29,11 +29,12 @@ std::vector<AxisTaps> axis_taps(std::size_t in, std::size_t out) {
 }
 }  // namespace
 
-Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out) {
+Matrix resize_bicubic(const Block& table, std::size_t grid_in, Grid out) {
     const char* fn = "fast::resize_bicubic";
     require(grid_in > 0 && out.h > 0 && out.w > 0, fn, "grid sides must be positive");
-    check_shape(fn, "table", table, {grid_in * grid_in, ANY});
-    const std::size_t C = table.shape(1);
+    check_shape(fn, "table", dims(table), {grid_in * grid_in, ANY});
+    require(!table.is_packed(), fn, "the table must be float32");
+    const std::size_t C = table.cols;
     const std::vector<AxisTaps> rows = axis_taps(grid_in, out.h), cols = axis_taps(grid_in, out.w);
     Matrix resized({out.cells(), C});
     parallel_for(out.cells(), 16, [&](std::size_t first, std::size_t end) {
@@ -43,7 +44,7 @@ Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out) {
             std::fill(value, value + C, 0.0f);
             for (int a = 0; a < 4; ++a) {
                 const float* src[4];
-                for (int b = 0; b < 4; ++b) src[b] = table.data() + (ty.at[a] * grid_in + tx.at[b]) * C;
+                for (int b = 0; b < 4; ++b) src[b] = table.data + (ty.at[a] * grid_in + tx.at[b]) * table.stride;
                 const float wy = ty.weight[a], w0 = tx.weight[0], w1 = tx.weight[1], w2 = tx.weight[2], w3 = tx.weight[3];
                 for (std::size_t c = 0; c < C; ++c) {
                     const float along_w = (((0.0f + w0 * src[0][c]) + w1 * src[1][c]) + w2 * src[2][c]) + w3 * src[3][c];
@@ -55,10 +56,14 @@ Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out) {
     return resized;
 }
 
-Matrix key_position_table(const Matrix& pos_q, Grid keys) {
-    const std::size_t grid_q = grid_side(pos_q.shape(0), "fast::key_position_table: the query count Q");
-    if (keys.h == grid_q && keys.w == grid_q) return pos_q;
-    return fast::resize_bicubic(pos_q, grid_q, keys);
+Matrix key_position_table(const Block& pos_q, Grid keys) {
+    const std::size_t grid_q = grid_side(pos_q.rows, "fast::key_position_table: the query count Q");
+    if (keys.h != grid_q || keys.w != grid_q) return fast::resize_bicubic(pos_q, grid_q, keys);
+    require(!pos_q.is_packed(), "fast::key_position_table", "the table must be float32");
+    Matrix same({pos_q.rows, pos_q.cols});
+    for (std::size_t r = 0; r < pos_q.rows; ++r)
+        std::copy(pos_q.data + r * pos_q.stride, pos_q.data + r * pos_q.stride + pos_q.cols, same.data() + r * pos_q.cols);
+    return same;
 }
 
 }  // namespace qwenvl::fast

@@ -9,15 +9,17 @@
 #pragma once
 
 #include "core/shapes.hpp"
+#include "fast/gemm.hpp"
 #include "stages/01_feature_input.hpp"
 
 namespace qwenvl::fast {
 
 // A (G_in*G_in, C) table, seen as a G_in x G_in grid of C channels, resized bicubically to out.h x out.w cells,
-// (out.h*out.w, C). As F.interpolate(..., size=(h, w), mode='bicubic', align_corners=False).
-Matrix resize_bicubic(const Matrix& table, std::size_t grid_in, Grid out);
+// (out.h*out.w, C). As F.interpolate(..., size=(h, w), mode='bicubic', align_corners=False). The table is a Matrix
+// or a block of float rows (a stored pos_embed, read in place).
+Matrix resize_bicubic(const Block& table, std::size_t grid_in, Grid out);
 
-// P_k (keys.h*keys.w, E) from P_q (Q, E): P_q itself when the key grid is the query grid, else resized.
-Matrix key_position_table(const Matrix& pos_q, Grid keys);
+// P_k (keys.h*keys.w, E) from P_q (Q, E): a copy of P_q when the key grid is the query grid, else P_q resized.
+Matrix key_position_table(const Block& pos_q, Grid keys);
 
 }  // namespace qwenvl::fast

@@ -70,7 +70,8 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix_g
     const std::string& prefix = m.layout.tail;
     AdapterWeights& w = m.weights;
     w.query = read_rank<2>(files, a + "query", fill);
-    if (files.has(a + "pos_embed")) w.pos_embed = read_rank<2>(files, a + "pos_embed", true);  // info compares it
+    if (files.has(a + "pos_embed"))  // info compares it
+        w.pos_embed = read_rank<2>(files, a + "pos_embed", contents != Contents::shapes_only);
     if (files.has(a + "kv_proj.weight")) w.kv_proj = read_rank<2>(files, a + "kv_proj.weight", fill);
     const std::string where = files.entry(a + "query").file;
     try {
@@ -167,15 +168,15 @@ fast::Values take_values(MappedAdapter& m, const std::string& name) {
 
 MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix_given, std::size_t num_heads,
                           bool want_tail) {
+    // Every check of load_adapter, on the headers' shapes only (the tensors it allocates are never touched).
+    return map_adapter(files, load_adapter(files, prefix_given, num_heads, want_tail, Contents::shapes_only));
+}
+
+MappedAdapter map_adapter(const WeightFiles& files, const LoadedAdapter& checked) {
     MappedAdapter m;
-    CheckpointLayout layout;
-    {
-        // Every check of load_adapter, on the headers' shapes only (the tensors it allocates are never touched).
-        const LoadedAdapter shapes = load_adapter(files, prefix_given, num_heads, want_tail, Contents::shapes);
-        m.config = shapes.config;
-        m.has_tail = shapes.has_tail;
-        layout = shapes.layout;
-    }
+    m.config = checked.config;
+    m.has_tail = checked.has_tail;
+    const CheckpointLayout& layout = checked.layout;
     m.files = files;
     const std::string& a = layout.adapter;
     const std::string& prefix = layout.tail;

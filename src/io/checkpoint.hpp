@@ -42,10 +42,11 @@ struct LoadedAdapter {
     TowerTail tail;
 };
 
-// What load_adapter reads from the files: every tensor, or only the headers' shapes (each tensor allocated with
+// What load_adapter reads from the files: every tensor; or only the headers' shapes (each tensor allocated with
 // its shape but not filled, so that none of its memory is touched or read: `info`'s way, which then takes
-// milliseconds instead of reading the whole checkpoint) and the stored pos_embed.
-enum class Contents { all, shapes };
+// milliseconds instead of reading the whole checkpoint) and the stored pos_embed; or the shapes alone (map_adapter's
+// checks).
+enum class Contents { all, shapes, shapes_only };
 
 // Reads and checks the adapter's tensors (under checkpoint_layout's names) (and the tail's, when present and `want_tail`). num_heads = 0
 // applies Qwen-VL's rule H = E / 128. Throws InputError naming the file and the problem: a missing tensor,
@@ -70,6 +71,11 @@ struct MappedAdapter {
 };
 
 MappedAdapter map_adapter(const WeightFiles& files, const std::string& prefix, std::size_t num_heads, bool want_tail);
+// The same, on what load_adapter(..., Contents::shapes_only) gave for these files. `run` checks the shapes before it
+// sets up its heap (keep_freed_memory): the check allocates every tensor's size and touches none, but carved from
+// a heap marked for huge pages, the bookkeeping malloc writes at each block's ends had first-touched 2 MiB pages
+// that nothing then used (docs/performance.md#fresh-memory).
+MappedAdapter map_adapter(const WeightFiles& files, const LoadedAdapter& checked);
 
 // Lets go of one of `m`'s weights that the forward pass no longer needs, and empties `block`: memory this struct
 // converted it into is freed; a tensor read in place has its whole pages dropped from the process's resident set

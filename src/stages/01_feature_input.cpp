@@ -24,17 +24,14 @@ Grid key_grid(std::size_t count, Grid requested, const char* what) {
     return requested;
 }
 
-Tensor3 as_feature_batch(const xt::xarray<float>& features, bool square_grid) {
+Tensor3 as_feature_batch(xt::xarray<float> features, bool square_grid) {
     const char* fn = "as_feature_batch";
+    const std::string given = shape_string(shape_of(features));
     require(features.dimension() == 2 || features.dimension() == 3, fn,
-            "features have shape " + shape_string(shape_of(features)) + ", expected (L, Kv) or (N, L, Kv)");
-    Tensor3 batch;
-    if (features.dimension() == 2)
-        batch = xt::reshape_view(features, {std::size_t(1), features.shape(0), features.shape(1)});
-    else
-        batch = features;
-    require(batch.shape(0) > 0 && batch.shape(2) > 0, fn,
-            "features have shape " + shape_string(shape_of(features)) + " with an empty axis");
+            "features have shape " + given + ", expected (L, Kv) or (N, L, Kv)");
+    if (features.dimension() == 2) features.reshape({std::size_t(1), features.shape(0), features.shape(1)});
+    Tensor3 batch(std::move(features));  // the same memory, now typed (N, L, Kv): nothing copied
+    require(batch.shape(0) > 0 && batch.shape(2) > 0, fn, "features have shape " + given + " with an empty axis");
     if (square_grid) grid_side(batch.shape(1), "as_feature_batch: the patch count L");
     const bool all_finite = std::all_of(batch.begin(), batch.end(), [](float value) { return std::isfinite(value); });
     require(all_finite, fn, "features hold a NaN or infinite value");
