@@ -1,13 +1,16 @@
 // The readers against a corpus of valid files from other writers (data/readers/, written by numpy and by a
 // safetensors writer laid out as the reference implementation's, in tests/reference/make_fixtures.py): each file is
 // read with the values data/readers/corpus.json lists, or refused in one line naming the file and the problem.
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -304,4 +307,51 @@ TEST_CASE("readers: a shard's tensors the index does not list are ignored, and r
         ++cases;
     }
     CHECK(cases == 1);
+}
+
+TEST_CASE("readers: a float32 .npy is read with its values from a file (v1 or v2 header) or a pipe, and refused when "
+          "a byte is missing or left over, at seeded random shapes",
+          "[readers][npy]") {
+    std::mt19937 rng(2612);
+    std::uniform_real_distribution<float> value(-1e3f, 1e3f);
+    TempDir tmp;
+    for (int trial = 0; trial < 24; ++trial) {
+        std::vector<std::size_t> shape(rng() % 5);  // rank 0 to 4
+        for (std::size_t& d : shape) d = rng() % 6;  // sometimes 0: an empty array
+        xt::xarray<float> a = xt::xarray<float>::from_shape(shape);
+        for (float& v : a) v = value(rng);
+        const std::vector<float> expected(a.begin(), a.end());
+        INFO("trial " << trial << ", shape " << shape_string(shape));
+        const std::string v1 = tmp / "v1.npy";
+        write_npy(v1, a);
+        // The same array with a version 2.0 preamble: a 4-byte header length, the values 2 bytes later.
+        std::string bytes = slurp(v1);
+        const std::size_t header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+        std::string v2bytes = bytes.substr(0, 6) + std::string("\x02\x00", 2) +
+                              std::string{static_cast<char>(header_len & 0xFF), static_cast<char>(header_len >> 8), '\0', '\0'} +
+                              bytes.substr(10);
+        const std::string v2 = tmp / "v2.npy";
+        std::ofstream(v2, std::ios::binary) << v2bytes;
+        for (const std::string& path : {v1, v2}) {
+            const xt::xarray<float> got = read_npy_float(path);
+            CHECK(shape_of(got) == shape);
+            CHECK(std::vector<float>(got.begin(), got.end()) == expected);
+        }
+        // From a pipe (not seekable): the same values.
+        const std::string fifo = tmp / "pipe.npy";
+        REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+        std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << bytes; });
+        const xt::xarray<float> piped = read_npy_float(fifo);
+        writer.join();
+        std::filesystem::remove(fifo);
+        CHECK(std::vector<float>(piped.begin(), piped.end()) == expected);
+        // A byte missing or left over: refused, naming the file and the sizes.
+        if (!expected.empty()) {
+            std::ofstream(tmp / "short.npy", std::ios::binary) << bytes.substr(0, bytes.size() - 1);
+            CHECK_THROWS_WITH(read_npy_float(tmp / "short.npy"),
+                              Contains("short.npy") && Contains("bytes of data but the file holds"));
+        }
+        std::ofstream(tmp / "long.npy", std::ios::binary) << bytes + "x";
+        CHECK_THROWS_WITH(read_npy_float(tmp / "long.npy"), Contains("long.npy") && Contains("bytes of data but the file holds"));
+    }
 }
