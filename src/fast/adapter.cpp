@@ -39,17 +39,21 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     check_shape(fn, "query", dims(w.query), {c.n_queries, c.embed_dim});
     if (!w.pos_embed.empty()) check_shape(fn, "pos_embed", dims(w.pos_embed), {c.n_queries, c.embed_dim});
     QuerySide side;
-    // P_q (Q, E): the stored table as query_position_table takes it, read where it lies, or stage 02's (fast/sincos)
-    const Matrix computed = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : Matrix();
-    const Block pos_q = w.pos_embed.empty() ? whole(computed) : w.pos_embed;
     keys = key_grid(n_keys, keys, "fast::prepare_query_side: the patch count L");
-    side.pos_k = fast::key_position_table(pos_q, keys);  // (L, E), fast/resize (stage 03's arithmetic)
-    if (trace) record(trace, "pos_q", copy_of(pos_q));
-    record(trace, "pos_k", side.pos_k);
-    Matrix query_in = copy_of(w.query);  // (Q, E)
+    Matrix query_in = copy_of(w.query);  // (Q, E), LN_q(query) once normalised in place
     layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
-    record(trace, "ln_q", query_in);
-    add_in_place(query_in, pos_q);  // the un-resized table on the query side
+    {
+        // P_q (Q, E): the stored table as query_position_table takes it, read where it lies, or stage 02's
+        // (fast/sincos), freed at the end of this scope, before q is made (its memory then serves q).
+        const Matrix computed = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : Matrix();
+        const Block pos_q = w.pos_embed.empty() ? whole(computed) : w.pos_embed;
+        side.pos_k = fast::key_position_table(pos_q, keys);  // (L, E), fast/resize (stage 03's arithmetic)
+        // recorded in the readable path's order
+        if (trace) record(trace, "pos_q", copy_of(pos_q));
+        record(trace, "pos_k", side.pos_k);
+        record(trace, "ln_q", query_in);
+        add_in_place(query_in, pos_q);  // the un-resized table on the query side
+    }
     record(trace, "query_in", query_in);
     side.q = linear(query_in, w.w_q, w.b_q);  // (Q, E)
     record(trace, "q", side.q);
