@@ -33,6 +33,7 @@
 #include "fast/threads.hpp"
 #include "io/fixture.hpp"
 #include "io/checkpoint.hpp"
+#include "temp_files.hpp"
 #include "io/npy.hpp"
 #include "io/safetensors.hpp"
 #include "safetensors_writer.hpp"
@@ -519,6 +520,80 @@ void pad_header(const std::filesystem::path& file, std::size_t extra) {
     std::ofstream(file, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 }  // namespace
+
+namespace {
+// Writes `halves` (16-bit values, `dtype` BF16 or F16) as one safetensors file, shapes from `shapes`.
+void write_safetensors_16(const std::string& path, const std::string& dtype,
+                          const std::map<std::string, std::vector<std::uint16_t>>& halves,
+                          const std::map<std::string, std::vector<std::size_t>>& shapes) {
+    std::string header = "{";
+    std::string data;
+    for (const auto& [name, values] : halves) {
+        std::string dims;
+        for (std::size_t d : shapes.at(name)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
+        header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"" + dtype +
+                  "\",\"shape\":[" + dims + "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
+                  std::to_string(data.size() + 2 * values.size()) + "]}";
+        for (std::uint16_t v : values) data += std::string{static_cast<char>(v & 0xFF), static_cast<char>(v >> 8)};
+    }
+    header += "}";
+    header += std::string((8 - header.size() % 8) % 8, ' ');
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
+    std::ofstream(path, std::ios::binary) << bytes << header << data;
+}
+}  // namespace
+
+TEST_CASE("map_adapter on BF16 and F16 checkpoints (pos_embed stored): the fast forward is the one on the same values "
+          "stored as F32, bit for bit, with the weights, the query and pos_embed kept in 16 bits",
+          "[io][fast]") {
+    const std::string prefix = kDefaultPrefix;
+    std::mt19937 rng(1605);
+    for (const std::string dtype : {"BF16", "F16"}) {
+        INFO(dtype);
+        std::map<std::string, xt::xarray<float>> tensors = small_checkpoint(prefix);
+        tensors[prefix + "attn_pool.pos_embed"] = xt::zeros<float>({std::size_t(4), std::size_t(8)});  // Q = 4: 2 x 2
+        std::map<std::string, std::vector<std::uint16_t>> halves;
+        std::map<std::string, std::vector<std::size_t>> shapes;
+        for (auto& [name, t] : tensors) {
+            shapes[name] = std::vector<std::size_t>(t.shape().begin(), t.shape().end());
+            for (float& v : t) {
+                std::uint16_t half;
+                if (dtype == "BF16") {
+                    std::uint32_t bits;
+                    std::memcpy(&bits, &v, 4);
+                    half = static_cast<std::uint16_t>(bits >> 16);
+                    v = bf16_to_float(half);
+                } else {  // sign, an exponent giving 2^-3 to 2^2, ten random mantissa bits
+                    half = static_cast<std::uint16_t>(((rng() & 1) << 15) | ((12 + rng() % 6) << 10) | (rng() & 0x3FF));
+                    v = f16_to_float(half);
+                }
+                halves[name].push_back(half);
+            }
+        }
+        qwenvl_test::TempDir tmp;
+        write_safetensors_16(tmp / "half.safetensors", dtype, halves, shapes);
+        qwenvl_test::write_safetensors_f32(tmp / "widened.safetensors", tensors);
+        WeightFiles half_files, f32_files;
+        half_files.add(tmp / "half.safetensors");
+        f32_files.add(tmp / "widened.safetensors");
+        const MappedAdapter half = map_adapter(half_files, prefix, 2, true);
+        const MappedAdapter f32 = map_adapter(f32_files, prefix, 2, true);
+        for (const fast::Block* b : {&half.weights.query, &half.weights.pos_embed, &half.weights.kv_proj, &half.weights.w_q,
+                                     &half.weights.w_k, &half.weights.w_v, &half.weights.out_proj_weight, &half.tail.proj})
+            CHECK(b->is_packed());
+        CHECK(bool(fast::copy_of(half.weights.pos_embed) == fast::copy_of(f32.weights.pos_embed)));
+        const Tensor3 from_half = small_forward(half.weights, half.tail, half.config);
+        CHECK(bool(from_half == small_forward(f32.weights, f32.tail, f32.config)));
+        // and run's way, the key table and features spent
+        xt::random::seed(11);
+        Tensor3 x = xt::random::randn<float>({std::size_t(2), std::size_t(4), half.config.kv_dim});
+        const Tensor3 x_copy = x;
+        const Tensor3 spent = fast::adapter_forward(half.weights, half.config, fast::prepare_query_side(half.weights, half.config, 4),
+                                                    std::move(x));
+        CHECK(bool(spent == fast::adapter_forward(f32.weights, f32.config, fast::prepare_query_side(f32.weights, f32.config, 4), x_copy)));
+    }
+}
 
 TEST_CASE("map_adapter reads F32 weights in place, in_proj's three parts included, and gives load_adapter's forward bit for bit",
           "[io]") {

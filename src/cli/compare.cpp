@@ -377,12 +377,6 @@ struct OurWeights {
     const AdapterConfig& config() const { return readable ? loaded.config : mapped.config; }
     bool has_tail() const { return readable ? loaded.has_tail : mapped.has_tail; }
 };
-Matrix copy_of(const fast::Block& b) {
-    require(!b.is_packed(), "compare", "a small tensor kept in 16 bits");
-    Matrix m = Matrix::from_shape({b.rows, b.cols});
-    for (std::size_t r = 0; r < b.rows; ++r) std::copy(b.data + r * b.stride, b.data + r * b.stride + b.cols, m.data() + r * b.cols);
-    return m;
-}
 Vector copy_of(fast::Values v) {
     Vector out = Vector::from_shape({v.size});
     std::copy(v.data, v.data + v.size, out.data());
@@ -400,7 +394,7 @@ OurWeights our_weights(const WeightFiles& files, const std::string& prefix, std:
     }
     w.mapped = map_adapter(files, prefix, heads, true);
     const fast::Weights& a = w.mapped.weights;
-    w.small = {copy_of(a.query), copy_of(a.ln_q_weight), copy_of(a.ln_q_bias), copy_of(a.ln_kv_weight),
+    w.small = {fast::copy_of(a.query), copy_of(a.ln_q_weight), copy_of(a.ln_q_bias), copy_of(a.ln_kv_weight),
                copy_of(a.ln_kv_bias), copy_of(w.mapped.tail.ln_post_weight), copy_of(w.mapped.tail.ln_post_bias)};
     return w;
 }

@@ -24,15 +24,6 @@ Weights::Weights(const AdapterWeights& w)
 TailWeights::TailWeights(const TowerTail& tail)
     : ln_post_weight(tail.ln_post_weight), ln_post_bias(tail.ln_post_bias), proj(tail.proj) {}
 
-namespace {
-// A copy of a block, as a Matrix of its own.
-Matrix copy_of(const Block& b) {
-    Matrix m({b.rows, b.cols});
-    for (std::size_t r = 0; r < b.rows; ++r) std::copy(b.data + r * b.stride, b.data + r * b.stride + b.cols, m.data() + r * b.cols);
-    return m;
-}
-}  // namespace
-
 QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size_t n_keys, Trace* trace, Grid keys) {
     const char* fn = "fast::prepare_query_side";
     const OwnThreads own;  // OpenBLAS single-threaded, the work split over our threads (fast/threads.hpp)
@@ -43,10 +34,13 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     Matrix query_in = copy_of(w.query);  // (Q, E), LN_q(query) once normalised in place
     layer_norm_in_place(query_in, w.ln_q_weight, w.ln_q_bias, c.eps);
     {
-        // P_q (Q, E): the stored table as query_position_table takes it, read where it lies, or stage 02's
-        // (fast/sincos), freed at the end of this scope, before q is made (its memory then serves q).
-        const Matrix computed = w.pos_embed.empty() ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q}) : Matrix();
-        const Block pos_q = w.pos_embed.empty() ? whole(computed) : w.pos_embed;
+        // P_q (Q, E): the stored table as query_position_table takes it, read where it lies when it is float32, else
+        // widened, or stage 02's (fast/sincos); what is made here is freed at the end of this scope, before q is made
+        // (its memory then serves q).
+        const Matrix made = w.pos_embed.empty()       ? fast::sincos_2d(c.embed_dim, Grid{c.grid_q, c.grid_q})
+                            : w.pos_embed.is_packed() ? copy_of(w.pos_embed)
+                                                      : Matrix();
+        const Block pos_q = made.size() ? whole(made) : w.pos_embed;
         side.pos_k = fast::key_position_table(pos_q, keys);  // (L, E), fast/resize (stage 03's arithmetic)
         // recorded in the readable path's order
         if (trace) record(trace, "pos_q", copy_of(pos_q));

@@ -214,7 +214,8 @@ AdapterGradients adapter_backward(const Weights& w, const AdapterConfig& c, cons
     gemm_block(rows_of(dq.data(), Q, E), rows_of(query_in.data(), Q, E), false, d_in_proj.w_q.data(), E, false, true);
     add_column_sums(dq.data(), Q, E, d_in_proj.b_q.data());
     grads.query = Matrix({Q, E});
-    layer_norm_backward(w.query.data, Q, E, w.ln_q_weight, d_query_in.data(), c.eps, grads.query.data(),
+    const Matrix widened_query = w.query.is_packed() ? copy_of(w.query) : Matrix();  // a checkpoint's 16-bit query
+    layer_norm_backward(w.query.is_packed() ? widened_query.data() : w.query.data, Q, E, w.ln_q_weight, d_query_in.data(), c.eps, grads.query.data(),
                         grads.ln_q_weight.data(), grads.ln_q_bias.data());
     const PackedInProjection packed = pack_in_proj(d_in_proj);
     grads.in_proj_weight = packed.weight;

@@ -18,6 +18,16 @@ namespace qwenvl::fast {
 
 Block::Block(const Matrix& m) : Block(m.data(), m.shape(0), m.shape(1), m.shape(1)) {}
 Block whole(const Matrix& m) { return Block(m); }
+Matrix copy_of(const Block& b) {
+    Matrix m({b.rows, b.cols});
+    for (std::size_t r = 0; r < b.rows; ++r) {
+        if (b.is_packed())
+            b.packed.widen(b.packed.data + r * b.stride * b.packed.bytes, b.cols, m.data() + r * b.cols);
+        else
+            std::copy(b.data + r * b.stride, b.data + r * b.stride + b.cols, m.data() + r * b.cols);
+    }
+    return m;
+}
 std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
 
 namespace {

@@ -43,6 +43,8 @@ struct Block {
     bool is_packed() const { return packed.data != nullptr; }
 };
 Block whole(const Matrix& m);
+// A copy of the block as a Matrix of its own, its values widened to float32 when it is packed.
+Matrix copy_of(const Block& b);
 // The block's shape {rows, cols}, for check_shape.
 std::vector<std::size_t> dims(const Block& b);
 

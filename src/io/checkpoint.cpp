@@ -127,10 +127,6 @@ fast::Block take_matrix(MappedAdapter& m, const std::string& name, std::size_t r
     return fast::Block(take(m, name, row0 * cols, rows * cols), rows, cols, cols);
 }
 
-fast::Block take_matrix(MappedAdapter& m, const std::string& name) {
-    return take_matrix(m, name, 0, m.files.entry(name).shape.at(0));
-}
-
 // bf16 is the top half of a float32: widening is a shift, which the compiler vectorises.
 void widen_bf16(const std::uint8_t* raw, std::size_t count, float* out) {
     for (std::size_t i = 0; i < count; ++i) {
@@ -142,8 +138,9 @@ void widen_bf16(const std::uint8_t* raw, std::size_t count, float* out) {
 }
 void widen_f16(const std::uint8_t* raw, std::size_t count, float* out) { convert_to_float("F16", raw, count, out); }
 
-// A weight that only the products read (kv_proj, W_q, W_k, W_v, out_proj, proj): an F16 or BF16 one stays where it
-// lies in the mapped file, widened a panel at a time by fast::gemm_block; an F32 one as take_matrix gives it.
+// A weight that only the products read (kv_proj, W_q, W_k, W_v, out_proj, proj), or that fast::copy_of reads once
+// (the query, pos_embed): an F16 or BF16 one stays where it lies in the mapped file, widened a panel at a time by
+// fast::gemm_block, or row by row by fast::copy_of; an F32 one as take_matrix gives it.
 fast::Block take_weight(MappedAdapter& m, const std::string& name, std::size_t row0, std::size_t rows) {
     const std::size_t cols = m.files.entry(name).shape.at(1);
     if (const std::uint8_t* p = m.files.half_in_place(name, row0 * cols, rows * cols)) {
@@ -182,8 +179,9 @@ MappedAdapter map_adapter(const WeightFiles& files, const LoadedAdapter& checked
     const std::string& prefix = layout.tail;
     const std::size_t E = m.config.embed_dim;
     fast::Weights& w = m.weights;
-    w.query = take_matrix(m, a + "query");
-    if (files.has(a + "pos_embed")) w.pos_embed = take_matrix(m, a + "pos_embed");
+    // The query and pos_embed are read once, by fast::copy_of: kept in 16 bits too, widened into the copy it makes.
+    w.query = take_weight(m, a + "query");
+    if (files.has(a + "pos_embed")) w.pos_embed = take_weight(m, a + "pos_embed");
     if (files.has(a + "kv_proj.weight")) w.kv_proj = take_weight(m, a + "kv_proj.weight");
     const std::string in_w = a + "attn.in_proj_weight", in_b = a + "attn.in_proj_bias";
     fast::Block* parts[3] = {&w.w_q, &w.w_k, &w.w_v};

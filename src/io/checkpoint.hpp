@@ -57,9 +57,10 @@ LoadedAdapter load_adapter(const WeightFiles& files, const std::string& prefix, 
 // The adapter's weights for the fast path, taken from the mapped checkpoint (`run`'s way). F32 tensors are
 // read in place: nothing is copied, and no fresh memory is touched for them (the packed in_proj_weight's three
 // parts are three contiguous row blocks of it). The weights only the products read (kv_proj, W_q, W_k, W_v, out_proj,
-// proj) are read in place in F16 and BF16 too, as packed blocks that fast::gemm_block widens a panel at a time. The
-// other F16 and BF16 tensors (the query, pos_embed, biases, LayerNorms: small), and F32 ones whose data is not
-// 4-byte aligned, are converted once into memory this struct owns. Checked exactly as load_adapter checks them.
+// proj) are read in place in F16 and BF16 too, as packed blocks that fast::gemm_block widens a panel at a time; so
+// are the query and pos_embed, which fast::copy_of widens into the copies the query side makes. The other F16 and
+// BF16 tensors (biases, LayerNorms: small), and F32 ones whose data is not 4-byte aligned, are converted once into
+// memory this struct owns. Checked exactly as load_adapter checks them.
 struct MappedAdapter {
     fast::Weights weights;
     fast::TailWeights tail;
