@@ -3,7 +3,7 @@
 against the forward pass alone, N = 1 and 4 images of 32 x 32 patches, as ratios of medians.
 
     cmake --preset release && cmake --build --preset release
-    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 7] [--checkpoint DIR] [--build DIR]
+    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 8] [--checkpoint DIR] [--build DIR]
 
 --build DIR times another build's qwenvl-adapter and qwenvl-bench (say an earlier commit's, to compare).
 
@@ -16,8 +16,10 @@ same rounded to BF16; written to build/release/fullsize/ when absent). Two state
   - copied (N = 1): copies made by shutil.copyfile, as `cp` makes them, still cached as they were written, in
     4 KiB pages, which `run` maps 4 KiB at a time (whole_run.just_written; deleted at the end).
 
-Rounds alternate: `run` on F32, `run` on BF16 (wall time of the whole process, peak memory by /usr/bin/time), and
-`qwenvl-bench --images N --grid 32 --repeats 3` (the forward alone, its median, in a process of its own). Prints a
+Each round runs `run` on F32 and on BF16 (wall time of the whole process, peak memory by /usr/bin/time), then
+`qwenvl-bench --images N --grid 32 --repeats 3` (the forward alone, its median, in a process of its own). The two
+runs take turns to go first: the first follows the forward's process, which has just freed 560 MiB, and on these VMs
+a process that first touches memory just freed by another pays more for it (docs/performance.md#fresh-memory). Prints a
 Markdown table (docs/performance.md#bf16-weights-in-one-run), then checks that the BF16 run's output is the bytes
 of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
 """
@@ -36,7 +38,7 @@ from whole_run import (BUILD, bf16_checkpoint, full_size_files, just_written, ou
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
     parser.add_argument("--build", default=BUILD)
     args = parser.parse_args()
@@ -64,8 +66,9 @@ def main():
                                                      ("copied", 1, copies)):
             features = os.path.join(folder, "features.npy" if images == 1 else "features-4.npy")
             f32_runs, bf16_runs, forward, peaks = [], [], [], {"f32": 0, "bf16": 0}
-            for _ in range(args.rounds):
-                for name, weights, into in (("f32", f32_file, f32_runs), ("bf16", bf16_file, bf16_runs)):
+            for round_number in range(args.rounds):
+                runs = [("f32", f32_file, f32_runs), ("bf16", bf16_file, bf16_runs)]
+                for name, weights, into in (runs if round_number % 2 == 0 else runs[::-1]):
                     wall, rss, _ = timed([adapter, "run", "--weights", weights, "--input", features, "--output",
                                           os.path.join(folder, "y-%s.npy" % name)], env)
                     into.append(wall)
