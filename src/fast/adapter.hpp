@@ -2,14 +2,16 @@
 //
 // Replaces stages/07_adapter's `adapter_forward` and stages/08_tower_tail's `tower_tail_forward`, computing the
 // same equations (stages/07_adapter.hpp) with fast/'s functions and three changes of schedule:
-//  - the query side (P_q, P_k, q) is prepared once per set of weights and image size, not once per call;
+//  - the query side (P_k and q; P_q is read or computed there, not kept) is prepared once per set of weights and
+//    image size, not once per call;
 //  - each image's key and value side runs in place: v is projected first, so that X can then become key_in
 //    without a second (L, E) tensor, and the next image reuses the memory (N = 16, 32x32 keys: peak
 //    1413 -> 710 MiB, 0.521 -> 0.477 s per image);
 //  - ln_post runs in place on the adapter's output;
 //  - the query side, the key and value side and the attention run on the fast path's own threads, OpenBLAS
 //    single-threaded (fast/threads.hpp; the attention of one full-size image 51-63 -> 42-47 ms);
-//  - a caller that runs many batches can keep the buffers from call to call (Workspace, below).
+//  - a caller that runs many batches can keep the buffers from call to call (Workspace, below); one that runs once
+//    can give up the key table and the features, so that the last image's key_in goes over the table (below).
 // Records the same trace names as the readable path, in the same order. Measured gain of the whole forward pass
 // with the tail, one full-size image: 29x (23.2 s -> 0.80 s, `qwenvl-bench --gains`, docs/fast-path.md).
 #pragma once

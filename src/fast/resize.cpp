@@ -58,12 +58,8 @@ Matrix resize_bicubic(const Block& table, std::size_t grid_in, Grid out) {
 
 Matrix key_position_table(const Block& pos_q, Grid keys) {
     const std::size_t grid_q = grid_side(pos_q.rows, "fast::key_position_table: the query count Q");
-    if (keys.h != grid_q || keys.w != grid_q) return fast::resize_bicubic(pos_q, grid_q, keys);
-    require(!pos_q.is_packed(), "fast::key_position_table", "the table must be float32");
-    Matrix same({pos_q.rows, pos_q.cols});
-    for (std::size_t r = 0; r < pos_q.rows; ++r)
-        std::copy(pos_q.data + r * pos_q.stride, pos_q.data + r * pos_q.stride + pos_q.cols, same.data() + r * pos_q.cols);
-    return same;
+    if (keys.h == grid_q && keys.w == grid_q) return copy_of(pos_q);
+    return fast::resize_bicubic(pos_q, grid_q, keys);
 }
 
 }  // namespace qwenvl::fast
