@@ -54,25 +54,27 @@ QuerySide prepare_query_side(const Weights& w, const AdapterConfig& c, std::size
     return side;
 }
 
+namespace {
+// out[i] = x[i] + table[i] for i < n, split over the fast path's threads; `out` may be either operand.
+void add_into(const float* x, const float* table, float* out, std::size_t n) {
+    parallel_for(n, std::size_t(1) << 18, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] = x[i] + table[i];
+    });
+}
+}  // namespace
+
 void add_in_place(Matrix& x, const Block& table) {
     check_shape("fast::add_in_place", "table", dims(table), shape_of(x));
-    require(!table.is_packed() && table.stride == table.cols, "fast::add_in_place", "the table's rows must be contiguous floats");
-    float* out = x.data();
-    const float* add = table.data;
-    parallel_for(x.size(), std::size_t(1) << 18, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] += add[i];
-    });
+    require(!table.is_packed() && table.stride == table.cols, "fast::add_in_place",
+            "the table's rows must be contiguous floats");
+    add_into(x.data(), table.data, x.data(), x.size());
 }
 
 namespace {
 // table = x + table, both (R, E): add_in_place's sums (x's value first, so the same bits) with the result in the table.
 void add_onto_table(const Matrix& x, Matrix& table) {
     check_shape("fast::add_onto_table", "table", table, shape_of(x));
-    const float* in = x.data();
-    float* out = table.data();
-    parallel_for(x.size(), std::size_t(1) << 18, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] = in[i] + out[i];
-    });
+    add_into(x.data(), table.data(), table.data(), x.size());
 }
 
 // The key and value side, then the attention, one image at a time: x (N, L, Kv) -> ws.attended (N, Q, E). Each

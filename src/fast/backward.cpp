@@ -215,7 +215,8 @@ AdapterGradients adapter_backward(const Weights& w, const AdapterConfig& c, cons
     add_column_sums(dq.data(), Q, E, d_in_proj.b_q.data());
     grads.query = Matrix({Q, E});
     const Matrix widened_query = w.query.is_packed() ? copy_of(w.query) : Matrix();  // a checkpoint's 16-bit query
-    layer_norm_backward(w.query.is_packed() ? widened_query.data() : w.query.data, Q, E, w.ln_q_weight, d_query_in.data(), c.eps, grads.query.data(),
+    const float* query = w.query.is_packed() ? widened_query.data() : w.query.data;
+    layer_norm_backward(query, Q, E, w.ln_q_weight, d_query_in.data(), c.eps, grads.query.data(),
                         grads.ln_q_weight.data(), grads.ln_q_bias.data());
     const PackedInProjection packed = pack_in_proj(d_in_proj);
     grads.in_proj_weight = packed.weight;

@@ -43,24 +43,26 @@ std::string dict_value(const std::string& header, const std::string& key) {
 }  // namespace
 
 namespace {
-// The preamble and header dict of a .npy file whose first `size` bytes are `bytes` (all of it, or the header's part)
-// and whose whole size is `file_size`; `data_at` receives where the values start. a.data is left null.
-NpyArray parse_header(const std::uint8_t* bytes, std::size_t size, std::size_t file_size, std::size_t* data_at) {
+// Where a .npy file's header dict starts (`offset`) and its length, from the file's first `size` bytes: the magic,
+// the version, then a 2-byte length (format 1.0) or a 4-byte one (2.0 and 3.0).
+struct Preamble {
+    std::size_t offset, header_len;
+};
+Preamble read_preamble(const std::uint8_t* bytes, std::size_t size) {
     static const std::uint8_t magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
     if (size < 10 || std::memcmp(bytes, magic, 6) != 0) throw std::runtime_error("not a .npy file (no \\x93NUMPY magic)");
     const std::uint8_t major = bytes[6];
-    std::size_t header_len, offset;
-    if (major == 1) {
-        header_len = bytes[8] | (bytes[9] << 8);
-        offset = 10;
-    } else if (major == 2 || major == 3) {
-        if (size < 12) throw std::runtime_error("npy header truncated");
-        header_len = static_cast<std::size_t>(bytes[8]) | (static_cast<std::size_t>(bytes[9]) << 8) |
-                     (static_cast<std::size_t>(bytes[10]) << 16) | (static_cast<std::size_t>(bytes[11]) << 24);
-        offset = 12;
-    } else {
-        throw std::runtime_error("unsupported .npy format version " + std::to_string(major));
-    }
+    if (major == 1) return {10, static_cast<std::size_t>(bytes[8] | (bytes[9] << 8))};
+    if (major != 2 && major != 3) throw std::runtime_error("unsupported .npy format version " + std::to_string(major));
+    if (size < 12) throw std::runtime_error("npy header truncated");
+    return {12, static_cast<std::size_t>(bytes[8]) | (static_cast<std::size_t>(bytes[9]) << 8) |
+                    (static_cast<std::size_t>(bytes[10]) << 16) | (static_cast<std::size_t>(bytes[11]) << 24)};
+}
+
+// The preamble and header dict of a .npy file whose first `size` bytes are `bytes` (all of it, or the header's part)
+// and whose whole size is `file_size`; `data_at` receives where the values start. a.data is left null.
+NpyArray parse_header(const std::uint8_t* bytes, std::size_t size, std::size_t file_size, std::size_t* data_at) {
+    const auto [offset, header_len] = read_preamble(bytes, size);
     if (header_len > size - offset) throw std::runtime_error("npy header runs past the end of the file");
     const std::string header(reinterpret_cast<const char*>(bytes + offset), header_len);
 
@@ -171,10 +173,13 @@ std::optional<xt::xarray<float>> read_float32_in_place(const std::string& path) 
     if (size < 12 || !in) return std::nullopt;
     std::vector<std::uint8_t> head(12);
     if (!in.read(reinterpret_cast<char*>(head.data()), 12)) return std::nullopt;
-    const std::size_t header_end = head[6] == 1 ? 10 + (head[8] | (head[9] << 8))
-                                                : 12 + (static_cast<std::size_t>(head[8]) | (static_cast<std::size_t>(head[9]) << 8) |
-                                                        (static_cast<std::size_t>(head[10]) << 16) |
-                                                        (static_cast<std::size_t>(head[11]) << 24));
+    std::size_t header_end = 0;
+    try {
+        const Preamble p = read_preamble(head.data(), head.size());
+        header_end = p.offset + p.header_len;
+    } catch (const std::runtime_error&) {
+        return std::nullopt;  // read whole by read_npy, which names the problem
+    }
     if (header_end > static_cast<std::size_t>(size) || header_end < 12) return std::nullopt;
     head.resize(header_end);
     if (!in.read(reinterpret_cast<char*>(head.data()) + 12, static_cast<std::streamsize>(header_end - 12))) return std::nullopt;
