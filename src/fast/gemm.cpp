@@ -87,6 +87,16 @@ private:
 namespace {
 using index = xt::blas_index_t;
 
+// A transposed packed b is widened a row piece at a time: `inner` values (640 bytes of BF16 at full size) from each
+// of b's rows, rows K values apart, which the hardware's prefetchers do not follow. So the piece kRowsAhead rows on
+// is asked for while this one is widened (a hint: no effect on any value). Measured in a full-size BF16 `run`
+// (temporary timers, six runs each): the widening's time summed over threads 51 -> 42 ms (medians); 2 to 16 rows
+// ahead gave the same within the noise (docs/performance.md#bf16-weights-in-one-run).
+constexpr std::size_t kRowsAhead = 8;
+void ask_cache_for(const std::uint8_t* first, std::size_t bytes) {
+    for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(first + i);
+}
+
 // The project's one call of sgemm, row-major: c (rows, cols) = op(a) op(b) (+ c when `add`), op transposing when
 // asked, over an inner size `inner`, each operand with its row stride.
 void sgemm(bool transpose_a, bool transpose_b, std::size_t rows, std::size_t cols, std::size_t inner, const float* a,
@@ -210,8 +220,11 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
         std::size_t k0 = 0;
         for (const std::size_t inner : inner_cuts) {
             if (transpose_b) {  // b^T's rows c0..c1 are b's rows: their values k0..k0+inner
-                for (std::size_t r = c0; r < c1; ++r)
+                for (std::size_t r = c0; r < c1; ++r) {
+                    if (r + kRowsAhead < c1)
+                        ask_cache_for(b.packed.data + ((r + kRowsAhead) * b.stride + k0) * b.packed.bytes, inner * b.packed.bytes);
                     b.packed.widen(b.packed.data + (r * b.stride + k0) * b.packed.bytes, inner, panel.data + (r - c0) * inner);
+                }
                 part_product(c0, c1, Block{panel.data, width, inner, inner}, k0, inner, accumulate || k0 > 0);
             } else {  // b's rows k0..k0+inner: `width` values of each, from column c0
                 for (std::size_t k = k0; k < k0 + inner; ++k)

@@ -20,7 +20,9 @@ Each round runs `run` on F32 and on BF16 (wall time of the whole process, peak m
 `qwenvl-bench --images N --grid 32 --repeats 3` (the forward alone, its median, in a process of its own). The two
 runs take turns to go first: the first follows the forward's process, which has just freed 560 MiB, and on these VMs
 a process that first touches memory just freed by another pays more for it (docs/performance.md#fresh-memory). Prints a
-Markdown table (docs/performance.md#bf16-weights-in-one-run), then checks that the BF16 run's output is the bytes
+Markdown table (docs/performance.md#bf16-weights-in-one-run): the ratios of the medians, then the same ratios taken in
+each round (BF16 over F32, F32 over the forward of the same round), their median and quartiles: single runs here vary
+by 10 to 20%, and what drifts over minutes cancels within a round. Then checks that the BF16 run's output is the bytes
 of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
 """
 
@@ -34,6 +36,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from whole_run import (BUILD, bf16_checkpoint, full_size_files, just_written, out_of_page_cache,  # noqa: E402
                        timed, widened_checkpoint)
+
+
+def spread(ratios, digits):
+    """A list of ratios as "median (first quartile to third)"."""
+    low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return "%.*f (%.*f-%.*f)" % (digits, middle, digits, low, digits, high)
 
 
 def main():
@@ -59,8 +67,8 @@ def main():
     copies = [just_written(f32, os.path.join(folder, "copied-f32.safetensors")),
               just_written(bf16, os.path.join(folder, "copied-bf16.safetensors"))]
     print("| page cache | N | F32 run s | BF16 run s | forward alone s | BF16 / F32 | F32 run / forward | "
-          "peak MiB F32 / BF16 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "BF16 / F32 a round | F32 run / forward a round | peak MiB F32 / BF16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     try:
         for state, images, (f32_file, bf16_file) in (("after a first run", 1, (f32, bf16)), ("after a first run", 4, (f32, bf16)),
                                                      ("copied", 1, copies)):
@@ -76,8 +84,11 @@ def main():
                 _, _, out = timed([bench, "--images", str(images), "--grid", "32", "--repeats", "3", "--json"], env)
                 forward.append(json.loads(out.strip().splitlines()[-1])["median_s"])
             a, b, f = statistics.median(f32_runs), statistics.median(bf16_runs), statistics.median(forward)
-            print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.2f | %.0f / %.0f |" % (
-                state, images, a, b, f, b / a, a / f, peaks["f32"], peaks["bf16"]), flush=True)
+            # The same ratios taken round by round (the two runs of a round back to back, the forward's just
+            # after), so that what drifts between rounds cancels: their median and quartiles.
+            print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.2f | %s | %s | %.0f / %.0f |" % (
+                state, images, a, b, f, b / a, a / f, spread([y / x for x, y in zip(f32_runs, bf16_runs)], 3),
+                spread([x / y for x, y in zip(f32_runs, forward)], 2), peaks["f32"], peaks["bf16"]), flush=True)
     finally:
         for copy in copies:
             os.remove(copy)
