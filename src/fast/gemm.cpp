@@ -1,10 +1,14 @@
 #include "fast/gemm.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
@@ -31,10 +35,13 @@ Matrix copy_of(const Block& b) {
 std::vector<std::size_t> dims(const Block& b) { return {b.rows, b.cols}; }
 
 namespace {
-// The buffers packed weights are widened into, kept for the whole process (freed at its end): a product's part takes
-// one and gives it back, so that their pages are touched once (at full size one of 2.5 MiB per thread inside our
-// scopes, and one of 5 MiB for the products on OpenBLAS's threads: an inner block of at most 320 rows of a part's
-// columns), and they are asked for as transparent huge pages (madvise mode), 2 MiB a fault instead of 4 KiB.
+// The buffers packed weights are widened into, kept for the whole process (unmapped at its end). A product takes one
+// for all its parts (each part widens into its own slice: at full size 5 MiB for any product, 4096 columns by one
+// inner block of 320) and gives it back, so that one buffer serves every product and its pages are touched once. It
+// is mapped on its own, 2 MiB aligned and asked for as transparent huge pages (madvise mode), 2 MiB a fault instead
+// of 4 KiB. Before, each part had a buffer of its own carved from the heap (three, 14 MiB of huge pages touched at
+// full size, and malloc's bookkeeping around the 2 MiB-aligned blocks touched more huge pages beside them): where a
+// process had just freed memory, first touching each of those cost a BF16 run 1 to 2 ms (docs/performance.md#fresh-memory).
 class PanelBuffer {
 public:
     explicit PanelBuffer(std::size_t floats) {
@@ -43,9 +50,7 @@ public:
         auto fits = std::find_if(free.begin(), free.end(), [&](const Held& h) { return h.floats >= floats; });
         if (fits == free.end()) {
             held_.floats = (floats * sizeof(float) + kHuge - 1) / kHuge * kHuge / sizeof(float);
-            held_.data = static_cast<float*>(std::aligned_alloc(kHuge, held_.floats * sizeof(float)));
-            if (!held_.data) throw std::bad_alloc();
-            ask_for_huge_pages(held_.data, held_.floats * sizeof(float));
+            held_.data = map_huge(held_.floats * sizeof(float));
         } else {
             held_ = *fits;
             free.erase(fits);
@@ -66,14 +71,25 @@ private:
         float* data = nullptr;
         std::size_t floats = 0;
     };
+    // `bytes` (a multiple of 2 MiB) of anonymous memory at a 2 MiB boundary, marked for huge pages, none touched.
+    static float* map_huge(std::size_t bytes) {
+        void* area = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (area == MAP_FAILED) throw std::bad_alloc();
+        auto* const first = static_cast<std::uint8_t*>(area);
+        auto* const at = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(first) + kHuge - 1) / kHuge * kHuge);
+        if (at > first) ::munmap(first, static_cast<std::size_t>(at - first));  // the unused head and tail given back
+        if (first + kHuge > at) ::munmap(at + bytes, static_cast<std::size_t>(first + kHuge - at));
+        ask_for_huge_pages(at, bytes);
+        return reinterpret_cast<float*>(at);
+    }
     static std::mutex& mutex() {
         static std::mutex m;
         return m;
     }
-    // The buffers not in use: kept until the process ends, then freed.
+    // The buffers not in use: kept until the process ends, then unmapped.
     struct Pool : std::vector<Held> {
         ~Pool() {
-            for (const Held& h : *this) std::free(h.data);
+            for (const Held& h : *this) ::munmap(h.data, h.floats * sizeof(float));
         }
     };
     static Pool& pool() {
@@ -207,6 +223,10 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     // fresh memory, written out and read back). Measured in docs/performance.md#bf16-weights-in-one-run.
     const std::vector<std::size_t> no_cut{K};
     const std::vector<std::size_t>& inner_cuts = b.is_packed() ? inner_blocks(K) : no_cut;
+    const std::size_t most_inner = *std::max_element(inner_cuts.begin(), inner_cuts.end());
+    // One buffer for the whole product: the part of columns [c0, c1) widens into its slice from c0 * most_inner.
+    std::optional<PanelBuffer> panels;
+    if (b.is_packed()) panels.emplace(M * most_inner);
     auto columns = [&](std::size_t begin, std::size_t end) {
         const std::size_t c0 = begin * 64, c1 = std::min(end * 64, M);
         if (c0 >= c1) return;
@@ -216,20 +236,20 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
                                 0, K, accumulate);
         // The same column range as for a float32 b: OpenBLAS's sums depend on the width of the product.
         const std::size_t width = c1 - c0;
-        const PanelBuffer panel(width * *std::max_element(inner_cuts.begin(), inner_cuts.end()));
+        float* const panel = panels->data + c0 * most_inner;  // (width, inner) or (inner, width), row-major
         std::size_t k0 = 0;
         for (const std::size_t inner : inner_cuts) {
             if (transpose_b) {  // b^T's rows c0..c1 are b's rows: their values k0..k0+inner
                 for (std::size_t r = c0; r < c1; ++r) {
                     if (r + kRowsAhead < c1)
                         ask_cache_for(b.packed.data + ((r + kRowsAhead) * b.stride + k0) * b.packed.bytes, inner * b.packed.bytes);
-                    b.packed.widen(b.packed.data + (r * b.stride + k0) * b.packed.bytes, inner, panel.data + (r - c0) * inner);
+                    b.packed.widen(b.packed.data + (r * b.stride + k0) * b.packed.bytes, inner, panel + (r - c0) * inner);
                 }
-                part_product(c0, c1, Block{panel.data, width, inner, inner}, k0, inner, accumulate || k0 > 0);
+                part_product(c0, c1, Block{panel, width, inner, inner}, k0, inner, accumulate || k0 > 0);
             } else {  // b's rows k0..k0+inner: `width` values of each, from column c0
                 for (std::size_t k = k0; k < k0 + inner; ++k)
-                    b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel.data + (k - k0) * width);
-                part_product(c0, c1, Block{panel.data, inner, width, width}, k0, inner, accumulate || k0 > 0);
+                    b.packed.widen(b.packed.data + (k * b.stride + c0) * b.packed.bytes, width, panel + (k - k0) * width);
+                part_product(c0, c1, Block{panel, inner, width, width}, k0, inner, accumulate || k0 > 0);
             }
             k0 += inner;
         }

@@ -3,7 +3,8 @@
 against the forward pass alone, N = 1 and 4 images of 32 x 32 patches, as ratios of medians.
 
     cmake --preset release && cmake --build --preset release
-    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 8] [--checkpoint DIR] [--build DIR]
+    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 8] [--rows 1,4,copied] [--checkpoint DIR]
+        [--build DIR]
 
 --build DIR times another build's qwenvl-adapter and qwenvl-bench (say an earlier commit's, to compare).
 
@@ -49,7 +50,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
     parser.add_argument("--build", default=BUILD)
+    parser.add_argument("--rows", default="1,4,copied",
+                        help="which rows to measure: 1 and 4 (images, after a first run), copied (N = 1); default all")
     args = parser.parse_args()
+    if not args.rows or any(name not in ("1", "4", "copied") for name in args.rows.split(",")):
+        parser.error("--rows: a comma-separated list of 1, 4 and copied, not %r" % args.rows)
     adapter, bench = os.path.join(args.build, "qwenvl-adapter"), os.path.join(args.build, "qwenvl-bench")
     if not os.path.exists(adapter) or not os.path.exists(bench):
         sys.exit("build first: cmake --preset release && cmake --build --preset release")
@@ -70,8 +75,9 @@ def main():
           "BF16 / F32 a round | F32 run / forward a round | peak MiB F32 / BF16 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     try:
-        for state, images, (f32_file, bf16_file) in (("after a first run", 1, (f32, bf16)), ("after a first run", 4, (f32, bf16)),
-                                                     ("copied", 1, copies)):
+        rows = {"1": ("after a first run", 1, (f32, bf16)), "4": ("after a first run", 4, (f32, bf16)),
+                "copied": ("copied", 1, copies)}
+        for state, images, (f32_file, bf16_file) in (rows[name] for name in args.rows.split(",")):
             features = os.path.join(folder, "features.npy" if images == 1 else "features-4.npy")
             f32_runs, bf16_runs, forward, peaks = [], [], [], {"f32": 0, "bf16": 0}
             for round_number in range(args.rounds):
