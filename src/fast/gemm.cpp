@@ -40,8 +40,9 @@ namespace {
 // inner block of 320) and gives it back, so that one buffer serves every product and its pages are touched once. It
 // is mapped on its own, 2 MiB aligned and asked for as transparent huge pages (madvise mode), 2 MiB a fault instead
 // of 4 KiB. Before, each part had a buffer of its own carved from the heap (three, 14 MiB of huge pages touched at
-// full size, and malloc's bookkeeping around the 2 MiB-aligned blocks touched more huge pages beside them): where a
-// process had just freed memory, first touching each of those cost a BF16 run 1 to 2 ms (docs/performance.md#fresh-memory).
+// full size, and malloc's bookkeeping around the 2 MiB-aligned blocks touched more beside them: a full-size BF16
+// run's heap pages 36 -> 33, F32's count), each 0.6 to 1.9 ms a MiB right after another process freed memory
+// (docs/performance.md#fresh-memory).
 class PanelBuffer {
 public:
     explicit PanelBuffer(std::size_t floats) {
@@ -219,7 +220,7 @@ void gemm_block(const Block& a, const Block& b, bool transpose_b, float* out, st
     };
     // A packed b is widened one inner block at a time (found on this thread, before the split), each block's
     // product added into `out`: OpenBLAS's own blocks, so the same sums in the same order as one sgemm on b widened
-    // whole, in a panel of at most Q rows (full size 2.5 to 5 MiB, in cache) instead of all K (32 to 64 MiB of
+    // whole, in a panel of at most Q rows (5 MiB at full size, in cache) instead of all K (32 to 64 MiB of
     // fresh memory, written out and read back). Measured in docs/performance.md#bf16-weights-in-one-run.
     const std::vector<std::size_t> no_cut{K};
     const std::vector<std::size_t>& inner_cuts = b.is_packed() ? inner_blocks(K) : no_cut;

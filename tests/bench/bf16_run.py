@@ -3,8 +3,8 @@
 against the forward pass alone, N = 1 and 4 images of 32 x 32 patches, as ratios of medians.
 
     cmake --preset release && cmake --build --preset release
-    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 8] [--rows 1,4,copied] [--checkpoint DIR]
-        [--build DIR]
+    OPENBLAS_NUM_THREADS=2 /usr/bin/python3 tests/bench/bf16_run.py [--rounds 8] [--rows 1,4,copied] [--back-to-back]
+        [--checkpoint DIR] [--build DIR]
 
 --build DIR times another build's qwenvl-adapter and qwenvl-bench (say an earlier commit's, to compare).
 
@@ -23,7 +23,9 @@ runs take turns to go first: the first follows the forward's process, which has 
 a process that first touches memory just freed by another pays more for it (docs/performance.md#fresh-memory). Prints a
 Markdown table (docs/performance.md#bf16-weights-in-one-run): the ratios of the medians, then the same ratios taken in
 each round (BF16 over F32, F32 over the forward of the same round), their median and quartiles: single runs here vary
-by 10 to 20%, and what drifts over minutes cancels within a round. Then checks that the BF16 run's output is the bytes
+by 10 to 20%, and what drifts over minutes cancels within a round. --back-to-back runs no forward process between
+the rounds (each run then follows the other checkpoint's run, which has just freed its own memory) and times the
+forward alone after them; --rows picks the rows (1, 4, copied). Then checks that the BF16 run's output is the bytes
 of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
 """
 
@@ -39,6 +41,12 @@ from whole_run import (BUILD, bf16_checkpoint, full_size_files, just_written, ou
                        timed, widened_checkpoint)
 
 
+def forward_alone(bench, images, env):
+    """The forward pass alone on N full-size images: the median of three, in a process of its own."""
+    _, _, out = timed([bench, "--images", str(images), "--grid", "32", "--repeats", "3", "--json"], env)
+    return json.loads(out.strip().splitlines()[-1])["median_s"]
+
+
 def spread(ratios, digits):
     """A list of ratios as "median (first quartile to third)"."""
     low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
@@ -50,6 +58,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--checkpoint", default=os.path.join(BUILD, "fullsize"))
     parser.add_argument("--build", default=BUILD)
+    parser.add_argument("--back-to-back", action="store_true",
+                        help="no forward process between the rounds: the forward alone is timed after them")
     parser.add_argument("--rows", default="1,4,copied",
                         help="which rows to measure: 1 and 4 (images, after a first run), copied (N = 1); default all")
     args = parser.parse_args()
@@ -87,14 +97,18 @@ def main():
                                           os.path.join(folder, "y-%s.npy" % name)], env)
                     into.append(wall)
                     peaks[name] = max(peaks[name], rss)
-                _, _, out = timed([bench, "--images", str(images), "--grid", "32", "--repeats", "3", "--json"], env)
-                forward.append(json.loads(out.strip().splitlines()[-1])["median_s"])
+                if not args.back_to_back:
+                    forward.append(forward_alone(bench, images, env))
+            if args.back_to_back:
+                forward = [forward_alone(bench, images, env) for _ in range(args.rounds)]
             a, b, f = statistics.median(f32_runs), statistics.median(bf16_runs), statistics.median(forward)
             # The same ratios taken round by round (the two runs of a round back to back, the forward's just
             # after), so that what drifts between rounds cancels: their median and quartiles.
             print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.2f | %s | %s | %.0f / %.0f |" % (
-                state, images, a, b, f, b / a, a / f, spread([y / x for x, y in zip(f32_runs, bf16_runs)], 3),
-                spread([x / y for x, y in zip(f32_runs, forward)], 2), peaks["f32"], peaks["bf16"]), flush=True)
+                state + (", back to back" if args.back_to_back else ""), images, a, b, f, b / a, a / f,
+                spread([y / x for x, y in zip(f32_runs, bf16_runs)], 3),
+                "-" if args.back_to_back else spread([x / y for x, y in zip(f32_runs, forward)], 2),
+                peaks["f32"], peaks["bf16"]), flush=True)
     finally:
         for copy in copies:
             os.remove(copy)
