@@ -63,6 +63,8 @@ def main():
     parser.add_argument("--rows", default="1,4,copied",
                         help="which rows to measure: 1 and 4 (images, after a first run), copied (N = 1); default all")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1, not %d" % args.rounds)
     if not args.rows or any(name not in ("1", "4", "copied") for name in args.rows.split(",")):
         parser.error("--rows: a comma-separated list of 1, 4 and copied, not %r" % args.rows)
     adapter, bench = os.path.join(args.build, "qwenvl-adapter"), os.path.join(args.build, "qwenvl-bench")
