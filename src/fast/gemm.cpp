@@ -74,12 +74,8 @@ private:
     };
     // `bytes` (a multiple of 2 MiB) of anonymous memory at a 2 MiB boundary, marked for huge pages, none touched.
     static float* map_huge(std::size_t bytes) {
-        void* area = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (area == MAP_FAILED) throw std::bad_alloc();
-        auto* const first = static_cast<std::uint8_t*>(area);
-        auto* const at = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(first) + kHuge - 1) / kHuge * kHuge);
-        if (at > first) ::munmap(first, static_cast<std::size_t>(at - first));  // the unused head and tail given back
-        if (first + kHuge > at) ::munmap(at + bytes, static_cast<std::size_t>(first + kHuge - at));
+        std::uint8_t* const at = map_at_huge_boundary(bytes, PROT_READ | PROT_WRITE);
+        if (!at) throw std::bad_alloc();
         ask_for_huge_pages(at, bytes);
         return reinterpret_cast<float*>(at);
     }

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/memory.hpp"
 #include "core/shapes.hpp"
 
 namespace qwenvl {
@@ -183,24 +184,16 @@ MappedFile::MappedFile(const std::string& path, std::uint64_t expected_size) {
     // 2 MiB at a time the same 350 MiB took 0.008 s. The kernel (ext4 since Linux 6.16) reads a file that is not yet cached into
     // 2 MiB folios when it is faulted through such a mapping, so the first run leaves the cache that way for the
     // next (docs/performance.md#the-page-cache-in-2-mib-folios). Elsewhere the advice changes nothing.
-    constexpr std::uint64_t huge = std::uint64_t(2) << 20;
-    void* area = ::mmap(nullptr, expected_size + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    std::uint8_t* const at = map_at_huge_boundary(expected_size, PROT_NONE, MAP_NORESERVE);  // the place, reserved
     void* p = MAP_FAILED;
     int error = errno;
-    if (area != MAP_FAILED) {
-        auto* const first = static_cast<std::uint8_t*>(area);
-        auto* const at = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(first) + huge - 1) / huge * huge);
+    if (at) {
         p = ::mmap(at, expected_size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
         error = errno;
-        if (p == MAP_FAILED) {
-            ::munmap(area, expected_size + huge);
-        } else {  // the reservation's unused head and tail given back
-            const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-            auto* const end = at + (expected_size + page - 1) / page * page;
-            if (at > first) ::munmap(first, static_cast<std::size_t>(at - first));
-            if (first + expected_size + huge > end) ::munmap(end, static_cast<std::size_t>(first + expected_size + huge - end));
+        if (p == MAP_FAILED)
+            ::munmap(at, expected_size);
+        else
             ::madvise(p, expected_size, MADV_HUGEPAGE);  // advice: where refused, the mapping works as before
-        }
     }
     ::close(fd);  // the mapping keeps the file open
     if (p == MAP_FAILED) throw InputError(path, std::string("cannot map the file: ") + std::strerror(error));
