@@ -86,12 +86,7 @@ void expect_rejected(const Result& r, const std::vector<std::string>& words, con
 
 // --- safetensors writing for the bad-input cases (the valid ones come from the PyTorch generator) ---
 
-void write_raw_safetensors(const std::string& path, const std::string& header, const std::string& data) {
-    std::ofstream out(path, std::ios::binary);
-    std::uint64_t n = header.size();
-    for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xFF));
-    out << header << data;
-}
+using qwenvl_test::write_raw_safetensors;
 
 // Splits a valid safetensors file into its header JSON and its data bytes.
 std::pair<json, std::string> split_safetensors(const std::string& path) {

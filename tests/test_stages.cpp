@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 #include <xtensor/xrandom.hpp>
 #include <xtensor/xview.hpp>
 
@@ -522,25 +523,20 @@ void pad_header(const std::filesystem::path& file, std::size_t extra) {
 }  // namespace
 
 namespace {
-// Writes `halves` (16-bit values, `dtype` BF16 or F16) as one safetensors file, shapes from `shapes`.
+// Writes `halves` (16-bit values, `dtype` BF16 or F16) as one safetensors file, shapes from `shapes`, its header
+// padded to 8 bytes as the library's writer pads it (which writes F32 only).
 void write_safetensors_16(const std::string& path, const std::string& dtype,
                           const std::map<std::string, std::vector<std::uint16_t>>& halves,
                           const std::map<std::string, std::vector<std::size_t>>& shapes) {
-    std::string header = "{";
+    nlohmann::json header = nlohmann::json::object();
     std::string data;
     for (const auto& [name, values] : halves) {
-        std::string dims;
-        for (std::size_t d : shapes.at(name)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
-        header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"" + dtype +
-                  "\",\"shape\":[" + dims + "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
-                  std::to_string(data.size() + 2 * values.size()) + "]}";
+        header[name] = {{"dtype", dtype}, {"shape", shapes.at(name)}, {"data_offsets", {data.size(), data.size() + 2 * values.size()}}};
         for (std::uint16_t v : values) data += std::string{static_cast<char>(v & 0xFF), static_cast<char>(v >> 8)};
     }
-    header += "}";
-    header += std::string((8 - header.size() % 8) % 8, ' ');
-    std::string bytes(8, '\0');
-    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
-    std::ofstream(path, std::ios::binary) << bytes << header << data;
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    qwenvl_test::write_raw_safetensors(path, text, data);
 }
 }  // namespace
 
