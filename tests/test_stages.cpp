@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -23,6 +25,7 @@
 #include <xtensor/xview.hpp>
 
 #include "core/compare.hpp"
+#include "core/memory.hpp"
 #include "core/trace.hpp"
 #include "fast/adapter.hpp"
 #include "fast/attention.hpp"
@@ -539,6 +542,35 @@ void write_safetensors_16(const std::string& path, const std::string& dtype,
     qwenvl_test::write_raw_safetensors(path, text, data);
 }
 }  // namespace
+
+TEST_CASE("map_at_huge_boundary: whole pages from a 2 MiB boundary, readable and writable when asked, nothing kept "
+          "past them, over seeded sizes",
+          "[io]") {
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)), huge = std::size_t(2) << 20;
+    std::mt19937 rng(2602);
+    std::vector<std::size_t> sizes = {1, page, huge, huge + 1, 5 * huge};
+    for (int i = 0; i < 20; ++i) sizes.push_back(1 + rng() % (12 * huge));
+    for (const std::size_t bytes : sizes) {
+        INFO(bytes);
+        const std::size_t kept = (bytes + page - 1) / page * page;
+        std::uint8_t* const at = map_at_huge_boundary(bytes, PROT_READ | PROT_WRITE);
+        REQUIRE(at != nullptr);
+        CHECK(reinterpret_cast<std::uintptr_t>(at) % huge == 0);
+        at[0] = 1;
+        at[kept - 1] = 2;  // every page of the rounded size is there
+        CHECK(int(at[0]) + int(at[kept - 1]) == 3);
+        CHECK(::msync(at + kept, page, MS_ASYNC) == -1);  // the tail given back: not mapped
+        CHECK(errno == ENOMEM);
+        CHECK(::munmap(at, bytes) == 0);
+        // a reservation: a file mapped over it at the same place
+        std::uint8_t* const place = map_at_huge_boundary(bytes, PROT_NONE, MAP_NORESERVE);
+        REQUIRE(place != nullptr);
+        CHECK(reinterpret_cast<std::uintptr_t>(place) % huge == 0);
+        CHECK(::mmap(place, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == place);
+        CHECK(int(place[kept - 1]) == 0);
+        CHECK(::munmap(place, bytes) == 0);
+    }
+}
 
 TEST_CASE("map_adapter on BF16 and F16 checkpoints (pos_embed stored): the fast forward is the one on the same values "
           "stored as F32, bit for bit, with the weights, the query and pos_embed kept in 16 bits",
