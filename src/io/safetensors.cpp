@@ -169,14 +169,24 @@ void convert_to_float(const std::string& dtype, const std::uint8_t* raw, std::si
     }
 }
 
+namespace {
+// The error for a file that is no longer the regular file of `was` bytes whose header was read.
+InputError changed(const std::string& path, const struct stat& st, std::uint64_t was) {
+    return InputError(path, "changed since its header was read (now " + std::to_string(st.st_size) + " bytes, was " +
+                                std::to_string(was) + ")");
+}
+bool same_size(const struct stat& st, std::uint64_t size) {
+    return S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size;
+}
+}  // namespace
+
 MappedFile::MappedFile(const std::string& path, std::uint64_t expected_size) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw InputError(path, std::string("cannot open the file to map it: ") + std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != expected_size) {
+    if (::fstat(fd, &st) != 0 || !same_size(st, expected_size)) {
         ::close(fd);
-        throw InputError(path, "changed since its header was read (now " + std::to_string(st.st_size) + " bytes, was " +
-                                   std::to_string(expected_size) + ")");
+        throw changed(path, st, expected_size);
     }
     // Mapped at a 2 MiB boundary (file offset 0 on a huge page's start) and advised MADV_HUGEPAGE, so that where the
     // page cache holds the file in 2 MiB folios, each is mapped by one page-table entry instead of 512. On these VMs
@@ -218,19 +228,27 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
     in.seekg(0, std::ios::end);
     const std::streamoff size = in.tellg();
     if (size < 0) throw InputError(path, "cannot read the file size");
-    in.seekg(0);
-    std::vector<std::uint8_t> head(std::min<std::uint64_t>(static_cast<std::uint64_t>(size), 8));
-    in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+    in.close();
+    // The 8-byte length and the header it gives (when within the limit and the file) are read through the mapping
+    // the tensors will be read through (MappedFile, kept below), not with read(): when the file is not yet in the
+    // page cache, read() has the kernel read ahead of it into small folios, and the tensors' first faults, made
+    // through another open file, then read on in small folios too (a full-size BF16 checkpoint: its first 8 MiB,
+    // 4 KiB to 128 KiB folios; a throwaway mapping instead left one 2 MiB range of the F32 checkpoint in 4 KiB
+    // folios). Faulted through the one mapping the file is cached in 2 MiB folios from its start
+    // (docs/performance.md#the-page-cache-in-2-mib-folios).
+    std::vector<std::uint8_t> head;
+    std::shared_ptr<const MappedFile> file;
+    if (size >= 8) {
+        file = std::make_shared<const MappedFile>(path, static_cast<std::uint64_t>(size));
+        const std::uint64_t n = read_u64_le(file->data());
+        const bool fits = n <= kMaxHeader && n <= static_cast<std::uint64_t>(size) - 8;
+        head.assign(file->data(), file->data() + 8 + (fits ? n : 0));
+        // The header's pages leave this process (they stay cached): a shard whose tensors are never read holds
+        // none. The whole first 2 MiB, so that a 2 MiB mapping is dropped whole, not split.
+        drop_pages(file->data(), std::min<std::uint64_t>(file->size(), std::uint64_t(2) << 20));
+    }
     SafetensorsHeader header;
     try {
-        if (head.size() == 8) {
-            const std::uint64_t n = read_u64_le(head.data());
-            if (n <= kMaxHeader && n <= static_cast<std::uint64_t>(size) - 8) {
-                head.resize(8 + n);
-                in.read(reinterpret_cast<char*>(head.data() + 8), static_cast<std::streamsize>(n));
-                if (!in) throw std::runtime_error("cannot read the header");
-            }
-        }
         header = parse_safetensors_header(head.data(), head.size(), static_cast<std::uint64_t>(size));
     } catch (const std::runtime_error& e) {
         throw InputError(path, e.what());
@@ -244,6 +262,7 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
     }
     files_.push_back(path);
     sizes_[path] = static_cast<std::uint64_t>(size);
+    if (file) mapped_[path] = std::move(file);
     metadata_.push_back(header.metadata);
 }
 
@@ -288,8 +307,13 @@ const std::uint8_t* WeightFiles::bytes(const std::string& name, std::size_t firs
         throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
                                      ") lie outside tensor '" + name + "'");
     auto it = mapped_.find(e.file);
-    if (it == mapped_.end()) {
+    if (it == mapped_.end())  // a file of fewer than 8 bytes has no tensors: not reached
         it = mapped_.emplace(e.file, std::make_shared<const MappedFile>(e.file, sizes_.at(e.file))).first;
+    if (std::find(mapped_order_.begin(), mapped_order_.end(), e.file) == mapped_order_.end()) {
+        // The first tensor read from this file: it must still be as long as its header and mapping say, else
+        // reading past its new end would fault (SIGBUS) instead of naming the problem.
+        struct stat st {};
+        if (::stat(e.file.c_str(), &st) != 0 || !same_size(st, sizes_.at(e.file))) throw changed(e.file, st, sizes_.at(e.file));
         mapped_order_.push_back(e.file);
     }
     return it->second->data() + e.begin + first * element;

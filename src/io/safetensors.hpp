@@ -70,9 +70,10 @@ private:
     std::uint64_t size_ = 0;
 };
 
-// The tensors of one or more safetensors files (a sharded checkpoint), looked up by name. Adding a file reads
-// and checks its header only; a file is mapped (MappedFile) the first time one of its tensors is read, so a
-// sharded checkpoint maps only the shards that hold the tensors asked for.
+// The tensors of one or more safetensors files (a sharded checkpoint), looked up by name. Adding a file maps it
+// (MappedFile) and reads and checks its header through the mapping, then gives the header's pages back; its
+// tensors are read through the same mapping, so a sharded checkpoint keeps resident only the shards whose tensors
+// are read (mapped_files()). The first read from a file checks it still has the size its header was read with.
 class WeightFiles {
 public:
     // Adds a .safetensors file, or a model.safetensors.index.json (its shards are found beside it).
@@ -95,7 +96,7 @@ public:
     const std::uint8_t* half_in_place(const std::string& name, std::size_t first, std::size_t count) const;
     std::vector<TensorEntry> entries() const;   // sorted by name
     std::vector<std::string> files() const { return files_; }
-    std::vector<std::string> mapped_files() const;  // the files mapped so far, in the order they were mapped
+    std::vector<std::string> mapped_files() const;  // the files a tensor was read from so far, in that order
     // A "__metadata__" entry of the files (the first file that has it); InputError naming the file when none has.
     std::string metadata(const std::string& key) const;
 
@@ -103,7 +104,7 @@ private:
     // Adds the tensors of a .safetensors file: all of them, or only those named in `listed` (an index's shard).
     void add_safetensors(const std::string& path, const std::set<std::string>* listed = nullptr);
     void add_index(const std::string& path);
-    // The bytes of elements [first, first + count) of a tensor, mapping its file on first use.
+    // The bytes of elements [first, first + count) of a tensor, in its file's mapping.
     const std::uint8_t* bytes(const std::string& name, std::size_t first, std::size_t count) const;
     std::map<std::string, TensorEntry> tensors_;
     std::vector<std::string> files_;
