@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
 #include <optional>
-#include <random>
 #include <utility>
 #include <vector>
 
@@ -142,12 +142,30 @@ std::vector<std::size_t> blocks_by_rule(std::size_t K, std::size_t Q, std::size_
 // Whether cutting the inner dimension at `blocks`, one sgemm per block adding into the output (beta 1 after the
 // first), gives the same output bit for bit as one sgemm, with beta 1 and with beta 0, on a random product of 32
 // rows and 128 columns of inner size K, in the calling thread's OpenBLAS setting. (A wrong cut changes the last
-// bit of a few percent of such sums; 4,096 of them show it.)
+// bit of a few percent of such sums; 4,096 of them show it.) The blocks are taken as gemm_block takes them: a's
+// columns in place (row stride K), b's copied into a contiguous panel. A full-size 16-bit `run` checks three
+// inner sizes on its critical path (K 4096 inside a scope, 1664, then 4096 outside). With std::minstd_rand's values
+// and copies of a and b as large as them they took 6.3, 2.3 and 5.1 ms (one run); with the values and the one-block
+// panel below 4.6 to 8.7, 1.3 to 1.5 and 3.5 to 3.8 ms (three runs; a second check of the same K in the same
+// process: 3.3, 1.3 and 3.4 ms, the sgemm calls themselves). Fewer columns would be cheaper but do not show
+// OpenBLAS's cut: with 32, two threads and K 1664, 1024 or 8192, its one call and the right cut differed in
+// 35 to 40% of the sums (a test program).
 bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     constexpr std::size_t rows = 32, cols = 128;
-    std::minstd_rand rng(static_cast<std::uint32_t>(K));  // values in [-1, 1): cheap, and enough to show rounding
-    auto value = [&] { return static_cast<float>(static_cast<double>(rng()) / 1073741823.5 - 1.0); };
-    std::vector<float> a(rows * K), b(cols * K), start(rows * cols), a_cut(rows * K), b_cut(cols * K);
+    // Values in [-1, 1) from a 32-bit xorshift (seeded by K), whose top 23 bits are a float's mantissa in [2, 4):
+    // cheap, and enough to show rounding.
+    std::uint32_t state = 2463534242u ^ static_cast<std::uint32_t>(K);
+    auto value = [&] {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        const std::uint32_t bits = 0x40000000u | (state >> 9);
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        return f - 3.0f;
+    };
+    const std::size_t most = *std::max_element(blocks.begin(), blocks.end());
+    std::vector<float> a(rows * K), b(cols * K), start(rows * cols), panel(cols * most);
     for (float& v : a) v = value();
     for (float& v : b) v = value();
     for (float& v : start) v = value();
@@ -156,10 +174,8 @@ bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
         sgemm(false, true, rows, cols, K, a.data(), K, b.data(), K, accumulate, whole.data(), cols);
         std::size_t k0 = 0;
         for (const std::size_t block : blocks) {
-            // each block's columns of a and b as contiguous operands, as a widened panel is
-            for (std::size_t r = 0; r < rows; ++r) std::copy_n(a.data() + r * K + k0, block, a_cut.data() + r * block);
-            for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, b_cut.data() + r * block);
-            sgemm(false, true, rows, cols, block, a_cut.data(), block, b_cut.data(), block, accumulate || k0 > 0,
+            for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, panel.data() + r * block);
+            sgemm(false, true, rows, cols, block, a.data() + k0, K, panel.data(), block, accumulate || k0 > 0,
                   cut.data(), cols);
             k0 += block;
         }
