@@ -139,17 +139,17 @@ std::vector<std::size_t> blocks_by_rule(std::size_t K, std::size_t Q, std::size_
     return blocks;
 }
 
-// Whether cutting the inner dimension at `blocks`, one sgemm per block adding into the output (beta 1 after the
-// first), gives the same output bit for bit as one sgemm, with beta 1 and with beta 0, on a random product of 32
-// rows and 128 columns of inner size K, in the calling thread's OpenBLAS setting. (A wrong cut changes the last
-// bit of a few percent of such sums; 4,096 of them show it.) The blocks are taken as gemm_block takes them: a's
-// columns in place (row stride K), b's copied into a contiguous panel. A full-size 16-bit `run` checks three
-// inner sizes on its critical path (K 4096 inside a scope, 1664, then 4096 outside). With std::minstd_rand's values
-// and copies of a and b as large as them they took 6.3, 2.3 and 5.1 ms (one run); with the values and the one-block
-// panel below 4.6 to 8.7, 1.3 to 1.5 and 3.5 to 3.8 ms (three runs; a second check of the same K in the same
-// process: 3.3, 1.3 and 3.4 ms, the sgemm calls themselves). Fewer columns would be cheaper but do not show
-// OpenBLAS's cut: with 32, two threads and K 1664, 1024 or 8192, its one call and the right cut differed in
-// 35 to 40% of the sums (a test program).
+// Whether cutting the inner dimension at `blocks`, one sgemm per block adding into the output, gives the same output
+// bit for bit as one sgemm on a random product of 32 rows and 128 columns of inner size K, in the calling thread's
+// OpenBLAS setting. (A wrong cut changes the last bit of most such sums: 83 to 94% of them for the other Qs tried,
+// in a test program; 4,096 of them show it.) The blocks are taken as gemm_block takes them: a's columns in place
+// (row stride K), b's copied into a contiguous panel. Checked with beta 1 only: OpenBLAS applies beta to the output
+// before it sums any block, so beta 0 cuts the same way; the packed-weight test compares both, bit for bit.
+// A full-size 16-bit `run` checks three inner sizes on its critical path (K 4096 inside a scope, 1664, then 4096
+// outside). With std::minstd_rand's values, copies of a and b as large as them and both betas they took 6.3, 2.3
+// and 5.1 ms (one run); now 3.4 to 13.2 (the process's first sgemm, which sets up OpenBLAS's buffers whoever calls
+// it), 1.0 to 5.8 and 2.5 ms (three runs). Fewer columns would be cheaper but do not show OpenBLAS's cut: with 32,
+// two threads and K 1664, 1024 or 8192, its one call and the right cut differed in 35 to 40% of the sums.
 bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     constexpr std::size_t rows = 32, cols = 128;
     // Values in [-1, 1) from a 32-bit xorshift (seeded by K), whose top 23 bits are a float's mantissa in [2, 4):
@@ -169,19 +169,15 @@ bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     for (float& v : a) v = value();
     for (float& v : b) v = value();
     for (float& v : start) v = value();
-    for (const bool accumulate : {true, false}) {
-        std::vector<float> whole = start, cut = start;
-        sgemm(false, true, rows, cols, K, a.data(), K, b.data(), K, accumulate, whole.data(), cols);
-        std::size_t k0 = 0;
-        for (const std::size_t block : blocks) {
-            for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, panel.data() + r * block);
-            sgemm(false, true, rows, cols, block, a.data() + k0, K, panel.data(), block, accumulate || k0 > 0,
-                  cut.data(), cols);
-            k0 += block;
-        }
-        if (whole != cut) return false;
+    std::vector<float> whole = start, cut = start;
+    sgemm(false, true, rows, cols, K, a.data(), K, b.data(), K, true, whole.data(), cols);
+    std::size_t k0 = 0;
+    for (const std::size_t block : blocks) {
+        for (std::size_t r = 0; r < cols; ++r) std::copy_n(b.data() + r * K + k0, block, panel.data() + r * block);
+        sgemm(false, true, rows, cols, block, a.data() + k0, K, panel.data(), block, true, cut.data(), cols);
+        k0 += block;
     }
-    return true;
+    return whole == cut;
 }
 
 // The blocks sgemm sums an inner dimension of K in, where the BLAS can be seen to cut it (found by
