@@ -23,7 +23,9 @@ runs take turns to go first: the first follows the forward's process, which has 
 a process that first touches memory just freed by another pays more for it (docs/performance.md#fresh-memory). Prints a
 Markdown table (docs/performance.md#bf16-weights-in-one-run): the ratios of the medians, then the same ratios taken in
 each round (BF16 over F32, F32 over the forward of the same round), their median and quartiles: single runs here vary
-by 10 to 20%, and what drifts over minutes cancels within a round. --back-to-back runs no forward process between
+by 10 to 20%, and what drifts over minutes cancels within a round. Under the table, each row's median round with
+its 95% interval (bootstrap over the rounds, seeded), so that a target can be judged against how well the median is
+known. --back-to-back runs no forward process between
 the rounds (each run then follows the other checkpoint's run, which has just freed its own memory) and times the
 forward alone after them; --rows picks the rows (1, 4, copied). Then checks that the BF16 run's output is the bytes
 of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
@@ -32,6 +34,7 @@ of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 
@@ -51,6 +54,16 @@ def spread(ratios, digits):
     """A list of ratios as "median (first quartile to third)"."""
     low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return "%.*f (%.*f-%.*f)" % (digits, middle, digits, low, digits, high)
+
+
+def median_interval(ratios, resamples=2000, seed=0):
+    """The 95% interval of the median of `ratios` by the bootstrap: the median of as many values drawn from them with
+    replacement, `resamples` times (seeded: the same rounds give the same interval), its 2.5th and 97.5th
+    percentiles. How far the median round could move with other rounds of the same host: the quartiles say how far
+    single rounds spread, not how well their median is known."""
+    draw = random.Random(seed)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def main():
@@ -87,6 +100,7 @@ def main():
     print("| page cache | N | F32 run s | BF16 run s | forward alone s | BF16 / F32 | F32 run / forward | "
           "BF16 / F32 a round | F32 run / forward a round | peak MiB F32 / BF16 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    intervals = []  # printed under the table
     try:
         rows = {"1": ("after a first run", 1, (f32, bf16)), "4": ("after a first run", 4, (f32, bf16)),
                 "copied": ("copied", 1, copies)}
@@ -112,9 +126,18 @@ def main():
                 spread([y / x for x, y in zip(f32_runs, bf16_runs)], 3),
                 "-" if args.back_to_back else spread([x / y for x, y in zip(f32_runs, forward)], 2),
                 peaks["f32"], peaks["bf16"]), flush=True)
+            low, high = median_interval([y / x for x, y in zip(f32_runs, bf16_runs)])
+            interval = "%s, N = %d: BF16 / F32, the median round's 95%% interval %.3f to %.3f" % (state, images, low, high)
+            if not args.back_to_back:
+                low, high = median_interval([x / y for x, y in zip(f32_runs, forward)])
+                interval += "; F32 run / forward %.2f to %.2f" % (low, high)
+            intervals.append(interval + " (bootstrap over the %d rounds)" % args.rounds)
     finally:
         for copy in copies:
             os.remove(copy)
+    print()
+    for interval in intervals:
+        print(interval, flush=True)
     # The BF16 run computes with the BF16 values widened: its output must be the bytes of a run on those values
     # stored as F32.
     widened = os.path.join(folder, "adapter-bf16-widened.safetensors")
