@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -723,6 +724,24 @@ TEST_CASE("release frees a converted weight or drops a mapped one's pages, and e
     std::filesystem::remove(file);
 }
 
+namespace {
+// KiB of `path`'s pages resident in this process (its mappings' Rss in /proc/self/smaps), or -1 when none maps it.
+long resident_kib(const std::string& path) {
+    std::ifstream smaps("/proc/self/smaps");
+    long total = -1;
+    bool in_file = false;
+    for (std::string line; std::getline(smaps, line);) {
+        if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find('-') < line.find(' ')) {
+            in_file = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+            if (in_file && total < 0) total = 0;
+        } else if (in_file && line.rfind("Rss:", 0) == 0) {
+            total += std::stol(line.substr(4));
+        }
+    }
+    return total;
+}
+}  // namespace
+
 TEST_CASE("map_adapter maps only the shards that hold the adapter's tensors", "[io]") {
     const std::string prefix = kDefaultPrefix;
     const std::filesystem::path dir = std::filesystem::temp_directory_path() / "qwenvl-sharded";
@@ -738,8 +757,14 @@ TEST_CASE("map_adapter maps only the shards that hold the adapter's tensors", "[
     files.add((dir / "model.safetensors.index.json").string());
     CHECK(files.files().size() == 2);
     CHECK(files.mapped_files().empty());  // adding reads headers only
+    // Each file is mapped when added and its header read through the mapping, whose pages are then given back:
+    // none of either shard is resident yet.
+    const std::string visual = (dir / "visual.safetensors").string(), lm = (dir / "lm.safetensors").string();
+    CHECK(resident_kib(visual) == 0);
+    CHECK(resident_kib(lm) == 0);
     const MappedAdapter mapped = map_adapter(files, prefix, 2, true);
-    CHECK((mapped.files.mapped_files() == std::vector<std::string>{(dir / "visual.safetensors").string()}));
+    CHECK((mapped.files.mapped_files() == std::vector<std::string>{visual}));
+    CHECK(resident_kib(lm) == 0);  // the language model's shard, never read, holds no page of this process
     std::filesystem::remove_all(dir);
 }
 

@@ -234,8 +234,9 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
     // page cache, read() has the kernel read ahead of it into small folios, and the tensors' first faults, made
     // through another open file, then read on in small folios too (a full-size BF16 checkpoint: its first 8 MiB,
     // 4 KiB to 128 KiB folios; a throwaway mapping instead left one 2 MiB range of the F32 checkpoint in 4 KiB
-    // folios). Faulted through the one mapping the file is cached in 2 MiB folios from its start
-    // (docs/performance.md#the-page-cache-in-2-mib-folios).
+    // folios). Faulted in through that one mapping, the file is cached in 2 MiB folios from its start
+    // (docs/performance.md#the-page-cache-in-2-mib-folios). A file that cannot be mapped is now refused here, when
+    // it is added, rather than at its first tensor read.
     std::vector<std::uint8_t> head;
     std::shared_ptr<const MappedFile> file;
     if (size >= 8) {
@@ -244,8 +245,11 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
         const bool fits = n <= kMaxHeader && n <= static_cast<std::uint64_t>(size) - 8;
         head.assign(file->data(), file->data() + 8 + (fits ? n : 0));
         // The header's pages leave this process (they stay cached): a shard whose tensors are never read holds
-        // none. The whole first 2 MiB, so that a 2 MiB mapping is dropped whole, not split.
-        drop_pages(file->data(), std::min<std::uint64_t>(file->size(), std::uint64_t(2) << 20));
+        // none. The whole first 2 MiB, so that a 2 MiB mapping is dropped whole, not split; for a shorter file, all
+        // of it, its last page whole (the mapping holds whole pages).
+        const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+        const std::uint64_t span = std::min<std::uint64_t>(file->size(), std::uint64_t(2) << 20);
+        ::madvise(const_cast<std::uint8_t*>(file->data()), (span + page - 1) / page * page, MADV_DONTNEED);
     }
     SafetensorsHeader header;
     try {
