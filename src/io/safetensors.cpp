@@ -265,8 +265,7 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
         tensors_[e.name] = e;
     }
     files_.push_back(path);
-    sizes_[path] = static_cast<std::uint64_t>(size);
-    if (file) mapped_[path] = std::move(file);
+    mapped_[path] = std::move(file);  // a file that parsed is at least 8 bytes long: mapped above
     metadata_.push_back(header.metadata);
 }
 
@@ -310,17 +309,15 @@ const std::uint8_t* WeightFiles::bytes(const std::string& name, std::size_t firs
     if (first + count < first || (first + count) * element > e.end - e.begin)
         throw InputError(e.file, "elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
                                      ") lie outside tensor '" + name + "'");
-    auto it = mapped_.find(e.file);
-    if (it == mapped_.end())  // a file of fewer than 8 bytes has no tensors: not reached
-        it = mapped_.emplace(e.file, std::make_shared<const MappedFile>(e.file, sizes_.at(e.file))).first;
+    const MappedFile& file = *mapped_.at(e.file);  // mapped when it was added
     if (std::find(mapped_order_.begin(), mapped_order_.end(), e.file) == mapped_order_.end()) {
         // The first tensor read from this file: it must still be as long as its header and mapping say, else
         // reading past its new end would fault (SIGBUS) instead of naming the problem.
         struct stat st {};
-        if (::stat(e.file.c_str(), &st) != 0 || !same_size(st, sizes_.at(e.file))) throw changed(e.file, st, sizes_.at(e.file));
+        if (::stat(e.file.c_str(), &st) != 0 || !same_size(st, file.size())) throw changed(e.file, st, file.size());
         mapped_order_.push_back(e.file);
     }
-    return it->second->data() + e.begin + first * element;
+    return file.data() + e.begin + first * element;
 }
 
 void WeightFiles::read_into(const std::string& name, std::size_t first, std::size_t count, float* out) const {

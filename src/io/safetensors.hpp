@@ -108,9 +108,8 @@ private:
     const std::uint8_t* bytes(const std::string& name, std::size_t first, std::size_t count) const;
     std::map<std::string, TensorEntry> tensors_;
     std::vector<std::string> files_;
-    std::map<std::string, std::uint64_t> sizes_;  // each file's size when its header was read
     std::vector<std::map<std::string, std::string>> metadata_;  // each file's __metadata__, in files_' order
-    mutable std::map<std::string, std::shared_ptr<const MappedFile>> mapped_;
+    std::map<std::string, std::shared_ptr<const MappedFile>> mapped_;  // each file, mapped at the size its header was read with
     mutable std::vector<std::string> mapped_order_;
 };
 
