@@ -147,28 +147,36 @@ std::vector<std::size_t> blocks_by_rule(std::size_t K, std::size_t Q, std::size_
 // before it sums any block, so beta 0 cuts the same way; the packed-weight test compares both, bit for bit.
 // A full-size 16-bit `run` checks three inner sizes on its critical path (K 4096 inside a scope, 1664, then 4096
 // outside). With std::minstd_rand's values, copies of a and b as large as them and both betas they took 6.3, 2.3
-// and 5.1 ms (one run); now 3.4 to 13.2 (the process's first sgemm, which sets up OpenBLAS's buffers whoever calls
-// it), 1.0 to 5.8 and 2.5 ms (three runs). Fewer columns would be cheaper but do not show OpenBLAS's cut: with 32,
-// two threads and K 1664, 1024 or 8192, its one call and the right cut differed in 35 to 40% of the sums.
+// and 5.1 ms (one run); with a xorshift's values, b's blocks copied and beta 1, 1.8, 0.7 and 1.7 ms (six runs); with
+// the values below, 1.0, 0.4 and 0.9 ms (six runs; the first sgemm of a process, which sets up OpenBLAS's buffers
+// whoever calls it, sometimes takes 5 ms more). Fewer columns would be cheaper but do not show OpenBLAS's cut: with
+// 32, two threads and K 1664, 1024 or 8192, its one call and the right cut differed in 35 to 40% of the sums.
 bool cuts_keep_the_sums(std::size_t K, const std::vector<std::size_t>& blocks) {
     constexpr std::size_t rows = 32, cols = 128;
-    // Values in [-1, 1) from a 32-bit xorshift (seeded by K), whose top 23 bits are a float's mantissa in [2, 4):
-    // cheap, and enough to show rounding.
-    std::uint32_t state = 2463534242u ^ static_cast<std::uint32_t>(K);
-    auto value = [&] {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        const std::uint32_t bits = 0x40000000u | (state >> 9);
-        float f;
-        std::memcpy(&f, &bits, sizeof f);
-        return f - 3.0f;
+    // Values in [-1, 1): value i is a hash of i and K (Wellons' "lowbias32" mixer) whose top 23 bits are a float's
+    // mantissa in [2, 4). Each value is made on its own, so the compiler fills the arrays many at a time: a check's
+    // values took 0.2, 0.07 and 0.12 ms in a full-size run instead of 1.0, 0.4 and 1.0 with a xorshift's chain, which
+    // had been two thirds of the three checks' time (temporary timers, six runs).
+    const auto fill = [K](std::vector<float>& values, std::uint32_t first) {
+        const std::uint32_t seed = static_cast<std::uint32_t>(K) * 0x9E3779B9u;
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            std::uint32_t x = (first + static_cast<std::uint32_t>(i)) ^ seed;
+            x ^= x >> 16;
+            x *= 0x7FEB352Du;
+            x ^= x >> 15;
+            x *= 0x846CA68Bu;
+            x ^= x >> 16;
+            const std::uint32_t bits = 0x40000000u | (x >> 9);
+            float f;
+            std::memcpy(&f, &bits, sizeof f);
+            values[i] = f - 3.0f;
+        }
     };
     const std::size_t most = *std::max_element(blocks.begin(), blocks.end());
     std::vector<float> a(rows * K), b(cols * K), start(rows * cols), panel(cols * most);
-    for (float& v : a) v = value();
-    for (float& v : b) v = value();
-    for (float& v : start) v = value();
+    fill(a, 0);
+    fill(b, static_cast<std::uint32_t>(a.size()));
+    fill(start, static_cast<std::uint32_t>(a.size() + b.size()));
     std::vector<float> whole = start, cut = start;
     sgemm(false, true, rows, cols, K, a.data(), K, b.data(), K, true, whole.data(), cols);
     std::size_t k0 = 0;
