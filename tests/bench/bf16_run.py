@@ -25,7 +25,9 @@ Markdown table (docs/performance.md#bf16-weights-in-one-run): the ratios of the 
 each round (BF16 over F32, F32 over the forward of the same round), their median and quartiles: single runs here vary
 by 10 to 20%, and what drifts over minutes cancels within a round. Under the table, each row's median round with
 its 95% interval (bootstrap over the rounds, seeded), so that a target can be judged against how well the median is
-known. --back-to-back runs no forward process between
+known; then BF16 / F32 between runs in the same place in their rounds (in_the_same_place: on a host where the run
+after the forward's process pays much more than the other, a round's ratio is either well under 1 or well over it,
+and its median is not a stable measure). --back-to-back runs no forward process between
 the rounds (each run then follows the other checkpoint's run, which has just freed its own memory) and times the
 forward alone after them; --rows picks the rows (1, 4, copied). Then checks that the BF16 run's output is the bytes
 of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 and 4.
@@ -33,6 +35,7 @@ of a run on the same values stored as F32 (whole_run.widened_checkpoint), N = 1 
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -64,6 +67,27 @@ def median_interval(ratios, resamples=2000, seed=0):
     draw = random.Random(seed)
     medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def in_the_same_place(f32_runs, bf16_runs, resamples=2000, seed=0):
+    """BF16 / F32 between runs in the same place in their rounds: the F32 runs go first in the even rounds and the
+    BF16 runs in the odd ones. On some hosts the run that follows the forward's process pays far more than the
+    other (80 to 130 ms at N = 1, 2026-12-05's fourth stop), so a round's ratio is either well under 1 or well over
+    it, and the median of such ratios lands on either side of the gap by chance. The ratio of the BF16 runs' median
+    to the F32 runs' when each went first, the same when each went second, and their geometric mean, with its 95%
+    interval (bootstrap within each of the four groups, seeded)."""
+    groups = (bf16_runs[1::2], f32_runs[0::2], bf16_runs[0::2], f32_runs[1::2])
+    if any(not g for g in groups):
+        return None
+    first = statistics.median(groups[0]) / statistics.median(groups[1])
+    second = statistics.median(groups[2]) / statistics.median(groups[3])
+    draw = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        m = [statistics.median(draw.choices(g, k=len(g))) for g in groups]
+        means.append(math.sqrt(m[0] / m[1] * m[2] / m[3]))
+    means.sort()
+    return first, second, math.sqrt(first * second), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def main():
@@ -132,6 +156,16 @@ def main():
                 low, high = median_interval([x / y for x, y in zip(f32_runs, forward)])
                 interval += "; F32 run / forward %.2f to %.2f" % (low, high)
             intervals.append(interval + " (bootstrap over the %d rounds)" % args.rounds)
+            if not args.back_to_back and len(f32_runs) > 1:
+                # F32 run / forward likewise: the F32 runs that went first (even rounds), then second (odd rounds)
+                intervals.append("%s, N = %d: F32 run / forward %.2f when the F32 run went first, %.2f when it went "
+                                 "second" % (state, images, statistics.median(f32_runs[0::2]) / f,
+                                             statistics.median(f32_runs[1::2]) / f))
+            matched = in_the_same_place(f32_runs, bf16_runs)
+            if matched:
+                intervals.append("%s, N = %d: BF16 / F32 in the same place in the round: %.3f when each went first, "
+                                 "%.3f when each went second, together (geometric mean) %.3f, 95%% interval %.3f to "
+                                 "%.3f" % ((state, images) + matched))
     finally:
         for copy in copies:
             os.remove(copy)
