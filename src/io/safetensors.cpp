@@ -246,10 +246,9 @@ void WeightFiles::add_safetensors(const std::string& path, const std::set<std::s
         head.assign(file->data(), file->data() + 8 + (fits ? n : 0));
         // The header's pages leave this process (they stay cached): a shard whose tensors are never read holds
         // none. The whole first 2 MiB, so that a 2 MiB mapping is dropped whole, not split; for a shorter file, all
-        // of it, its last page whole (the mapping holds whole pages).
-        const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+        // of it, its last page whole.
         const std::uint64_t span = std::min<std::uint64_t>(file->size(), std::uint64_t(2) << 20);
-        ::madvise(const_cast<std::uint8_t*>(file->data()), (span + page - 1) / page * page, MADV_DONTNEED);
+        drop_pages(file->data(), span, /*to_mapping_end=*/span == file->size());
     }
     SafetensorsHeader header;
     try {
@@ -331,10 +330,11 @@ void WeightFiles::read_into(const std::string& name, std::size_t first, std::siz
     drop_pages(raw, count * dtype_size(e.dtype));
 }
 
-void drop_pages(const void* first, std::size_t bytes) {
+void drop_pages(const void* first, std::size_t bytes, bool to_mapping_end) {
     const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
     const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(first) + page - 1) / page * page;
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(first) + bytes) / page * page;
+    const std::uintptr_t last = reinterpret_cast<std::uintptr_t>(first) + bytes;
+    const std::uintptr_t end = (to_mapping_end ? last + page - 1 : last) / page * page;
     if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 

@@ -115,6 +115,8 @@ private:
 
 // Drops the whole pages inside [first, first + bytes) of a mapped file from this process's resident set
 // (madvise(MADV_DONTNEED)). They stay in the page cache; reading them again maps them again, with the same bytes.
-void drop_pages(const void* first, std::size_t bytes);
+// With `to_mapping_end` the range ends where its mapping does, and the partial page it ends in goes too: the
+// mapping holds that page whole, and nothing else of the process lies in it.
+void drop_pages(const void* first, std::size_t bytes, bool to_mapping_end = false);
 
 }  // namespace qwenvl
