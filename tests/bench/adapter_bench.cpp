@@ -36,6 +36,11 @@
 //       file mapped as `run` maps it (MappedFile: at a 2 MiB boundary, MADV_HUGEPAGE), each with how much of it the
 //       kernel mapped 2 MiB at a time, and FILE read() into fresh memory (what a loader that copies does).
 //       docs/performance.md explains the finding.
+//   qwenvl-bench --sgemm-order
+//       how OpenBLAS's sgemm orders a product's sums on this machine, on one thread: the share of outputs that
+//       differ from one fused multiply-add chain per output, and the share that change when a product's columns are
+//       computed as narrower calls. Why a 16-bit weight is widened in panels as wide as the float32 product's call
+//       (fast/gemm.cpp, docs/performance.md#bf16-weights-in-one-run).
 //   qwenvl-bench --write-checkpoint DIR
 //       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
 //       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
@@ -51,6 +56,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <optional>
 #include <thread>
@@ -62,6 +68,7 @@
 #include <string>
 #include <vector>
 
+#include <xtensor-blas/xblas.hpp>
 #include <xtensor/xsort.hpp>
 #include <xtensor/xview.hpp>
 
@@ -623,6 +630,64 @@ int minicpmv_gain(int repeats) {
     return 0;
 }
 
+// --sgemm-order: how this BLAS's sgemm orders a product's sums, which decides where a weight kept in 16 bits can be
+// widened (fast/gemm.cpp's gemm_block). On one thread (an OwnThreads scope), random values in [-1, 1), y = a b^T:
+// (1) the share of outputs that differ from one fused multiply-add chain per output, in the order of the inner
+// index; (2) the share that change when the output's columns are computed as separate calls of `width` columns each.
+// Where (1) is not zero, only the BLAS itself reproduces its sums; where (2) is not zero, a panel of widened values
+// must be as wide as the float32 product's call. docs/performance.md#bf16-weights-in-one-run gives the finding.
+int sgemm_order() {
+    const fast::OwnThreads own;
+    std::mt19937 rng(26);
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    const auto random = [&](std::size_t n) {
+        std::vector<float> v(n);
+        for (float& x : v) x = uniform(rng);
+        return v;
+    };
+    // y (rows, cols), row stride `stride`, = a (rows, inner) b^T, b (cols, inner): one sgemm call, on this thread
+    const auto product = [](std::size_t rows, std::size_t cols, std::size_t inner, const float* a, const float* b,
+                            float* y, std::size_t stride) {
+        using index = xt::blas_index_t;
+        cxxblas::gemm<index>(cxxblas::StorageOrder::RowMajor, cxxblas::Transpose::NoTrans, cxxblas::Transpose::Trans,
+                             static_cast<index>(rows), static_cast<index>(cols), static_cast<index>(inner), 1.0f, a,
+                             static_cast<index>(inner), b, static_cast<index>(inner), 0.0f, y, static_cast<index>(stride));
+    };
+    const auto share = [](const std::vector<float>& x, const std::vector<float>& y) {
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) differ += x[i] != y[i];
+        return 100.0 * static_cast<double>(differ) / static_cast<double>(x.size());
+    };
+    std::printf("sgemm on one thread, y = a b^T, random values in [-1, 1):\n");
+    std::printf("  rows x columns x inner: %% of outputs that differ from one fused multiply-add chain per output, in order\n");
+    for (const auto& [rows, cols, inner] : {std::array<std::size_t, 3>{256, 16, 320}, {256, 2048, 320}, {64, 64, 64}}) {
+        const std::vector<float> a = random(rows * inner), b = random(cols * inner);
+        std::vector<float> y(rows * cols), chain(rows * cols);
+        product(rows, cols, inner, a.data(), b.data(), y.data(), cols);
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t c = 0; c < cols; ++c) {
+                float sum = 0.0f;
+                for (std::size_t k = 0; k < inner; ++k) sum = std::fma(a[r * inner + k], b[c * inner + k], sum);
+                chain[r * cols + c] = sum;
+            }
+        std::printf("    %zu x %zu x %zu: %.1f%%\n", rows, cols, inner, share(y, chain));
+    }
+    std::printf("  256 rows x 2048 columns, the columns as calls of `width` each: %% of outputs that change\n");
+    for (const std::size_t inner : {320, 4096}) {
+        const std::size_t rows = 256, cols = 2048;
+        const std::vector<float> a = random(rows * inner), b = random(cols * inner);
+        std::vector<float> whole(rows * cols), parts(rows * cols);
+        product(rows, cols, inner, a.data(), b.data(), whole.data(), cols);
+        std::printf("    inner %zu:", inner);
+        for (const std::size_t width : {64, 256, 320, 512, 640, 1024}) {
+            for (std::size_t c0 = 0; c0 < cols; c0 += width)
+                product(rows, std::min(width, cols - c0), inner, a.data(), b.data() + c0 * inner, parts.data() + c0, cols);
+            std::printf(" %zu: %.1f%%%s", width, share(whole, parts), width == 1024 ? "\n" : ",");
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
@@ -633,7 +698,7 @@ int main(int argc, char** argv) {
                         "[--repeats R] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
                         "[--repeats R] --minicpmv | "
                         "--write-checkpoint DIR | "
-                        "--page-faults FILE\n";
+                        "--page-faults FILE | --sgemm-order\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -650,6 +715,7 @@ int main(int argc, char** argv) {
             else if (a == "--readable-trace" && i + 1 < argc) readable_trace = argv[++i];
             else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
             else if (a == "--page-faults" && i + 1 < argc) return page_faults(argv[++i]);
+            else if (a == "--sgemm-order") return sgemm_order();
             else {
                 std::fputs(usage, stderr);
                 return 2;
