@@ -1,8 +1,11 @@
 // The command line end to end: the fixture cases through `run` (safetensors and .npy written by the PyTorch
 // generator), `info`, `fuse`, and every bad input: one line on stderr naming the file, exit code 1 (2 for
 // usage), and no output file.
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -314,6 +317,16 @@ TEST_CASE("cli: bad safetensors files", "[cli][bad-input]") {
         const Result r = cli("golden --fixture " + q(tmp.path.string()));
         expect_rejected(r, {tmp.path.string(), "is a folder, not a file"}, y);
         CHECK_THAT(r.err, !Contains("basic_filebuf"));
+    }
+    SECTION("a named pipe or a device given as weights") {
+        // Opened for reading and writing here, so that the command cannot wait for a writer if it opens the pipe.
+        const std::string pipe = tmp / "weights.safetensors";
+        REQUIRE(::mkfifo(pipe.c_str(), 0600) == 0);
+        const int held = ::open(pipe.c_str(), O_RDWR | O_NONBLOCK);
+        REQUIRE(held >= 0);
+        expect_rejected(cli(run_args(pipe, x, y)), {pipe, "not a regular file", "must be a file on disk"}, y);
+        ::close(held);
+        expect_rejected(cli(run_args("/dev/null", x, y)), {"/dev/null", "not a regular file"}, y);
     }
     SECTION("header that is not JSON") {
         write_raw_safetensors(bad, "{\"a\": [1, 2", data);

@@ -224,6 +224,15 @@ void WeightFiles::add(const std::string& path) {
 }
 
 void WeightFiles::add_safetensors(const std::string& path, const std::set<std::string>* listed) {
+    // The tensors are read in place through a mapping, which only a file on disk has. A pipe, a device or a socket is
+    // refused before it is opened: opening a named pipe would wait for a writer, and `--weights <(zcat ...)` would get
+    // as far as "cannot read the file size".
+    std::error_code ec;
+    const std::filesystem::file_status status = std::filesystem::status(path, ec);
+    if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status) &&
+        !std::filesystem::is_directory(status))
+        throw InputError(path, "not a regular file (a pipe, a device or a socket): weights are mapped in place, so "
+                               "they must be a file on disk");
     std::ifstream in = open_input(path, std::ios::binary);
     in.seekg(0, std::ios::end);
     const std::streamoff size = in.tellg();
