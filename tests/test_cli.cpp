@@ -1144,6 +1144,90 @@ TEST_CASE("compare: a skipped stage is named as skipped, and a LayerNorm mistake
     CHECK_THAT(unbiased.out, Contains("their values are this LayerNorm with the unbiased variance (divided by E - 1)"));
 }
 
+namespace {
+// `values` saved as numpy saves a float16 array (format 1.0, '<f2', C order), each value rounded to nearest even.
+void write_npy_f16(const std::string& path, const xt::xarray<float>& values) {
+    std::string dims;
+    for (const std::size_t d : values.shape()) dims += std::to_string(d) + ", ";
+    if (values.dimension() > 1) dims = dims.substr(0, dims.size() - 2);
+    std::string header = "{'descr': '<f2', 'fortran_order': False, 'shape': (" + dims + "), }";
+    header += std::string(63 - (10 + header.size()) % 64, ' ') + "\n";
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write("\x93NUMPY\x01\x00", 8);
+    out.put(static_cast<char>(header.size() & 0xFF));
+    out.put(static_cast<char>(header.size() >> 8));
+    out << header;
+    for (const float v : values) {
+        const _Float16 h = static_cast<_Float16>(v);
+        out.write(reinterpret_cast<const char*>(&h), 2);
+    }
+}
+}  // namespace
+
+TEST_CASE("compare: a port's dump saved in float16 is read: a right port matches, a wrong one is named where it "
+          "goes wrong", "[cli][compare]") {
+    // float16 keeps 11 significant bits: a relative rounding of at most 2^-11, inside the default 1e-3 (docs/compare.md)
+    for (const std::string mistake : {"", "q_unscaled", "layernorm_unbiased"}) {
+        DYNAMIC_SECTION((mistake.empty() ? std::string("PyTorch's dump") : mistake)) {
+            TempDir tmp;
+            const std::string dir = tmp / "port";
+            copy_dump("qwen_wide", dir, mistake);
+            std::size_t halved = 0;
+            for (const auto& entry : fs::directory_iterator(dir)) {
+                if (entry.path().extension() != ".npy") continue;
+                write_npy_f16(entry.path().string(), qwenvl::read_npy_float(entry.path().string()));
+                ++halved;
+            }
+            REQUIRE(halved >= 15);
+            const Result r = cli(kQwenWide + " --theirs " + q(dir));
+            INFO(r.out << r.err);
+            CHECK(r.err.empty());
+            if (mistake.empty()) {
+                CHECK(r.code == 0);
+                CHECK_THAT(r.out, Contains("MATCH: all 16 stages found"));
+            } else {
+                CHECK(r.code == 1);
+                const std::size_t first = r.out.find("the first is '");
+                REQUIRE(first != std::string::npos);
+                // the same first stage as the float32 files of that mistake name
+                TempDir tmp32;
+                copy_dump("qwen_wide", tmp32 / "port", mistake);
+                const Result r32 = cli(kQwenWide + " --theirs " + q(tmp32 / "port"));
+                const std::size_t first32 = r32.out.find("the first is '");
+                REQUIRE(first32 != std::string::npos);
+                CHECK(r.out.substr(first, r.out.find('\'', first + 14) - first) ==
+                      r32.out.substr(first32, r32.out.find('\'', first32 + 14) - first32));
+            }
+        }
+    }
+}
+
+TEST_CASE("compare: forward files that name no stage are listed with the stage they likely meant, and said on the "
+          "verdict", "[cli][compare]") {
+    // What the porter's trial found: attn_weight.npy for attn_weights.npy was skipped, and the MATCH read as whole
+    TempDir tmp;
+    const std::string dir = tmp / "port";
+    copy_dump("qwen_wide", dir);
+    fs::rename(dir + "/attn_weights.npy", dir + "/attn_weight.npy");
+    fs::copy_file(dir + "/q.npy", dir + "/notes.npy");
+    const Result partial = cli(kQwenWide + " --theirs " + q(dir));
+    INFO(partial.out << partial.err);
+    CHECK(partial.code == 0);
+    CHECK_THAT(partial.out, Contains("(their attn_weight.npy names no stage here, and is not compared; 'attn_weights' is "
+                                     "not in their dump: misspelt?)"));
+    CHECK_THAT(partial.out, Contains("(their notes.npy names no stage here, and is not compared)"));
+    CHECK_THAT(partial.out, Contains("MATCH: all 15 stages found agree within tolerance (2 of their files name no stage "
+                                     "here and were not compared: listed above)"));
+    // a mapped file is the stage's, not an unknown one
+    const std::string renamed = kData + "/compare/qwen_wide/renamed";
+    const Result mapped = cli(kQwenWide + " --theirs " + q(renamed) + " --names " + q(renamed + "/names.json"));
+    CHECK(mapped.code == 0);
+    CHECK_THAT(mapped.out, !Contains("names no stage"));
+    // PyTorch's own dump holds no other file
+    const Result whole = cli(kQwenWide + " --theirs " + q(kData + "/compare/qwen_wide/pytorch"));
+    CHECK_THAT(whole.out, !Contains("names no stage"));
+}
+
 TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
     TempDir tmp;
     std::ofstream(tmp / "bad.json") << "{\"stages\": {\"ln_kv\": 3}}";

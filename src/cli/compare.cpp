@@ -536,6 +536,22 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
     return t;
 }
 
+// How many single-letter insertions, deletions or replacements turn a into b (a misspelt file name's distance).
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
 // The verdict on the gradients' table: 0 when every gradient found agrees, else 1 with the usual causes.
 int gradient_verdict(const GradientTable& t, const Tolerance& tol) {
     if (t.first_bad.empty()) return 0;
@@ -749,6 +765,33 @@ int compare_command(const std::vector<std::string>& argv) {
             print_by_image(theirs, mine, tol, 17);
         seen.push_back(stage);
     }
+    // Their forward files that name no stage (nor a file --names maps): a misspelt name would otherwise go unchecked
+    // silently, its stage reported only as "(not in their dump)". Listed as the gradients' are, with the stage it
+    // most likely meant.
+    std::vector<std::string> unknown;
+    if (!forward_stages.empty()) {
+        std::vector<std::string> expected, missing;
+        for (const auto& stage : ours.names()) {
+            const auto it = names.find(stage);
+            expected.push_back(it != names.end() ? it->second.file : stage + ".npy");
+            if (!std::filesystem::exists(theirs_dir + "/" + expected.back())) missing.push_back(stage);
+        }
+        std::error_code ec;
+        for (const auto& entry : std::filesystem::directory_iterator(theirs_dir, ec)) {
+            const std::string file = entry.path().filename().string();
+            if (entry.is_regular_file() && entry.path().extension() == ".npy" &&
+                std::find(expected.begin(), expected.end(), file) == expected.end())
+                unknown.push_back(file);
+        }
+        std::sort(unknown.begin(), unknown.end());
+        for (const auto& file : unknown) {
+            std::string meant;
+            for (const auto& stage : missing)
+                if (edit_distance(file.substr(0, file.size() - 4), stage) <= 2) meant = stage;
+            std::printf("  (their %s names no stage here, and is not compared%s)\n", file.c_str(),
+                        meant.empty() ? "" : ("; '" + meant + "' is not in their dump: misspelt?").c_str());
+        }
+    }
     GradientTable table;
     if (gradients) {
         table = compare_gradient_table(theirs_dir + "/gradients", our_grads, param_grads, gradient_tol, N,
@@ -763,14 +806,19 @@ int compare_command(const std::vector<std::string>& argv) {
         if (!table.first_bad.empty()) return gradient_verdict(table, gradient_tol);
         if (found == 0) std::printf("MATCH: all %zu gradients found agree within tolerance", table.found);
         else std::printf("MATCH: all %zu stages and %zu gradients found agree within tolerance", found, table.found);
-        if (!table.unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
-            std::printf(" (%zu of their files name no gradient here and were not compared: listed above)", table.unknown.size());
+        if (!unknown.empty() || !table.unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
+            std::printf(" (%zu of their files name no %s here and were not compared: listed above)",
+                        unknown.size() + table.unknown.size(),
+                        unknown.empty() ? "gradient" : table.unknown.empty() ? "stage" : "stage or gradient");
         std::printf("\n");
         return 0;
     }
     if (first_bad.empty()) {
-        if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance\n");
-        else std::printf("MATCH: all %zu stages found agree within tolerance\n", found);
+        if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance");
+        else std::printf("MATCH: all %zu stages found agree within tolerance", found);
+        if (!unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
+            std::printf(" (%zu of their files name no stage here and were not compared: listed above)", unknown.size());
+        std::printf("\n");
         return 0;
     }
     std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,

@@ -25,7 +25,7 @@ const char* kRunHelp =
     "\n"
     "  --weights F    a .safetensors file (F32, F16 or BF16), repeatable for shards, or a\n"
     "                 model.safetensors.index.json whose shards lie beside it\n"
-    "  --input X      .npy float32 or float64, (L, Kv) or (N, L, Kv); L a perfect square unless --grids\n"
+    "  --input X      .npy float16/32/64, (L, Kv) or (N, L, Kv); L a perfect square unless --grids\n"
     "  --output Y     .npy float32, (Q, E) or (N, Q, E) like the input; written only on success\n"
     "  --prefix P     tensor name prefix (default: transformer.visual.)\n"
     "  --heads H      attention heads (default: the count a checkpoint of train records, else E / 128,\n"

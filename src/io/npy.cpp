@@ -15,6 +15,7 @@
 
 #include "core/shapes.hpp"
 #include "io/errors.hpp"
+#include "io/safetensors.hpp"
 
 namespace qwenvl {
 
@@ -69,19 +70,21 @@ NpyArray parse_header(const std::uint8_t* bytes, std::size_t size, std::size_t f
     NpyArray a;
     const std::string descr = dict_value(header, "descr");
     if (!descr.empty() && descr.front() == '[')  // a list of named fields
-        throw std::runtime_error("dtype " + descr + " is structured (named fields), which is not supported (float32, "
-                                 "float64 or bool)");
+        throw std::runtime_error("dtype " + descr + " is structured (named fields), which is not supported (float16, "
+                                 "float32 or float64; bool for a mask)");
     if (descr.size() < 2 || descr.front() != '\'')  // (an empty one made substr throw std::out_of_range, unnamed)
         throw std::runtime_error("npy header's descr is not a quoted dtype (" + descr + ")");
     a.descr = descr.substr(1, descr.size() - 2);
     std::size_t element;
     if (a.descr == "<f4") element = 4;
     else if (a.descr == "<f8") element = 8;
+    else if (a.descr == "<f2") element = 2;  // float16, widened exactly (a port's dump in half precision)
     else if (a.descr == "|b1") element = 1;
     else if (a.descr.size() > 1 && a.descr[0] == '>')
-        throw std::runtime_error("dtype '" + a.descr + "' is big-endian; only little-endian float32, float64 or bool "
-                                 "is supported (numpy: astype('<" + a.descr.substr(1) + "'))");
-    else throw std::runtime_error("dtype '" + a.descr + "' is not supported (float32, float64 or bool)");
+        throw std::runtime_error("dtype '" + a.descr + "' is big-endian; only little-endian float16, float32, float64 "
+                                 "or bool is supported (numpy: astype('<" + a.descr.substr(1) + "'))");
+    else throw std::runtime_error("dtype '" + a.descr + "' is not supported (float16, float32 or float64; bool for a "
+                                  "mask)");
     const std::string order = dict_value(header, "fortran_order");
     if (order != "False" && order != "True")
         throw std::runtime_error("npy header's fortran_order is '" + order + "', not True or False");
@@ -151,6 +154,9 @@ xt::xarray<float> npy_values(const NpyArray& a) {
             std::memcpy(&d, a.data + 8 * i, 8);
             dst[i] = static_cast<float>(d);
         }
+    } else if (a.descr == "<f2") {
+        for (std::size_t i = 0; i < a.count; ++i)
+            dst[i] = f16_to_float(static_cast<std::uint16_t>(a.data[2 * i] | (a.data[2 * i + 1] << 8)));
     } else {
         for (std::size_t i = 0; i < a.count; ++i) dst[i] = a.data[i] ? 1.0f : 0.0f;
     }
@@ -217,7 +223,7 @@ xt::xarray<float> read_npy(const std::string& path, bool* is_bool) {
 xt::xarray<float> read_npy_float(const std::string& path) {
     bool is_bool = false;
     xt::xarray<float> values = read_npy(path, &is_bool);
-    if (is_bool) throw InputError(path, "holds booleans, expected float32 or float64");
+    if (is_bool) throw InputError(path, "holds booleans, expected float16, float32 or float64");
     return values;
 }
 

@@ -1573,7 +1573,9 @@ def npy_corpus():
 
     f64 = ((np.arange(12) - 5) / 3).reshape(3, 4)      # float64; read as its float32 rounding
     flags = np.array([[True, False, True], [False, False, True]])
-    unsupported = ["is not supported", "float32, float64 or bool"]
+    unsupported = ["is not supported", "float16, float32 or float64; bool for a mask"]
+    # float16 specials, each exact in float32: the smallest subnormal, a subnormal, the largest finite, -0, 1/3 rounded
+    halves = np.array([2.0 ** -24, 3 * 2.0 ** -20, 65504.0, -0.0, 1.0 / 3.0], dtype=np.float16)
     return [
         ("f4_v1.0", "np.lib.format.write_array(f, a, version=(1, 0))", version((1, 0)), read(a)),
         ("f4_v2.0", "np.lib.format.write_array(f, a, version=(2, 0))", version((2, 0)), read(a)),
@@ -1596,7 +1598,8 @@ def npy_corpus():
         ("i8", "np.save(f, np.arange(4))", save(np.arange(4, dtype=np.int64)), refuse("dtype '<i8'", *unsupported)),
         ("u1", "np.save(f, np.arange(4, dtype=np.uint8))", save(np.arange(4, dtype=np.uint8)),
          refuse("dtype '|u1'", *unsupported)),
-        ("f2", "np.save(f, a.astype(np.float16))", save(a.astype(np.float16)), refuse("dtype '<f2'", *unsupported)),
+        ("f2", "np.save(f, a.astype(np.float16))", save(a.astype(np.float16)), read(a.astype(np.float16))),
+        ("f2_specials", "np.save(f, float16 subnormals, the largest finite, -0 and 1/3)", save(halves), read(halves)),
         ("f4_big_endian", "np.save(f, a.astype('>f4'))", save(a.astype(">f4")),
          refuse("dtype '>f4'", "is big-endian", "little-endian")),
         ("f8_big_endian", "np.save(f, a.astype('>f8'))", save(a.astype(">f8")),
