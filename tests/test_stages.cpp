@@ -41,6 +41,7 @@
 #include "temp_files.hpp"
 #include "io/npy.hpp"
 #include "io/safetensors.hpp"
+#include "io/safetensors_writer.hpp"
 #include "safetensors_writer.hpp"
 #include "stages/01_feature_input.hpp"
 #include "stages/02_sincos.hpp"
@@ -414,6 +415,40 @@ TEST_CASE("f16 and bf16 conversions, subnormals and specials included, by value"
     CHECK(out[0] == 1.0f);
     convert_to_float("F16", raw + 2, 1, out);
     CHECK(out[0] == 1.0f);  // 0x3C00
+}
+
+TEST_CASE("float_to_bf16 rounds to nearest with ties to even, as torch's .to(torch.bfloat16), and a BF16 file "
+          "written with it reads back those values", "[io]") {
+    const float ulp = std::ldexp(1.0f, -7);  // bf16's spacing in [1, 2): 7 stored fraction bits
+    CHECK(float_to_bf16(1.0f) == 0x3F80);
+    CHECK(float_to_bf16(-3.0f) == 0xC040);
+    CHECK(float_to_bf16(1.0f + ulp / 2) == 0x3F80);                          // a tie: to the even 1.0
+    CHECK(float_to_bf16(1.0f + 3 * ulp / 2) == 0x3F82);                      // a tie: to the even 1 + 2 ulp
+    CHECK(float_to_bf16(1.0f + ulp / 2 + std::ldexp(1.0f, -23)) == 0x3F81);  // just above the tie: up
+    CHECK(float_to_bf16(1.0f + ulp / 2 - std::ldexp(1.0f, -23)) == 0x3F80);  // just below: down
+    CHECK(float_to_bf16(-(1.0f + 3 * ulp / 2)) == 0xBF82);                   // the sign kept
+    CHECK(float_to_bf16(std::numeric_limits<float>::max()) == 0x7F80);       // past bf16's largest: infinity
+    CHECK(float_to_bf16(std::ldexp(1.0f, -133)) == 0x0001);                  // a float32 subnormal, exact
+    CHECK(std::isnan(bf16_to_float(float_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+    // a NaN whose payload lies only in the dropped bits stays a NaN (plain truncation would make it infinity)
+    std::uint32_t low_nan_bits = 0x7F800001u;
+    float low_nan;
+    std::memcpy(&low_nan, &low_nan_bits, 4);
+    CHECK(std::isnan(bf16_to_float(float_to_bf16(low_nan))));
+
+    qwenvl_test::TempDir tmp;
+    const std::string path = tmp / "w.safetensors";
+    const xt::xarray<float> values = {{1.0f, 1.0f + ulp / 2, 1.0f + 3 * ulp / 2}, {-0.1f, 3.0e38f, 1.0e-40f}};
+    write_safetensors_bf16(path, {{"w", values}});
+    WeightFiles files;
+    files.add(path);
+    CHECK(files.entry("w").dtype == "BF16");
+    CHECK(files.entry("w").shape == std::vector<std::size_t>{2, 3});
+    xt::xarray<float> back = xt::zeros<float>({2, 3});
+    files.read_into("w", 0, 6, back.data());
+    for (std::size_t i = 0; i < values.size(); ++i) CHECK(back.flat(i) == bf16_to_float(float_to_bf16(values.flat(i))));
+    CHECK(back(0, 1) == 1.0f);
+    CHECK(back(0, 2) == 1.0f + 2 * ulp);
 }
 
 TEST_CASE("kv_projection: a square weight is a projection, not the identity, on both paths", "[linear]") {

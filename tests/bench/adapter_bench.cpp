@@ -42,7 +42,8 @@
 //       computed as narrower calls. Why a 16-bit weight is widened in panels as wide as the float32 product's call
 //       (fast/gemm.cpp, docs/performance.md#bf16-weights-in-one-run).
 //   qwenvl-bench --write-checkpoint DIR
-//       writes DIR/adapter-f32.safetensors (full size, F32, random), DIR/features.npy (1, 1024, 1664) and
+//       makes DIR if needed and writes DIR/adapter-f32.safetensors (full size, F32, random), the same weights as
+//       Qwen-VL ships them in DIR/qwen-vl-bf16.safetensors (BF16, with attn_pool.pos_embed), DIR/features.npy (1, 1024, 1664) and
 //       DIR/features-4.npy (4, 1024, 1664), to measure `qwenvl-adapter run` itself (tests/bench/whole_run.py,
 //       docs/performance.md); and MiniCPM-V 2.6's, DIR/minicpmv-f32.safetensors and DIR/features-minicpmv.npy
 //       (2, 1024, 1152: slices of 32 x 32 and 24 x 40 patches), for tests/bench/trace_cost.py.
@@ -63,6 +64,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
@@ -554,6 +556,18 @@ int write_checkpoint(const std::string& dir) {
                            {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
                            {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
                            {p + "proj", t.proj}});
+    // The same weights as Qwen-VL ships its checkpoint: BF16, with the query table stored (attn_pool.pos_embed, the
+    // sin-cos table of the 16 x 16 query grid; upstream's parameter, bf16-rounded like the rest).
+    qwenvl::write_safetensors_bf16(dir + "/qwen-vl-bf16.safetensors",
+                          {{p + "attn_pool.query", w.query}, {p + "attn_pool.pos_embed", sincos_2d(kE, kGridQ)},
+                           {p + "attn_pool.kv_proj.weight", w.kv_proj},
+                           {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
+                           {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight},
+                           {p + "attn_pool.attn.out_proj.bias", w.out_proj_bias},
+                           {p + "attn_pool.ln_q.weight", w.ln_q_weight}, {p + "attn_pool.ln_q.bias", w.ln_q_bias},
+                           {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
+                           {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
+                           {p + "proj", t.proj}});
     Tensor3 x = Tensor3::from_shape({4, 1024, kKv});
     fill_normal(x, 1.0f, rng);
     write_npy(dir + "/features-4.npy", x);
@@ -578,9 +592,10 @@ int write_checkpoint(const std::string& dir) {
     fill_normal(mx, 1.0f, rng);
     xt::view(mx, 1, xt::range(960, 1024)) = 0.0f;  // the second slice's 960 patches, then padding
     write_npy(dir + "/features-minicpmv.npy", mx);
-    std::printf("wrote %s/adapter-f32.safetensors, %s/features.npy (1 image) and %s/features-4.npy (4 images); "
-                "%s/minicpmv-f32.safetensors and %s/features-minicpmv.npy (grids 32x32,24x40)\n",
-                dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str());
+    std::printf("wrote %s/adapter-f32.safetensors, %s/qwen-vl-bf16.safetensors (the same in BF16, with pos_embed), "
+                "%s/features.npy (1 image) and %s/features-4.npy (4 images); %s/minicpmv-f32.safetensors and "
+                "%s/features-minicpmv.npy (grids 32x32,24x40)\n",
+                dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str(), dir.c_str());
     return 0;
 }
 
@@ -688,6 +703,27 @@ int sgemm_order() {
     return 0;
 }
 
+// --help: what each mode does (the comment at the top of this file says more).
+constexpr const char* kHelp =
+    "\nqwenvl-bench measures the adapter at Qwen-VL's real size (E 4096, Kv 1664, 32 heads, 256 queries) on random\n"
+    "weights; run a Release build. Modes:\n"
+    "  (default)            the fast forward's time for N images of G x G patches, its GFLOP/s against this\n"
+    "                       process's sgemm, peak memory (--json: one line of JSON)\n"
+    "  --stages             each fast function of one image timed on its own, checked against the whole forward\n"
+    "  --agree              the readable and fast paths on one image, the largest difference at every stage\n"
+    "  --agree-backward     the same for the backward: every parameter's gradient and dL/dx\n"
+    "  --backward           the fast backward's time and GFLOP/s\n"
+    "  --readable-trace DIR the readable path's every stage written to DIR (the mutation runner's --fullsize)\n"
+    "  --gains              each fast function against the readable one it replaces (docs/fast-path.md)\n"
+    "  --minicpmv           MiniCPM-V 2.6's resampler at its size, readable against fast, traced and untraced\n"
+    "  --write-checkpoint DIR  makes DIR and writes full-size files: adapter-f32.safetensors (random F32 weights,\n"
+    "                       no pos_embed), qwen-vl-bf16.safetensors (the same weights rounded to BF16 with\n"
+    "                       attn_pool.pos_embed, as Qwen-VL ships them), features.npy (1 image), features-4.npy,\n"
+    "                       minicpmv-f32.safetensors and features-minicpmv.npy\n"
+    "  --page-faults FILE   what first touching memory and FILE's pages costs here\n"
+    "  --sgemm-order        how OpenBLAS's sgemm orders its sums (why BF16 weights are widened as they are)\n"
+    "Threads: OPENBLAS_NUM_THREADS. docs/performance.md explains every measure.\n";
+
 int main(int argc, char** argv) {
     std::size_t N = 1, G = 32;
     int repeats = 5;
@@ -698,7 +734,7 @@ int main(int argc, char** argv) {
                         "[--repeats R] | --readable-trace DIR [--grid G] | --gains [--repeats R] | "
                         "[--repeats R] --minicpmv | "
                         "--write-checkpoint DIR | "
-                        "--page-faults FILE | --sgemm-order\n";
+                        "--page-faults FILE | --sgemm-order | --help\n";
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string a = argv[i];
@@ -713,7 +749,20 @@ int main(int argc, char** argv) {
             else if (a == "--gains") gain = true;
             else if (a == "--minicpmv") return minicpmv_gain(repeats);
             else if (a == "--readable-trace" && i + 1 < argc) readable_trace = argv[++i];
-            else if (a == "--write-checkpoint" && i + 1 < argc) return write_checkpoint(argv[++i]);
+            else if (a == "--write-checkpoint" && i + 1 < argc) {
+                const std::string dir = argv[++i];
+                try {  // a folder that cannot be made or written is the user's file problem: exit 1, no usage
+                    std::filesystem::create_directories(dir);
+                    return write_checkpoint(dir);
+                } catch (const std::exception& e) {
+                    std::fprintf(stderr, "qwenvl-bench: %s\n", e.what());
+                    return 1;
+                }
+            } else if (a == "--help" || a == "-h") {
+                std::fputs(usage, stdout);
+                std::fputs(kHelp, stdout);
+                return 0;
+            }
             else if (a == "--page-faults" && i + 1 < argc) return page_faults(argv[++i]);
             else if (a == "--sgemm-order") return sgemm_order();
             else {
