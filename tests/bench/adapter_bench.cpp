@@ -59,6 +59,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <map>
 #include <optional>
 #include <thread>
 #include <cmath>
@@ -547,27 +548,18 @@ int write_checkpoint(const std::string& dir) {
     const std::string p = "transformer.visual.";
     Matrix in_proj = xt::concatenate(xt::xtuple(w.in_proj.w_q, w.in_proj.w_k, w.in_proj.w_v), 0);
     Vector in_bias = xt::concatenate(xt::xtuple(w.in_proj.b_q, w.in_proj.b_k, w.in_proj.b_v), 0);
-    qwenvl_test::write_safetensors_f32(dir + "/adapter-f32.safetensors",
-                          {{p + "attn_pool.query", w.query}, {p + "attn_pool.kv_proj.weight", w.kv_proj},
-                           {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
-                           {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight},
-                           {p + "attn_pool.attn.out_proj.bias", w.out_proj_bias},
-                           {p + "attn_pool.ln_q.weight", w.ln_q_weight}, {p + "attn_pool.ln_q.bias", w.ln_q_bias},
-                           {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
-                           {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
-                           {p + "proj", t.proj}});
+    std::map<std::string, xt::xarray<float>> tensors = {
+        {p + "attn_pool.query", w.query}, {p + "attn_pool.kv_proj.weight", w.kv_proj},
+        {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
+        {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight}, {p + "attn_pool.attn.out_proj.bias", w.out_proj_bias},
+        {p + "attn_pool.ln_q.weight", w.ln_q_weight}, {p + "attn_pool.ln_q.bias", w.ln_q_bias},
+        {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
+        {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias}, {p + "proj", t.proj}};
+    qwenvl_test::write_safetensors_f32(dir + "/adapter-f32.safetensors", tensors);
     // The same weights as Qwen-VL ships its checkpoint: BF16, with the query table stored (attn_pool.pos_embed, the
     // sin-cos table of the 16 x 16 query grid; upstream's parameter, bf16-rounded like the rest).
-    qwenvl::write_safetensors_bf16(dir + "/qwen-vl-bf16.safetensors",
-                          {{p + "attn_pool.query", w.query}, {p + "attn_pool.pos_embed", sincos_2d(kE, kGridQ)},
-                           {p + "attn_pool.kv_proj.weight", w.kv_proj},
-                           {p + "attn_pool.attn.in_proj_weight", in_proj}, {p + "attn_pool.attn.in_proj_bias", in_bias},
-                           {p + "attn_pool.attn.out_proj.weight", w.out_proj_weight},
-                           {p + "attn_pool.attn.out_proj.bias", w.out_proj_bias},
-                           {p + "attn_pool.ln_q.weight", w.ln_q_weight}, {p + "attn_pool.ln_q.bias", w.ln_q_bias},
-                           {p + "attn_pool.ln_kv.weight", w.ln_kv_weight}, {p + "attn_pool.ln_kv.bias", w.ln_kv_bias},
-                           {p + "ln_post.weight", t.ln_post_weight}, {p + "ln_post.bias", t.ln_post_bias},
-                           {p + "proj", t.proj}});
+    tensors[p + "attn_pool.pos_embed"] = sincos_2d(kE, kGridQ);
+    qwenvl::write_safetensors_bf16(dir + "/qwen-vl-bf16.safetensors", tensors);
     Tensor3 x = Tensor3::from_shape({4, 1024, kKv});
     fill_normal(x, 1.0f, rng);
     write_npy(dir + "/features-4.npy", x);
