@@ -41,3 +41,23 @@ gradients() {
 }
 gradients qwen_wide 3x5
 gradients minicpmv_mixed 2x3,3x3,1x2
+# Bad input (docs/compare.md: one line naming the file and the problem, exit 1, no dump): each case's stderr must be
+# one line holding its words, and the output folder must not exist.
+refused() {
+  local words=$1; shift
+  local err status=0
+  err=$(/usr/bin/python3 tests/reference/dump_pytorch.py "$@" --heads 2 --grids 3x5 --out "$out/refused" 2>&1 >/dev/null) || status=$?
+  if [ "$status" != 1 ] || [ "$(printf '%s\n' "$err" | wc -l)" != 1 ] || [[ "$err" != *"$words"* ]] || [ -e "$out/refused" ]; then
+    echo "dump_pytorch.py $*: expected exit 1 and one line holding '$words', got exit $status:"; echo "$err"; exit 1
+  fi
+}
+w=data/cli/qwen_wide/weights.safetensors x=data/cli/qwen_wide/x.npy
+/usr/bin/python3 -c "import numpy as np; x = np.load('$x'); np.save('$out/narrow.npy', x[..., :-1]); np.save('$out/int.npy', x.astype(np.int32)); np.save('$out/4d.npy', x[None])"
+head -c 3000 "$w" > "$out/truncated.safetensors"
+refused "$out/narrow.npy: features of width Kv = 5, but the checkpoint's kv_proj takes 6" --weights "$w" --input "$out/narrow.npy"
+refused "$out/int.npy: features of dtype int32" --weights "$w" --input "$out/int.npy"
+refused "$out/4d.npy: features of shape (1, 2, 15, 6)" --weights "$w" --input "$out/4d.npy"
+refused "$out/truncated.safetensors: not a readable safetensors file" --weights "$out/truncated.safetensors" --input "$x"
+refused "$x: not a safetensors file" --weights "$x" --input "$x"
+refused "$out/missing.npy: not a readable .npy file" --weights "$w" --input "$out/missing.npy"
+echo "dump_pytorch.py refused 6 bad inputs with one line each"

@@ -49,16 +49,40 @@ from resamplers import (OUTSIDE_ATTN_POOL, MiniCPMVResampler, QwenVLResampler, l
 from safetensors_io import read_safetensors  # noqa: E402
 
 
+def read_file_checked(path):
+    """read_safetensors, with a malformed file's error (a truncated file, a header that is not JSON) named by it."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+    except OSError as e:
+        fail("%s: cannot read (%s)" % (path, e.strerror))
+    if size < 8 or n > size - 8:
+        fail("%s: not a safetensors file (its first 8 bytes give a header of %d bytes, past the end of the file)"
+             % (path, n if size >= 8 else 0))
+    try:
+        return read_safetensors(path)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        if str(e).startswith(path + ":"):
+            raise
+        fail("%s: not a readable safetensors file (%s: %s)" % (path, type(e).__name__, e))
+
+
 def read_checkpoint(paths):
     tensors = {}
     for path in paths:
         if path.endswith(".json"):
-            index = json.load(open(path))
+            try:
+                with open(path) as f:
+                    index = json.load(f)
+                shards = sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                fail("%s: not a safetensors index (%s: %s)" % (path, type(e).__name__, e))
             folder = os.path.dirname(path)
-            for shard in sorted(set(index["weight_map"].values())):
-                tensors.update(read_safetensors(os.path.join(folder, shard)))
+            for shard in shards:
+                tensors.update(read_file_checked(os.path.join(folder, shard)))
         else:
-            tensors.update(read_safetensors(path))
+            tensors.update(read_file_checked(path))
     return tensors
 
 
@@ -122,11 +146,22 @@ def dump(args):
     model, params = layout(read_checkpoint(args.weights))
     if args.gradients and args.dtype not in ("float32", "float64"):
         fail("--gradients runs in float32 or float64, not %s" % args.dtype)
-    x = np.load(args.input)
+    try:
+        x = np.load(args.input)
+    except (OSError, ValueError, EOFError) as e:
+        fail("%s: not a readable .npy file (%s)" % (args.input, e))
+    if x.dtype.kind != "f":
+        fail("%s: features of dtype %s, expected float16, float32 or float64" % (args.input, x.dtype))
+    if x.ndim not in (2, 3):
+        fail("%s: features of shape %s, expected (L, Kv) or (N, L, Kv)" % (args.input, x.shape))
     if x.ndim == 2:
         x = x[None]
     N, L, Kv = x.shape
     Q, E = params["query"].shape
+    expected_kv = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
+    if Kv != expected_kv:
+        fail("%s: features of width Kv = %d, but the checkpoint's %s takes %d" %
+             (args.input, Kv, "kv_proj" if "kv_proj.weight" in params else "width E (no kv_proj)", expected_kv))
     H = args.heads or E // 128
     if H == 0 or E % H:
         if args.heads:
