@@ -731,6 +731,9 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
     REQUIRE(cli("train --out " + q(tmp / "resumed") + common + " --until 20").code == 0);
     const std::string first_half = slurp(tmp / "resumed/loss.csv");
     CHECK(std::count(first_half.begin(), first_half.end(), '\n') == 21);  // the header and steps 0 to 19
+    // the first session's time, as if it had taken 1000 s: the resumed session's rows go on from it
+    const std::size_t last_comma = first_half.rfind(',');
+    std::ofstream(tmp / "resumed/loss.csv", std::ios::trunc) << first_half.substr(0, last_comma + 1) << "1000\n";
     const Result resumed = cli("train --out " + q(tmp / "resumed") + " --steps 40 --warmup 5 --batch 8 --keys 16 --resume");
     INFO(resumed.out << resumed.err);
     REQUIRE(resumed.code == 0);
@@ -743,6 +746,22 @@ TEST_CASE("cli: train writes a checkpoint that run and info read, and --resume c
         return kept;
     };
     CHECK(without_seconds(slurp(tmp / "resumed/loss.csv")) == without_seconds(slurp(tmp / "straight/loss.csv")));
+    // seconds: the training time since step 0, the sessions added up (it used to start again from 0 on resume)
+    {
+        std::istringstream in(slurp(tmp / "resumed/loss.csv"));
+        std::string line;
+        std::getline(in, line);  // the header
+        double previous = -1.0;
+        std::size_t rows = 0;
+        for (; std::getline(in, line); ++rows) {
+            const double seconds = std::stod(line.substr(line.rfind(',') + 1));
+            INFO(line);
+            CHECK(seconds >= previous);
+            if (rows >= 20) CHECK(seconds >= 1000.0);
+            previous = seconds;
+        }
+        CHECK(rows == 40);
+    }
 
     // Every setting the checkpoint records comes from it: a flag that repeats it is taken, one that differs is
     // refused with the checkpoint's value.

@@ -42,7 +42,8 @@ const char* kTrainHelp =
     "  --out DIR        the run's folder: DIR/adapter.safetensors, the checkpoint (the weights under the checkpoint's\n"
     "                   names, which `run`, `info` and `--trace` read, with the optimiser's moments and the run's\n"
     "                   settings: one file, replaced whole and synced to the disk at each save) and DIR/loss.csv\n"
-    "                   (step, loss, lr, grad_norm, seconds). A new run needs an empty or new DIR, or --force\n"
+    "                   (step, loss, lr, grad_norm, seconds of training, resumed sessions added up). A new run\n"
+    "                   needs an empty or new DIR, or --force\n"
     "  --steps S        total steps (default 600)       --batch B   images per step (default 16)\n"
     "  --lr LR          peak learning rate (default 1e-2)   --warmup W  warm-up steps (default 50)\n"
     "  --min-lr LR      where the cosine ends (default LR / 200, the paper's stage-1 ratio 1e-6 / 2e-4)\n"
@@ -154,8 +155,10 @@ void remove_partial_files(const std::string& dir) {
 
 // loss.csv holds a row per step done; after a kill, rows of steps past the checkpoint. They are done again on
 // resume, so the log is cut back to its rows of steps 0, 1, ... up to the checkpoint's `step` (a row cut short by the
-// kill, or anything after the steps stop following one another, goes too). Returns the number of rows kept.
-std::size_t cut_loss_log(const std::string& path, std::size_t step) {
+// kill, or anything after the steps stop following one another, goes too). Returns the number of rows kept, and in
+// `seconds` the last kept row's time (0 when none), from which the resumed run's times go on.
+std::size_t cut_loss_log(const std::string& path, std::size_t step, double& seconds) {
+    seconds = 0.0;
     const std::string header = "step,loss,lr,grad_norm,seconds";
     std::ifstream in(path);
     std::string text = header + "\n", line;
@@ -172,6 +175,11 @@ std::size_t cut_loss_log(const std::string& path, std::size_t step) {
             break;
         text += line + "\n";
         ++next;
+        try {
+            seconds = std::stod(line.substr(line.rfind(',') + 1));
+        } catch (const std::exception&) {
+            seconds = 0.0;
+        }
     }
     write_atomically(path, [&](std::ofstream& out) { out << text; });
     return next;
@@ -354,8 +362,9 @@ int train_command(const std::vector<std::string>& argv) {
     remove_partial_files(dir);  // a killed run's
 
     const std::string log_path = dir + "/loss.csv";
+    double seconds_before = 0.0;  // the training time the log's kept rows took, in earlier sessions of the run
     if (resume) {
-        const std::size_t rows = cut_loss_log(log_path, optimiser.step);
+        const std::size_t rows = cut_loss_log(log_path, optimiser.step, seconds_before);
         if (rows < optimiser.step)
             std::fprintf(stderr, "qwenvl-adapter: train: warning: %s holds the rows of steps 0 to %zu only; the rows up to "
                                  "the checkpoint's step %zu are lost, and the log goes on from there\n",
@@ -395,7 +404,7 @@ int train_command(const std::vector<std::string>& argv) {
                                       "saved step is kept, and nothing of this step is written");
         }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        log << step << ',' << r.loss << ',' << r.lr << ',' << r.grad_norm << ',' << seconds << '\n';
+        log << step << ',' << r.loss << ',' << r.lr << ',' << r.grad_norm << ',' << seconds_before + seconds << '\n';
         if (optimiser.step % log_every == 0 || optimiser.step == until) {
             const double rate = static_cast<double>(optimiser.step - first) / seconds;
             std::printf("step %5zu/%zu  loss %.5f  lr %.2e  grad norm %.3f  %.1f steps/s  %.0f s left\n",
