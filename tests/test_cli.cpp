@@ -1247,6 +1247,29 @@ TEST_CASE("compare: forward files that name no stage are listed with the stage t
     CHECK_THAT(whole.out, !Contains("names no stage"));
 }
 
+TEST_CASE("compare: a dump made on another number of images is told as such, not as a layout", "[cli][compare]") {
+    TempDir tmp;
+    const std::string dir = tmp / "port";
+    copy_dump("qwen_wide", dir);
+    for (const std::size_t images : {1, 3}) {
+        const xt::xarray<float> k = qwenvl::read_npy_float(dir + "/k.npy");  // (2, 15, 8)
+        REQUIRE(k.shape(0) == 2);
+        xt::xarray<float> other = xt::zeros<float>({images, k.shape(1), k.shape(2)});
+        for (std::size_t n = 0; n < images; ++n) xt::view(other, n) = xt::view(k, n % 2);
+        TempDir one;
+        fs::copy(dir, one / "port");
+        qwenvl::write_npy(one / "port/k.npy", other);
+        const Result r = cli(kQwenWide + " --theirs " + q(one / "port"));
+        INFO(r.out << r.err);
+        CHECK(r.code == 1);
+        CHECK_THAT(r.out, Contains("the first is 'k'"));
+        CHECK_THAT(r.out, Contains("their file for 'k' holds " + std::to_string(images) + " image" +
+                                   (images == 1 ? "" : "s") + " and --input 2: make their dump and this comparison "
+                                   "from the same features"));
+        CHECK_THAT(r.out, !Contains("LNE"));
+    }
+}
+
 TEST_CASE("compare: bad input is one line naming the file, exit 1 or 2", "[cli][compare]") {
     TempDir tmp;
     std::ofstream(tmp / "bad.json") << "{\"stages\": {\"ln_kv\": 3}}";

@@ -692,6 +692,7 @@ int compare_command(const std::vector<std::string>& argv) {
     std::string first_bad, first_note, skipped_from;
     xt::xarray<float> first_theirs, first_ours;  // the first differing stage as compared (padding left out)
     bool first_misfits = false;                  // its file did not fit the stage's shape
+    std::vector<std::size_t> first_raw_shape;    // that file's shape
     std::size_t found = 0, differ = 0;
     std::vector<std::string> seen;  // the stages before the current one, in order
     for (const auto& stage : forward_stages) {
@@ -747,6 +748,7 @@ int compare_command(const std::vector<std::string>& argv) {
             first_theirs = theirs;
             first_ours = mine;
             first_misfits = theirs.dimension() == 0;
+            first_raw_shape = raw_shape;
             // A stage a port left out passes its input on: their values then equal one of ours before it.
             if (!first_misfits) {
                 if (stage == "ln_q" && within(theirs, m.small.query, tol)) skipped_from = "query (the learned queries)";
@@ -827,6 +829,15 @@ int compare_command(const std::vector<std::string>& argv) {
         std::printf("(the forward differs, so the gradients are not judged: they follow from it; %zu of %zu differ)\n",
                     table.differ, table.found);
     if (first_misfits) {  // nothing was compared: no cause of a numerical difference applies
+        // A batch of another size: the same shape but for the image count (a dump made on other features)
+        const std::vector<std::size_t> ours_shape = shape_of(ours.get(first_bad));
+        if (batched(first_bad) && first_raw_shape.size() == ours_shape.size() && first_raw_shape[0] != N &&
+            std::equal(first_raw_shape.begin() + 1, first_raw_shape.end(), ours_shape.begin() + 1)) {
+            std::printf("their file for '%s' holds %zu image%s and --input %zu: make their dump and this comparison "
+                        "from the same features\n", first_bad.c_str(), first_raw_shape[0],
+                        first_raw_shape[0] == 1 ? "" : "s", N);
+            return 1;
+        }
         std::printf("their file for '%s' has a shape that is not this stage's %s, with or without a batch axis of one:\n"
                     "dump the stage itself, or map the right file with --names (a (L, N, E) file: \"layout\": \"LNE\")\n",
                     first_bad.c_str(), shape_string(shape_of(ours.get(first_bad))).c_str());
