@@ -1237,6 +1237,11 @@ TEST_CASE("compare: forward files that name no stage are listed with the stage t
     CHECK_THAT(partial.out, Contains("(their notes.npy names no stage here, and is not compared)"));
     CHECK_THAT(partial.out, Contains("MATCH: all 15 stages found agree within tolerance (2 of their files name no stage "
                                      "here and were not compared: listed above)"));
+    // one file: said in the singular
+    fs::remove(dir + "/notes.npy");
+    const Result one = cli(kQwenWide + " --theirs " + q(dir));
+    CHECK_THAT(one.out, Contains("MATCH: all 15 stages found agree within tolerance (1 of their files names no stage "
+                                 "here and was not compared: listed above)"));
     // a mapped file is the stage's, not an unknown one
     const std::string renamed = kData + "/compare/qwen_wide/renamed";
     const Result mapped = cli(kQwenWide + " --theirs " + q(renamed) + " --names " + q(renamed + "/names.json"));
@@ -1267,6 +1272,9 @@ TEST_CASE("compare: a dump made on another number of images is told as such, not
                                    (images == 1 ? "" : "s") + " and --input 2: make their dump and this comparison "
                                    "from the same features"));
         CHECK_THAT(r.out, !Contains("LNE"));
+        // nothing was compared at k: the verdict says so rather than "beyond tolerance"
+        CHECK_THAT(r.out, Contains("DIFFERS: 1 of 16 stages found do not fit their file's shape (nothing compared "
+                                   "there); the first is 'k'"));
     }
 }
 

@@ -536,6 +536,11 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
     return t;
 }
 
+// "1 of their files names" or "3 of their files name", for the verdict's line.
+std::string files_name(std::size_t count) {
+    return std::to_string(count) + " of their files " + (count == 1 ? "names" : "name");
+}
+
 // How many single-letter insertions, deletions or replacements turn a into b (a misspelt file name's distance).
 std::size_t edit_distance(const std::string& a, const std::string& b) {
     std::vector<std::size_t> row(b.size() + 1);
@@ -693,7 +698,7 @@ int compare_command(const std::vector<std::string>& argv) {
     xt::xarray<float> first_theirs, first_ours;  // the first differing stage as compared (padding left out)
     bool first_misfits = false;                  // its file did not fit the stage's shape
     std::vector<std::size_t> first_raw_shape;    // that file's shape
-    std::size_t found = 0, differ = 0;
+    std::size_t found = 0, differ = 0, misfit = 0;  // misfit: files of a shape that does not fit, nothing compared
     std::vector<std::string> seen;  // the stages before the current one, in order
     for (const auto& stage : forward_stages) {
         xt::xarray<float> mine = ours.get(stage);
@@ -742,6 +747,7 @@ int compare_command(const std::vector<std::string>& argv) {
         }
         const bool first = !ok && first_bad.empty();
         if (!ok) ++differ;
+        if (!ok && theirs.dimension() == 0) ++misfit;
         if (first) {
             first_bad = stage;
             first_note = note;
@@ -809,9 +815,10 @@ int compare_command(const std::vector<std::string>& argv) {
         if (found == 0) std::printf("MATCH: all %zu gradients found agree within tolerance", table.found);
         else std::printf("MATCH: all %zu stages and %zu gradients found agree within tolerance", found, table.found);
         if (!unknown.empty() || !table.unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
-            std::printf(" (%zu of their files name no %s here and were not compared: listed above)",
-                        unknown.size() + table.unknown.size(),
-                        unknown.empty() ? "gradient" : table.unknown.empty() ? "stage" : "stage or gradient");
+            std::printf(" (%s no %s here and %s not compared: listed above)",
+                        files_name(unknown.size() + table.unknown.size()).c_str(),
+                        unknown.empty() ? "gradient" : table.unknown.empty() ? "stage" : "stage or gradient",
+                        unknown.size() + table.unknown.size() == 1 ? "was" : "were");
         std::printf("\n");
         return 0;
     }
@@ -819,12 +826,21 @@ int compare_command(const std::vector<std::string>& argv) {
         if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance");
         else std::printf("MATCH: all %zu stages found agree within tolerance", found);
         if (!unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
-            std::printf(" (%zu of their files name no stage here and were not compared: listed above)", unknown.size());
+            std::printf(" (%s no stage here and %s not compared: listed above)", files_name(unknown.size()).c_str(),
+                        unknown.size() == 1 ? "was" : "were");
         std::printf("\n");
         return 0;
     }
-    std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
-                first_bad.c_str(), describe_stage(first_bad).c_str());
+    if (misfit == differ)
+        std::printf("DIFFERS: %zu of %zu stages found do not fit their file's shape (nothing compared there); the first "
+                    "is '%s' (%s)\n", differ, found, first_bad.c_str(), describe_stage(first_bad).c_str());
+    else if (misfit > 0)
+        std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance or do not fit their file's shape (%zu, "
+                    "nothing compared there); the first is '%s' (%s)\n", differ, found, misfit, first_bad.c_str(),
+                    describe_stage(first_bad).c_str());
+    else
+        std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
+                    first_bad.c_str(), describe_stage(first_bad).c_str());
     if (gradients)
         std::printf("(the forward differs, so the gradients are not judged: they follow from it; %zu of %zu differ)\n",
                     table.differ, table.found);

@@ -60,4 +60,7 @@ refused "$out/4d.npy: features of shape (1, 2, 15, 6)" --weights "$w" --input "$
 refused "$out/truncated.safetensors: not a readable safetensors file" --weights "$out/truncated.safetensors" --input "$x"
 refused "$x: not a safetensors file" --weights "$x" --input "$x"
 refused "$out/missing.npy: not a readable .npy file" --weights "$w" --input "$out/missing.npy"
-echo "dump_pytorch.py refused 6 bad inputs with one line each"
+if ! /usr/bin/python3 -c "import torch; h = torch.ones(2, 2, dtype=torch.float16); h @ h" 2>/dev/null; then
+  refused "--dtype float16: PyTorch" --weights "$w" --input "$x" --dtype float16   # no float16 CPU kernels here
+fi
+echo "dump_pytorch.py refused its bad inputs with one line each"

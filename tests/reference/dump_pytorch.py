@@ -131,7 +131,8 @@ def main():
     parser.add_argument("--heads", type=int, default=0, help="attention heads (default E / 128; small cases need it)")
     parser.add_argument("--module", default="", help="upstream's own MiniCPM-V resampler.py")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
-                        help="the precision the module runs in")
+                        help="the precision the module runs in (float16 needs a PyTorch with float16 CPU kernels; "
+                             "Debian's 1.13 has none)")
     parser.add_argument("--gradients", action="store_true",
                         help="also write autograd's gradients of L = sum(proj * G) to DIR/gradients/")
     parser.add_argument("--gradient-seed", type=int, default=0, help="the seed of G, the upstream gradient")
@@ -146,6 +147,14 @@ def dump(args):
     model, params = layout(read_checkpoint(args.weights))
     if args.gradients and args.dtype not in ("float32", "float64"):
         fail("--gradients runs in float32 or float64, not %s" % args.dtype)
+    if args.dtype == "float16":  # older PyTorch has no float16 products or bicubic resize on the CPU
+        try:
+            half = torch.ones(1, 1, 4, 4, dtype=torch.float16)
+            torch.nn.functional.interpolate(half, size=(3, 3), mode="bicubic", align_corners=False)
+            half[0, 0] @ half[0, 0]
+        except RuntimeError as e:
+            fail("--dtype float16: PyTorch %s has no float16 kernels on the CPU (%s); use --dtype bfloat16, the "
+                 "other 16-bit type (docs/precision.md)" % (torch.__version__, e))
     try:
         x = np.load(args.input)
     except (OSError, ValueError, EOFError) as e:
