@@ -451,7 +451,7 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
     std::vector<std::pair<std::string, const xt::xarray<float>*>> rows;  // (label, ours): not copies (full size: 500 MB)
     for (const auto& name : ours.names()) rows.push_back({name, &ours.get(name)});
     for (const auto& [name, value] : params) rows.push_back({"parameter " + name, &value});
-    std::printf("\n  %-40s %-16s %10s %10s %12s %16s  %s\n", "gradient dL/d", "shape", "max|a-b|", "rel", "cosine",
+    std::printf("\n  %-40s %-20s %10s %10s %12s %16s  %s\n", "gradient dL/d", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
     std::vector<std::size_t> seen;  // rows before the current one
     for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -461,7 +461,7 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
         const std::string file = parameter ? "parameters/" + label.substr(10) + ".npy" : label + ".npy";
         const std::string path = folder + "/" + file;
         if (!std::filesystem::exists(path)) {
-            std::printf("  %-40s %-16s %s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
+            std::printf("  %-40s %-20s %s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
             seen.push_back(i);
             continue;
         }
@@ -509,7 +509,7 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
                     if (t.skipped_from.empty() && within(theirs, *rows[earlier].second, tol)) t.skipped_from = rows[earlier].first;
             }
         }
-        std::printf("  %-40s %-16s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
+        std::printf("  %-40s %-20s %s  %s%s%s\n", label.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
                     ok ? "ok" : "DIFFERS", first ? "   <- the first gradient beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
         if (!ok && !parameter && theirs.dimension() != 0 && N > 1 && theirs.dimension() >= 3 && theirs.shape(0) == N)
@@ -687,7 +687,7 @@ int compare_command(const std::vector<std::string>& argv) {
     std::printf("\n");
     const std::vector<std::string> forward_stages = gradients && !any_forward ? std::vector<std::string>{} : ours.names();
     if (forward_stages.empty()) std::printf("  (no forward intermediates in their dump: the gradients alone)\n");
-    else std::printf("  %-17s %-16s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
+    else std::printf("  %-17s %-20s %10s %10s %12s %16s  %s\n", "stage", "shape", "max|a-b|", "rel", "cosine",
                 "ULPs median/max", "");
     // The query side has no batch axis; Qwen-VL's key table neither (MiniCPM-V's has one, a table per image).
     auto batched = [&](const std::string& stage) {
@@ -709,7 +709,7 @@ int compare_command(const std::vector<std::string>& argv) {
             if (it != names.end())  // a stage the map names must be there: a typo would skip it silently
                 throw InputError(args.get("--names"), "stage '" + stage + "' maps to '" + their.file + "', which is not in " +
                                                           theirs_dir);
-            std::printf("  %-17s %-16s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
+            std::printf("  %-17s %-20s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
             seen.push_back(stage);
             continue;
         }
@@ -765,7 +765,7 @@ int compare_command(const std::vector<std::string>& argv) {
                 }
             }
         }
-        std::printf("  %-17s %-16s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
+        std::printf("  %-17s %-20s %s  %s%s%s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), line.c_str(),
                     ok ? "ok" : "DIFFERS", first ? "   <- the first stage beyond tolerance" : "",
                     note.empty() ? "" : ("   [" + note + "]").c_str());
         // In a batch, which images differ: a port may get one image's grid, table or mask wrong and the rest right.
