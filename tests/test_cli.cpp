@@ -1247,6 +1247,15 @@ TEST_CASE("compare: forward files that name no stage are listed with the stage t
     const Result mapped = cli(kQwenWide + " --theirs " + q(renamed) + " --names " + q(renamed + "/names.json"));
     CHECK(mapped.code == 0);
     CHECK_THAT(mapped.out, !Contains("names no stage"));
+    // a stage's own file beside the one --names reads it from is said to be passed over, not to name no stage
+    TempDir both;
+    fs::copy(renamed, both / "port");
+    fs::copy_file(renamed + "/attn.key.npy", both / "port/key_in.npy");
+    const Result beside = cli(kQwenWide + " --theirs " + q(both / "port") + " --names " + q(renamed + "/names.json"));
+    INFO(beside.out);
+    CHECK_THAT(beside.out, Contains("(their key_in.npy is not compared: --names reads 'key_in' from attn.key.npy)"));
+    CHECK_THAT(beside.out, !Contains("key_in.npy names no stage"));
+    CHECK_THAT(beside.out, Contains("MATCH: all 16 stages found agree within tolerance\n"));  // no file counted as naming none
     // PyTorch's own dump holds no other file
     const Result whole = cli(kQwenWide + " --theirs " + q(kData + "/compare/qwen_wide/pytorch"));
     CHECK_THAT(whole.out, !Contains("names no stage"));

@@ -793,12 +793,23 @@ int compare_command(const std::vector<std::string>& argv) {
         }
         std::sort(unknown.begin(), unknown.end());
         for (const auto& file : unknown) {
+            const std::string name = file.substr(0, file.size() - 4);
+            const auto mapped = names.find(name);
+            if (mapped != names.end()) {  // a stage's own name, while --names reads the stage from another file
+                std::printf("  (their %s is not compared: --names reads '%s' from %s)\n", file.c_str(), name.c_str(),
+                            mapped->second.file.c_str());
+                continue;
+            }
             std::string meant;
             for (const auto& stage : missing)
-                if (edit_distance(file.substr(0, file.size() - 4), stage) <= 2) meant = stage;
+                if (edit_distance(name, stage) <= 2) meant = stage;
             std::printf("  (their %s names no stage here, and is not compared%s)\n", file.c_str(),
                         meant.empty() ? "" : ("; '" + meant + "' is not in their dump: misspelt?").c_str());
         }
+        // the verdict counts the files that name no stage; those --names passes over were said above
+        unknown.erase(std::remove_if(unknown.begin(), unknown.end(),
+                                     [&](const std::string& f) { return names.count(f.substr(0, f.size() - 4)) > 0; }),
+                      unknown.end());
     }
     GradientTable table;
     if (gradients) {
