@@ -201,7 +201,9 @@ public:
     std::size_t failures() const { return failures_; }
     std::size_t checks() const { return checks_; }
     void print_hints() const {
-        if (failures_ > printed_) std::printf("  ... and %zu more failures (--all shows them)\n", failures_ - printed_);
+        if (failures_ > printed_)
+            std::printf("  ... and %zu more failure%s (--all shows them)\n", failures_ - printed_,
+                        failures_ - printed_ == 1 ? "" : "s");
         for (const auto& h : hints_) std::printf("  hint: %s\n", h.c_str());
     }
 
@@ -754,6 +756,38 @@ std::vector<Exercise> exercises() {
                                    r.check(where + ", attn_weights, image " + std::to_string(n) + ", head " + std::to_string(h),
                                            softmax_rows(item(scores, n, h), f.has_mask ? &f.mask : nullptr),
                                            item(f.expect("attn_weights"), n, h), f.atol, f.rtol);
+                       });
+                       // a wholly masked row (data/course/softmax_masked.json): PyTorch's softmax gives NaN there, and
+                       // the project keeps it; the other rows as usual
+                       const std::string file = "data/course/softmax_masked.json";
+                       r.guarded("stage 06 softmax_rows, " + file, [&] {
+                           const nlohmann::ordered_json j =
+                               nlohmann::ordered_json::parse(read_json(kData + "/course/softmax_masked.json").dump());
+                           const Matrix mask = additive_mask(xt::xtensor<bool, 2>(
+                               xt::cast<bool>(Matrix(tensor_from_json(j.at("mask"), "mask")))));
+                           const Matrix got = softmax_rows(tensor_from_json(j.at("scores"), "scores"), &mask);
+                           const Matrix want = tensor_from_json(j.at("expected"), "expected");
+                           const auto nan_rows = j.at("nan_rows").get<std::vector<std::size_t>>();
+                           bool ok = true;
+                           for (std::size_t row = 0; row < want.shape(0); ++row) {
+                               const bool masked = std::find(nan_rows.begin(), nan_rows.end(), row) != nan_rows.end();
+                               const std::string where = "stage 06 softmax_rows, " + file + ", row " + std::to_string(row);
+                               if (!masked) {
+                                   ok = r.check(where, xt::xarray<float>(xt::row(got, row)),
+                                                xt::xarray<float>(xt::row(want, row)), 1e-6, 1e-5) && ok;
+                                   continue;
+                               }
+                               r.counted();
+                               if (!xt::all(xt::isnan(xt::row(got, row)))) {
+                                   char buf[64];
+                                   std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(got(row, 0)));
+                                   r.fail(where + " (every key masked): got " + buf + " at its first key, expected NaN",
+                                          "a wholly masked row must stay NaN, as PyTorch's softmax leaves it: do not "
+                                          "replace it with 0 or with a uniform row");
+                                   ok = false;
+                               }
+                           }
+                           if (ok) r.pass("stage 06 softmax_rows on a wholly masked row: NaN, as PyTorch's");
                        });
                    }});
 

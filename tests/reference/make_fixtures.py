@@ -1346,6 +1346,33 @@ def write_layernorm_wide(seed=3400):
     return path
 
 
+def write_softmax_masked(seed=3500):
+    """The softmax of exercise 06-softmax on rows PyTorch masks wholly (every key masked): torch's softmax of a row of
+    -inf is NaN, which the project keeps. Scores (4, 6), a boolean mask (True = masked) with row 1 partly masked and
+    row 2 wholly; F.softmax(scores + additive mask) in float64, rounded to float32. The JSON holds the finite rows' values and which rows
+    are NaN (JSON has no NaN)."""
+    gen = np.random.default_rng(seed)
+    scores = randn(gen, 4, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[1, ::2] = True
+    mask[2, :] = True
+    # in float64, rounded to float32: the same bits whichever exp kernel the CPU runs
+    additive = torch.zeros(4, 6, dtype=torch.float64).masked_fill(mask, float("-inf"))
+    weights = F.softmax(scores.double() + additive, dim=-1).float()
+    nan_rows = [r for r in range(4) if bool(torch.isnan(weights[r]).all())]
+    assert nan_rows == [2] and not bool(torch.isnan(weights[[0, 1, 3]]).any())
+    golden = {"name": "softmax_masked", "description": "softmax over rows, one of them wholly masked (PyTorch: NaN)",
+              "generator": "tests/reference/make_fixtures.py", "seed": seed, "torch_version": torch.__version__,
+              "numpy_version": np.__version__, "oracle": "torch.nn.functional.softmax(scores + additive mask, dim=-1) in float64, rounded to float32",
+              "scores": tensor_json(scores), "mask": tensor_json(mask), "nan_rows": nan_rows,
+              "expected": tensor_json(torch.nan_to_num(weights, nan=0.0)),
+              "note": "the rows in nan_rows are NaN in PyTorch's output; they are stored as 0 here, JSON having no NaN"}
+    path = os.path.join(COURSE_DIR, "softmax_masked.json")
+    with open(path, "w") as f:
+        f.write(dumps(golden))
+    return path
+
+
 def lab_hash(*parts):
     """FNV-1a, 64 bits, of "qwenvl-port-lab:" and the parts joined by ":" (the checker's lab_hash): the lab's answers
     are stored hashed, so that reading data/ does not give them away."""
@@ -1719,6 +1746,7 @@ def main():
     write_compare_cases()
     print("wrote %s/" % os.path.relpath(write_port_lab(), REPO))
     print("wrote %s" % os.path.relpath(write_layernorm_wide(), REPO))
+    print("wrote %s" % os.path.relpath(write_softmax_masked(), REPO))
     write_reader_corpus()
     print("wrote data/readers/")
     return 0
