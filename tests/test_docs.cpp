@@ -276,9 +276,14 @@ TEST_CASE("docs: each lesson of the syllabus links an exercise, its own notebook
         CHECK(exercises >= 1);
         CHECK(notebooks >= 1);
         CHECK(stage_pages >= 1);
-        for (const char* section : {"**Time:**", "**Paper:**", "## Goals", "## Read", "## Questions",
-                                    "## For the instructor: answers"})
+        for (const char* section : {"**Time:**", "**Paper:**", "## Goals", "## Read", "## Questions", "## Answers"})
             CHECK(text.find(section) != std::string::npos);
+        // the answers to its questions are in the instructor's guide, not on the student's page (student trial: they
+        // were a scroll below the questions)
+        const std::string k = name.substr(7, 1);
+        CHECK(text.find("instructor.md#lesson-" + k + "-answers") != std::string::npos);
+        CHECK(slurp(kRoot / "docs/course/instructor.md").find("### Lesson " + k + " answers") != std::string::npos);
+        CHECK(text.find("For the instructor: answers") == std::string::npos);
     }
     CHECK(lessons == 9);
     for (const auto& e : fs::directory_iterator(kRoot / "src" / "exercises")) {
