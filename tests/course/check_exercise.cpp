@@ -1330,8 +1330,26 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (name == "--list") {
-        for (const Exercise& e : all)
-            std::printf("%-24s %-40s writes %s\n", e.name.c_str(), e.file().c_str(), e.writes.c_str());
+        // in the course's order (docs/course/README.md's table), with the lesson that teaches each; an exercise's
+        // number is its stage's, not its lesson's
+        const std::vector<std::pair<int, std::vector<std::string>>> lessons = {
+            {1, {"01-grid-side"}}, {2, {"02-sincos"}}, {3, {"03-resize", "03-resize-nonsquare"}},
+            {4, {"04-layernorm", "05-projections"}}, {5, {"06-softmax", "06-attention"}},
+            {6, {"07-adapter", "08-tower-tail", "09-fusion"}},
+            {7, {"04-layernorm-backward", "05-projections-backward", "06-softmax-backward", "06-attention-backward",
+                 "07-adapter-backward", "10-adamw"}},
+            {8, {"10-query-count"}}, {9, {"11-minicpmv", "port-1", "port-2", "port-3", "port-4", "port-5"}}};
+        std::vector<const Exercise*> listed;
+        const auto print = [&](const Exercise& e, const std::string& lesson) {
+            std::printf("%-24s %-9s %-41s writes %s\n", e.name.c_str(), lesson.c_str(), e.file().c_str(), e.writes.c_str());
+            listed.push_back(&e);
+        };
+        for (const auto& [lesson, names] : lessons)
+            for (const auto& n : names)
+                for (const Exercise& e : all)
+                    if (e.name == n) print(e, "lesson " + std::to_string(lesson));
+        for (const Exercise& e : all)  // any the table does not place
+            if (std::find(listed.begin(), listed.end(), &e) == listed.end()) print(e, "-");
         return 0;
     }
     const Exercise* chosen = nullptr;
