@@ -155,8 +155,7 @@ xt::xarray<float> npy_values(const NpyArray& a) {
             dst[i] = static_cast<float>(d);
         }
     } else if (a.descr == "<f2") {
-        for (std::size_t i = 0; i < a.count; ++i)
-            dst[i] = f16_to_float(static_cast<std::uint16_t>(a.data[2 * i] | (a.data[2 * i + 1] << 8)));
+        convert_to_float("F16", a.data, a.count, dst);  // the checkpoint reader's little-endian F16, widened exactly
     } else {
         for (std::size_t i = 0; i < a.count; ++i) dst[i] = a.data[i] ? 1.0f : 0.0f;
     }
