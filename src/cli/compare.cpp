@@ -536,9 +536,12 @@ GradientTable compare_gradient_table(const std::string& folder, const Trace& our
     return t;
 }
 
-// "1 of their files names" or "3 of their files name", for the verdict's line.
-std::string files_name(std::size_t count) {
-    return std::to_string(count) + " of their files " + (count == 1 ? "names" : "name");
+// The verdict's note on `count` files listed as not compared, which name no `what` here (said on the line: a partial
+// check must not read as a whole one). Empty for none.
+std::string not_compared(std::size_t count, const char* what) {
+    if (count == 0) return "";
+    return " (" + std::to_string(count) + " of their files " + (count == 1 ? "names" : "name") + " no " + what +
+           " here and " + (count == 1 ? "was" : "were") + " not compared: listed above)";
 }
 
 // How many single-letter insertions, deletions or replacements turn a into b (a misspelt file name's distance).
@@ -666,12 +669,15 @@ int compare_command(const std::vector<std::string>& argv) {
                 if (name.rfind("attn_pool.", 0) == 0) name = name.substr(10);
         if (!args.has("--atol") && !args.has("--rtol") && !args.has("--max-rel")) gradient_tol = Tolerance{0, 0, kGradientMaxRel};
     }
+    // A stage's file in their dump: the one --names maps it to, else <stage>.npy
+    const auto their_file = [&](const std::string& stage) {
+        const auto it = names.find(stage);
+        return it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
+    };
     // Their forward files, if any: a dump of gradients alone skips the forward's table
     bool any_forward = false;
-    for (const auto& stage : ours.names()) {
-        const auto it = names.find(stage);
-        any_forward = any_forward || std::filesystem::exists(theirs_dir + "/" + (it != names.end() ? it->second.file : stage + ".npy"));
-    }
+    for (const auto& stage : ours.names())
+        any_forward = any_forward || std::filesystem::exists(theirs_dir + "/" + their_file(stage).file);
 
     std::printf("compare: %s's resampler on %s (%s path) against %s\n", model_name(c.model), input.c_str(),
                 readable ? "readable" : "fast", theirs_dir.c_str());
@@ -699,18 +705,19 @@ int compare_command(const std::vector<std::string>& argv) {
     bool first_misfits = false;                  // its file did not fit the stage's shape
     std::vector<std::size_t> first_raw_shape;    // that file's shape
     std::size_t found = 0, differ = 0, misfit = 0;  // misfit: files of a shape that does not fit, nothing compared
-    std::vector<std::string> seen;  // the stages before the current one, in order
+    std::vector<std::string> seen;     // the stages before the current one, in order
+    std::vector<std::string> missing;  // the stages without a file in their dump
     for (const auto& stage : forward_stages) {
         xt::xarray<float> mine = ours.get(stage);
-        const auto it = names.find(stage);
-        const TheirFile their = it != names.end() ? it->second : TheirFile{stage + ".npy", ""};
+        const TheirFile their = their_file(stage);
         const std::string path = theirs_dir + "/" + their.file;
         if (!std::filesystem::exists(path)) {
-            if (it != names.end())  // a stage the map names must be there: a typo would skip it silently
+            if (names.count(stage))  // a stage the map names must be there: a typo would skip it silently
                 throw InputError(args.get("--names"), "stage '" + stage + "' maps to '" + their.file + "', which is not in " +
                                                           theirs_dir);
             std::printf("  %-17s %-20s %s\n", stage.c_str(), shape_string(shape_of(mine)).c_str(), "(not in their dump)");
             seen.push_back(stage);
+            missing.push_back(stage);
             continue;
         }
         ++found;
@@ -778,26 +785,21 @@ int compare_command(const std::vector<std::string>& argv) {
     // most likely meant.
     std::vector<std::string> unknown;
     if (!forward_stages.empty()) {
-        std::vector<std::string> expected, missing;
-        for (const auto& stage : ours.names()) {
-            const auto it = names.find(stage);
-            expected.push_back(it != names.end() ? it->second.file : stage + ".npy");
-            if (!std::filesystem::exists(theirs_dir + "/" + expected.back())) missing.push_back(stage);
-        }
+        std::vector<std::string> files;  // their .npy files that are no stage's file
         std::error_code ec;
         for (const auto& entry : std::filesystem::directory_iterator(theirs_dir, ec)) {
             const std::string file = entry.path().filename().string();
             if (entry.is_regular_file() && entry.path().extension() == ".npy" &&
-                std::find(expected.begin(), expected.end(), file) == expected.end())
-                unknown.push_back(file);
+                std::none_of(forward_stages.begin(), forward_stages.end(),
+                             [&](const std::string& stage) { return their_file(stage).file == file; }))
+                files.push_back(file);
         }
-        std::sort(unknown.begin(), unknown.end());
-        for (const auto& file : unknown) {
+        std::sort(files.begin(), files.end());
+        for (const auto& file : files) {
             const std::string name = file.substr(0, file.size() - 4);
-            const auto mapped = names.find(name);
-            if (mapped != names.end()) {  // a stage's own name, while --names reads the stage from another file
+            if (names.count(name)) {  // a stage's own name, while --names reads the stage from another file
                 std::printf("  (their %s is not compared: --names reads '%s' from %s)\n", file.c_str(), name.c_str(),
-                            mapped->second.file.c_str());
+                            their_file(name).file.c_str());
                 continue;
             }
             std::string meant;
@@ -805,11 +807,8 @@ int compare_command(const std::vector<std::string>& argv) {
                 if (edit_distance(name, stage) <= 2) meant = stage;
             std::printf("  (their %s names no stage here, and is not compared%s)\n", file.c_str(),
                         meant.empty() ? "" : ("; '" + meant + "' is not in their dump: misspelt?").c_str());
+            unknown.push_back(file);  // counted on the verdict's line
         }
-        // the verdict counts the files that name no stage; those --names passes over were said above
-        unknown.erase(std::remove_if(unknown.begin(), unknown.end(),
-                                     [&](const std::string& f) { return names.count(f.substr(0, f.size() - 4)) > 0; }),
-                      unknown.end());
     }
     GradientTable table;
     if (gradients) {
@@ -825,33 +824,26 @@ int compare_command(const std::vector<std::string>& argv) {
         if (!table.first_bad.empty()) return gradient_verdict(table, gradient_tol);
         if (found == 0) std::printf("MATCH: all %zu gradients found agree within tolerance", table.found);
         else std::printf("MATCH: all %zu stages and %zu gradients found agree within tolerance", found, table.found);
-        if (!unknown.empty() || !table.unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
-            std::printf(" (%s no %s here and %s not compared: listed above)",
-                        files_name(unknown.size() + table.unknown.size()).c_str(),
-                        unknown.empty() ? "gradient" : table.unknown.empty() ? "stage" : "stage or gradient",
-                        unknown.size() + table.unknown.size() == 1 ? "was" : "were");
-        std::printf("\n");
+        std::printf("%s\n", not_compared(unknown.size() + table.unknown.size(),
+                                         unknown.empty()         ? "gradient"
+                                         : table.unknown.empty() ? "stage"
+                                                                 : "stage or gradient")
+                                .c_str());
         return 0;
     }
     if (first_bad.empty()) {
         if (found == 1) std::printf("MATCH: the one stage found agrees within tolerance");
         else std::printf("MATCH: all %zu stages found agree within tolerance", found);
-        if (!unknown.empty())  // said on the verdict's line: a partial check must not read as a whole one
-            std::printf(" (%s no stage here and %s not compared: listed above)", files_name(unknown.size()).c_str(),
-                        unknown.size() == 1 ? "was" : "were");
-        std::printf("\n");
+        std::printf("%s\n", not_compared(unknown.size(), "stage").c_str());
         return 0;
     }
-    if (misfit == differ)
-        std::printf("DIFFERS: %zu of %zu stages found do not fit their file's shape (nothing compared there); the first "
-                    "is '%s' (%s)\n", differ, found, first_bad.c_str(), describe_stage(first_bad).c_str());
-    else if (misfit > 0)
-        std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance or do not fit their file's shape (%zu, "
-                    "nothing compared there); the first is '%s' (%s)\n", differ, found, misfit, first_bad.c_str(),
-                    describe_stage(first_bad).c_str());
-    else
-        std::printf("DIFFERS: %zu of %zu stages found are beyond tolerance; the first is '%s' (%s)\n", differ, found,
-                    first_bad.c_str(), describe_stage(first_bad).c_str());
+    // a file that does not fit its stage's shape is not beyond tolerance: nothing was compared there
+    const std::string how = misfit == differ ? "do not fit their file's shape (nothing compared there)"
+                            : misfit > 0     ? "are beyond tolerance or do not fit their file's shape (" +
+                                               std::to_string(misfit) + ", nothing compared there)"
+                                             : "are beyond tolerance";
+    std::printf("DIFFERS: %zu of %zu stages found %s; the first is '%s' (%s)\n", differ, found, how.c_str(),
+                first_bad.c_str(), describe_stage(first_bad).c_str());
     if (gradients)
         std::printf("(the forward differs, so the gradients are not judged: they follow from it; %zu of %zu differ)\n",
                     table.differ, table.found);
