@@ -167,10 +167,10 @@ def dump(args):
         x = x[None]
     N, L, Kv = x.shape
     Q, E = params["query"].shape
-    expected_kv = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
-    if Kv != expected_kv:
+    kv_dim = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
+    if Kv != kv_dim:
         fail("%s: features of width Kv = %d, but the checkpoint's %s takes %d" %
-             (args.input, Kv, "kv_proj" if "kv_proj.weight" in params else "width E (no kv_proj)", expected_kv))
+             (args.input, Kv, "kv_proj" if "kv_proj.weight" in params else "width E (no kv_proj)", kv_dim))
     H = args.heads or E // 128
     if H == 0 or E % H:
         if args.heads:
@@ -194,7 +194,6 @@ def dump(args):
         fail("Qwen-VL's adapter takes one key grid of L = %d patches for the batch" % L)
     if model == "minicpm_v" and max(h * w for h, w in grids) > L:
         fail("a grid holds more patches than the features' L = %d" % L)
-    kv_dim = params["kv_proj.weight"].shape[1] if "kv_proj.weight" in params else E
     if args.module:
         if model != "minicpm_v":
             sys.exit("dump_pytorch.py: --module is for MiniCPM-V's resampler.py (Qwen-VL's tail lives outside it)")
